@@ -1,0 +1,523 @@
+//! The on-disk layout: the file header, block headers, checksums.
+//!
+//! Pure functions on byte slices; no I/O happens here. FORMAT.md documents the
+//! same layout byte by byte and must change together with this file.
+//!
+//! A file is a 64-byte [`FileHeader`] followed by blocks that tile the rest of
+//! the file exactly. Every block starts at a multiple of [`ALIGN`] with a
+//! 48-byte [`BlockHeader`]; an entry block then holds the key, the metadata and
+//! the value, and is padded to its `block_len`. A free block is a header of kind
+//! [`Kind::Free`] followed by bytes nobody reads.
+
+/// The first eight bytes of every store file (PNG-style: a high byte, the name,
+/// then CR LF, ^Z, LF so that text-mode transfers are detected).
+pub const MAGIC: [u8; 8] = *b"\x89SFS\r\n\x1a\n";
+/// The format version this build writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+/// Length of the file header; the first block starts here.
+pub const FILE_HEADER_LEN: u64 = 64;
+/// Length of a block header.
+pub const BLOCK_HEADER_LEN: u64 = 48;
+/// Every block starts at, and is sized in, multiples of this.
+pub const ALIGN: u64 = 8;
+/// The smallest block: a header alone (an entry with an empty key and value).
+pub const MIN_BLOCK_LEN: u64 = BLOCK_HEADER_LEN;
+/// The first four bytes of every block header.
+pub const BLOCK_MAGIC: [u8; 4] = *b"sfsB";
+
+/// Largest key, in bytes (the key length is a 16-bit field).
+pub const MAX_KEY_LEN: usize = u16::MAX as usize;
+/// Largest metadata, in bytes (a 16-bit field).
+pub const MAX_META_LEN: usize = u16::MAX as usize;
+/// Largest value, in bytes (a 32-bit field).
+pub const MAX_VALUE_LEN: usize = u32::MAX as usize;
+
+/// What a block holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// A key-value entry.
+    Entry,
+    /// Unused space.
+    Free,
+}
+
+impl Kind {
+    const ENTRY: u8 = b'E';
+    const FREE: u8 = b'F';
+
+    fn to_byte(self) -> u8 {
+        match self {
+            Kind::Entry => Self::ENTRY,
+            Kind::Free => Self::FREE,
+        }
+    }
+
+    fn from_byte(b: u8) -> Option<Kind> {
+        match b {
+            Self::ENTRY => Some(Kind::Entry),
+            Self::FREE => Some(Kind::Free),
+            _ => None,
+        }
+    }
+}
+
+/// Rounds `n` up to the next multiple of [`ALIGN`].
+pub const fn align_up(n: u64) -> u64 {
+    (n + (ALIGN - 1)) & !(ALIGN - 1)
+}
+
+/// The block length an entry with these field lengths needs.
+pub fn entry_block_len(key_len: usize, meta_len: usize, value_len: usize) -> u64 {
+    align_up(BLOCK_HEADER_LEN + key_len as u64 + meta_len as u64 + value_len as u64)
+}
+
+/// CRC-32 (IEEE 802.3, as `crc32fast` computes it) started from `seed`
+/// instead of zero. Seeding with the file's salt means a copy of another
+/// store's blocks stored as a value never passes for one of ours.
+pub fn crc(seed: u32, parts: &[&[u8]]) -> u32 {
+    let mut h = crc32fast::Hasher::new_with_initial(seed);
+    for p in parts {
+        h.update(p);
+    }
+    h.finalize()
+}
+
+/// The 64-byte header at the start of every store file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileHeader {
+    /// Format version (1).
+    pub version: u32,
+    /// Random value chosen when the file was created; seeds every block checksum.
+    pub salt: u32,
+    /// When the file was created, in milliseconds since the UNIX epoch.
+    pub created_ms: u64,
+}
+
+/// Why a file header was refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HeaderError {
+    /// The bytes do not start with [`MAGIC`]: this is not a store file.
+    NotAStore,
+    /// The magic matches and the checksum too, but the version is not ours.
+    UnsupportedVersion(u32),
+    /// The magic matches but the header is damaged or cut short.
+    Corrupt(String),
+}
+
+impl FileHeader {
+    /// Encodes the header.
+    pub fn encode(&self) -> [u8; FILE_HEADER_LEN as usize] {
+        let mut b = [0u8; FILE_HEADER_LEN as usize];
+        b[0..8].copy_from_slice(&MAGIC);
+        b[8..12].copy_from_slice(&self.version.to_le_bytes());
+        b[12..16].copy_from_slice(&(FILE_HEADER_LEN as u32).to_le_bytes());
+        b[16..20].copy_from_slice(&self.salt.to_le_bytes());
+        // 20..24: flags, zero.
+        b[24..32].copy_from_slice(&self.created_ms.to_le_bytes());
+        // 32..60: reserved, zero.
+        let c = crc(0, &[&b[0..60]]);
+        b[60..64].copy_from_slice(&c.to_le_bytes());
+        b
+    }
+
+    /// Decodes and checks a file header. `bytes` is the start of the file (all
+    /// of it when the file is shorter than the header).
+    pub fn decode(bytes: &[u8]) -> Result<FileHeader, HeaderError> {
+        let n = bytes.len().min(MAGIC.len());
+        if bytes[..n] != MAGIC[..n] || bytes.is_empty() {
+            return Err(HeaderError::NotAStore);
+        }
+        if bytes.len() < FILE_HEADER_LEN as usize {
+            return Err(HeaderError::Corrupt(format!(
+                "file header cut short: {} of {} bytes",
+                bytes.len(),
+                FILE_HEADER_LEN
+            )));
+        }
+        let b = &bytes[..FILE_HEADER_LEN as usize];
+        let version = u32_at(b, 8);
+        let stored = u32_at(b, 60);
+        let computed = crc(0, &[&b[0..60]]);
+        if stored != computed {
+            return Err(HeaderError::Corrupt(format!(
+                "file header checksum mismatch (stored {stored:#010x}, computed {computed:#010x}; version field reads {version})"
+            )));
+        }
+        if version != FORMAT_VERSION {
+            return Err(HeaderError::UnsupportedVersion(version));
+        }
+        let header_len = u32_at(b, 12);
+        if u64::from(header_len) != FILE_HEADER_LEN {
+            return Err(HeaderError::Corrupt(format!(
+                "file header length field is {header_len}, expected {FILE_HEADER_LEN}"
+            )));
+        }
+        Ok(FileHeader {
+            version,
+            salt: u32_at(b, 16),
+            created_ms: u64_at(b, 24),
+        })
+    }
+}
+
+/// A decoded block header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlockHeader {
+    /// Entry or free.
+    pub kind: Kind,
+    /// Length of the whole block, header included; a multiple of [`ALIGN`].
+    pub block_len: u64,
+    /// Key length (entries only).
+    pub key_len: u16,
+    /// Metadata length (entries only).
+    pub meta_len: u16,
+    /// Value length (entries only).
+    pub value_len: u32,
+    /// Write sequence number: the copy of a key with the highest one wins.
+    pub seq: u64,
+    /// Expiry in milliseconds since the UNIX epoch; 0 means never.
+    pub expiry_ms: u64,
+    /// CRC of key ‖ metadata ‖ value, seeded with the salt.
+    pub payload_crc: u32,
+}
+
+/// Why bytes at a block position are not a valid block header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlockHeaderError {
+    /// Fewer than [`BLOCK_HEADER_LEN`] bytes remain in the file.
+    Truncated,
+    /// The first four bytes are not [`BLOCK_MAGIC`].
+    BadMagic,
+    /// The header checksum does not match.
+    BadChecksum,
+    /// The kind byte is neither entry nor free.
+    BadKind,
+    /// `block_len` is smaller than a header or not a multiple of [`ALIGN`].
+    BadLength,
+    /// `block_len` runs past the end of the file.
+    PastEnd,
+    /// Key, metadata and value do not fit in `block_len`.
+    FieldsOverflow,
+}
+
+impl std::fmt::Display for BlockHeaderError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            BlockHeaderError::Truncated => "block header cut short by the end of the file",
+            BlockHeaderError::BadMagic => "no block magic",
+            BlockHeaderError::BadChecksum => "block header checksum mismatch",
+            BlockHeaderError::BadKind => "unknown block kind",
+            BlockHeaderError::BadLength => "impossible block length",
+            BlockHeaderError::PastEnd => "block length runs past the end of the file",
+            BlockHeaderError::FieldsOverflow => "key, metadata and value do not fit in the block",
+        })
+    }
+}
+
+impl BlockHeader {
+    /// A free block header of the given length.
+    pub fn free(block_len: u64) -> BlockHeader {
+        BlockHeader {
+            kind: Kind::Free,
+            block_len,
+            key_len: 0,
+            meta_len: 0,
+            value_len: 0,
+            seq: 0,
+            expiry_ms: 0,
+            payload_crc: 0,
+        }
+    }
+
+    /// Offset of the key, relative to the block start.
+    pub fn key_offset(&self) -> u64 {
+        BLOCK_HEADER_LEN
+    }
+
+    /// Offset of the metadata, relative to the block start.
+    pub fn meta_offset(&self) -> u64 {
+        BLOCK_HEADER_LEN + u64::from(self.key_len)
+    }
+
+    /// Offset of the value, relative to the block start.
+    pub fn value_offset(&self) -> u64 {
+        self.meta_offset() + u64::from(self.meta_len)
+    }
+
+    /// Bytes of the block that are header and payload (the rest is padding).
+    pub fn used_len(&self) -> u64 {
+        self.value_offset() + u64::from(self.value_len)
+    }
+
+    /// Length of key ‖ metadata ‖ value.
+    pub fn payload_len(&self) -> u64 {
+        self.used_len() - BLOCK_HEADER_LEN
+    }
+
+    /// Whether the entry is expired at `now_ms`.
+    pub fn is_expired(&self, now_ms: i64) -> bool {
+        is_expired(self.expiry_ms, now_ms)
+    }
+
+    /// Encodes the header, computing its checksum with `salt`.
+    pub fn encode(&self, salt: u32) -> [u8; BLOCK_HEADER_LEN as usize] {
+        let mut b = [0u8; BLOCK_HEADER_LEN as usize];
+        b[0..4].copy_from_slice(&BLOCK_MAGIC);
+        b[4] = self.kind.to_byte();
+        // 5: flags, zero.
+        b[6..8].copy_from_slice(&self.key_len.to_le_bytes());
+        b[8..16].copy_from_slice(&self.block_len.to_le_bytes());
+        b[16..20].copy_from_slice(&self.value_len.to_le_bytes());
+        b[20..22].copy_from_slice(&self.meta_len.to_le_bytes());
+        // 22..24: reserved, zero.
+        b[24..32].copy_from_slice(&self.seq.to_le_bytes());
+        b[32..40].copy_from_slice(&self.expiry_ms.to_le_bytes());
+        b[40..44].copy_from_slice(&self.payload_crc.to_le_bytes());
+        let c = crc(salt, &[&b[0..44]]);
+        b[44..48].copy_from_slice(&c.to_le_bytes());
+        b
+    }
+
+    /// Decodes a block header found at file offset `pos` in a file of
+    /// `file_len` bytes, checking everything that can be checked without the
+    /// payload. `bytes` must hold at least the header (fewer bytes is
+    /// [`BlockHeaderError::Truncated`]).
+    pub fn decode(
+        bytes: &[u8],
+        salt: u32,
+        pos: u64,
+        file_len: u64,
+    ) -> Result<BlockHeader, BlockHeaderError> {
+        if bytes.len() < BLOCK_HEADER_LEN as usize
+            || file_len.saturating_sub(pos) < BLOCK_HEADER_LEN
+        {
+            return Err(BlockHeaderError::Truncated);
+        }
+        let b = &bytes[..BLOCK_HEADER_LEN as usize];
+        if b[0..4] != BLOCK_MAGIC {
+            return Err(BlockHeaderError::BadMagic);
+        }
+        if u32_at(b, 44) != crc(salt, &[&b[0..44]]) {
+            return Err(BlockHeaderError::BadChecksum);
+        }
+        let kind = Kind::from_byte(b[4]).ok_or(BlockHeaderError::BadKind)?;
+        let h = BlockHeader {
+            kind,
+            key_len: u16::from_le_bytes([b[6], b[7]]),
+            block_len: u64_at(b, 8),
+            value_len: u32_at(b, 16),
+            meta_len: u16::from_le_bytes([b[20], b[21]]),
+            seq: u64_at(b, 24),
+            expiry_ms: u64_at(b, 32),
+            payload_crc: u32_at(b, 40),
+        };
+        if h.block_len < MIN_BLOCK_LEN || h.block_len % ALIGN != 0 {
+            return Err(BlockHeaderError::BadLength);
+        }
+        if h.block_len > file_len - pos {
+            return Err(BlockHeaderError::PastEnd);
+        }
+        if h.kind == Kind::Entry && h.used_len() > h.block_len {
+            return Err(BlockHeaderError::FieldsOverflow);
+        }
+        Ok(h)
+    }
+}
+
+/// Whether an expiry field (0 = never) is past at `now_ms`.
+pub fn is_expired(expiry_ms: u64, now_ms: i64) -> bool {
+    expiry_ms != 0 && (expiry_ms as i128) <= now_ms as i128
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(key: &[u8], meta: &[u8], value: &[u8], salt: u32) -> BlockHeader {
+        BlockHeader {
+            kind: Kind::Entry,
+            block_len: entry_block_len(key.len(), meta.len(), value.len()),
+            key_len: key.len() as u16,
+            meta_len: meta.len() as u16,
+            value_len: value.len() as u32,
+            seq: 7,
+            expiry_ms: 123,
+            payload_crc: crc(salt, &[key, meta, value]),
+        }
+    }
+
+    #[test]
+    fn file_header_round_trips() {
+        let h = FileHeader {
+            version: FORMAT_VERSION,
+            salt: 0xdead_beef,
+            created_ms: 99,
+        };
+        assert_eq!(FileHeader::decode(&h.encode()), Ok(h));
+    }
+
+    #[test]
+    fn foreign_bytes_are_not_a_store() {
+        assert_eq!(
+            FileHeader::decode(b"hello world, this is a text file"),
+            Err(HeaderError::NotAStore)
+        );
+        assert_eq!(FileHeader::decode(b"x"), Err(HeaderError::NotAStore));
+        assert_eq!(FileHeader::decode(b""), Err(HeaderError::NotAStore));
+    }
+
+    #[test]
+    fn cut_header_is_corrupt_not_foreign() {
+        let h = FileHeader {
+            version: 1,
+            salt: 1,
+            created_ms: 1,
+        }
+        .encode();
+        assert!(matches!(
+            FileHeader::decode(&h[..3]),
+            Err(HeaderError::Corrupt(_))
+        ));
+        assert!(matches!(
+            FileHeader::decode(&h[..40]),
+            Err(HeaderError::Corrupt(_))
+        ));
+    }
+
+    #[test]
+    fn every_flipped_header_byte_is_detected() {
+        let h = FileHeader {
+            version: 1,
+            salt: 5,
+            created_ms: 1,
+        }
+        .encode();
+        for i in 0..h.len() {
+            let mut d = h;
+            d[i] ^= 0x10;
+            assert!(FileHeader::decode(&d).is_err(), "byte {i}");
+            if i >= 8 {
+                assert!(
+                    matches!(FileHeader::decode(&d), Err(HeaderError::Corrupt(_))),
+                    "byte {i}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn newer_version_with_valid_checksum_is_unsupported() {
+        let mut b = FileHeader {
+            version: 1,
+            salt: 5,
+            created_ms: 1,
+        }
+        .encode();
+        b[8..12].copy_from_slice(&2u32.to_le_bytes());
+        let c = crc(0, &[&b[0..60]]);
+        b[60..64].copy_from_slice(&c.to_le_bytes());
+        assert_eq!(
+            FileHeader::decode(&b),
+            Err(HeaderError::UnsupportedVersion(2))
+        );
+    }
+
+    #[test]
+    fn block_header_round_trips() {
+        let h = entry(b"key", b"m", b"value", 42);
+        let b = h.encode(42);
+        assert_eq!(BlockHeader::decode(&b, 42, 64, 64 + h.block_len), Ok(h));
+    }
+
+    #[test]
+    fn block_header_with_other_salt_is_rejected() {
+        let h = entry(b"key", b"", b"value", 42);
+        let b = h.encode(42);
+        assert_eq!(
+            BlockHeader::decode(&b, 43, 64, 1 << 20),
+            Err(BlockHeaderError::BadChecksum)
+        );
+    }
+
+    #[test]
+    fn every_flipped_block_header_byte_is_detected() {
+        let h = entry(b"key", b"", b"value", 9);
+        let b = h.encode(9);
+        for i in 0..b.len() {
+            for bit in 0..8 {
+                let mut d = b;
+                d[i] ^= 1 << bit;
+                assert!(
+                    BlockHeader::decode(&d, 9, 64, 1 << 20).is_err(),
+                    "byte {i} bit {bit}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn impossible_lengths_are_rejected() {
+        let mut h = BlockHeader::free(40);
+        assert_eq!(
+            BlockHeader::decode(&h.encode(0), 0, 64, 4096),
+            Err(BlockHeaderError::BadLength)
+        );
+        h.block_len = 52;
+        assert_eq!(
+            BlockHeader::decode(&h.encode(0), 0, 64, 4096),
+            Err(BlockHeaderError::BadLength)
+        );
+        h.block_len = 4096;
+        assert_eq!(
+            BlockHeader::decode(&h.encode(0), 0, 64, 4096),
+            Err(BlockHeaderError::PastEnd)
+        );
+        let mut e = entry(b"k", b"", b"v", 0);
+        e.value_len = 1000;
+        assert_eq!(
+            BlockHeader::decode(&e.encode(0), 0, 64, 4096),
+            Err(BlockHeaderError::FieldsOverflow)
+        );
+        assert_eq!(
+            BlockHeader::decode(&e.encode(0)[..20], 0, 64, 4096),
+            Err(BlockHeaderError::Truncated)
+        );
+        assert_eq!(
+            BlockHeader::decode(&e.encode(0), 0, 64, 100),
+            Err(BlockHeaderError::Truncated)
+        );
+    }
+
+    #[test]
+    fn offsets_follow_the_layout() {
+        let h = entry(b"abc", b"mm", b"vvvv", 0);
+        assert_eq!(h.key_offset(), 48);
+        assert_eq!(h.meta_offset(), 51);
+        assert_eq!(h.value_offset(), 53);
+        assert_eq!(h.used_len(), 57);
+        assert_eq!(h.block_len, 64);
+        assert_eq!(h.payload_len(), 9);
+    }
+
+    #[test]
+    fn expiry_zero_means_never() {
+        assert!(!is_expired(0, i64::MAX));
+        assert!(is_expired(10, 10));
+        assert!(!is_expired(11, 10));
+        assert!(!is_expired(5, -3));
+    }
+
+    #[test]
+    fn seeded_crc_with_zero_seed_is_plain_crc32() {
+        // The standard CRC-32 check value.
+        assert_eq!(crc(0, &[b"123456789"]), 0xCBF4_3926);
+    }
+}

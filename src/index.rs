@@ -1,0 +1,451 @@
+//! The in-memory index: key → block offset (and expiry), split into shards
+//! by key hash, with least-recently-used order for the entry cap.
+//!
+//! Each shard is a slab of [`Slot`]s (key, offset, expiry: 40 bytes, keys up to
+//! 22 bytes stored inline) and a `hashbrown` table of 4-byte slot ids, so an
+//! entry costs about 48 bytes plus its key when the key is longer than 22
+//! bytes. This module holds no locks of its own and does no I/O: the store
+//! wraps each shard in a `RwLock` and each LRU list in a `Mutex`.
+
+use std::collections::BTreeSet;
+use std::hash::BuildHasher;
+
+use hashbrown::HashTable;
+
+/// Number of shards; a power of two.
+pub const SHARDS: usize = 64;
+
+/// Keys up to this length are stored inside the slot.
+const INLINE_KEY: usize = 22;
+
+/// A key, inline when short.
+#[derive(Clone)]
+pub enum CompactKey {
+    /// Up to [`INLINE_KEY`] bytes, with their length.
+    Inline(u8, [u8; INLINE_KEY]),
+    /// A longer key.
+    Heap(Box<[u8]>),
+}
+
+const _: () = assert!(std::mem::size_of::<CompactKey>() == 24);
+
+impl CompactKey {
+    /// Stores `key`.
+    pub fn new(key: &[u8]) -> CompactKey {
+        if key.len() <= INLINE_KEY {
+            let mut b = [0u8; INLINE_KEY];
+            b[..key.len()].copy_from_slice(key);
+            CompactKey::Inline(key.len() as u8, b)
+        } else {
+            CompactKey::Heap(key.into())
+        }
+    }
+
+    /// The key's bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            CompactKey::Inline(n, b) => &b[..*n as usize],
+            CompactKey::Heap(b) => b,
+        }
+    }
+
+    /// Heap bytes used beyond the slot.
+    fn heap_len(&self) -> usize {
+        match self {
+            CompactKey::Inline(..) => 0,
+            CompactKey::Heap(b) => b.len(),
+        }
+    }
+}
+
+/// One index entry.
+pub struct Slot {
+    /// The key.
+    pub key: CompactKey,
+    /// Offset of the entry's block; [`VACANT`] for an unused slot.
+    pub offset: u64,
+    /// Expiry in milliseconds since the epoch, 0 for never.
+    pub expiry: u64,
+}
+
+/// `Slot::offset` of an unused slot.
+pub const VACANT: u64 = u64::MAX;
+
+const CHUNK: usize = 1024;
+/// "No slot" in the LRU links.
+pub const NIL: u32 = u32::MAX;
+
+/// A shard: a hash table of slot ids over a slab of slots.
+#[derive(Default)]
+pub struct Shard {
+    table: HashTable<u32>,
+    /// The slab, in chunks of [`CHUNK`] so that growing never copies it.
+    chunks: Vec<Vec<Slot>>,
+    vacant: Vec<u32>,
+    /// (expiry, slot id) of every entry that has an expiry.
+    expiries: BTreeSet<(u64, u32)>,
+    heap_key_bytes: usize,
+}
+
+impl Shard {
+    /// Number of entries.
+    #[cfg_attr(not(any(test, feature = "testing")), allow(dead_code))]
+    pub fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    /// The slot with this id.
+    pub fn slot(&self, id: u32) -> &Slot {
+        &self.chunks[id as usize / CHUNK][id as usize % CHUNK]
+    }
+
+    fn slot_mut(&mut self, id: u32) -> &mut Slot {
+        &mut self.chunks[id as usize / CHUNK][id as usize % CHUNK]
+    }
+
+    /// The id of `key`'s slot.
+    pub fn find(&self, hash: u64, key: &[u8]) -> Option<u32> {
+        let chunks = &self.chunks;
+        self.table
+            .find(hash, |&id| {
+                chunks[id as usize / CHUNK][id as usize % CHUNK]
+                    .key
+                    .as_bytes()
+                    == key
+            })
+            .copied()
+    }
+
+    /// Adds a key that is not in the shard; returns its slot id.
+    pub fn insert(
+        &mut self,
+        hasher: &impl BuildHasher,
+        hash: u64,
+        key: &[u8],
+        offset: u64,
+        expiry: u64,
+    ) -> u32 {
+        debug_assert!(self.find(hash, key).is_none());
+        let slot = Slot {
+            key: CompactKey::new(key),
+            offset,
+            expiry,
+        };
+        self.heap_key_bytes += slot.key.heap_len();
+        let id = match self.vacant.pop() {
+            Some(id) => {
+                *self.slot_mut(id) = slot;
+                id
+            }
+            None => {
+                if self.chunks.last().is_none_or(|c| c.len() == CHUNK) {
+                    self.chunks.push(Vec::with_capacity(CHUNK));
+                }
+                let id = ((self.chunks.len() - 1) * CHUNK + self.chunks.last().map_or(0, Vec::len))
+                    as u32;
+                self.chunks.last_mut().expect("a chunk").push(slot);
+                id
+            }
+        };
+        if expiry != 0 {
+            self.expiries.insert((expiry, id));
+        }
+        let chunks = &self.chunks;
+        self.table.insert_unique(hash, id, |&id| {
+            hasher.hash_one(
+                chunks[id as usize / CHUNK][id as usize % CHUNK]
+                    .key
+                    .as_bytes(),
+            )
+        });
+        id
+    }
+
+    /// Points slot `id` at a new block and expiry; returns the old offset.
+    pub fn update(&mut self, id: u32, offset: u64, expiry: u64) -> u64 {
+        let slot = self.slot_mut(id);
+        let (old_off, old_exp) = (slot.offset, slot.expiry);
+        slot.offset = offset;
+        slot.expiry = expiry;
+        if old_exp != expiry {
+            if old_exp != 0 {
+                self.expiries.remove(&(old_exp, id));
+            }
+            if expiry != 0 {
+                self.expiries.insert((expiry, id));
+            }
+        }
+        old_off
+    }
+
+    /// Removes slot `id` (whose key hashes to `hash`); returns its offset.
+    pub fn remove(&mut self, hash: u64, id: u32) -> u64 {
+        let found = self.table.find_entry(hash, |&i| i == id);
+        let entry = found.unwrap_or_else(|_| unreachable!("slot {id} is in the table"));
+        entry.remove();
+        let slot = self.slot_mut(id);
+        let (offset, expiry) = (slot.offset, slot.expiry);
+        let key = std::mem::replace(&mut slot.key, CompactKey::Inline(0, [0; INLINE_KEY]));
+        slot.offset = VACANT;
+        slot.expiry = 0;
+        self.heap_key_bytes -= key.heap_len();
+        if expiry != 0 {
+            self.expiries.remove(&(expiry, id));
+        }
+        self.vacant.push(id);
+        offset
+    }
+
+    /// Removes everything.
+    pub fn clear(&mut self) {
+        *self = Shard::default();
+    }
+
+    /// Every occupied slot, as (id, slot).
+    pub fn iter(&self) -> impl Iterator<Item = (u32, &Slot)> + '_ {
+        self.chunks
+            .iter()
+            .flatten()
+            .enumerate()
+            .filter(|(_, s)| s.offset != VACANT)
+            .map(|(i, s)| (i as u32, s))
+    }
+
+    /// Slot ids of entries whose expiry is at or before `now_ms`, oldest first.
+    pub fn expired(&self, now_ms: i64, limit: usize) -> Vec<u32> {
+        if now_ms <= 0 {
+            return Vec::new();
+        }
+        self.expiries
+            .range(..=(now_ms as u64, u32::MAX))
+            .take(limit)
+            .map(|&(_, id)| id)
+            .collect()
+    }
+
+    /// The earliest expiry in the shard.
+    pub fn earliest_expiry(&self) -> Option<u64> {
+        self.expiries.first().map(|&(e, _)| e)
+    }
+
+    /// Bytes of memory the shard uses (an estimate of its heap footprint).
+    pub fn memory(&self) -> usize {
+        let table = self.table.capacity() * (std::mem::size_of::<u32>() + 1);
+        let slots = self.chunks.len() * CHUNK * std::mem::size_of::<Slot>();
+        let vacant = self.vacant.capacity() * 4;
+        // A BTreeSet node holds up to 11 entries of 16 bytes; count ~1.5x.
+        let expiries = self.expiries.len() * 24;
+        table + slots + vacant + expiries + self.heap_key_bytes
+    }
+}
+
+/// The LRU order of one shard's entries: a doubly linked list through slot ids,
+/// most recent at the head, each link stamped with a store-wide use counter so
+/// that the least recent entry of the whole store is the shard tail with the
+/// smallest stamp.
+#[derive(Default)]
+pub struct LruList {
+    links: Vec<Link>,
+    head: Option<u32>,
+    tail: Option<u32>,
+}
+
+#[derive(Clone, Copy)]
+struct Link {
+    prev: u32,
+    next: u32,
+    stamp: u64,
+}
+
+const UNLINKED: Link = Link {
+    prev: NIL,
+    next: NIL,
+    stamp: 0,
+};
+
+impl LruList {
+    fn unlink(&mut self, id: u32) {
+        let Link { prev, next, .. } = self.links[id as usize];
+        match prev {
+            NIL => self.head = (next != NIL).then_some(next),
+            p => self.links[p as usize].next = next,
+        }
+        match next {
+            NIL => self.tail = (prev != NIL).then_some(prev),
+            n => self.links[n as usize].prev = prev,
+        }
+        self.links[id as usize] = UNLINKED;
+    }
+
+    fn push_front(&mut self, id: u32, stamp: u64) {
+        if self.links.len() <= id as usize {
+            self.links.resize(id as usize + 1, UNLINKED);
+        }
+        let old = self.head;
+        self.links[id as usize] = Link {
+            prev: NIL,
+            next: old.unwrap_or(NIL),
+            stamp,
+        };
+        match old {
+            Some(h) => self.links[h as usize].prev = id,
+            None => self.tail = Some(id),
+        }
+        self.head = Some(id);
+    }
+
+    fn is_linked(&self, id: u32) -> bool {
+        self.head == Some(id) || self.links.get(id as usize).is_some_and(|l| l.prev != NIL)
+    }
+
+    /// Marks `id` as just used (inserting it if new).
+    pub fn touch(&mut self, id: u32, stamp: u64) {
+        if self.is_linked(id) {
+            self.unlink(id);
+        }
+        self.push_front(id, stamp);
+    }
+
+    /// Forgets `id`.
+    pub fn remove(&mut self, id: u32) {
+        if self.is_linked(id) {
+            self.unlink(id);
+        }
+    }
+
+    /// The least recently used slot and its stamp.
+    pub fn oldest(&self) -> Option<(u32, u64)> {
+        self.tail.map(|t| (t, self.links[t as usize].stamp))
+    }
+
+    /// Empties the list.
+    pub fn clear(&mut self) {
+        *self = LruList::default();
+    }
+
+    /// Slot ids from least to most recent.
+    #[cfg(test)]
+    pub fn ids_oldest_first(&self) -> Vec<u32> {
+        let mut out = Vec::new();
+        let mut at = self.tail;
+        while let Some(id) = at {
+            out.push(id);
+            let p = self.links[id as usize].prev;
+            at = (p != NIL).then_some(p);
+        }
+        out
+    }
+
+    /// Bytes of memory used.
+    pub fn memory(&self) -> usize {
+        self.links.capacity() * std::mem::size_of::<Link>()
+    }
+}
+
+/// The hasher keys are hashed with (random per store).
+pub type KeyHasher = foldhash::fast::RandomState;
+
+/// Which shard a key hash belongs to. Uses bits that `hashbrown` uses for
+/// neither the bucket index (low bits) nor the control byte (top 7 bits).
+pub fn shard_of(hash: u64) -> usize {
+    ((hash >> 40) as usize) & (SHARDS - 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_keys_are_inline_and_long_ones_on_the_heap() {
+        assert!(matches!(CompactKey::new(b""), CompactKey::Inline(0, _)));
+        assert!(matches!(
+            CompactKey::new(&[7u8; 22]),
+            CompactKey::Inline(22, _)
+        ));
+        assert!(matches!(CompactKey::new(&[7u8; 23]), CompactKey::Heap(_)));
+        for n in [0usize, 1, 21, 22, 23, 100] {
+            let k: Vec<u8> = (0..n as u8).collect();
+            assert_eq!(CompactKey::new(&k).as_bytes(), &k[..]);
+        }
+    }
+
+    #[test]
+    fn shard_insert_find_update_remove() {
+        let h = KeyHasher::default();
+        let mut s = Shard::default();
+        let keys: Vec<Vec<u8>> = (0..3000u32)
+            .map(|i| format!("key-{i}-{}", "x".repeat(i as usize % 40)).into_bytes())
+            .collect();
+        for (i, k) in keys.iter().enumerate() {
+            let id = s.insert(
+                &h,
+                h.hash_one(k),
+                k,
+                i as u64 * 8,
+                if i % 3 == 0 { 100 + i as u64 } else { 0 },
+            );
+            assert_eq!(s.slot(id).key.as_bytes(), &k[..]);
+        }
+        assert_eq!(s.len(), 3000);
+        for (i, k) in keys.iter().enumerate() {
+            let id = s.find(h.hash_one(k), k).unwrap();
+            assert_eq!(s.slot(id).offset, i as u64 * 8);
+        }
+        assert!(s.find(h.hash_one(b"nope"), b"nope").is_none());
+        // Expiry bookkeeping.
+        assert_eq!(
+            s.expired(102, 100).len(),
+            1,
+            "only key 0 (expiry 100) is <= 102"
+        );
+        let id0 = s.find(h.hash_one(&keys[0]), &keys[0]).unwrap();
+        assert_eq!(s.update(id0, 4096, 0), 0);
+        assert!(s.expired(102, 100).is_empty());
+        assert_eq!(s.earliest_expiry(), Some(103));
+        // Remove half; the rest stays findable and ids are reused.
+        for k in keys.iter().step_by(2) {
+            let id = s.find(h.hash_one(k), k).unwrap();
+            s.remove(h.hash_one(k), id);
+        }
+        assert_eq!(s.len(), 1500);
+        assert_eq!(s.iter().count(), 1500);
+        for (i, k) in keys.iter().enumerate() {
+            assert_eq!(s.find(h.hash_one(k), k).is_some(), i % 2 == 1);
+        }
+        let id = s.insert(&h, h.hash_one(b"new"), b"new", 8, 0);
+        assert!((id as usize) < 3000, "a vacant slot was reused");
+    }
+
+    #[test]
+    fn lru_orders_by_use() {
+        let mut l = LruList::default();
+        for id in 0..5 {
+            l.touch(id, id as u64);
+        }
+        assert_eq!(l.oldest(), Some((0, 0)));
+        l.touch(0, 10);
+        assert_eq!(l.oldest(), Some((1, 1)));
+        l.remove(1);
+        assert_eq!(l.oldest(), Some((2, 2)));
+        assert_eq!(l.ids_oldest_first(), vec![2, 3, 4, 0]);
+        l.remove(4);
+        l.remove(4);
+        assert_eq!(l.ids_oldest_first(), vec![2, 3, 0]);
+        for id in [2, 3, 0] {
+            l.remove(id);
+        }
+        assert_eq!(l.oldest(), None);
+        l.touch(7, 1);
+        assert_eq!(l.ids_oldest_first(), vec![7]);
+    }
+
+    #[test]
+    fn shards_spread_keys() {
+        let h = KeyHasher::default();
+        let mut counts = [0usize; SHARDS];
+        for i in 0..64_000u32 {
+            counts[shard_of(h.hash_one(i.to_le_bytes()))] += 1;
+        }
+        assert!(counts.iter().all(|&c| c > 700 && c < 1300), "{counts:?}");
+    }
+}

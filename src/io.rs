@@ -1,0 +1,406 @@
+//! The file: reads, writes, growth, truncation and `fdatasync`, behind the
+//! small [`Storage`] trait so that tests can put a fault-injecting file in its
+//! place.
+//!
+//! [`FileStorage`] maps the file into memory with `memmap2` and reads and writes
+//! through the map: a read is a copy from the page cache and a write a copy into
+//! it, with no system call. The map is made larger than the file (pages past
+//! the end are never touched) and is replaced by a larger one when the file
+//! outgrows it; old maps stay mapped until the storage is dropped, so a slice
+//! borrowed from one stays valid. Growth reserves disk space with `fallocate`
+//! first, so a full disk is an error from the call that grows the file, never a
+//! `SIGBUS` from a write into the map.
+//!
+//! This module never decides what to write: the store's locks guarantee that
+//! no range is read while it is written and that no range in use is truncated.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::os::unix::io::AsRawFd;
+use std::ptr;
+use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
+
+use memmap2::{MmapOptions, MmapRaw};
+use parking_lot::{Mutex, RwLock};
+
+/// What the store needs from its file.
+///
+/// Offsets and lengths are in bytes. Implementations must be safe to call from
+/// many threads at once on disjoint ranges.
+pub trait Storage: Send + Sync {
+    /// The current length of the file.
+    fn len(&self) -> u64;
+
+    /// Whether the file is empty.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Reads exactly `buf.len()` bytes at `offset`.
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
+
+    /// Writes the concatenation of `parts` at `offset`, inside the file's
+    /// current length. One call is one write: a crash may leave a prefix of it.
+    fn write_at(&self, offset: u64, parts: &[&[u8]]) -> io::Result<()>;
+
+    /// Changes the length of the file. Growing reserves the disk space, so
+    /// writes inside the new length cannot fail for lack of space.
+    fn set_len(&self, len: u64) -> io::Result<()>;
+
+    /// Makes everything written so far durable (`fdatasync`).
+    fn sync(&self) -> io::Result<()>;
+
+    /// A slice of the file's bytes, borrowed from a memory map, when the
+    /// storage has one.
+    ///
+    /// # Safety
+    /// The caller must ensure that, for as long as the slice lives, nobody
+    /// writes to the range and the file is not truncated below its end. (The
+    /// store guarantees this with its reader locks.)
+    unsafe fn view(&self, _offset: u64, _len: u64) -> Option<&[u8]> {
+        None
+    }
+}
+
+/// One mapping of the file: a window of `len` bytes from offset 0.
+struct Window {
+    ptr: *mut u8,
+    len: u64,
+}
+
+/// A store file on disk, read and written through a memory map.
+pub struct FileStorage {
+    file: File,
+    writable: bool,
+    len: AtomicU64,
+    /// The current window; it covers at least `len` bytes.
+    window: AtomicPtr<Window>,
+    /// Every window ever made, with its map: kept until drop.
+    maps: Mutex<Vec<(Box<Window>, MmapRaw)>>,
+}
+
+// SAFETY: the raw pointers in `Window` point into mappings owned by `maps`,
+// which live as long as the `FileStorage`; all mutation of shared state goes
+// through atomics and a mutex, and the bytes behind the pointers are accessed
+// only under the store's locking rules (see `Storage::view`).
+unsafe impl Send for FileStorage {}
+// SAFETY: as above.
+unsafe impl Sync for FileStorage {}
+
+/// The smallest window mapped, so that small stores never remap.
+const MIN_WINDOW: u64 = 1 << 30;
+
+impl FileStorage {
+    /// Wraps an open file. `writable` says whether it was opened for writing.
+    pub fn new(file: File, writable: bool) -> io::Result<FileStorage> {
+        let len = file.metadata()?.len();
+        let s = FileStorage {
+            file,
+            writable,
+            len: AtomicU64::new(len),
+            window: AtomicPtr::new(ptr::null_mut()),
+            maps: Mutex::new(Vec::new()),
+        };
+        s.ensure_window(len)?;
+        Ok(s)
+    }
+
+    /// Makes sure the current window covers `len` bytes.
+    fn ensure_window(&self, len: u64) -> io::Result<()> {
+        let mut maps = self.maps.lock();
+        if let Some((w, _)) = maps.last() {
+            if w.len >= len {
+                return Ok(());
+            }
+        }
+        let want = len.saturating_mul(2).max(MIN_WINDOW);
+        let map = self.map(want).or_else(|_| self.map(len.max(1)))?;
+        let mut w = Box::new(Window {
+            ptr: map.as_mut_ptr(),
+            len: map.len() as u64,
+        });
+        let wp: *mut Window = &mut *w;
+        maps.push((w, map));
+        self.window.store(wp, Ordering::Release);
+        Ok(())
+    }
+
+    fn map(&self, len: u64) -> io::Result<MmapRaw> {
+        let len = usize::try_from(len).map_err(|_| io::Error::other("file too large to map"))?;
+        let mut o = MmapOptions::new();
+        o.len(len);
+        if self.writable {
+            o.map_raw(&self.file)
+        } else {
+            o.map_raw_read_only(&self.file)
+        }
+    }
+
+    fn window(&self) -> &Window {
+        // SAFETY: the pointer was set from a boxed `Window` in `maps`, which
+        // is never dropped before `self`.
+        unsafe { &*self.window.load(Ordering::Acquire) }
+    }
+
+    fn check_range(&self, offset: u64, len: u64) -> io::Result<()> {
+        match offset.checked_add(len) {
+            Some(end) if end <= self.len.load(Ordering::Acquire) => Ok(()),
+            _ => Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("range {offset}+{len} is past the end of the file"),
+            )),
+        }
+    }
+
+    /// Reserves disk blocks for `[from, to)` and extends the file to `to`.
+    fn allocate_space(&self, from: u64, to: u64) -> io::Result<()> {
+        let fd = self.file.as_raw_fd();
+        let (off, len) = (from as libc::off_t, (to - from) as libc::off_t);
+        // SAFETY: fallocate only reads its integer arguments; `fd` is open for
+        // the life of `self`.
+        let r = unsafe { libc::fallocate(fd, 0, off, len) };
+        if r == 0 {
+            return Ok(());
+        }
+        let err = io::Error::last_os_error();
+        match err.raw_os_error() {
+            // The file system cannot reserve space: extend, then write zeros so
+            // the blocks exist before anyone writes into the map.
+            Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) => {
+                self.file.set_len(to)?;
+                let zeros = vec![0u8; 1 << 16];
+                let mut at = from;
+                while at < to {
+                    let n = (to - at).min(zeros.len() as u64) as usize;
+                    if let Err(e) = self.file.write_all_at(&zeros[..n], at) {
+                        let _ = self.file.set_len(from);
+                        return Err(e);
+                    }
+                    at += n as u64;
+                }
+                Ok(())
+            }
+            _ => {
+                // Give back anything reserved past the old end.
+                let _ = self.file.set_len(from);
+                Err(err)
+            }
+        }
+    }
+}
+
+impl Storage for FileStorage {
+    fn len(&self) -> u64 {
+        self.len.load(Ordering::Acquire)
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.check_range(offset, buf.len() as u64)?;
+        let w = self.window();
+        // SAFETY: the range is inside the file (checked) and so inside the
+        // window, which covers the whole file; the store never reads a range
+        // while another thread writes it or truncates it.
+        unsafe {
+            ptr::copy_nonoverlapping(w.ptr.add(offset as usize), buf.as_mut_ptr(), buf.len())
+        };
+        Ok(())
+    }
+
+    fn write_at(&self, offset: u64, parts: &[&[u8]]) -> io::Result<()> {
+        if !self.writable {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "file opened read-only",
+            ));
+        }
+        let total: u64 = parts.iter().map(|p| p.len() as u64).sum();
+        self.check_range(offset, total)?;
+        let w = self.window();
+        let mut at = offset as usize;
+        for p in parts {
+            // SAFETY: the range is inside the file (checked), whose disk space
+            // was reserved when it grew, and inside the writable window; the
+            // store hands each block to one writer at a time and lets no reader
+            // at a block while it is written.
+            unsafe { ptr::copy_nonoverlapping(p.as_ptr(), w.ptr.add(at), p.len()) };
+            at += p.len();
+        }
+        Ok(())
+    }
+
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        let old = self.len.load(Ordering::Acquire);
+        if len > old {
+            self.ensure_window(len)?;
+            self.allocate_space(old, len)?;
+        } else if len < old {
+            self.file.set_len(len)?;
+        }
+        self.len.store(len, Ordering::Release);
+        Ok(())
+    }
+
+    fn sync(&self) -> io::Result<()> {
+        if self.writable {
+            self.file.sync_data()
+        } else {
+            Ok(())
+        }
+    }
+
+    unsafe fn view(&self, offset: u64, len: u64) -> Option<&[u8]> {
+        self.check_range(offset, len).ok()?;
+        let w = self.window();
+        // SAFETY: the range is inside the file and the window; the caller
+        // guarantees it is neither written nor truncated while borrowed, and
+        // the window outlives `self`'s borrow.
+        Some(unsafe { std::slice::from_raw_parts(w.ptr.add(offset as usize), len as usize) })
+    }
+}
+
+/// A file held in memory: the storage under the test seams, and a plain
+/// in-memory store for experiments.
+#[derive(Default)]
+#[cfg_attr(not(any(test, feature = "testing")), allow(dead_code))]
+pub struct MemStorage {
+    bytes: RwLock<Vec<u8>>,
+}
+
+#[cfg_attr(not(any(test, feature = "testing")), allow(dead_code))]
+impl MemStorage {
+    /// An empty file.
+    pub fn new() -> MemStorage {
+        MemStorage::default()
+    }
+
+    /// A file with these contents.
+    pub fn with_bytes(bytes: Vec<u8>) -> MemStorage {
+        MemStorage {
+            bytes: RwLock::new(bytes),
+        }
+    }
+
+    /// A copy of the contents.
+    pub fn bytes(&self) -> Vec<u8> {
+        self.bytes.read().clone()
+    }
+}
+
+#[cfg_attr(not(any(test, feature = "testing")), allow(dead_code))]
+fn eof(offset: u64, len: usize) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::UnexpectedEof,
+        format!("range {offset}+{len} is past the end of the file"),
+    )
+}
+
+impl Storage for MemStorage {
+    fn len(&self) -> u64 {
+        self.bytes.read().len() as u64
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        let b = self.bytes.read();
+        let start = usize::try_from(offset).map_err(|_| eof(offset, buf.len()))?;
+        let src = start
+            .checked_add(buf.len())
+            .and_then(|end| b.get(start..end))
+            .ok_or_else(|| eof(offset, buf.len()))?;
+        buf.copy_from_slice(src);
+        Ok(())
+    }
+
+    fn write_at(&self, offset: u64, parts: &[&[u8]]) -> io::Result<()> {
+        let mut b = self.bytes.write();
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        let start = usize::try_from(offset).map_err(|_| eof(offset, total))?;
+        if start.checked_add(total).is_none_or(|end| end > b.len()) {
+            return Err(eof(offset, total));
+        }
+        let mut at = start;
+        for p in parts {
+            b[at..at + p.len()].copy_from_slice(p);
+            at += p.len();
+        }
+        Ok(())
+    }
+
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        let len = usize::try_from(len).map_err(|_| io::Error::other("too large"))?;
+        self.bytes.write().resize(len, 0);
+        Ok(())
+    }
+
+    fn sync(&self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs::OpenOptions;
+
+    fn file_storage() -> (tempfile::TempDir, FileStorage) {
+        let dir = tempfile::tempdir().unwrap();
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(dir.path().join("f"))
+            .unwrap();
+        (dir, FileStorage::new(f, true).unwrap())
+    }
+
+    fn exercise(s: &dyn Storage) {
+        assert_eq!(s.len(), 0);
+        s.set_len(100).unwrap();
+        assert_eq!(s.len(), 100);
+        s.write_at(10, &[b"hello", b" ", b"world"]).unwrap();
+        let mut buf = [0u8; 11];
+        s.read_at(10, &mut buf).unwrap();
+        assert_eq!(&buf, b"hello world");
+        let mut z = [1u8; 10];
+        s.read_at(0, &mut z).unwrap();
+        assert_eq!(z, [0u8; 10], "grown space reads as zeros");
+        assert!(s.write_at(95, &[b"toolong"]).is_err());
+        assert!(s.read_at(95, &mut [0u8; 6]).is_err());
+        assert!(s.read_at(u64::MAX, &mut [0u8; 2]).is_err());
+        s.set_len(12).unwrap();
+        assert_eq!(s.len(), 12);
+        assert!(s.read_at(10, &mut [0u8; 3]).is_err());
+        s.sync().unwrap();
+    }
+
+    #[test]
+    fn mem_storage_behaves_like_a_file() {
+        exercise(&MemStorage::new());
+    }
+
+    #[test]
+    fn file_storage_behaves_like_a_file() {
+        let (_d, s) = file_storage();
+        exercise(&s);
+    }
+
+    #[test]
+    fn file_storage_remaps_past_the_first_window_and_old_views_stay_valid() {
+        let (_d, s) = file_storage();
+        s.set_len(4096).unwrap();
+        s.write_at(0, &[b"first"]).unwrap();
+        // SAFETY: nothing writes [0, 5) or truncates the file while `v` lives.
+        let v = unsafe { s.view(0, 5) }.unwrap();
+        let before = s.maps.lock().len();
+        // Grow past the window without writing the space (fallocate is cheap).
+        s.set_len(MIN_WINDOW + 4096).unwrap();
+        assert!(s.maps.lock().len() > before, "a new window was mapped");
+        s.write_at(MIN_WINDOW, &[b"far"]).unwrap();
+        let mut buf = [0u8; 3];
+        s.read_at(MIN_WINDOW, &mut buf).unwrap();
+        assert_eq!(&buf, b"far");
+        assert_eq!(v, b"first");
+        s.set_len(4096).unwrap();
+    }
+}

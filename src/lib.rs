@@ -1,0 +1,57 @@
+//! # sfs: a persistent key-value map in one file
+//!
+//! `sfs` keeps a key-value map in a single data file. Every key lives in an
+//! in-memory index that points into the file; values are read from the file
+//! (through a memory map) when asked for. Space freed by deletes, overwrites
+//! and expiry is recycled: a free list ordered by size hands out the best fit,
+//! splits large blocks, merges neighbours and cuts free space off the end of
+//! the file. Entries can expire at a wall-clock time, the store can cap its
+//! number of entries by evicting the least recently used one, and every block
+//! carries checksums so that damage is detected, skipped and never served.
+//!
+//! ```
+//! use std::time::Duration;
+//! use sfs::{Options, SyncPolicy};
+//!
+//! let dir = tempfile::tempdir()?;
+//! let path = dir.path().join("data.sfs");
+//! let store = Options::new().max_entries(2).sync(SyncPolicy::Never).open(&path)?;
+//! store.put(b"a", b"1")?;
+//! store.put_with_ttl(b"b", b"2", Duration::from_secs(3600))?;
+//! store.get(b"a")?;          // `a` is now the most recently used
+//! store.put(b"c", b"3")?;    // over the cap: `b`, the least recently used, is evicted
+//! assert!(store.contains(b"a") && !store.contains(b"b") && store.contains(b"c"));
+//! store.close()?;
+//!
+//! let store = sfs::Store::open(&path)?;
+//! assert_eq!(store.get(b"c")?.as_deref(), Some(&b"3"[..]));
+//! # Ok::<(), sfs::Error>(())
+//! ```
+//!
+//! The file format is documented byte by byte in `FORMAT.md`; the guarantees
+//! (what survives a crash, what damage costs) in the README.
+
+#![warn(missing_docs)]
+#![deny(unsafe_op_in_unsafe_fn)]
+
+mod alloc;
+mod clock;
+mod error;
+pub mod format;
+mod index;
+pub mod inspect;
+mod io;
+mod options;
+mod recovery;
+mod store;
+mod typed;
+
+#[cfg(feature = "testing")]
+#[doc(hidden)]
+pub mod testing;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use error::{Error, Result};
+pub use options::{Options, SyncPolicy};
+pub use store::{Entry, Iter, PutOptions, Stats, Store, ValueRef};
+pub use typed::TypedStore;

@@ -1,0 +1,233 @@
+//! `Options`: the builder that opens a store, `SyncPolicy`, and their checks.
+
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::clock::{Clock, SystemClock};
+use crate::error::{Error, Result};
+use crate::store::Store;
+
+/// When writes reach the disk.
+///
+/// Whatever the policy, [`Store::sync`] and [`Store::close`] make everything
+/// written so far durable, and dropping a store syncs it too.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SyncPolicy {
+    /// Writes stay in the OS page cache until [`Store::sync`], close or drop.
+    /// They survive a crash of the process, not of the machine. The store
+    /// still syncs on its own when it needs to recycle space freed by
+    /// overwrites (see the README's "Guarantees").
+    Never,
+    /// Every write is on disk (`fdatasync`) before it returns. Concurrent
+    /// writers share one `fdatasync` (group commit). The default.
+    Always,
+    /// A background thread syncs every given interval, if anything was written.
+    Periodic(Duration),
+}
+
+impl Default for SyncPolicy {
+    fn default() -> Self {
+        SyncPolicy::Always
+    }
+}
+
+/// How to open a store.
+///
+/// ```
+/// use sfs::{Options, SyncPolicy};
+///
+/// let dir = tempfile::tempdir()?;
+/// let store = Options::new()
+///     .max_entries(10_000)
+///     .sync(SyncPolicy::Never)
+///     .open(dir.path().join("cache.sfs"))?;
+/// store.put(b"k", b"v")?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone)]
+pub struct Options {
+    pub(crate) max_entries: Option<usize>,
+    pub(crate) fragmentation_factor: f64,
+    pub(crate) sync: SyncPolicy,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) create: bool,
+    pub(crate) read_only: bool,
+    pub(crate) verify_checksums: bool,
+    #[cfg(feature = "testing")]
+    pub(crate) storage: Option<Arc<dyn crate::io::Storage>>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options::new()
+    }
+}
+
+impl fmt::Debug for Options {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Options")
+            .field("max_entries", &self.max_entries)
+            .field("fragmentation_factor", &self.fragmentation_factor)
+            .field("sync", &self.sync)
+            .field("create", &self.create)
+            .field("read_only", &self.read_only)
+            .field("verify_checksums", &self.verify_checksums)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Options {
+    /// The defaults: unbounded, fragmentation factor 0.75,
+    /// [`SyncPolicy::Always`], the system clock, create when missing,
+    /// read-write, checksums verified on every read.
+    pub fn new() -> Options {
+        Options {
+            max_entries: None,
+            fragmentation_factor: 0.75,
+            sync: SyncPolicy::default(),
+            clock: Arc::new(SystemClock),
+            create: true,
+            read_only: false,
+            verify_checksums: true,
+            #[cfg(feature = "testing")]
+            storage: None,
+        }
+    }
+
+    /// Caps the number of live entries: inserting a new key beyond `n`
+    /// evicts the least recently used entry (`get` and `put` count as use).
+    /// `n` must be at least 1.
+    pub fn max_entries(mut self, n: usize) -> Options {
+        self.max_entries = Some(n);
+        self
+    }
+
+    /// A free block is split for a request only when the request uses at most
+    /// this share of it (and the rest is at least one minimal block);
+    /// otherwise the request gets the whole block. In (0, 1]; default 0.75.
+    pub fn fragmentation_factor(mut self, f: f64) -> Options {
+        self.fragmentation_factor = f;
+        self
+    }
+
+    /// When writes reach the disk; default [`SyncPolicy::Always`].
+    pub fn sync(mut self, policy: SyncPolicy) -> Options {
+        self.sync = policy;
+        self
+    }
+
+    /// The time source for expiry; default the system clock.
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Options {
+        self.clock = clock;
+        self
+    }
+
+    /// Whether a missing file (and missing parent directories) is created;
+    /// default true. With false, a missing file is an error.
+    pub fn create(mut self, create: bool) -> Options {
+        self.create = create;
+        self
+    }
+
+    /// Opens without writing: the file is never modified, its lock is shared
+    /// with other read-only handles, and every write returns
+    /// [`Error::ReadOnly`]. A missing file is an error. Default false.
+    pub fn read_only(mut self, read_only: bool) -> Options {
+        self.read_only = read_only;
+        self
+    }
+
+    /// Whether every read checks the entry's checksums, so that damage that
+    /// happened after the store was opened is reported as [`Error::Corrupt`]
+    /// instead of returned as data. Default true; turning it off saves the
+    /// checksum (about a nanosecond per 10 bytes read).
+    pub fn verify_checksums(mut self, verify: bool) -> Options {
+        self.verify_checksums = verify;
+        self
+    }
+
+    /// Opens (or creates) the store at `path` with these options.
+    pub fn open(&self, path: impl AsRef<Path>) -> Result<Store> {
+        self.validate()?;
+        Store::open_with(path.as_ref(), self.clone())
+    }
+
+    /// Opens a typed store (see [`crate::TypedStore`]) with these options.
+    pub fn open_typed<K, V>(&self, path: impl AsRef<Path>) -> Result<crate::TypedStore<K, V>>
+    where
+        K: serde::Serialize + serde::de::DeserializeOwned,
+        V: serde::Serialize + serde::de::DeserializeOwned,
+    {
+        Ok(crate::TypedStore::from_store(self.open(path)?))
+    }
+
+    /// Opens a store over a caller-supplied storage instead of a file (test
+    /// seam: fault injection and crash simulation).
+    #[cfg(feature = "testing")]
+    #[doc(hidden)]
+    pub fn open_on(
+        &self,
+        path: impl AsRef<Path>,
+        storage: Arc<dyn crate::io::Storage>,
+    ) -> Result<Store> {
+        let mut o = self.clone();
+        o.storage = Some(storage);
+        o.validate()?;
+        Store::open_with(path.as_ref(), o)
+    }
+
+    pub(crate) fn validate(&self) -> Result<()> {
+        let f = self.fragmentation_factor;
+        if !(f > 0.0 && f <= 1.0) {
+            return Err(Error::InvalidOptions {
+                reason: format!("fragmentation factor must be in (0, 1], got {f}"),
+            });
+        }
+        if self.max_entries == Some(0) {
+            return Err(Error::InvalidOptions {
+                reason: "max_entries must be at least 1".into(),
+            });
+        }
+        if let SyncPolicy::Periodic(d) = self.sync {
+            if d.is_zero() {
+                return Err(Error::InvalidOptions {
+                    reason: "SyncPolicy::Periodic needs a non-zero interval".into(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_fragmentation_factors_are_refused() {
+        for f in [0.0, -0.5, 1.01, f64::NAN, f64::INFINITY] {
+            let e = Options::new()
+                .fragmentation_factor(f)
+                .validate()
+                .unwrap_err();
+            assert!(matches!(e, Error::InvalidOptions { .. }), "{f}");
+        }
+        for f in [0.01, 0.5, 1.0] {
+            Options::new().fragmentation_factor(f).validate().unwrap();
+        }
+    }
+
+    #[test]
+    fn zero_caps_and_intervals_are_refused() {
+        assert!(Options::new().max_entries(0).validate().is_err());
+        assert!(
+            Options::new()
+                .sync(SyncPolicy::Periodic(Duration::ZERO))
+                .validate()
+                .is_err()
+        );
+        Options::new().max_entries(1).validate().unwrap();
+    }
+}
