@@ -109,16 +109,9 @@ pub(crate) fn recover(
         match block.kind {
             BlockKind::Entry(h) => {
                 max_seq = max_seq.max(h.seq);
-                if h.is_expired(now_ms) {
-                    expired_freed += 1;
-                    reclaims.push(Reclaim {
-                        offset,
-                        len,
-                        entry: true,
-                        free: false,
-                    });
-                    continue;
-                }
+                // Expired entries take part in choosing the newest copy (an
+                // expired newest copy must not let an older one come back);
+                // they are dropped once the walk is over.
                 let key = walker.key();
                 let hash = hasher.hash_one(key);
                 let s = shard_of(hash);
@@ -197,6 +190,24 @@ pub(crate) fn recover(
     let file_len = walker.file_len();
     drop(walker);
 
+    for (s, shard) in shards.iter_mut().enumerate() {
+        for id in shard.expired(now_ms, usize::MAX) {
+            let slot = shard.slot(id);
+            let (offset, len) = (slot.offset, meta[s][id as usize].1);
+            let hash = hasher.hash_one(slot.key.as_bytes());
+            shard.remove(hash, id);
+            reclaims.push(Reclaim {
+                offset,
+                len,
+                entry: true,
+                free: false,
+            });
+            entries -= 1;
+            live_bytes -= len;
+            expired_freed += 1;
+        }
+    }
+
     // LRU order after a reopen is the order of writes (sequence numbers).
     let mut evicted = 0u64;
     let mut next_stamp = 1u64;
@@ -238,7 +249,6 @@ pub(crate) fn recover(
 
     // Merge reclaimed space into runs; write their headers; cut the tail.
     reclaims.sort_unstable_by_key(|r| r.offset);
-    let mut free = FreeList::new(FILE_HEADER_LEN, file_len);
     let mut runs: Vec<(u64, u64, bool)> = Vec::new(); // (offset, len, already one valid free block)
     for r in &reclaims {
         match runs.last_mut() {
@@ -278,11 +288,13 @@ pub(crate) fn recover(
             storage.sync()?;
         }
     }
+    // The tail run (possibly of any length, for a file cut mid-block) is not
+    // free space: it is cut off (or, read-only, ignored).
+    let mut free = FreeList::new(FILE_HEADER_LEN, tail.map_or(file_len, |(t, _, _)| t));
     for &(o, l, _) in &runs {
-        free.free(o, l, u64::MAX);
-    }
-    if tail.is_some() {
-        free.trim_tail();
+        if tail.is_none_or(|(t, _, _)| o != t) {
+            free.free(o, l, u64::MAX);
+        }
     }
     debug_assert!(!write || free.end() == storage.len());
 

@@ -270,13 +270,23 @@ struct ShardCell {
 /// Free space and space waiting to become free.
 struct Space {
     free: FreeList,
-    /// Old copies of overwritten keys: (write generation of the new copy,
-    /// offset, length). Freed once a sync covers the new copy.
-    pending: Vec<(u64, u64, u64)>,
+    /// Old copies of overwritten keys, freed once a sync covers the new copy
+    /// (or at once when the key leaves the index).
+    pending: Vec<Superseded>,
     pending_bytes: u64,
     /// Blocks whose free header could not be written (I/O error): retried by
     /// `sync`, kept out of the free list meanwhile.
     unmarked: Vec<(u64, u64)>,
+}
+
+/// The old copy of an overwritten key, kept valid on disk until the new copy
+/// is durable so that a power loss cannot lose both.
+struct Superseded {
+    /// Write generation of the new copy: a sync covering it frees this one.
+    generation: u64,
+    offset: u64,
+    len: u64,
+    key_hash: u64,
 }
 
 /// Reader locks on blocks borrowed by `ValueRef`s: offset → (readers, length
@@ -495,12 +505,18 @@ impl Store {
     /// A damaged entry is never returned: with checksum verification on (the
     /// default) it is [`Error::Corrupt`].
     pub fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Vec<u8>>> {
-        self.inner.read(key.as_ref(), |_, _, v| v.to_vec())
+        self.inner.read(key.as_ref(), true, |_, _, v| v.to_vec())
+    }
+
+    /// Like [`get`](Self::get), but does not count as a use: the entry's
+    /// place in the least-recently-used order is unchanged.
+    pub fn peek(&self, key: impl AsRef<[u8]>) -> Result<Option<Vec<u8>>> {
+        self.inner.read(key.as_ref(), false, |_, _, v| v.to_vec())
     }
 
     /// The value of `key` with its metadata and expiry.
     pub fn get_entry(&self, key: impl AsRef<[u8]>) -> Result<Option<Entry>> {
-        self.inner.read(key.as_ref(), |h, m, v| Entry {
+        self.inner.read(key.as_ref(), true, |h, m, v| Entry {
             value: v.to_vec(),
             metadata: m.to_vec(),
             expires_at: (h.expiry_ms != 0).then(|| millis_to_system_time(h.expiry_ms)),
@@ -843,10 +859,12 @@ impl Inner {
     // ---- reads ------------------------------------------------------------
 
     /// Finds `key` and hands its header, metadata and value to `f` while the
-    /// block is read-locked.
+    /// block is read-locked. `use_` says whether the read counts as a use for
+    /// the LRU order.
     fn read<T>(
         &self,
         key: &[u8],
+        use_: bool,
         f: impl FnOnce(&BlockHeader, &[u8], &[u8]) -> T,
     ) -> Result<Option<T>> {
         let (hash, cell) = self.locate(key);
@@ -880,7 +898,9 @@ impl Inner {
                 f(&h, &payload[k..k + m], &payload[k + m..])
             }
         };
-        self.touch_lru(cell, id);
+        if use_ {
+            self.touch_lru(cell, id);
+        }
         Ok(Some(result))
     }
 
@@ -1060,7 +1080,7 @@ impl Inner {
                     Ok(h) => {
                         self.live_bytes.fetch_add(len, Ordering::Relaxed);
                         self.live_bytes.fetch_sub(h.block_len, Ordering::Relaxed);
-                        self.supersede(old_offset, h.block_len, generation);
+                        self.supersede(old_offset, h.block_len, generation, hash);
                     }
                     // The old copy is damaged: leave it for the next open to reclaim.
                     Err(_) => {
@@ -1081,12 +1101,17 @@ impl Inner {
 
     /// The old copy of an overwritten key: freed now if the new copy is
     /// durable, else after the next sync.
-    fn supersede(&self, offset: u64, len: u64, generation: u64) {
+    fn supersede(&self, offset: u64, len: u64, generation: u64, key_hash: u64) {
         if self.policy == SyncPolicy::Always {
             self.release(offset, len);
         } else {
             let mut sp = self.space.lock();
-            sp.pending.push((generation, offset, len));
+            sp.pending.push(Superseded {
+                generation,
+                offset,
+                len,
+                key_hash,
+            });
             sp.pending_bytes += len;
         }
     }
@@ -1224,15 +1249,48 @@ impl Inner {
             }
             Err(_) => None,
         };
+        let key = shard.slot(id).key.clone();
         shard.remove(hash, id);
         if self.max_entries.is_some() {
             cell.lru.lock().remove(id);
         }
+        self.release_superseded_copies(hash, key.as_bytes());
         self.entries.fetch_sub(1, Ordering::AcqRel);
         if let Some(l) = len {
             self.live_bytes.fetch_sub(l, Ordering::Relaxed);
         }
         Ok(len)
+    }
+
+    /// Frees old copies of a key that has just left the index: with the key
+    /// gone they protect nothing, and left valid on disk they would bring an
+    /// old value back after a crash.
+    fn release_superseded_copies(&self, hash: u64, key: &[u8]) {
+        let mine: Vec<(u64, u64)> = {
+            let mut sp = self.space.lock();
+            if sp.pending.is_empty() {
+                return;
+            }
+            let mut mine = Vec::new();
+            let mut kb = vec![0u8; key.len()];
+            sp.pending.retain(|p| {
+                let same = p.key_hash == hash
+                    && self
+                        .storage
+                        .read_at(p.offset + crate::format::BLOCK_HEADER_LEN, &mut kb)
+                        .is_ok()
+                    && kb == key;
+                if same {
+                    mine.push((p.offset, p.len));
+                }
+                !same
+            });
+            sp.pending_bytes -= mine.iter().map(|m| m.1).sum::<u64>();
+            mine
+        };
+        for (o, l) in mine {
+            self.release(o, l);
+        }
     }
 
     /// Evicts the least recently used entry of the whole store. Returns false
@@ -1364,8 +1422,8 @@ impl Inner {
                 sp.pending_bytes = 0;
                 sp.pending.drain(..).collect()
             };
-            for (_, o, l) in pending {
-                self.release(o, l);
+            for p in pending {
+                self.release(p.offset, p.len);
             }
         }
         if self.policy == SyncPolicy::Always {
@@ -1414,9 +1472,9 @@ impl Inner {
                 return;
             }
             let mut ready = Vec::new();
-            sp.pending.retain(|&(g, o, l)| {
-                if g <= synced {
-                    ready.push((o, l));
+            sp.pending.retain(|p| {
+                if p.generation <= synced {
+                    ready.push((p.offset, p.len));
                     false
                 } else {
                     true
@@ -1513,7 +1571,7 @@ impl Inner {
             .map_err(|e| e.to_string())?
             .map_err(|e| format!("{e:?}"))?;
         // Blocks that are neither live nor in the free list, by offset.
-        let mut held: HashMap<u64, u64> = sp.pending.iter().map(|&(_, o, l)| (o, l)).collect();
+        let mut held: HashMap<u64, u64> = sp.pending.iter().map(|p| (p.offset, p.len)).collect();
         held.extend(sp.unmarked.iter().copied());
         held.extend(self.readers.freed_blocks());
         let mut indexed: HashMap<u64, Vec<u8>> = HashMap::new();
