@@ -25,7 +25,7 @@
 //!
 //! let store = sfs::Store::open(&path)?;
 //! assert_eq!(store.get(b"c")?.as_deref(), Some(&b"3"[..]));
-//! # Ok::<(), sfs::Error>(())
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
 //! The file format is documented byte by byte in `FORMAT.md`; the guarantees

@@ -67,7 +67,7 @@ use crate::recovery::{StorageSource, recover};
 /// assert!(store.delete(b"greeting")?);
 /// assert_eq!(store.len(), 1);
 /// store.close()?;
-/// # Ok::<(), sfs::Error>(())
+/// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct Store {
     inner: Arc<Inner>,
@@ -132,7 +132,7 @@ impl Stats {
 /// let e = store.get_entry(b"k")?.unwrap();
 /// assert_eq!(e.metadata, b"content-type: text/plain");
 /// assert!(e.expires_at.is_some());
-/// # Ok::<(), sfs::Error>(())
+/// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Clone, Debug, Default)]
 pub struct PutOptions<'a> {
@@ -535,7 +535,7 @@ impl Store {
     /// store.delete(b"big")?; // the reader's bytes stay valid
     /// assert_eq!(v.len(), 65536);
     /// assert!(v.iter().all(|&b| b == 7));
-    /// # Ok::<(), sfs::Error>(())
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn get_ref(&self, key: impl AsRef<[u8]>) -> Result<Option<ValueRef<'_>>> {
         self.inner.get_ref(key.as_ref())

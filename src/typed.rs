@@ -29,7 +29,7 @@ use crate::store::{Stats, Store};
 /// users.put(&"alice".to_string(), &User { name: "Alice".into(), age: 30 })?;
 /// assert_eq!(users.get(&"alice".to_string())?.unwrap().age, 30);
 /// assert!(users.delete(&"alice".to_string())?);
-/// # Ok::<(), sfs::Error>(())
+/// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct TypedStore<K, V> {
     store: Store,
