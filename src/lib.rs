@@ -55,3 +55,8 @@ pub use error::{Error, Result};
 pub use options::{Options, SyncPolicy};
 pub use store::{Entry, Iter, PutOptions, Stats, Store, ValueRef};
 pub use typed::TypedStore;
+
+/// The README's examples, run as doc tests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -1,0 +1,106 @@
+//! FORMAT.md's examples are what the encoder produces, and a file made by the
+//! store follows the documented layout.
+
+use sfs::format::{BlockHeader, FileHeader, Kind, crc, entry_block_len};
+
+const SALT: u32 = 0x1122_3344;
+
+/// The bytes of the ```hex NAME block of FORMAT.md.
+fn example(name: &str) -> Vec<u8> {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/FORMAT.md")).unwrap();
+    let start = doc
+        .find(&format!("```hex {name}\n"))
+        .unwrap_or_else(|| panic!("no ```hex {name} block"));
+    let body = &doc[start..]
+        .lines()
+        .skip(1)
+        .take_while(|l| !l.starts_with("```"))
+        .collect::<Vec<_>>();
+    body.iter()
+        .flat_map(|l| {
+            l.split_whitespace()
+                .skip(1)
+                .map(|h| u8::from_str_radix(h, 16).unwrap())
+        })
+        .collect()
+}
+
+#[test]
+fn file_header_example_matches_the_encoder() {
+    let h = FileHeader {
+        version: 1,
+        salt: SALT,
+        created_ms: 1_700_000_000_000,
+    };
+    assert_eq!(example("file-header"), h.encode().to_vec());
+}
+
+#[test]
+fn entry_example_matches_the_encoder() {
+    let (k, v) = (&b"user:1"[..], &b"alice"[..]);
+    let h = BlockHeader {
+        kind: Kind::Entry,
+        block_len: entry_block_len(k.len(), 0, v.len()),
+        key_len: 6,
+        meta_len: 0,
+        value_len: 5,
+        seq: 1,
+        expiry_ms: 0,
+        payload_crc: crc(SALT, &[k, b"", v]),
+    };
+    let mut b = h.encode(SALT).to_vec();
+    b.extend_from_slice(k);
+    b.extend_from_slice(v);
+    b.resize(h.block_len as usize, 0);
+    assert_eq!(example("entry"), b);
+}
+
+#[test]
+fn free_example_matches_the_encoder() {
+    assert_eq!(example("free"), BlockHeader::free(48).encode(SALT).to_vec());
+}
+
+#[test]
+fn a_store_file_follows_the_documented_layout() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("f.sfs");
+    let s = sfs::Options::new()
+        .sync(sfs::SyncPolicy::Never)
+        .open(&path)
+        .unwrap();
+    s.put(b"user:1", b"alice").unwrap();
+    s.put_with(b"k2", b"v2", &sfs::PutOptions::new().metadata(b"mm"))
+        .unwrap();
+    s.close().unwrap();
+    let b = std::fs::read(&path).unwrap();
+    assert_eq!(&b[0..8], b"\x89SFS\r\n\x1a\n");
+    assert_eq!(u32::from_le_bytes(b[8..12].try_into().unwrap()), 1);
+    assert_eq!(u32::from_le_bytes(b[12..16].try_into().unwrap()), 64);
+    let salt = u32::from_le_bytes(b[16..20].try_into().unwrap());
+    assert_eq!(
+        u32::from_le_bytes(b[60..64].try_into().unwrap()),
+        crc32fast::hash(&b[0..60])
+    );
+    // First block at 64: an entry for user:1.
+    let e = &b[64..];
+    assert_eq!(&e[0..4], b"sfsB");
+    assert_eq!(e[4], b'E');
+    assert_eq!(u16::from_le_bytes([e[6], e[7]]), 6);
+    let len = u64::from_le_bytes(e[8..16].try_into().unwrap());
+    assert_eq!(len, 64);
+    assert_eq!(
+        u32::from_le_bytes(e[44..48].try_into().unwrap()),
+        crc(salt, &[&e[0..44]])
+    );
+    assert_eq!(&e[48..54], b"user:1");
+    assert_eq!(&e[54..59], b"alice");
+    // Second block: metadata sits between key and value.
+    let e2 = &b[128..];
+    assert_eq!(u16::from_le_bytes([e2[20], e2[21]]), 2);
+    assert_eq!(&e2[48..54], b"k2mmv2");
+    assert!(
+        u64::from_le_bytes(e2[24..32].try_into().unwrap()) > 1,
+        "later writes have higher sequence numbers"
+    );
+    assert_eq!(b.len(), 128 + 56);
+}
