@@ -137,23 +137,7 @@ impl FreeList {
         debug_assert!(need >= MIN_BLOCK_LEN && need.is_multiple_of(ALIGN));
         debug_assert!(grow_by.is_multiple_of(ALIGN));
         if let Some(&(len, offset)) = self.by_len.range((need, 0)..).next() {
-            self.remove(offset, len);
-            let rest = len - need;
-            if rest >= MIN_BLOCK_LEN && (need as f64) <= fragmentation_factor * len as f64 {
-                self.insert(offset + need, rest);
-                return Allocation {
-                    offset,
-                    len: need,
-                    remainder: Some((offset + need, rest)),
-                    grow_to: None,
-                };
-            }
-            return Allocation {
-                offset,
-                len,
-                remainder: None,
-                grow_to: None,
-            };
+            return self.take(offset, len, need, fragmentation_factor);
         }
         // Nothing fits: take from the end, absorbing a free block that ends the file.
         let offset = match self.tail_free() {
@@ -175,6 +159,46 @@ impl FreeList {
             len: need,
             remainder,
             grow_to: Some(new_end),
+        }
+    }
+
+    /// Like [`allocate`](Self::allocate), but only from free blocks that start
+    /// before `limit`, and never growing the file (used to move entries
+    /// towards the start of the file). `None` when no such block fits.
+    pub fn allocate_below(
+        &mut self,
+        need: u64,
+        limit: u64,
+        fragmentation_factor: f64,
+    ) -> Option<Allocation> {
+        let &(len, offset) = self.by_len.range((need, 0)..).find(|&&(_, o)| o < limit)?;
+        Some(self.take(offset, len, need, fragmentation_factor))
+    }
+
+    /// Whether any free block starts before `limit`.
+    pub fn any_below(&self, limit: u64) -> bool {
+        self.by_off.range(..limit).next().is_some()
+    }
+
+    /// Hands out `need` bytes of the free block `offset`/`len`, splitting it
+    /// when the split rules allow.
+    fn take(&mut self, offset: u64, len: u64, need: u64, fragmentation_factor: f64) -> Allocation {
+        self.remove(offset, len);
+        let rest = len - need;
+        if rest >= MIN_BLOCK_LEN && (need as f64) <= fragmentation_factor * len as f64 {
+            self.insert(offset + need, rest);
+            return Allocation {
+                offset,
+                len: need,
+                remainder: Some((offset + need, rest)),
+                grow_to: None,
+            };
+        }
+        Allocation {
+            offset,
+            len,
+            remainder: None,
+            grow_to: None,
         }
     }
 
@@ -250,7 +274,6 @@ impl FreeList {
 
     /// Cuts off a free block that ends the file, whatever its length. Returns
     /// the new end when something was cut.
-    #[cfg(test)]
     pub fn trim_tail(&mut self) -> Option<u64> {
         let (o, l) = self.tail_free()?;
         self.remove(o, l);
@@ -448,6 +471,24 @@ mod tests {
         assert_eq!(f.end(), 1000);
         assert_eq!(f.trim_tail(), Some(800));
         assert_eq!(f.end(), 800);
+    }
+
+    #[test]
+    fn allocate_below_only_uses_blocks_before_the_limit() {
+        let mut f = with_free(10_000, &[(64, 96), (2000, 200), (5000, 104)]);
+        // The best fit overall is at 5000, but it is past the limit.
+        let a = f.allocate_below(104, 4000, 0.75).unwrap();
+        assert_eq!(
+            (a.offset, a.len, a.remainder),
+            (2000, 104, Some((2104, 96)))
+        );
+        assert!(
+            f.allocate_below(104, 1000, 0.75).is_none(),
+            "the only block below 1000 is too small"
+        );
+        assert!(f.any_below(100));
+        assert!(!f.any_below(64));
+        assert_eq!(f.end(), 10_000, "never grows the file");
     }
 
     #[test]

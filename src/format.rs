@@ -31,6 +31,11 @@ pub const MAX_KEY_LEN: usize = u16::MAX as usize;
 pub const MAX_META_LEN: usize = u16::MAX as usize;
 /// Largest value, in bytes (a 32-bit field).
 pub const MAX_VALUE_LEN: usize = u32::MAX as usize;
+/// Latest expiry that can be stored, in milliseconds since the UNIX epoch (a
+/// 48-bit field: about the year 10889). Later expiries are stored as this.
+pub const MAX_EXPIRY_MS: u64 = (1 << 48) - 1;
+/// Offset of the expiry word inside a block header.
+pub const EXPIRY_WORD_OFFSET: u64 = 32;
 
 /// What a block holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -175,7 +180,8 @@ pub struct BlockHeader {
     pub value_len: u32,
     /// Write sequence number: the copy of a key with the highest one wins.
     pub seq: u64,
-    /// Expiry in milliseconds since the UNIX epoch; 0 means never.
+    /// Expiry in milliseconds since the UNIX epoch; 0 means never. At most
+    /// [`MAX_EXPIRY_MS`].
     pub expiry_ms: u64,
     /// CRC of key ‖ metadata ‖ value, seeded with the salt.
     pub payload_crc: u32,
@@ -190,6 +196,8 @@ pub enum BlockHeaderError {
     BadMagic,
     /// The header checksum does not match.
     BadChecksum,
+    /// The expiry word's check bits do not match its expiry.
+    BadExpiry,
     /// The kind byte is neither entry nor free.
     BadKind,
     /// `block_len` is smaller than a header or not a multiple of [`ALIGN`].
@@ -206,6 +214,7 @@ impl std::fmt::Display for BlockHeaderError {
             BlockHeaderError::Truncated => "block header cut short by the end of the file",
             BlockHeaderError::BadMagic => "no block magic",
             BlockHeaderError::BadChecksum => "block header checksum mismatch",
+            BlockHeaderError::BadExpiry => "expiry word check mismatch",
             BlockHeaderError::BadKind => "unknown block kind",
             BlockHeaderError::BadLength => "impossible block length",
             BlockHeaderError::PastEnd => "block length runs past the end of the file",
@@ -271,9 +280,9 @@ impl BlockHeader {
         b[20..22].copy_from_slice(&self.meta_len.to_le_bytes());
         // 22..24: reserved, zero.
         b[24..32].copy_from_slice(&self.seq.to_le_bytes());
-        b[32..40].copy_from_slice(&self.expiry_ms.to_le_bytes());
+        b[32..40].copy_from_slice(&expiry_word(self.expiry_ms, salt).to_le_bytes());
         b[40..44].copy_from_slice(&self.payload_crc.to_le_bytes());
-        let c = crc(salt, &[&b[0..44]]);
+        let c = header_crc(&b, salt);
         b[44..48].copy_from_slice(&c.to_le_bytes());
         b
     }
@@ -297,9 +306,11 @@ impl BlockHeader {
         if b[0..4] != BLOCK_MAGIC {
             return Err(BlockHeaderError::BadMagic);
         }
-        if u32_at(b, 44) != crc(salt, &[&b[0..44]]) {
+        if u32_at(b, 44) != header_crc(b, salt) {
             return Err(BlockHeaderError::BadChecksum);
         }
+        let expiry_ms =
+            decode_expiry_word(u64_at(b, 32), salt).ok_or(BlockHeaderError::BadExpiry)?;
         let kind = Kind::from_byte(b[4]).ok_or(BlockHeaderError::BadKind)?;
         let h = BlockHeader {
             kind,
@@ -308,7 +319,7 @@ impl BlockHeader {
             value_len: u32_at(b, 16),
             meta_len: u16::from_le_bytes([b[20], b[21]]),
             seq: u64_at(b, 24),
-            expiry_ms: u64_at(b, 32),
+            expiry_ms,
             payload_crc: u32_at(b, 40),
         };
         if h.block_len < MIN_BLOCK_LEN || !h.block_len.is_multiple_of(ALIGN) {
@@ -322,6 +333,28 @@ impl BlockHeader {
         }
         Ok(h)
     }
+}
+
+/// The header checksum: bytes 0..32 and 40..44, that is every field but the
+/// expiry word (which has its own check, so that it can be rewritten alone).
+fn header_crc(b: &[u8], salt: u32) -> u32 {
+    crc(salt, &[&b[0..32], &b[40..44]])
+}
+
+/// The 8-byte expiry word: the expiry (48 bits, clamped to
+/// [`MAX_EXPIRY_MS`]) and 16 check bits, the low half of the salted CRC of
+/// the expiry's six bytes. Being one aligned 8-byte word, it is rewritten
+/// with a single atomic store, so a crash leaves the old word or the new one.
+pub fn expiry_word(expiry_ms: u64, salt: u32) -> u64 {
+    let e = expiry_ms.min(MAX_EXPIRY_MS);
+    let check = crc(salt, &[&e.to_le_bytes()[..6]]) as u64 & 0xFFFF;
+    e | (check << 48)
+}
+
+/// The expiry held in an expiry word, or `None` if its check bits are wrong.
+pub fn decode_expiry_word(word: u64, salt: u32) -> Option<u64> {
+    let e = word & MAX_EXPIRY_MS;
+    (expiry_word(e, salt) == word).then_some(e)
 }
 
 /// Whether an expiry field (0 = never) is past at `now_ms`.
@@ -505,6 +538,39 @@ mod tests {
         assert_eq!(h.used_len(), 57);
         assert_eq!(h.block_len, 64);
         assert_eq!(h.payload_len(), 9);
+    }
+
+    #[test]
+    fn every_flipped_expiry_word_bit_is_detected() {
+        for expiry in [0u64, 1, 1_700_000_000_000, MAX_EXPIRY_MS] {
+            let w = expiry_word(expiry, 77);
+            assert_eq!(decode_expiry_word(w, 77), Some(expiry));
+            for bit in 0..64 {
+                assert_eq!(
+                    decode_expiry_word(w ^ (1 << bit), 77),
+                    None,
+                    "expiry {expiry} bit {bit}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_expiry_word_can_change_without_touching_the_header_checksum() {
+        let h = entry(b"key", b"", b"value", 9);
+        let mut b = h.encode(9);
+        b[32..40].copy_from_slice(&expiry_word(555, 9).to_le_bytes());
+        let d = BlockHeader::decode(&b, 9, 64, 1 << 20).unwrap();
+        assert_eq!(d.expiry_ms, 555);
+        assert_eq!(d.seq, h.seq);
+    }
+
+    #[test]
+    fn expiries_past_the_field_are_clamped() {
+        let mut h = entry(b"k", b"", b"v", 0);
+        h.expiry_ms = u64::MAX;
+        let d = BlockHeader::decode(&h.encode(0), 0, 64, 1 << 20).unwrap();
+        assert_eq!(d.expiry_ms, MAX_EXPIRY_MS);
     }
 
     #[test]

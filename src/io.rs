@@ -44,6 +44,13 @@ pub trait Storage: Send + Sync {
     /// current length. One call is one write: a crash may leave a prefix of it.
     fn write_at(&self, offset: u64, parts: &[&[u8]]) -> io::Result<()>;
 
+    /// Writes one 8-byte word at an 8-aligned `offset`, atomically: a crash
+    /// leaves the old word or the new one, never a mix (used to renew an
+    /// entry's expiry in place).
+    fn write_word(&self, offset: u64, word: u64) -> io::Result<()> {
+        self.write_at(offset, &[&word.to_le_bytes()])
+    }
+
     /// Changes the length of the file. Growing reserves the disk space, so
     /// writes inside the new length cannot fail for lack of space.
     fn set_len(&self, len: u64) -> io::Result<()>;
@@ -229,6 +236,31 @@ impl Storage for FileStorage {
         Ok(())
     }
 
+    fn write_word(&self, offset: u64, word: u64) -> io::Result<()> {
+        if !self.writable {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "file opened read-only",
+            ));
+        }
+        if !offset.is_multiple_of(8) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "unaligned word write",
+            ));
+        }
+        self.check_range(offset, 8)?;
+        let w = self.window();
+        // SAFETY: the word is inside the file and the writable window, and
+        // 8-aligned (the map starts on a page boundary); an aligned 8-byte
+        // atomic store is one instruction, so the page cache (and a crash)
+        // sees the old word or the new one. The store lets no other thread
+        // read or write this word meanwhile (it holds the entry's shard lock).
+        let word_ref = unsafe { AtomicU64::from_ptr(w.ptr.add(offset as usize).cast::<u64>()) };
+        word_ref.store(word.to_le(), Ordering::Release);
+        Ok(())
+    }
+
     fn set_len(&self, len: u64) -> io::Result<()> {
         let old = self.len.load(Ordering::Acquire);
         if len > old {
@@ -359,6 +391,11 @@ mod tests {
         s.set_len(100).unwrap();
         assert_eq!(s.len(), 100);
         s.write_at(10, &[b"hello", b" ", b"world"]).unwrap();
+        s.write_word(24, 0x0102_0304_0506_0708).unwrap();
+        let mut w = [0u8; 8];
+        s.read_at(24, &mut w).unwrap();
+        assert_eq!(u64::from_le_bytes(w), 0x0102_0304_0506_0708);
+        s.write_word(24, 0).unwrap();
         let mut buf = [0u8; 11];
         s.read_at(10, &mut buf).unwrap();
         assert_eq!(&buf, b"hello world");

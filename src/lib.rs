@@ -52,8 +52,8 @@ pub mod testing;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{Error, Result};
-pub use options::{Options, SyncPolicy};
-pub use store::{Entry, Iter, PutOptions, Stats, Store, ValueRef};
+pub use options::{AutoCompact, Options, SyncPolicy};
+pub use store::{CompactStats, Entry, Iter, PutOptions, Stats, Store, ValueRef};
 pub use typed::TypedStore;
 
 /// The README's examples, run as doc tests so they stay true.

@@ -28,6 +28,32 @@ pub enum SyncPolicy {
     Periodic(Duration),
 }
 
+/// When the store compacts itself in the background (see
+/// [`Store::compact`]): a thread checks every `check_every` whether free space
+/// is at least `min_free_bytes` and at least `min_free_ratio` of the file.
+///
+/// The default (on by default): half the file and 64 MiB, checked every 10
+/// seconds, so small stores and stores with little churn are never moved.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AutoCompact {
+    /// Share of the file that must be free, in (0, 1].
+    pub min_free_ratio: f64,
+    /// Free bytes needed, whatever the share.
+    pub min_free_bytes: u64,
+    /// How often the thresholds are checked.
+    pub check_every: Duration,
+}
+
+impl Default for AutoCompact {
+    fn default() -> Self {
+        AutoCompact {
+            min_free_ratio: 0.5,
+            min_free_bytes: 64 << 20,
+            check_every: Duration::from_secs(10),
+        }
+    }
+}
+
 /// How to open a store.
 ///
 /// ```
@@ -50,6 +76,7 @@ pub struct Options {
     pub(crate) create: bool,
     pub(crate) read_only: bool,
     pub(crate) verify_checksums: bool,
+    pub(crate) auto_compact: Option<AutoCompact>,
     #[cfg(feature = "testing")]
     pub(crate) storage: Option<Arc<dyn crate::io::Storage>>,
 }
@@ -69,6 +96,7 @@ impl fmt::Debug for Options {
             .field("create", &self.create)
             .field("read_only", &self.read_only)
             .field("verify_checksums", &self.verify_checksums)
+            .field("auto_compact", &self.auto_compact)
             .finish_non_exhaustive()
     }
 }
@@ -76,7 +104,8 @@ impl fmt::Debug for Options {
 impl Options {
     /// The defaults: unbounded, fragmentation factor 0.75,
     /// [`SyncPolicy::Always`], the system clock, create when missing,
-    /// read-write, checksums verified on every read.
+    /// read-write, checksums verified on every read, automatic compaction
+    /// with [`AutoCompact::default`].
     pub fn new() -> Options {
         Options {
             max_entries: None,
@@ -86,6 +115,7 @@ impl Options {
             create: true,
             read_only: false,
             verify_checksums: true,
+            auto_compact: Some(AutoCompact::default()),
             #[cfg(feature = "testing")]
             storage: None,
         }
@@ -143,6 +173,13 @@ impl Options {
         self
     }
 
+    /// Background compaction thresholds, or `None` to compact only when
+    /// [`Store::compact`] is called. Default: `Some(AutoCompact::default())`.
+    pub fn auto_compact(mut self, auto: Option<AutoCompact>) -> Options {
+        self.auto_compact = auto;
+        self
+    }
+
     /// Opens (or creates) the store at `path` with these options.
     pub fn open(&self, path: impl AsRef<Path>) -> Result<Store> {
         self.validate()?;
@@ -183,6 +220,16 @@ impl Options {
         if self.max_entries == Some(0) {
             return Err(Error::InvalidOptions {
                 reason: "max_entries must be at least 1".into(),
+            });
+        }
+        if let Some(a) = self.auto_compact
+            && (!(a.min_free_ratio > 0.0 && a.min_free_ratio <= 1.0) || a.check_every.is_zero())
+        {
+            return Err(Error::InvalidOptions {
+                reason: format!(
+                    "auto-compaction needs a free ratio in (0, 1] and a non-zero interval, got {} and {:?}",
+                    a.min_free_ratio, a.check_every
+                ),
             });
         }
         if let SyncPolicy::Periodic(d) = self.sync

@@ -42,14 +42,18 @@ use crate::alloc::FreeList;
 use crate::clock::{Clock, millis_to_system_time, system_time_to_millis};
 use crate::error::{Error, Result};
 use crate::format::{
-    BlockHeader, FILE_HEADER_LEN, FORMAT_VERSION, FileHeader, HeaderError, Kind, MAX_KEY_LEN,
-    MAX_META_LEN, MAX_VALUE_LEN, crc, entry_block_len, is_expired,
+    BlockHeader, EXPIRY_WORD_OFFSET, FILE_HEADER_LEN, FORMAT_VERSION, FileHeader, HeaderError,
+    Kind, MAX_EXPIRY_MS, MAX_KEY_LEN, MAX_META_LEN, MAX_VALUE_LEN, crc, entry_block_len,
+    expiry_word, is_expired,
 };
 use crate::index::{KeyHasher, LruList, Shard, shard_of};
 use crate::inspect::read_file_header;
 use crate::io::{FileStorage, Storage};
-use crate::options::{Options, SyncPolicy};
+use crate::options::{AutoCompact, Options, SyncPolicy};
 use crate::recovery::{StorageSource, recover};
+
+mod compact;
+pub use compact::CompactStats;
 
 /// A persistent key-value map kept in one file.
 ///
@@ -71,7 +75,8 @@ use crate::recovery::{StorageSource, recover};
 /// ```
 pub struct Store {
     inner: Arc<Inner>,
-    flusher: Option<JoinHandle<()>>,
+    /// The background thread (periodic sync, auto-compaction), if any.
+    maintenance: Option<JoinHandle<()>>,
     shut: bool,
 }
 
@@ -106,6 +111,9 @@ pub struct Stats {
     pub evictions: u64,
     /// Approximate bytes of memory used by the index.
     pub index_bytes: usize,
+    /// Bytes [`Store::compact`] could give back at best: all free space,
+    /// including old copies waiting for a sync.
+    pub compactable_bytes: u64,
 }
 
 impl Stats {
@@ -330,6 +338,10 @@ impl ReaderLocks {
         m.remove(&offset).and_then(|p| p.freed)
     }
 
+    fn is_pinned(&self, offset: u64) -> bool {
+        self.shard(offset).lock().contains_key(&offset)
+    }
+
     /// If the block is pinned, records that it is to be freed later.
     fn defer_if_pinned(&self, offset: u64, len: u64) -> bool {
         match self.shard(offset).lock().get_mut(&offset) {
@@ -398,6 +410,8 @@ pub(crate) struct Inner {
     sync_done: Condvar,
     corrupt_blocks: u64,
     corrupt_bytes: u64,
+    /// One compaction at a time.
+    compaction: Mutex<()>,
     expired_purged: AtomicU64,
     evictions: AtomicU64,
     stop: Mutex<bool>,
@@ -439,20 +453,24 @@ impl Store {
         let storage = open_storage(path, &opts)?;
         let inner = Inner::open(path, storage, &opts)?;
         let inner = Arc::new(inner);
-        let flusher = match opts.sync {
-            SyncPolicy::Periodic(every) if !opts.read_only => {
-                let i = Arc::clone(&inner);
-                let spawn = std::thread::Builder::new()
-                    .name("sfs-flusher".into())
-                    .spawn(move || i.flush_loop(every))
-                    .map_err(|e| Error::io(path, "starting the flusher thread", e))?;
-                Some(spawn)
-            }
+        let sync_every = match opts.sync {
+            SyncPolicy::Periodic(every) => Some(every),
             _ => None,
+        };
+        let auto = opts.auto_compact;
+        let maintenance = if !opts.read_only && (sync_every.is_some() || auto.is_some()) {
+            let i = Arc::clone(&inner);
+            let spawn = std::thread::Builder::new()
+                .name("sfs-maintenance".into())
+                .spawn(move || i.maintenance_loop(sync_every, auto))
+                .map_err(|e| Error::io(path, "starting the maintenance thread", e))?;
+            Some(spawn)
+        } else {
+            None
         };
         Ok(Store {
             inner,
-            flusher,
+            maintenance,
             shut: false,
         })
     }
@@ -600,7 +618,71 @@ impl Store {
         self.inner.stats()
     }
 
-    /// Syncs, stops the background flusher, releases the file lock, and
+    /// Renews the expiry of `key` to `ttl` from now, as a lease is renewed on
+    /// each heartbeat. Returns false if the key is absent or already expired.
+    /// A `ttl` of zero expires the entry now.
+    ///
+    /// The value is not rewritten: the expiry is one self-checked 8-byte word
+    /// in the entry's header, replaced with a single atomic store, so a crash
+    /// leaves the old expiry or the new one (FORMAT.md). Only while a reader
+    /// holds the entry's block (a [`ValueRef`], or a compaction moving it) is
+    /// the entry rewritten whole instead.
+    ///
+    /// ```
+    /// use std::{sync::Arc, time::Duration};
+    /// use sfs::{ManualClock, Options};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let clock = Arc::new(ManualClock::new(0));
+    /// let leases = Options::new().clock(clock.clone()).open(dir.path().join("leases.sfs"))?;
+    /// leases.put_with_ttl(b"node-7", b"10.0.0.7:9000", Duration::from_secs(10))?;
+    /// clock.advance(Duration::from_secs(8));
+    /// assert!(leases.touch(b"node-7", Duration::from_secs(10))?); // heartbeat
+    /// clock.advance(Duration::from_secs(8));
+    /// assert!(leases.contains(b"node-7"));                         // 16 s after the put
+    /// clock.advance(Duration::from_secs(3));
+    /// assert!(!leases.contains(b"node-7"));                        // missed its heartbeat
+    /// assert!(!leases.touch(b"node-7", Duration::from_secs(10))?); // too late to renew
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn touch(&self, key: impl AsRef<[u8]>, ttl: Duration) -> Result<bool> {
+        self.inner.touch(key.as_ref(), Expiry::After(ttl))
+    }
+
+    /// Renews the expiry of `key` to `at`. Returns false if the key is absent
+    /// or already expired. A time already past expires the entry now.
+    pub fn touch_until(&self, key: impl AsRef<[u8]>, at: SystemTime) -> Result<bool> {
+        self.inner.touch(key.as_ref(), Expiry::At(at))
+    }
+
+    /// Moves live entries from the end of the file into free space nearer
+    /// its start (best fit), then cuts the free end off the file, so the file
+    /// shrinks towards the size of its live data.
+    ///
+    /// Reads and writes carry on meanwhile: a reader of a moving entry
+    /// finishes on the old copy, and no operation waits for more than one
+    /// batch of moves. A crash at any point loses and duplicates nothing:
+    /// each old copy stays valid until its new copy is durable.
+    ///
+    /// ```
+    /// let dir = tempfile::tempdir()?;
+    /// let store = sfs::Options::new().sync(sfs::SyncPolicy::Never).open(dir.path().join("c.sfs"))?;
+    /// for i in 0..100u32 {
+    ///     store.put(i.to_le_bytes(), [0u8; 1000])?;
+    /// }
+    /// for i in 0..99u32 {
+    ///     store.delete(i.to_le_bytes())?; // the last entry pins the file's length
+    /// }
+    /// let c = store.compact()?;
+    /// assert_eq!(c.moved_entries, 1);
+    /// assert!(c.file_len_after < c.file_len_before / 50);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn compact(&self) -> Result<CompactStats> {
+        self.inner.compact()
+    }
+
+    /// Syncs, stops the background thread, releases the file lock, and
     /// reports any error the final sync met. Dropping a store does the same
     /// but cannot report errors.
     pub fn close(mut self) -> Result<()> {
@@ -614,7 +696,7 @@ impl Store {
         self.shut = true;
         *self.inner.stop.lock() = true;
         self.inner.stop_cv.notify_all();
-        if let Some(h) = self.flusher.take() {
+        if let Some(h) = self.maintenance.take() {
             let _ = h.join();
         }
         self.inner.sync_all()
@@ -786,6 +868,7 @@ impl Inner {
             sync_done: Condvar::new(),
             corrupt_blocks: rec.corrupt_blocks,
             corrupt_bytes: rec.corrupt_bytes,
+            compaction: Mutex::new(()),
             expired_purged: AtomicU64::new(rec.expired_freed),
             evictions: AtomicU64::new(rec.evicted),
             stop: Mutex::new(false),
@@ -991,14 +1074,7 @@ impl Inner {
                 });
             }
         }
-        let expiry_ms = match expiry {
-            Expiry::Never => 0,
-            Expiry::After(ttl) => {
-                let ttl = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
-                self.clock.now_millis().saturating_add(ttl).max(0) as u64
-            }
-            Expiry::At(at) => system_time_to_millis(at).max(0) as u64,
-        };
+        let expiry_ms = self.expiry_ms(expiry);
         if !matches!(expiry, Expiry::Never)
             && (expiry_ms == 0 || is_expired(expiry_ms, self.clock.now_millis()))
         {
@@ -1046,6 +1122,103 @@ impl Inner {
         }
         self.maybe_sync_for_space()?;
         Ok(())
+    }
+
+    /// An expiry in milliseconds since the epoch (0 = never), clamped to
+    /// what the format can store.
+    fn expiry_ms(&self, expiry: Expiry) -> u64 {
+        let ms = match expiry {
+            Expiry::Never => return 0,
+            Expiry::After(ttl) => {
+                let ttl = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+                self.clock.now_millis().saturating_add(ttl).max(0) as u64
+            }
+            Expiry::At(at) => system_time_to_millis(at).max(0) as u64,
+        };
+        ms.min(MAX_EXPIRY_MS)
+    }
+
+    fn touch(&self, key: &[u8], expiry: Expiry) -> Result<bool> {
+        self.check_writable()?;
+        let now = self.clock.now_millis();
+        let expiry_ms = self.expiry_ms(expiry);
+        if expiry_ms == 0 || is_expired(expiry_ms, now) {
+            // Renewed into the past: the entry expires now (if it is there).
+            return if self.contains(key) {
+                self.delete(key)
+            } else {
+                Ok(false)
+            };
+        }
+        let _gate = self.gate.read();
+        let (hash, cell) = self.locate(key);
+        let mut shard = cell.map.write();
+        let Some(id) = shard.find(hash, key) else {
+            return Ok(false);
+        };
+        let slot = shard.slot(id);
+        let offset = slot.offset;
+        if is_expired(slot.expiry, now) {
+            return Ok(false);
+        }
+        let h = self.header_at(offset)?;
+        if !self.readers.is_pinned(offset) {
+            // In place: one atomic word; readers are kept out by the shard lock.
+            let word = expiry_word(expiry_ms, self.salt);
+            self.storage
+                .write_word(offset + EXPIRY_WORD_OFFSET, word)
+                .map_err(self.io("renewing an expiry"))?;
+            let generation = self.note_write();
+            shard.update(id, offset, expiry_ms);
+            self.touch_lru(cell, id);
+            drop(shard);
+            if self.policy == SyncPolicy::Always {
+                self.sync_to(generation)?;
+            }
+            return Ok(true);
+        }
+        // A reader holds the block (possibly a compaction copying it, whose
+        // copy has the same sequence number): write a new copy with a new
+        // sequence number, under the shard lock so no other write of the key
+        // comes between the read and the write.
+        let mut payload = vec![0u8; h.payload_len() as usize];
+        self.storage
+            .read_at(offset + h.key_offset(), &mut payload)
+            .map_err(self.io("reading an entry"))?;
+        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+        let need = entry_block_len(
+            usize::from(h.key_len),
+            usize::from(h.meta_len),
+            h.value_len as usize,
+        );
+        let (new_offset, new_len) = self.allocate(need)?;
+        let header = BlockHeader {
+            block_len: new_len,
+            seq,
+            expiry_ms,
+            ..h
+        };
+        if let Err(e) = self
+            .storage
+            .write_at(new_offset, &[&header.encode(self.salt), &payload])
+        {
+            self.give_back(new_offset, new_len);
+            return Err(Error::io(&self.path, "writing an entry", e));
+        }
+        let generation = self.note_write();
+        if self.policy == SyncPolicy::Always
+            && let Err(e) = self.sync_to(generation)
+        {
+            self.give_back(new_offset, new_len);
+            return Err(e);
+        }
+        shard.update(id, new_offset, expiry_ms);
+        self.touch_lru(cell, id);
+        drop(shard);
+        self.live_bytes.fetch_add(new_len, Ordering::Relaxed);
+        self.live_bytes.fetch_sub(h.block_len, Ordering::Relaxed);
+        self.supersede(offset, h.block_len, generation, hash);
+        Ok(true)
     }
 
     /// Puts a written block in the index. Returns whether the key is new.
@@ -1501,20 +1674,53 @@ impl Inner {
         self.sync_to(self.writes.load(Ordering::Acquire))
     }
 
-    fn flush_loop(&self, every: Duration) {
+    /// The background thread: syncs every `sync_every` (SyncPolicy::Periodic)
+    /// and checks the auto-compaction thresholds, until the store closes.
+    fn maintenance_loop(&self, sync_every: Option<Duration>, auto: Option<AutoCompact>) {
+        use std::time::Instant;
+        let start = Instant::now();
+        let mut next_sync = sync_every.map(|d| start + d);
+        let mut next_check = auto.map(|a| start + a.check_every);
         let mut stop = self.stop.lock();
         loop {
-            if *stop {
-                return;
+            let wake = match (next_sync, next_check) {
+                (Some(a), Some(b)) => a.min(b),
+                (Some(a), None) | (None, Some(a)) => a,
+                (None, None) => return,
+            };
+            while !*stop && Instant::now() < wake {
+                self.stop_cv.wait_until(&mut stop, wake);
             }
-            self.stop_cv.wait_for(&mut stop, every);
             if *stop {
                 return;
             }
             drop(stop);
-            let _ = self.sync_to(self.writes.load(Ordering::Acquire));
+            let now = Instant::now();
+            if let (Some(t), Some(d)) = (next_sync, sync_every)
+                && now >= t
+            {
+                let _ = self.sync_to(self.writes.load(Ordering::Acquire));
+                next_sync = Some(now + d);
+            }
+            if let (Some(t), Some(a)) = (next_check, auto)
+                && now >= t
+            {
+                if self.wants_compaction(&a) {
+                    let _ = self.compact();
+                }
+                next_check = Some(Instant::now() + a.check_every);
+            }
             stop = self.stop.lock();
         }
+    }
+
+    /// Whether free space passes both auto-compaction thresholds.
+    fn wants_compaction(&self, a: &AutoCompact) -> bool {
+        let (free, end) = {
+            let sp = self.space.lock();
+            (sp.free.free_bytes() + sp.pending_bytes, sp.free.end())
+        };
+        free >= a.min_free_bytes && free as f64 >= a.min_free_ratio * end as f64
     }
 
     // ---- introspection ----------------------------------------------------
@@ -1541,6 +1747,7 @@ impl Inner {
             free_bytes: sp.free.free_bytes(),
             largest_free_block: sp.free.largest(),
             pending_free_bytes: sp.pending_bytes,
+            compactable_bytes: sp.free.free_bytes() + sp.pending_bytes,
             reader_locked_blocks: self.readers.count(),
             corrupt_blocks: self.corrupt_blocks,
             corrupt_bytes: self.corrupt_bytes,
@@ -1583,6 +1790,7 @@ impl Inner {
         let mut disk_free: Vec<(u64, u64)> = Vec::new();
         let mut prev_free_end: Option<u64> = None;
         let mut live_seen = 0usize;
+        let mut live_bytes = 0u64;
         while let Some(b) = w.next_block().map_err(|e| e.to_string())? {
             let in_list = sp.free.contains(b.offset, b.len);
             match &b.kind {
@@ -1593,6 +1801,7 @@ impl Inner {
                             return Err(format!("index key at {} differs from the file", b.offset));
                         }
                         live_seen += 1;
+                        live_bytes += b.len;
                     } else if held.get(&b.offset) != Some(&b.len) {
                         return Err(format!("entry at {} is neither indexed nor held", b.offset));
                     }
@@ -1615,6 +1824,12 @@ impl Inner {
                 }
                 other => return Err(format!("unexpected block at {}: {other:?}", b.offset)),
             }
+        }
+        if live_bytes != self.live_bytes.load(Ordering::Relaxed) {
+            return Err(format!(
+                "live bytes counted {} but the indexed blocks hold {live_bytes}",
+                self.live_bytes.load(Ordering::Relaxed)
+            ));
         }
         if live_seen != indexed.len() {
             return Err(format!(

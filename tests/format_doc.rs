@@ -90,7 +90,16 @@ fn a_store_file_follows_the_documented_layout() {
     assert_eq!(len, 64);
     assert_eq!(
         u32::from_le_bytes(e[44..48].try_into().unwrap()),
-        crc(salt, &[&e[0..44]])
+        crc(salt, &[&e[0..32], &e[40..44]]),
+        "the header CRC covers every field but the expiry word"
+    );
+    let word = u64::from_le_bytes(e[32..40].try_into().unwrap());
+    assert_eq!(word & ((1 << 48) - 1), 0, "no expiry");
+    let check = u64::from(crc(salt, &[&[0u8; 6]]) & 0xFFFF);
+    assert_eq!(
+        word >> 48,
+        check,
+        "check bits: low half of the salted CRC of the 6 expiry bytes"
     );
     assert_eq!(&e[48..54], b"user:1");
     assert_eq!(&e[54..59], b"alice");

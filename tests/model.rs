@@ -26,6 +26,8 @@ enum Op {
     Advance(u16),
     Reopen,
     Sync,
+    Touch(u8, u16),
+    Compact,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -47,6 +49,8 @@ fn op() -> impl Strategy<Value = Op> {
         6 => (0u16..2000).prop_map(Op::Advance),
         3 => Just(Op::Reopen),
         2 => Just(Op::Sync),
+        5 => (0u8..16, 0u16..3000).prop_map(|(k, t)| Op::Touch(k, t)),
+        2 => Just(Op::Compact),
     ]
 }
 
@@ -174,6 +178,28 @@ fn run(ops: Vec<Op>, cap: Option<usize>, frag: f64, policy: SyncPolicy, mem: boo
                 );
             }
             Op::Sync => store.sync().unwrap(),
+            Op::Touch(k, ttl) => {
+                let renewed = store
+                    .touch(key(k), Duration::from_millis(u64::from(ttl)))
+                    .unwrap();
+                assert_eq!(
+                    renewed,
+                    model.touch(&key(k), now + i64::from(ttl), now),
+                    "{when}"
+                );
+            }
+            Op::Compact => {
+                let before = store.stats().file_len;
+                let c = store.compact().unwrap();
+                assert_eq!(c.file_len_before, before, "{when}");
+                let st = store.stats();
+                assert_eq!(st.file_len, c.file_len_after, "{when}");
+                assert_eq!(
+                    st.free_bytes + st.live_bytes + 64,
+                    st.file_len,
+                    "{when}: nothing held after compact"
+                );
+            }
         }
         let now = c.now();
         store

@@ -54,7 +54,7 @@ impl Model {
         }
     }
 
-    fn touch(&mut self, k: &[u8]) {
+    fn mark_used(&mut self, k: &[u8]) {
         self.tick += 1;
         self.used.insert(k.to_vec(), self.tick);
     }
@@ -73,7 +73,7 @@ impl Model {
         }
         let new = !self.map.contains_key(k);
         self.map.insert(k.to_vec(), (v.to_vec(), expiry));
-        self.touch(k);
+        self.mark_used(k);
         self.written.insert(k.to_vec(), self.tick);
         if new && let Some(cap) = self.cap {
             while self.map.len() > cap {
@@ -91,9 +91,24 @@ impl Model {
     pub fn get(&mut self, k: &[u8], now: i64) -> Option<Vec<u8>> {
         let v = self.visible(k, now).cloned();
         if v.is_some() {
-            self.touch(k);
+            self.mark_used(k);
         }
         v
+    }
+
+    /// Renews a visible key's expiry to `expiry` (at or before `now`: it
+    /// expires now). Returns whether the key was visible.
+    pub fn touch(&mut self, k: &[u8], expiry: i64, now: i64) -> bool {
+        if self.visible(k, now).is_none() {
+            return false;
+        }
+        if expiry <= now {
+            self.delete(k);
+        } else {
+            self.map.get_mut(k).expect("visible").1 = expiry as u64;
+            self.mark_used(k);
+        }
+        true
     }
 
     pub fn delete(&mut self, k: &[u8]) -> bool {

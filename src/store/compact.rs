@@ -1,0 +1,253 @@
+//! Online compaction: live entries move from the end of the file into free
+//! space nearer its start (best fit), then the free end is cut off. Readers
+//! and writers carry on meanwhile.
+//!
+//! One move: under the entry's shard read lock, check that the index still
+//! points at the block and pin it (a reader lock, so it is neither reused nor
+//! cut while copied); take a free block that starts before it; write the copy
+//! (same sequence number, same expiry) with no lock held. Once a batch of
+//! copies is durable, each is published under the shard write lock, but only
+//! if the index still points at the old block and its header is unchanged (a
+//! concurrent overwrite, delete or `touch` wins: the copy is discarded); then
+//! the old block is freed. A crash at any point leaves the old copy, the new
+//! one, or both with equal sequence numbers, and on a tie the lower offset
+//! (the new copy) wins: nothing is lost or duplicated.
+
+use std::sync::atomic::Ordering;
+
+use super::{Inner, is_expired};
+use crate::error::{Error, Result};
+use crate::format::{BlockHeader, Kind, entry_block_len};
+
+/// What [`Store::compact`](crate::Store::compact) did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CompactStats {
+    /// Entries moved towards the start of the file.
+    pub moved_entries: usize,
+    /// Bytes of the blocks they moved into.
+    pub moved_bytes: u64,
+    /// How much shorter the file is.
+    pub bytes_reclaimed: u64,
+    /// The file's length before.
+    pub file_len_before: u64,
+    /// The file's length after.
+    pub file_len_after: u64,
+}
+
+/// A copy written but not yet published.
+struct Move {
+    shard: usize,
+    id: u32,
+    old_offset: u64,
+    old_len: u64,
+    new_offset: u64,
+    new_len: u64,
+    seq: u64,
+    expiry: u64,
+}
+
+/// Copies made durable together by one sync.
+const BATCH_BYTES: u64 = 8 << 20;
+const BATCH_ENTRIES: usize = 512;
+
+impl Inner {
+    pub(super) fn compact(&self) -> Result<CompactStats> {
+        self.check_writable()?;
+        let _one_at_a_time = self.compaction.lock();
+        let before = self.storage.len();
+        // Old copies waiting for a sync hold space: release them first.
+        self.sync_all()?;
+        // Live blocks, last in the file first.
+        let mut live: Vec<(u64, usize, u32)> =
+            Vec::with_capacity(self.entries.load(Ordering::Relaxed));
+        for (s, cell) in self.shards.iter().enumerate() {
+            live.extend(
+                cell.map
+                    .read()
+                    .iter()
+                    .map(|(id, slot)| (slot.offset, s, id)),
+            );
+        }
+        live.sort_unstable_by_key(|&(offset, _, _)| std::cmp::Reverse(offset));
+        let mut stats = CompactStats {
+            file_len_before: before,
+            ..CompactStats::default()
+        };
+        let mut next = live.into_iter().peekable();
+        while next.peek().is_some() {
+            let _gate = self.gate.read();
+            let mut batch: Vec<Move> = Vec::new();
+            let mut bytes = 0u64;
+            while batch.len() < BATCH_ENTRIES && bytes < BATCH_BYTES {
+                let Some((offset, shard, id)) = next.next() else {
+                    break;
+                };
+                if !self.space.lock().free.any_below(offset) {
+                    // No free space before this block, nor before any other left.
+                    next = Vec::new().into_iter().peekable();
+                    break;
+                }
+                match self.copy_down(offset, shard, id) {
+                    Ok(Some(m)) => {
+                        bytes += m.new_len;
+                        batch.push(m);
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        self.abandon(batch);
+                        return Err(e);
+                    }
+                }
+            }
+            if batch.is_empty() {
+                continue;
+            }
+            // The copies are durable before any old copy is freed.
+            if let Err(e) = self.sync_to(self.writes.load(Ordering::Acquire)) {
+                self.abandon(batch);
+                return Err(e);
+            }
+            for m in batch {
+                if self.finish_move(&m) {
+                    stats.moved_entries += 1;
+                    stats.moved_bytes += m.new_len;
+                }
+            }
+        }
+        drop(next);
+        self.trim_tail()?;
+        self.sync_to(self.writes.load(Ordering::Acquire))?;
+        stats.file_len_after = self.storage.len();
+        stats.bytes_reclaimed = before.saturating_sub(stats.file_len_after);
+        Ok(stats)
+    }
+
+    /// Copies the entry at `offset` (slot `id` of shard `shard`) into a free
+    /// block before it. `None` when the entry moved, went away, expired, or no
+    /// free block before it fits.
+    fn copy_down(&self, offset: u64, shard: usize, id: u32) -> Result<Option<Move>> {
+        let cell = &self.shards[shard];
+        let (h, expiry) = {
+            let map = cell.map.read();
+            let slot = map.slot(id);
+            if slot.offset != offset || is_expired(slot.expiry, self.clock.now_millis()) {
+                return Ok(None);
+            }
+            let Ok(h) = self.header_at(offset) else {
+                return Ok(None); // damaged: leave it for the next open
+            };
+            self.readers.pin(offset);
+            (h, slot.expiry)
+        };
+        let need = entry_block_len(
+            usize::from(h.key_len),
+            usize::from(h.meta_len),
+            h.value_len as usize,
+        );
+        let target = {
+            let mut sp = self.space.lock();
+            let a = sp.free.allocate_below(need, offset, self.frag);
+            if let Some((o, l)) = a.and_then(|a| a.remainder) {
+                // Before anyone can allocate it (as in `allocate`).
+                if self
+                    .storage
+                    .write_at(o, &[&BlockHeader::free(l).encode(self.salt)])
+                    .is_ok()
+                {
+                    self.note_write();
+                }
+            }
+            a
+        };
+        let Some(target) = target else {
+            self.unpin(offset);
+            return Ok(None);
+        };
+        let written = (|| {
+            let mut payload = vec![0u8; h.payload_len() as usize];
+            self.storage
+                .read_at(offset + h.key_offset(), &mut payload)?;
+            let header = BlockHeader {
+                kind: Kind::Entry,
+                block_len: target.len,
+                ..h
+            };
+            self.storage
+                .write_at(target.offset, &[&header.encode(self.salt), &payload])
+        })();
+        if let Err(e) = written {
+            self.release(target.offset, target.len);
+            self.unpin(offset);
+            return Err(Error::io(&self.path, "moving an entry", e));
+        }
+        self.note_write();
+        Ok(Some(Move {
+            shard,
+            id,
+            old_offset: offset,
+            old_len: h.block_len,
+            new_offset: target.offset,
+            new_len: target.len,
+            seq: h.seq,
+            expiry,
+        }))
+    }
+
+    /// Publishes a durable copy if the entry is unchanged, then frees the
+    /// block that lost. Returns whether the entry moved.
+    fn finish_move(&self, m: &Move) -> bool {
+        let cell = &self.shards[m.shard];
+        let moved = {
+            let mut map = cell.map.write();
+            let slot = map.slot(m.id);
+            let unchanged = slot.offset == m.old_offset
+                && slot.expiry == m.expiry
+                && self
+                    .header_at(m.old_offset)
+                    .is_ok_and(|h| h.seq == m.seq && h.expiry_ms == m.expiry);
+            if unchanged {
+                map.update(m.id, m.new_offset, m.expiry);
+            }
+            unchanged
+        };
+        if moved {
+            self.live_bytes.fetch_add(m.new_len, Ordering::Relaxed);
+            self.live_bytes.fetch_sub(m.old_len, Ordering::Relaxed);
+            self.release(m.old_offset, m.old_len);
+        } else {
+            self.release(m.new_offset, m.new_len);
+        }
+        self.unpin(m.old_offset);
+        moved
+    }
+
+    /// Gives back copies that will not be published.
+    fn abandon(&self, batch: Vec<Move>) {
+        for m in batch {
+            self.release(m.new_offset, m.new_len);
+            self.unpin(m.old_offset);
+        }
+    }
+
+    /// Drops a reader lock; frees the block if it was freed while held.
+    pub(super) fn unpin(&self, offset: u64) {
+        if let Some(len) = self.readers.unpin(offset) {
+            self.return_space(offset, len);
+        }
+    }
+
+    /// Cuts off all free space at the end of the file (the growth reserve too).
+    fn trim_tail(&self) -> Result<()> {
+        let mut sp = self.space.lock();
+        let end = sp.free.end();
+        if let Some(t) = sp.free.trim_tail() {
+            if let Err(e) = self.storage.set_len(t) {
+                sp.free.undo_truncate(t, end - t);
+                return Err(Error::io(&self.path, "truncating the file", e));
+            }
+            self.note_write();
+        }
+        Ok(())
+    }
+}
