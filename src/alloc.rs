@@ -23,6 +23,10 @@ pub struct FreeList {
     end: u64,
     /// Where the first block starts (the file header's length).
     start: u64,
+    /// The bytes from here to the end are known to be zero (space reserved by
+    /// growing the file and never written): a free block there needs no
+    /// header, since a reader takes zeros for free space.
+    zero_from: u64,
 }
 
 /// A block handed out by [`FreeList::allocate`].
@@ -38,6 +42,11 @@ pub struct Allocation {
     pub remainder: Option<(u64, u64)>,
     /// The file end this allocation needs, when it grows the file.
     pub grow_to: Option<u64>,
+    /// The remainder lies in space that is still all zeros: it reads as free
+    /// without a header.
+    pub remainder_zeroed: bool,
+    /// `zero_from` before this allocation (to undo a failed growth).
+    zero_before: u64,
 }
 
 /// What freeing a block did.
@@ -63,6 +72,7 @@ impl FreeList {
             free_bytes: 0,
             end,
             start,
+            zero_from: end,
         }
     }
 
@@ -104,6 +114,12 @@ impl FreeList {
         self.by_off.clear();
         self.free_bytes = 0;
         self.end = end;
+        self.zero_from = end;
+    }
+
+    /// Where the known-zero space at the end of the file begins.
+    pub fn zero_from(&self) -> u64 {
+        self.zero_from
     }
 
     fn insert(&mut self, offset: u64, len: u64) {
@@ -154,11 +170,18 @@ impl FreeList {
             (offset + need, grow)
         });
         self.end = new_end;
+        // Everything past the old end is new, zeroed space, and the block
+        // handed out ends past the old end (nothing smaller fitted), so the
+        // remainder is all zeros.
+        let zero_before = self.zero_from;
+        self.zero_from = offset + need;
         Allocation {
             offset,
             len: need,
             remainder,
             grow_to: Some(new_end),
+            remainder_zeroed: true,
+            zero_before,
         }
     }
 
@@ -184,21 +207,28 @@ impl FreeList {
     /// when the split rules allow.
     fn take(&mut self, offset: u64, len: u64, need: u64, fragmentation_factor: f64) -> Allocation {
         self.remove(offset, len);
+        let zero_before = self.zero_from;
         let rest = len - need;
         if rest >= MIN_BLOCK_LEN && (need as f64) <= fragmentation_factor * len as f64 {
             self.insert(offset + need, rest);
+            self.zero_from = self.zero_from.max(offset + need);
             return Allocation {
                 offset,
                 len: need,
                 remainder: Some((offset + need, rest)),
                 grow_to: None,
+                remainder_zeroed: offset + need >= zero_before,
+                zero_before,
             };
         }
+        self.zero_from = self.zero_from.max(offset + len);
         Allocation {
             offset,
             len,
             remainder: None,
             grow_to: None,
+            remainder_zeroed: false,
+            zero_before,
         }
     }
 
@@ -209,6 +239,7 @@ impl FreeList {
             self.remove(o, l);
         }
         self.end = old_end;
+        self.zero_from = a.zero_before.min(old_end);
         if a.offset < old_end {
             // The allocation had absorbed a free block that ended the file.
             self.insert(a.offset, old_end - a.offset);
@@ -250,6 +281,7 @@ impl FreeList {
         }
         if o + l == self.end && l > keep_tail {
             self.end = o;
+            self.zero_from = self.zero_from.min(o);
             return Freed {
                 offset: o,
                 len: l,
@@ -269,6 +301,7 @@ impl FreeList {
     pub fn undo_truncate(&mut self, offset: u64, len: u64) {
         debug_assert_eq!(self.end, offset);
         self.end = offset + len;
+        self.zero_from = self.end; // what the block holds is not known
         self.insert(offset, len);
     }
 
@@ -278,6 +311,7 @@ impl FreeList {
         let (o, l) = self.tail_free()?;
         self.remove(o, l);
         self.end = o;
+        self.zero_from = self.zero_from.min(o);
         Some(o)
     }
 }
@@ -322,13 +356,12 @@ mod tests {
         let mut f = with_free(10_000, &[(64, 400)]);
         let a = f.allocate(96, 0.75, 0);
         assert_eq!(
-            a,
-            Allocation {
-                offset: 64,
-                len: 96,
-                remainder: Some((160, 304)),
-                grow_to: None
-            }
+            (a.offset, a.len, a.remainder, a.grow_to),
+            (64, 96, Some((160, 304)), None)
+        );
+        assert!(
+            !a.remainder_zeroed,
+            "the rest of an old free block holds old bytes"
         );
         assert!(f.contains(160, 304));
         assert_eq!(f.free_bytes(), 304);
@@ -336,8 +369,6 @@ mod tests {
 
     #[test]
     fn no_split_when_request_uses_more_than_the_factor() {
-        // 160 of 200 = 0.8 > 0.75: the whole block goes, though 40... is below a block anyway;
-        // use a case where the rest would be a valid block.
         let mut f = with_free(10_000, &[(64, 400)]);
         let a = f.allocate(320, 0.75, 0); // 320/400 = 0.8
         assert_eq!((a.offset, a.len, a.remainder), (64, 400, None));
@@ -360,13 +391,8 @@ mod tests {
         let mut f = with_free(1000, &[(64, 96)]);
         let a = f.allocate(200, 0.75, 0);
         assert_eq!(
-            a,
-            Allocation {
-                offset: 1000,
-                len: 200,
-                remainder: None,
-                grow_to: Some(1200)
-            }
+            (a.offset, a.len, a.remainder, a.grow_to),
+            (1000, 200, None, Some(1200))
         );
         assert_eq!(f.end(), 1200);
         assert!(f.contains(64, 96), "the small hole stays");
@@ -384,6 +410,44 @@ mod tests {
         assert_eq!(f.end(), 1000);
         assert!(f.contains(904, 96));
         assert_eq!(f.free_blocks(), 1);
+    }
+
+    #[test]
+    fn growth_space_is_known_to_be_zero_until_written() {
+        let mut f = FreeList::new(H, H);
+        let a = f.allocate(96, 0.75, 1024);
+        assert_eq!((a.offset, a.remainder), (64, Some((160, 1024))));
+        assert!(
+            a.remainder_zeroed,
+            "the reserve past the entry was never written"
+        );
+        assert_eq!(f.zero_from(), 160);
+        // Carving the reserve from its start keeps its rest zeroed.
+        let b = f.allocate(96, 0.75, 0);
+        assert_eq!(
+            (b.offset, b.remainder, b.remainder_zeroed),
+            (160, Some((256, 928)), true)
+        );
+        assert_eq!(f.zero_from(), 256);
+        // A block freed between live blocks holds old bytes: the rest of it,
+        // once carved, needs a header.
+        let x = f.allocate(96, 0.75, 0);
+        assert_eq!(x.offset, 256);
+        f.allocate(96, 0.75, 0);
+        f.free(256, 96, u64::MAX);
+        let c = f.allocate(48, 0.75, 0);
+        assert_eq!(
+            (c.offset, c.remainder, c.remainder_zeroed),
+            (256, Some((304, 48)), false)
+        );
+        // Freed again, the two pieces merge back into one 96-byte hole, which
+        // is the best fit for 96 bytes: no remainder.
+        f.free(256, 48, u64::MAX);
+        let d = f.allocate(96, 0.75, 0);
+        assert_eq!((d.offset, d.remainder), (256, None));
+        // Cutting the tail leaves nothing known to be zero.
+        assert!(f.trim_tail().is_some());
+        assert_eq!(f.zero_from(), f.end());
     }
 
     #[test]

@@ -342,12 +342,14 @@ fn header_crc(b: &[u8], salt: u32) -> u32 {
 }
 
 /// The 8-byte expiry word: the expiry (48 bits, clamped to
-/// [`MAX_EXPIRY_MS`]) and 16 check bits, the low half of the salted CRC of
-/// the expiry's six bytes. Being one aligned 8-byte word, it is rewritten
-/// with a single atomic store, so a crash leaves the old word or the new one.
+/// [`MAX_EXPIRY_MS`]) and 16 check bits that make the XOR of the word's four
+/// 16-bit lanes equal the XOR of the salt's two halves. Any damage confined
+/// to 16 consecutive bits (so any damaged byte) breaks that equality. Being
+/// one aligned 8-byte word, it is rewritten with a single atomic store, so a
+/// crash leaves the old word or the new one.
 pub fn expiry_word(expiry_ms: u64, salt: u32) -> u64 {
     let e = expiry_ms.min(MAX_EXPIRY_MS);
-    let check = crc(salt, &[&e.to_le_bytes()[..6]]) as u64 & 0xFFFF;
+    let check = (e ^ (e >> 16) ^ (e >> 32) ^ u64::from(salt) ^ u64::from(salt >> 16)) & 0xFFFF;
     e | (check << 48)
 }
 
@@ -551,6 +553,34 @@ mod tests {
                     None,
                     "expiry {expiry} bit {bit}"
                 );
+            }
+        }
+    }
+
+    #[test]
+    fn every_damaged_byte_and_short_burst_in_the_expiry_word_is_detected() {
+        for expiry in [0u64, 1, 0x1234_5678_9ABC, 1_700_000_000_000, MAX_EXPIRY_MS] {
+            for salt in [0u32, 0xDEAD_BEEF] {
+                let w = expiry_word(expiry, salt);
+                for byte in 0..8 {
+                    for flip in 1..=255u64 {
+                        assert_eq!(decode_expiry_word(w ^ (flip << (8 * byte)), salt), None);
+                    }
+                }
+                for start in 0..64 {
+                    for len in 1..=16u32 {
+                        let burst = ((1u128 << len) - 1) << start;
+                        let mask = (burst as u64) | 1 << start; // a burst starts and ends with a flipped bit
+                        let mask = mask & (((1u128 << (start + len as usize).min(64)) - 1) as u64);
+                        if mask != 0 {
+                            assert_eq!(
+                                decode_expiry_word(w ^ mask, salt),
+                                None,
+                                "burst at {start} of {len}"
+                            );
+                        }
+                    }
+                }
             }
         }
     }

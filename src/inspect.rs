@@ -30,6 +30,11 @@ pub trait Source {
     }
     /// Reads exactly `buf.len()` bytes at `offset` (inside the file).
     fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
+    /// The bytes at `offset..offset + len` without copying, when the source
+    /// holds them in memory (a slice or a memory map); `None` otherwise.
+    fn view(&mut self, _offset: u64, _len: u64) -> Option<&[u8]> {
+        None
+    }
 }
 
 impl Source for &[u8] {
@@ -50,6 +55,11 @@ impl Source for &[u8] {
                 "read past the end",
             )),
         }
+    }
+
+    fn view(&mut self, offset: u64, len: u64) -> Option<&[u8]> {
+        let start = usize::try_from(offset).ok()?;
+        self.get(start..start.checked_add(usize::try_from(len).ok()?)?)
     }
 }
 
@@ -282,9 +292,16 @@ impl<S: Source> Walker<S> {
     /// Reads the key into `self.key` and checks the payload checksum.
     fn check_payload(&mut self, pos: u64, h: &BlockHeader) -> io::Result<bool> {
         let salt = self.header.salt;
-        self.key.resize(h.key_len as usize, 0);
-        self.src.read_at(pos + h.key_offset(), &mut self.key)?;
         let mut crc = crc32fast::Hasher::new_with_initial(salt);
+        let key_len = usize::from(h.key_len);
+        if let Some(payload) = self.src.view(pos + h.key_offset(), h.payload_len()) {
+            self.key.clear();
+            self.key.extend_from_slice(&payload[..key_len]);
+            crc.update(payload);
+            return Ok(crc.finalize() == h.payload_crc);
+        }
+        self.key.resize(key_len, 0);
+        self.src.read_at(pos + h.key_offset(), &mut self.key)?;
         crc.update(&self.key);
         let mut at = pos + h.meta_offset();
         let end = pos + h.used_len();

@@ -29,6 +29,14 @@ impl Source for StorageSource<'_> {
     fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         self.0.read_at(offset, buf)
     }
+
+    fn view(&mut self, offset: u64, len: u64) -> Option<&[u8]> {
+        // SAFETY: a `StorageSource` reads a store's file while it is being
+        // opened, before any other thread can reach the storage, and the
+        // walker drops each slice before its next call: nothing writes or
+        // truncates the file while a slice lives.
+        unsafe { self.0.view(offset, len) }
+    }
 }
 
 /// What the scan found, ready to become a store.

@@ -1322,8 +1322,9 @@ impl Inner {
             }
             self.note_write();
         }
-        if let Some((o, l)) = a.remainder {
-            // Before anyone can allocate it. If this fails the space reads as
+        if let (Some((o, l)), false) = (a.remainder, a.remainder_zeroed) {
+            // Before anyone can allocate it. (Space that is still all zeros
+            // reads as free without one.) If this fails the space reads as
             // damage after a crash and is reclaimed then; nothing is lost.
             if self
                 .storage
@@ -1806,7 +1807,15 @@ impl Inner {
                         return Err(format!("entry at {} is neither indexed nor held", b.offset));
                     }
                 }
-                BlockKind::Free => {
+                BlockKind::Free | BlockKind::Unwritten => {
+                    if matches!(b.kind, BlockKind::Unwritten)
+                        && !(in_list && b.offset >= sp.free.zero_from())
+                    {
+                        return Err(format!(
+                            "unwritten space at {} outside the known-zero tail",
+                            b.offset
+                        ));
+                    }
                     if in_list {
                         if prev_free_end == Some(b.offset) {
                             return Err(format!("free blocks are adjacent at {}", b.offset));

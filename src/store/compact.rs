@@ -148,7 +148,7 @@ impl Inner {
         let target = {
             let mut sp = self.space.lock();
             let a = sp.free.allocate_below(need, offset, self.frag);
-            if let Some((o, l)) = a.and_then(|a| a.remainder) {
+            if let Some((o, l)) = a.filter(|a| !a.remainder_zeroed).and_then(|a| a.remainder) {
                 // Before anyone can allocate it (as in `allocate`).
                 if self
                     .storage
