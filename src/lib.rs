@@ -50,6 +50,10 @@ mod typed;
 #[doc(hidden)]
 pub mod testing;
 
+#[cfg(feature = "testing")]
+#[doc(hidden)]
+pub mod fuzzing;
+
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{Error, Result};
 pub use options::{AutoCompact, Options, SyncPolicy};

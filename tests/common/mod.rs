@@ -1,7 +1,6 @@
 //! Shared test support: temporary stores, a reference model, helpers.
 #![allow(dead_code)]
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -34,126 +33,8 @@ pub fn clock() -> Arc<ManualClock> {
     Arc::new(ManualClock::new(1_000_000))
 }
 
-/// What the store should hold: key → (value, expiry ms or 0), with LRU order.
-#[derive(Clone, Debug, Default)]
-pub struct Model {
-    pub map: HashMap<Vec<u8>, (Vec<u8>, u64)>,
-    /// Last use stamp per key (higher is more recent).
-    pub used: HashMap<Vec<u8>, u64>,
-    /// Stamp of the last write per key: the LRU order after a reopen.
-    pub written: HashMap<Vec<u8>, u64>,
-    pub tick: u64,
-    pub cap: Option<usize>,
-}
-
-impl Model {
-    pub fn new(cap: Option<usize>) -> Model {
-        Model {
-            cap,
-            ..Model::default()
-        }
-    }
-
-    fn mark_used(&mut self, k: &[u8]) {
-        self.tick += 1;
-        self.used.insert(k.to_vec(), self.tick);
-    }
-
-    pub fn visible(&self, k: &[u8], now: i64) -> Option<&Vec<u8>> {
-        self.map
-            .get(k)
-            .filter(|(_, e)| *e == 0 || (*e as i64) > now)
-            .map(|(v, _)| v)
-    }
-
-    pub fn put(&mut self, k: &[u8], v: &[u8], expiry: u64, now: i64) {
-        if expiry != 0 && expiry as i64 <= now {
-            self.delete(k);
-            return;
-        }
-        let new = !self.map.contains_key(k);
-        self.map.insert(k.to_vec(), (v.to_vec(), expiry));
-        self.mark_used(k);
-        self.written.insert(k.to_vec(), self.tick);
-        if new && let Some(cap) = self.cap {
-            while self.map.len() > cap {
-                let oldest = self
-                    .used
-                    .iter()
-                    .min_by_key(|&(_, &t)| t)
-                    .map(|(k, _)| k.clone())
-                    .unwrap();
-                self.delete(&oldest);
-            }
-        }
-    }
-
-    pub fn get(&mut self, k: &[u8], now: i64) -> Option<Vec<u8>> {
-        let v = self.visible(k, now).cloned();
-        if v.is_some() {
-            self.mark_used(k);
-        }
-        v
-    }
-
-    /// Renews a visible key's expiry to `expiry` (at or before `now`: it
-    /// expires now). Returns whether the key was visible.
-    pub fn touch(&mut self, k: &[u8], expiry: i64, now: i64) -> bool {
-        if self.visible(k, now).is_none() {
-            return false;
-        }
-        if expiry <= now {
-            self.delete(k);
-        } else {
-            self.map.get_mut(k).expect("visible").1 = expiry as u64;
-            self.mark_used(k);
-        }
-        true
-    }
-
-    pub fn delete(&mut self, k: &[u8]) -> bool {
-        self.used.remove(k);
-        self.written.remove(k);
-        self.map.remove(k).is_some()
-    }
-
-    pub fn purge(&mut self, now: i64) -> usize {
-        let dead: Vec<Vec<u8>> = self
-            .map
-            .iter()
-            .filter(|(_, (_, e))| *e != 0 && (*e as i64) <= now)
-            .map(|(k, _)| k.clone())
-            .collect();
-        for k in &dead {
-            self.delete(k);
-        }
-        dead.len()
-    }
-
-    pub fn clear(&mut self) {
-        self.map.clear();
-        self.used.clear();
-        self.written.clear();
-    }
-
-    /// A reopen: expired entries are dropped, and the LRU order becomes the
-    /// order of writes (the file does not record reads).
-    pub fn reopen(&mut self, now: i64) {
-        self.purge(now);
-        self.used = self.written.clone();
-    }
-
-    pub fn live_keys(&self, now: i64) -> Vec<Vec<u8>> {
-        let mut v: Vec<_> = self
-            .map
-            .keys()
-            .filter(|k| self.visible(k, now).is_some())
-            .cloned()
-            .collect();
-        v.sort();
-        v
-    }
-}
+/// The reference model lives in the library so the fuzz targets share it.
+pub use sfs::fuzzing::Model;
 
 /// The sorted live keys of a store.
 pub fn sorted_keys(store: &Store) -> Vec<Vec<u8>> {
