@@ -230,6 +230,7 @@ pub fn run<S: Source>(
         let found = find_key(&mut src, key, req.now_ms)
             .map_err(|e| failed(out, e))?
             .map_err(refused)?;
+        src.end_pass();
         return show_key(&mut src, req, key, &found, out, err).map_err(|e| failed(out, e));
     }
     let cells = if req.map {
@@ -241,6 +242,7 @@ pub fn run<S: Source>(
     let report = Report::scan(&mut src, opts)
         .map_err(|e| failed(out, e))?
         .map_err(refused)?;
+    src.end_pass();
     let status = if req.json {
         json_report(&mut src, req, &report, out)
     } else {
@@ -282,6 +284,18 @@ struct Tracked<'p, S: Source> {
 }
 
 impl<S: Source> Tracked<'_, S> {
+    /// The pass under way is over (its last block's padding is never read).
+    fn end_pass(&mut self) {
+        if let Some(p) = self.progress.as_mut() {
+            let len = self.src.len();
+            p(Progress {
+                phase: self.phase,
+                done: (self.pass + 1).min(self.passes) * len,
+                total: self.passes * len,
+            });
+        }
+    }
+
     fn next_pass(&mut self, phase: &'static str) {
         self.pass += 1;
         self.phase = phase;
@@ -333,20 +347,22 @@ fn text_report<S: Source>(
     if req.entries || req.check {
         findings.extend(report.header_problem());
         src.next_pass(if req.check { "checking" } else { "listing" });
-        let mut rows = report.rows(&mut *src, req.check);
-        if req.entries {
+        let table = req.entries.then(|| EntryTable::new(report));
+        if let Some(table) = &table {
             gap(out)?;
-            let table = EntryTable::new(report);
             table.write_head(out, &req.name, report)?;
-            while let Some(row) = rows.next_row()? {
+        }
+        let mut rows = report.rows(&mut *src, req.check);
+        while let Some(row) = rows.next_row()? {
+            if let Some(table) = &table {
                 table.write_row(out, &row, report.now_ms())?;
-                findings.extend(row.problems);
             }
+            findings.extend(row.problems);
+        }
+        drop(rows);
+        src.end_pass();
+        if let Some(table) = &table {
             table.write_foot(out, &report.summary)?;
-        } else {
-            while let Some(row) = rows.next_row()? {
-                findings.extend(row.problems);
-            }
         }
     }
     if req.check {
@@ -912,6 +928,8 @@ fn json_report<S: Source>(
             }
             findings.extend(row.problems);
         }
+        drop(rows);
+        src.end_pass();
         if req.entries {
             doc.end_array()?;
         }

@@ -310,6 +310,8 @@ pub const REAL_NOW: i64 = 1_002_000;
 #[cfg(feature = "cli")]
 pub struct DumpRun {
     pub result: Result<sfs::dump::Status, sfs::dump::Failure>,
+    /// Standard output as bytes, and as text.
+    pub raw: Vec<u8>,
     pub out: String,
     pub err: String,
 }
@@ -321,6 +323,7 @@ pub fn dump_bytes(bytes: &[u8], req: &sfs::dump::Request) -> DumpRun {
     DumpRun {
         result,
         out: String::from_utf8_lossy(&out).into_owned(),
+        raw: out,
         err: String::from_utf8_lossy(&err).into_owned(),
     }
 }
