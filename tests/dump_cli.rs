@@ -99,7 +99,10 @@ fn the_summary_of_a_real_store_agrees_with_the_store() {
     );
     assert_eq!(v["file_len"], std::fs::metadata(&path).unwrap().len());
     assert!(
-        text.contains(&format!("live      {:>8}", v["live_entries"].as_u64().unwrap())),
+        text.contains(&format!(
+            "live      {:>8}",
+            v["live_entries"].as_u64().unwrap()
+        )),
         "{text}"
     );
 }

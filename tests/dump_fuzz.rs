@@ -281,7 +281,7 @@ fn check_report(bytes: &[u8], i: u64) -> Option<(Report, bool)> {
     // in a debug build (tests/dump_store_agrees.rs, the ignored test), or of
     // a length that is not a multiple of 8, whose unaligned tail it frees the
     // same way (main's 8fcb9ab cuts the tail off instead).
-    let compared = report.header.is_valid() && !short_region && bytes.len() % 8 == 0;
+    let compared = report.header.is_valid() && !short_region && bytes.len().is_multiple_of(8);
     if compared {
         let clock = Arc::new(ManualClock::new(NOW));
         let store = Options::new()
