@@ -220,6 +220,7 @@ pub fn run<S: Source>(
         progress,
         phase: "reading",
         pass: 0,
+        done: 0,
         passes: if req.key.is_none() && (req.entries || req.check) {
             2
         } else {
@@ -281,17 +282,25 @@ struct Tracked<'p, S: Source> {
     phase: &'static str,
     pass: u64,
     passes: u64,
+    /// The furthest point reported: a scan that walks twice over keys with
+    /// several copies holds the bar still rather than move it back.
+    done: u64,
 }
 
 impl<S: Source> Tracked<'_, S> {
     /// The pass under way is over (its last block's padding is never read).
     fn end_pass(&mut self) {
+        let len = self.src.len();
+        self.report((self.pass + 1).min(self.passes) * len);
+    }
+
+    fn report(&mut self, done: u64) {
+        self.done = self.done.max(done);
         if let Some(p) = self.progress.as_mut() {
-            let len = self.src.len();
             p(Progress {
                 phase: self.phase,
-                done: (self.pass + 1).min(self.passes) * len,
-                total: self.passes * len,
+                done: self.done,
+                total: self.passes * self.src.len(),
             });
         }
     }
@@ -309,14 +318,10 @@ impl<S: Source> Source for Tracked<'_, S> {
 
     fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         self.src.read_at(offset, buf)?;
-        if let Some(p) = self.progress.as_mut() {
+        if self.progress.is_some() {
             let len = self.src.len();
             let at = (offset + buf.len() as u64).min(len);
-            p(Progress {
-                phase: self.phase,
-                done: self.pass.min(self.passes - 1) * len + at,
-                total: self.passes * len,
-            });
+            self.report(self.pass.min(self.passes - 1) * len + at);
         }
         Ok(())
     }
@@ -848,14 +853,16 @@ impl<'w> JsonObject<'w> {
         self.out.write_all(b"[")
     }
 
-    fn item(&mut self, value: &Value) -> io::Result<()> {
-        self.out.write_all(if self.items == 0 {
+    /// An array item, already serialised.
+    fn item(&mut self, json: &[u8]) -> io::Result<()> {
+        let sep: &[u8] = if self.items == 0 {
             b"\n    "
         } else {
             b",\n    "
-        })?;
+        };
+        self.out.write_all(sep)?;
         self.items += 1;
-        serde_json::to_writer(&mut *self.out, value).map_err(io::Error::other)
+        self.out.write_all(json)
     }
 
     fn end_array(&mut self) -> io::Result<()> {
@@ -922,9 +929,11 @@ fn json_report<S: Source>(
         if req.entries {
             doc.begin_array("entries")?;
         }
+        let mut buf = Vec::new();
         while let Some(row) = rows.next_row()? {
             if req.entries {
-                doc.item(&row_json(&row))?;
+                row_json(&row, &mut buf);
+                doc.item(&buf)?;
             }
             findings.extend(row.problems);
         }
@@ -959,7 +968,9 @@ fn map_json(map: &Map, width: usize) -> Value {
     })
 }
 
-fn row_json(row: &Row) -> Value {
+/// One entry row as a JSON object, written straight into `buf` (a listing
+/// may have millions of rows): fields in a fixed, readable order.
+fn row_json(row: &Row, buf: &mut Vec<u8>) {
     let h = row.header();
     let kind = match row.kind {
         RowKind::Entry { .. } => "entry",
@@ -973,21 +984,26 @@ fn row_json(row: &Row) -> Value {
         RowKind::Superseded { newest_offset, .. } => Some(newest_offset),
         _ => None,
     };
-    json!({
-        "offset": row.offset,
-        "size": row.len,
-        "state": row.state.as_str(),
-        "kind": kind,
-        "seq": h.map(|h| h.seq),
-        "key_len": h.map(|h| h.key_len),
-        "meta_len": h.map(|h| h.meta_len),
-        "value_len": h.map(|h| h.value_len),
-        "expiry_ms": h.map(|h| h.expiry_ms).filter(|&e| e != 0),
-        "key": row.key().map(key_text),
-        "superseded": newest_offset.is_some(),
-        "newest_offset": newest_offset,
-        "reason": row.problems.first().map(|p| &p.reason),
-    })
+    let num = |n: Option<u64>| n.map_or_else(|| "null".to_string(), |n| n.to_string());
+    let text =
+        |t: Option<&str>| t.map_or_else(|| "null".to_string(), |t| Value::from(t).to_string());
+    buf.clear();
+    let _ = write!(
+        buf,
+        "{{\"offset\":{},\"size\":{},\"state\":\"{}\",\"kind\":\"{kind}\",\"seq\":{},\"key_len\":{},\"meta_len\":{},\"value_len\":{},\"expiry_ms\":{},\"key\":{},\"superseded\":{},\"newest_offset\":{},\"reason\":{}}}",
+        row.offset,
+        row.len,
+        row.state.as_str(),
+        num(h.map(|h| h.seq)),
+        num(h.map(|h| u64::from(h.key_len))),
+        num(h.map(|h| u64::from(h.meta_len))),
+        num(h.map(|h| u64::from(h.value_len))),
+        num(h.map(|h| h.expiry_ms).filter(|&e| e != 0)),
+        text(row.key().map(key_text).as_deref()),
+        newest_offset.is_some(),
+        num(newest_offset),
+        text(row.problems.first().map(|p| p.reason.as_str())),
+    );
 }
 
 fn problem_json(p: &Problem) -> Value {

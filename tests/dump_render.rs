@@ -518,31 +518,38 @@ fn a_damaged_file_header_shows_in_every_view() {
 }
 
 #[test]
-fn progress_is_reported_up_to_the_total() {
-    let bytes = real_store_bytes(&common::clock());
-    for (entries, passes) in [(false, 1), (true, 2)] {
-        let mut seen: Vec<Progress> = Vec::new();
-        let mut cb = |p: Progress| seen.push(p);
-        let r = run(
-            &bytes[..],
-            &Request {
-                entries,
-                ..req(REAL_NOW)
-            },
-            &mut std::io::sink(),
-            &mut std::io::sink(),
-            Some(&mut cb),
-        );
-        assert_eq!(r.unwrap(), Status::Ok);
-        let last = seen.last().unwrap();
-        assert_eq!(last.total, passes * bytes.len() as u64);
-        assert_eq!(last.done, last.total);
-        assert!(
-            seen.windows(2).all(|w| w[0].done <= w[1].done),
-            "never goes back"
-        );
-        assert_eq!(seen[0].phase, "reading");
-        assert_eq!(last.phase, if entries { "listing" } else { "reading" });
+fn progress_is_reported_up_to_the_total_and_never_goes_back() {
+    let real = real_store_bytes(&common::clock());
+    // Copies of keys: the scan walks a second time over those keys.
+    let mut dups = FileBuilder::new();
+    for i in 0..200u64 {
+        dups.entry(format!("k{}", i % 50).as_bytes(), &[1; 300], i);
+    }
+    for bytes in [&real[..], &dups.bytes[..]] {
+        for (entries, passes) in [(false, 1), (true, 2)] {
+            let mut seen: Vec<Progress> = Vec::new();
+            let mut cb = |p: Progress| seen.push(p);
+            let r = run(
+                bytes,
+                &Request {
+                    entries,
+                    ..req(REAL_NOW)
+                },
+                &mut std::io::sink(),
+                &mut std::io::sink(),
+                Some(&mut cb),
+            );
+            assert_eq!(r.unwrap(), Status::Ok);
+            let last = seen.last().unwrap();
+            assert_eq!(last.total, passes * bytes.len() as u64);
+            assert_eq!(last.done, last.total);
+            assert!(
+                seen.windows(2).all(|w| w[0].done <= w[1].done),
+                "never goes back"
+            );
+            assert_eq!(seen[0].phase, "reading");
+            assert_eq!(last.phase, if entries { "listing" } else { "reading" });
+        }
     }
 }
 

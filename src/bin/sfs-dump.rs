@@ -117,7 +117,8 @@ fn main() -> ExitCode {
         color: std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
         ..Request::new(name, now_ms)
     };
-    let mut stdout = std::io::stdout().lock();
+    // Buffered: a listing of millions of rows is not a write per line.
+    let mut stdout = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
     let mut stderr = std::io::stderr();
     let mut bar = ProgressBar::new();
     let mut draw = |p| bar.update(&mut std::io::stderr(), p);

@@ -4,12 +4,13 @@
 //! offset and a reason a person can act on.
 //!
 //! Everything here is built on the [`Walker`], so the tool and the store read a
-//! file the same way. The walk is done in two passes over the file:
+//! file the same way. A file is read in two steps:
 //!
-//! 1. [`Report::scan`] walks once and keeps, per distinct key, only where its
-//!    newest copy lies (a 128-bit keyed hash of the key, the offset, sequence
-//!    number and length: about 60 bytes of memory per distinct key, nothing per
-//!    block). From that come the summary and the map.
+//! 1. [`Report::scan`] walks once, keeping a 64-bit keyed hash of every key
+//!    (8 bytes per entry), and gives the summary and the map. Keys with more
+//!    than one copy (left by a crash; none in a cleanly closed file) are
+//!    resolved by a second walk over those keys only, which keeps where the
+//!    newest copy of each lies.
 //! 2. [`Report::rows`] walks again and hands out one [`Row`] per block in file
 //!    order, now knowing for every copy of a key whether it is the newest; rows
 //!    are not kept, so a listing of a file of many GB streams.
@@ -27,8 +28,8 @@
 //! Nothing is allocated from a length field that has not been checked against
 //! the file; a length that points past the end is reported as damage.
 
-use std::collections::HashMap;
 use std::collections::hash_map::Entry as MapEntry;
+use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, RandomState};
 use std::io;
 
@@ -207,8 +208,9 @@ impl Summary {
             State::Free => (&mut self.free_blocks, &mut self.free_bytes),
             State::Corrupt => (&mut self.corrupt_blocks, &mut self.corrupt_bytes),
         };
-        *blocks -= 1;
-        *bytes -= len;
+        // Saturating: a file that changes between two walks must not panic.
+        *blocks = blocks.saturating_sub(1);
+        *bytes = bytes.saturating_sub(len);
     }
 }
 
@@ -335,7 +337,11 @@ impl Map {
             let cell_end = (cell as u64 + 1) * self.cell_bytes;
             let n = end.min(cell_end) - at;
             let slot = &mut t[Map::slot(c)];
-            *slot = if remove { *slot - n } else { *slot + n };
+            *slot = if remove {
+                slot.saturating_sub(n)
+            } else {
+                *slot + n
+            };
             at += n;
         }
     }
@@ -376,29 +382,50 @@ struct Newest {
     expired: bool,
 }
 
-/// The newest copy of every key, keyed by a 128-bit keyed hash of the key
-/// (two SipHash-1-3 with independent random keys): no key bytes are kept, and
-/// a false match between two different keys needs a 128-bit coincidence.
-struct NewestCopies {
+/// Which keys have more than one copy, and where the newest copy of each of
+/// those lies. Keys are told apart by keyed hashes (SipHash-1-3 with random
+/// keys): 64 bits to find the keys that may repeat, 128 bits to resolve them,
+/// so that a false match between two different keys needs a 128-bit
+/// coincidence. No key bytes are kept.
+struct Copies {
     hashers: (RandomState, RandomState),
-    map: HashMap<u128, Newest>,
+    /// 64-bit hashes seen on more than one valid entry.
+    repeated: HashSet<u64>,
+    /// The newest copy of each key whose 64-bit hash is repeated.
+    newest: HashMap<u128, Newest>,
 }
 
-impl NewestCopies {
-    fn new() -> NewestCopies {
-        NewestCopies {
+impl Copies {
+    fn new() -> Copies {
+        Copies {
             hashers: (RandomState::new(), RandomState::new()),
-            map: HashMap::new(),
+            repeated: HashSet::new(),
+            newest: HashMap::new(),
         }
     }
 
-    fn hash(&self, key: &[u8]) -> u128 {
-        u128::from(self.hashers.0.hash_one(key)) << 64 | u128::from(self.hashers.1.hash_one(key))
+    fn short_hash(&self, key: &[u8]) -> u64 {
+        self.hashers.0.hash_one(key)
+    }
+
+    fn long_hash(&self, short: u64, key: &[u8]) -> u128 {
+        u128::from(short) << 64 | u128::from(self.hashers.1.hash_one(key))
+    }
+
+    /// The newest copy of `key` when it has several; `None` when this is its
+    /// only copy.
+    fn newest_of(&self, key: &[u8]) -> Option<&Newest> {
+        let short = self.short_hash(key);
+        if !self.repeated.contains(&short) {
+            return None;
+        }
+        self.newest.get(&self.long_hash(short, key))
     }
 }
 
 /// What [`Report::scan`] found: the file header, the summary figures, the map,
-/// and (inside) the newest copy of every key, which [`Report::rows`] uses.
+/// and (inside) which keys have several copies and where the newest is, which
+/// [`Report::rows`] uses.
 ///
 /// ```
 /// use sfs::inspect::report::{Report, ScanOptions, State};
@@ -426,13 +453,17 @@ pub struct Report {
     /// The map, when asked for.
     pub map: Option<Map>,
     now_ms: i64,
-    newest: NewestCopies,
+    copies: Copies,
 }
 
 impl Report {
-    /// Walks `src` once. `Ok(Err(..))` when it is not a store file
+    /// Walks `src`: once, and a second time only over the keys that have
+    /// several copies, if any. `Ok(Err(..))` when it is not a store file
     /// ([`HeaderError::NotAStore`]) or of another format version; a damaged
     /// file header is reported (see [`HeaderStatus`]), not refused.
+    ///
+    /// Memory: 8 bytes per valid entry during the first walk, then about 60
+    /// bytes per key that has several copies; nothing per block otherwise.
     pub fn scan<S: Source>(
         mut src: S,
         opts: ScanOptions,
@@ -451,7 +482,7 @@ impl Report {
             },
             map: (opts.map_cells > 0).then(|| Map::new(file_len, opts.map_cells)),
             now_ms: opts.now_ms,
-            newest: NewestCopies::new(),
+            copies: Copies::new(),
             header,
         };
         if let Some(map) = &mut report.map {
@@ -465,44 +496,17 @@ impl Report {
         let Some(&fields) = report.header.fields() else {
             return Ok(Ok(report));
         };
-        let mut walker = Walker::with_header(src, fields);
+        // First walk: every block counted as if each entry were its key's
+        // only copy; a 64-bit hash of every key kept.
+        let mut hashes: Vec<u64> = Vec::new();
+        let mut walker = Walker::with_header(&mut src, fields);
         while let Some(block) = walker.next_block()? {
             let (offset, len) = (block.offset, block.len);
             let state = match block.kind {
                 BlockKind::Entry(h) => {
                     report.summary.max_seq = report.summary.max_seq.max(h.seq);
-                    let expired = h.is_expired(opts.now_ms);
-                    let this = Newest {
-                        offset,
-                        seq: h.seq,
-                        len,
-                        expired,
-                    };
-                    let hash = report.newest.hash(walker.key());
-                    let older = match report.newest.map.entry(hash) {
-                        MapEntry::Vacant(v) => {
-                            v.insert(this);
-                            None
-                        }
-                        // The higher sequence number wins; on a tie, the
-                        // lower offset, which is the one already there.
-                        MapEntry::Occupied(mut o) if h.seq > o.get().seq => {
-                            Some(std::mem::replace(o.get_mut(), this))
-                        }
-                        MapEntry::Occupied(_) => Some(this),
-                    };
-                    match older {
-                        Some(old) if old.offset == offset => {
-                            report.summary.superseded_blocks += 1;
-                            report.summary.superseded_bytes += len;
-                            State::Free
-                        }
-                        Some(old) => {
-                            report.supersede(old);
-                            live_or_expired(expired)
-                        }
-                        None => live_or_expired(expired),
-                    }
+                    hashes.push(report.copies.short_hash(walker.key()));
+                    live_or_expired(h.is_expired(opts.now_ms))
                 }
                 BlockKind::Free => State::Free,
                 BlockKind::Unwritten => {
@@ -521,11 +525,53 @@ impl Report {
                 map.tally(offset, len, CellState::of(state), false);
             }
         }
+        hashes.sort_unstable();
+        report.copies.repeated = hashes
+            .windows(2)
+            .filter(|w| w[0] == w[1])
+            .map(|w| w[0])
+            .collect();
+        drop(hashes);
+        if report.copies.repeated.is_empty() {
+            return Ok(Ok(report));
+        }
+        // Second walk, over the keys that may have several copies: the
+        // newest copy wins, the others become free.
+        let mut walker = Walker::with_header(&mut src, fields);
+        while let Some(block) = walker.next_block()? {
+            let BlockKind::Entry(h) = block.kind else {
+                continue;
+            };
+            let short = report.copies.short_hash(walker.key());
+            if !report.copies.repeated.contains(&short) {
+                continue;
+            }
+            let this = Newest {
+                offset: block.offset,
+                seq: h.seq,
+                len: block.len,
+                expired: h.is_expired(opts.now_ms),
+            };
+            let hash = report.copies.long_hash(short, walker.key());
+            let older = match report.copies.newest.entry(hash) {
+                MapEntry::Vacant(v) => {
+                    v.insert(this);
+                    continue;
+                }
+                // The higher sequence number wins; on a tie, the lower
+                // offset, which is the one already there.
+                MapEntry::Occupied(mut o) if h.seq > o.get().seq => {
+                    std::mem::replace(o.get_mut(), this)
+                }
+                MapEntry::Occupied(_) => this,
+            };
+            report.supersede(older);
+        }
         Ok(Ok(report))
     }
 
-    /// An earlier copy, counted as live or expired, turns out to be older
-    /// than a later one: it becomes free.
+    /// A copy counted as live or expired turns out to be older than another:
+    /// it becomes free.
     fn supersede(&mut self, old: Newest) {
         let was = live_or_expired(old.expired);
         self.summary.remove(was, old.len);
@@ -696,8 +742,7 @@ impl<S: Source> Rows<'_, S> {
         let (state, kind) = match block.kind {
             BlockKind::Entry(header) => {
                 let key = walker.key().to_vec();
-                let newest = self.report.newest.map.get(&self.report.newest.hash(&key));
-                match newest {
+                match self.report.copies.newest_of(&key) {
                     Some(n) if n.offset != offset => {
                         problems.push(superseded_problem(offset, len, &header, &key, n));
                         let kind = RowKind::Superseded {
