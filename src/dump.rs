@@ -1343,11 +1343,13 @@ pub fn relative(at: i128, now: i64) -> String {
 // ---- progress ----------------------------------------------------------------
 
 /// A progress bar for stderr: silent for the first second, then one line
-/// redrawn at most ten times a second, erased by [`ProgressBar::finish`].
+/// redrawn at most ten times a second, erased for good by
+/// [`ProgressBar::finish`].
 pub struct ProgressBar {
     start: Instant,
     last: Option<Instant>,
     calls: u32,
+    finished: bool,
 }
 
 impl Default for ProgressBar {
@@ -1363,12 +1365,16 @@ impl ProgressBar {
             start: Instant::now(),
             last: None,
             calls: 0,
+            finished: false,
         }
     }
 
     /// Draws `p` if the run has taken over a second and the last drawing is
     /// older than a tenth of one.
     pub fn update(&mut self, out: &mut dyn Write, p: Progress) {
+        if self.finished {
+            return;
+        }
         self.calls = self.calls.wrapping_add(1);
         if !self.calls.is_multiple_of(64) && self.last.is_some() {
             return;
@@ -1402,11 +1408,13 @@ impl ProgressBar {
         let _ = out.flush();
     }
 
-    /// Erases the bar, if it was drawn.
+    /// Erases the bar, if it was drawn, and draws it no more (call it before
+    /// anything else is written to the same terminal).
     pub fn finish(&mut self, out: &mut dyn Write) {
-        if self.last.is_some() {
+        if self.last.take().is_some() {
             let _ = write!(out, "\r\x1b[K");
             let _ = out.flush();
         }
+        self.finished = true;
     }
 }

@@ -2,6 +2,7 @@
 //! reading is `sfs::inspect`, the rendering `sfs::dump`. It never modifies,
 //! locks or creates the file.
 
+use std::cell::RefCell;
 use std::ffi::OsString;
 use std::io::{IsTerminal, Write};
 use std::os::unix::ffi::OsStrExt;
@@ -117,18 +118,33 @@ fn main() -> ExitCode {
         color: std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
         ..Request::new(name, now_ms)
     };
-    // Buffered: a listing of millions of rows is not a write per line.
-    let mut stdout = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
-    let mut stderr = std::io::stderr();
-    let mut bar = ProgressBar::new();
-    let mut draw = |p| bar.update(&mut std::io::stderr(), p);
-    let progress: Option<&mut dyn FnMut(dump::Progress)> = if stderr.is_terminal() {
+    let bar = RefCell::new(ProgressBar::new());
+    let mut draw = |p| bar.borrow_mut().update(&mut std::io::stderr(), p);
+    let progress: Option<&mut dyn FnMut(dump::Progress)> = if std::io::stderr().is_terminal() {
         Some(&mut draw)
     } else {
         None
     };
-    let result = dump::run(src, &req, &mut stdout, &mut stderr, progress);
-    bar.finish(&mut stderr);
+    // Buffered: a listing of millions of rows is not a write per line. When
+    // stdout is the terminal the bar is on, the bar goes before output does.
+    let stdout = std::io::stdout();
+    let shares_terminal = stdout.is_terminal();
+    let mut out = std::io::BufWriter::with_capacity(
+        1 << 16,
+        EndsBar {
+            inner: stdout.lock(),
+            bar: shares_terminal.then_some(&bar),
+        },
+    );
+    let mut err = EndsBar {
+        inner: std::io::stderr(),
+        bar: Some(&bar),
+    };
+    let result = dump::run(src, &req, &mut out, &mut err, progress);
+    let flushed = out.flush();
+    drop(out);
+    bar.borrow_mut().finish(&mut std::io::stderr());
+    let result = result.and_then(|status| flushed.map(|()| status).map_err(dump::Failure::Output));
     match result {
         Ok(status) => ExitCode::from(status.exit_code()),
         // Output closed early (`| head`): not an error worth a message.
@@ -152,6 +168,26 @@ fn parse_hex(k: &[u8]) -> Result<Vec<u8>, String> {
                 .ok_or_else(|| format!("{:?} is not a hex byte", String::from_utf8_lossy(pair)))
         })
         .collect()
+}
+
+/// An output that erases the progress bar before the first byte it writes
+/// reaches the terminal the bar is on.
+struct EndsBar<'a, W: Write> {
+    inner: W,
+    bar: Option<&'a RefCell<ProgressBar>>,
+}
+
+impl<W: Write> Write for EndsBar<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Some(bar) = self.bar.take() {
+            bar.borrow_mut().finish(&mut std::io::stderr());
+        }
+        self.inner.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 fn fail(code: u8, message: &str) -> ExitCode {
