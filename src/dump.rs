@@ -28,7 +28,7 @@ use std::io::{self, Write};
 
 use crate::format::{FILE_HEADER_LEN, FORMAT_VERSION, HeaderError};
 use crate::inspect::Source;
-use crate::inspect::report::{Report, ScanOptions, find_key};
+use crate::inspect::report::{Findings, Report, Row, ScanOptions, find_key};
 
 mod json;
 mod key;
@@ -252,6 +252,27 @@ pub fn run<S: Source>(
     Ok(status)
 }
 
+/// The second walk, when the listing or the check needs it: hands every row
+/// to `each` and gathers the problems (the header's first).
+fn walk_rows<S: Source>(
+    src: &mut Tracked<'_, S>,
+    req: &Request,
+    report: &Report,
+    mut each: impl FnMut(&Row) -> io::Result<()>,
+) -> io::Result<Findings> {
+    let mut findings = Findings::default();
+    findings.extend(report.header_problem());
+    src.next_pass(if req.check { "checking" } else { "listing" });
+    let mut rows = report.rows(&mut *src, req.check);
+    while let Some(row) = rows.next_row()? {
+        each(&row)?;
+        findings.extend(row.problems);
+    }
+    drop(rows);
+    src.end_pass();
+    Ok(findings)
+}
+
 /// The output, remembering whether a write to it failed (to tell a broken
 /// pipe from a file that cannot be read).
 struct Output<'a> {
@@ -274,7 +295,7 @@ impl Write for Output<'_> {
 }
 
 /// A source that reports how far it has been read.
-pub(crate) struct Tracked<'p, S: Source> {
+struct Tracked<'p, S: Source> {
     src: S,
     progress: Option<&'p mut dyn FnMut(Progress)>,
     phase: &'static str,
@@ -287,7 +308,7 @@ pub(crate) struct Tracked<'p, S: Source> {
 
 impl<S: Source> Tracked<'_, S> {
     /// The pass under way is over (its last block's padding is never read).
-    pub(crate) fn end_pass(&mut self) {
+    fn end_pass(&mut self) {
         let len = self.src.len();
         self.report((self.pass + 1).min(self.passes) * len);
     }
@@ -303,7 +324,7 @@ impl<S: Source> Tracked<'_, S> {
         }
     }
 
-    pub(crate) fn next_pass(&mut self, phase: &'static str) {
+    fn next_pass(&mut self, phase: &'static str) {
         self.pass += 1;
         self.phase = phase;
     }

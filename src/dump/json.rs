@@ -6,7 +6,7 @@ use std::io::{self, Write};
 use serde_json::{Value, json};
 
 use super::text::map_columns;
-use super::{Request, Status, Tracked};
+use super::{Request, Status, Tracked, walk_rows};
 use crate::format::FILE_HEADER_LEN;
 use crate::inspect::Source;
 use crate::inspect::report::{CellState, Findings, Map, Problem, Report, Row, RowKind, key_text};
@@ -77,7 +77,6 @@ pub(super) fn json_report<S: Source>(
 ) -> io::Result<Status> {
     let s = &report.summary;
     let mut doc = JsonObject::begin(out)?;
-    let header_problem = report.header_problem();
     let fields: [(&str, Value); 24] = [
         ("file", json!(req.name)),
         ("file_len", json!(s.file_len)),
@@ -85,7 +84,7 @@ pub(super) fn json_report<S: Source>(
         ("header_ok", json!(report.header.is_valid())),
         (
             "header_problem",
-            json!(header_problem.as_ref().map(|p| &p.reason)),
+            json!(report.header_problem().map(|p| p.reason)),
         ),
         ("created_ms", json!(s.created_ms)),
         ("now_ms", json!(report.now_ms())),
@@ -117,22 +116,17 @@ pub(super) fn json_report<S: Source>(
     }
     let mut findings = Findings::default();
     if req.entries || req.check {
-        findings.extend(header_problem);
-        src.next_pass(if req.check { "checking" } else { "listing" });
-        let mut rows = report.rows(&mut *src, req.check);
         if req.entries {
             doc.begin_array("entries")?;
         }
         let mut buf = Vec::new();
-        while let Some(row) = rows.next_row()? {
+        findings = walk_rows(src, req, report, |row| {
             if req.entries {
-                row_json(&row, &mut buf);
+                row_json(row, &mut buf);
                 doc.item(&buf)?;
             }
-            findings.extend(row.problems);
-        }
-        drop(rows);
-        src.end_pass();
+            Ok(())
+        })?;
         if req.entries {
             doc.end_array()?;
         }

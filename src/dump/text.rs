@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 use std::io::{self, Write};
 
 use super::units::{fraction, human, iso8601, percent, plural, relative, size_both, thousands};
-use super::{Request, Status, Tracked};
+use super::{Request, Status, Tracked, walk_rows};
 use crate::format::FILE_HEADER_LEN;
 use crate::inspect::Source;
 use crate::inspect::report::{
@@ -37,22 +37,15 @@ pub(super) fn text_report<S: Source>(
     }
     let mut findings = Findings::default();
     if req.entries || req.check {
-        findings.extend(report.header_problem());
-        src.next_pass(if req.check { "checking" } else { "listing" });
         let table = req.entries.then(|| EntryTable::new(report));
         if let Some(table) = &table {
             gap(out)?;
             table.write_head(out, &req.name, report)?;
         }
-        let mut rows = report.rows(&mut *src, req.check);
-        while let Some(row) = rows.next_row()? {
-            if let Some(table) = &table {
-                table.write_row(out, &row, report.now_ms())?;
-            }
-            findings.extend(row.problems);
-        }
-        drop(rows);
-        src.end_pass();
+        findings = walk_rows(src, req, report, |row| match &table {
+            Some(table) => table.write_row(out, row, report.now_ms()),
+            None => Ok(()),
+        })?;
         if let Some(table) = &table {
             table.write_foot(out, &report.summary)?;
         }
@@ -78,8 +71,8 @@ pub fn write_summary(out: &mut dyn Write, name: &str, report: &Report) -> io::Re
             "{:<14}version {}, created {} ({})",
             "format",
             h.version,
-            iso8601(h.created_ms as i128),
-            relative(h.created_ms as i128, now)
+            iso8601(i128::from(h.created_ms)),
+            relative(i128::from(h.created_ms), now)
         )?,
         HeaderStatus::Damaged { reason, fields } => {
             writeln!(out, "{:<14}FILE HEADER DAMAGED: {reason}", "format")?;
@@ -90,7 +83,7 @@ pub fn write_summary(out: &mut dyn Write, name: &str, report: &Report) -> io::Re
                     "",
                     h.version,
                     h.salt,
-                    iso8601(h.created_ms as i128)
+                    iso8601(i128::from(h.created_ms))
                 )?;
             }
         }
@@ -161,7 +154,7 @@ fn write_free_notes(out: &mut dyn Write, s: &Summary) -> io::Result<()> {
     if s.superseded_blocks > 0 {
         writeln!(
             out,
-            "free space includes {} older cop{} of keys with a newer copy ({}), left by a crash; the store frees them at open",
+            "free space includes {} older cop{} of keys with a newer copy ({}), kept until the newer copy was durable; the store frees them at open",
             thousands(s.superseded_blocks),
             if s.superseded_blocks == 1 { "y" } else { "ies" },
             size_both(s.superseded_bytes)

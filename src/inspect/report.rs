@@ -193,13 +193,18 @@ impl Summary {
         }
     }
 
-    fn add(&mut self, state: State, len: u64) {
-        let (blocks, bytes) = match state {
+    /// The block and byte counts of a state.
+    fn counts(&mut self, state: State) -> (&mut u64, &mut u64) {
+        match state {
             State::Live => (&mut self.live_entries, &mut self.live_bytes),
             State::Expired => (&mut self.expired_entries, &mut self.expired_bytes),
             State::Free => (&mut self.free_blocks, &mut self.free_bytes),
             State::Corrupt => (&mut self.corrupt_blocks, &mut self.corrupt_bytes),
-        };
+        }
+    }
+
+    fn add(&mut self, state: State, len: u64) {
+        let (blocks, bytes) = self.counts(state);
         *blocks += 1;
         *bytes += len;
         if state == State::Free {
@@ -209,12 +214,7 @@ impl Summary {
     }
 
     fn remove(&mut self, state: State, len: u64) {
-        let (blocks, bytes) = match state {
-            State::Live => (&mut self.live_entries, &mut self.live_bytes),
-            State::Expired => (&mut self.expired_entries, &mut self.expired_bytes),
-            State::Free => (&mut self.free_blocks, &mut self.free_bytes),
-            State::Corrupt => (&mut self.corrupt_blocks, &mut self.corrupt_bytes),
-        };
+        let (blocks, bytes) = self.counts(state);
         // Saturating: a file that changes between two walks must not panic.
         *blocks = blocks.saturating_sub(1);
         *bytes = bytes.saturating_sub(len);

@@ -163,7 +163,7 @@ pub fn key_preview(bytes: &[u8], max: usize) -> String {
 }
 
 /// A key for a reason: [`key_preview`], quoted when it is text.
-pub(super) fn quote_key(key: &[u8]) -> String {
+fn quote_key(key: &[u8]) -> String {
     let p = key_preview(key, KEY_QUOTE);
     if p.starts_with("0x") {
         p
@@ -172,11 +172,37 @@ pub(super) fn quote_key(key: &[u8]) -> String {
     }
 }
 
-pub(super) fn up_to(end: u64, file_len: u64) -> String {
+fn up_to(end: u64, file_len: u64) -> String {
     if end >= file_len {
         "up to the end of the file".to_string()
     } else {
         format!("up to offset {end}")
+    }
+}
+
+pub(super) fn unwritten_problem(offset: u64, len: u64, file_len: u64) -> Problem {
+    Problem {
+        offset,
+        len,
+        kind: ProblemKind::Unwritten,
+        reason: format!(
+            "{len} bytes of zeros where a block should start, {}: space reserved but never written (a write cut short); the store reclaims it at open",
+            up_to(offset + len, file_len)
+        ),
+    }
+}
+
+pub(super) fn corrupt_entry_problem(offset: u64, len: u64, h: &BlockHeader, key: &[u8]) -> Problem {
+    Problem {
+        offset,
+        len,
+        kind: ProblemKind::Checksum,
+        reason: format!(
+            "payload checksum mismatch: the key, metadata or value of this entry (seq {}, key {} as read, {}-byte value) changed after it was written; the store skips it at open and the key keeps its older copy, if any",
+            h.seq,
+            quote_key(key),
+            h.value_len
+        ),
     }
 }
 
@@ -206,7 +232,7 @@ pub(super) fn superseded_problem(
         len,
         kind: ProblemKind::Superseded,
         reason: format!(
-            "older copy of key {} (seq {}); the newest copy (seq {}{}) is at offset {}; left by a crash before the store freed it; the store frees it at open",
+            "older copy of key {} (seq {}); the newest copy (seq {}{}) is at offset {}; kept until the newer copy was durable (a store in use, or a crash before its next sync); the store frees it at open",
             quote_key(key),
             h.seq,
             n.seq,

@@ -3,8 +3,10 @@
 
 use std::io;
 
-use super::problem::{damage_problem, overlap_problem, quote_key, superseded_problem, up_to};
-use super::{CHUNK, KEY_QUOTE, Problem, ProblemKind, Report, State, live_or_expired};
+use super::problem::{
+    corrupt_entry_problem, damage_problem, overlap_problem, superseded_problem, unwritten_problem,
+};
+use super::{CHUNK, KEY_QUOTE, Problem, Report, State, live_or_expired};
 use crate::format::{ALIGN, BLOCK_HEADER_LEN, BLOCK_MAGIC, BlockHeader, BlockHeaderError, Kind};
 use crate::inspect::{BlockKind, Source, Walker};
 
@@ -135,30 +137,12 @@ impl<'r, S: Source> Rows<'r, S> {
             }
             BlockKind::Free => (State::Free, RowKind::Free),
             BlockKind::Unwritten => {
-                problems.push(Problem {
-                    offset,
-                    len,
-                    kind: ProblemKind::Unwritten,
-                    reason: format!(
-                        "{len} bytes of zeros where a block should start, {}: space reserved but never written (a write cut short); the store reclaims it at open",
-                        up_to(offset + len, walker.file_len())
-                    ),
-                });
+                problems.push(unwritten_problem(offset, len, walker.file_len()));
                 (State::Free, RowKind::Unwritten)
             }
             BlockKind::CorruptEntry(header) => {
                 let key = walker.key().to_vec();
-                problems.push(Problem {
-                    offset,
-                    len,
-                    kind: ProblemKind::Checksum,
-                    reason: format!(
-                        "payload checksum mismatch: the key, metadata or value of this entry (seq {}, key {} as read, {}-byte value) changed after it was written; the store skips it at open and the key keeps its older copy, if any",
-                        header.seq,
-                        quote_key(&key),
-                        header.value_len
-                    ),
-                });
+                problems.push(corrupt_entry_problem(offset, len, &header, &key));
                 (State::Corrupt, RowKind::CorruptEntry { header, key })
             }
             BlockKind::Damaged(e) => {
@@ -170,7 +154,7 @@ impl<'r, S: Source> Rows<'r, S> {
             }
         };
         if self.check && matches!(kind, RowKind::Free | RowKind::CorruptEntry { .. }) {
-            self.find_hidden_headers(offset, len, &kind, &mut problems)?;
+            find_hidden_headers(walker, &mut self.buf, offset, len, &kind, &mut problems)?;
         }
         Ok(Some(Row {
             offset,
@@ -180,44 +164,45 @@ impl<'r, S: Source> Rows<'r, S> {
             problems,
         }))
     }
+}
 
-    /// Looks at every 8-byte boundary inside the block for a valid entry
-    /// header (the test the walk uses to resynchronise after damage).
-    fn find_hidden_headers(
-        &mut self,
-        offset: u64,
-        len: u64,
-        kind: &RowKind,
-        problems: &mut Vec<Problem>,
-    ) -> io::Result<()> {
-        let walker = self.walker.as_mut().expect("walking");
-        let (salt, file_len) = (walker.header().salt, walker.file_len());
-        let end = offset + len;
-        let mut at = offset + ALIGN;
-        while at < end {
-            let chunk_end = end.min(at + CHUNK);
-            let read_end = file_len.min(chunk_end + BLOCK_HEADER_LEN);
-            self.buf.resize((read_end - at) as usize, 0);
-            walker.source().read_at(at, &mut self.buf)?;
-            let mut p = at;
-            while p < chunk_end {
-                let i = (p - at) as usize;
-                let Some(b) = self.buf.get(i..i + BLOCK_HEADER_LEN as usize) else {
-                    break;
-                };
-                if b[0..4] == BLOCK_MAGIC
-                    && b[4] == b'E'
-                    && let Ok(h) = BlockHeader::decode(b, salt, p, file_len)
-                    && h.kind == Kind::Entry
-                {
-                    let mut key = vec![0u8; usize::from(h.key_len).min(KEY_QUOTE + 1)];
-                    walker.source().read_at(p + BLOCK_HEADER_LEN, &mut key)?;
-                    problems.push(overlap_problem(p, &h, &key, offset, len, kind));
-                }
-                p += ALIGN;
+/// Looks at every 8-byte boundary inside a block for a valid entry header
+/// (the test the walk uses to resynchronise after damage).
+fn find_hidden_headers<S: Source>(
+    walker: &mut Walker<S>,
+    buf: &mut Vec<u8>,
+    offset: u64,
+    len: u64,
+    kind: &RowKind,
+    problems: &mut Vec<Problem>,
+) -> io::Result<()> {
+    let (salt, file_len) = (walker.header().salt, walker.file_len());
+    let end = offset + len;
+    let mut at = offset + ALIGN;
+    while at < end {
+        let chunk_end = end.min(at + CHUNK);
+        let read_end = file_len.min(chunk_end + BLOCK_HEADER_LEN);
+        buf.resize((read_end - at) as usize, 0);
+        walker.source().read_at(at, buf)?;
+        let mut p = at;
+        while p < chunk_end {
+            let i = (p - at) as usize;
+            let Some(b) = buf.get(i..i + BLOCK_HEADER_LEN as usize) else {
+                break;
+            };
+            if b[0..4] == BLOCK_MAGIC
+                && b[4] == b'E'
+                && let Ok(h) = BlockHeader::decode(b, salt, p, file_len)
+                && h.kind == Kind::Entry
+            {
+                // The key lies inside the block the header claims, so in the file.
+                let mut key = vec![0u8; usize::from(h.key_len).min(KEY_QUOTE + 1)];
+                walker.source().read_at(p + BLOCK_HEADER_LEN, &mut key)?;
+                problems.push(overlap_problem(p, &h, &key, offset, len, kind));
             }
-            at = chunk_end;
+            p += ALIGN;
         }
-        Ok(())
+        at = chunk_end;
     }
+    Ok(())
 }
