@@ -133,11 +133,19 @@ pub(super) fn json_report<S: Source>(
     }
     let mut status = Status::Ok;
     if req.check {
-        let list = |v: &[Problem]| Value::Array(v.iter().map(problem_json).collect());
-        doc.field("problems", &list(&findings.problems))?;
-        doc.field("problems_total", &json!(findings.problems_total))?;
-        doc.field("notes", &list(&findings.notes))?;
-        doc.field("notes_total", &json!(findings.notes_total))?;
+        let mut buf = Vec::new();
+        for (name, list, total) in [
+            ("problems", &findings.problems, findings.problems_total),
+            ("notes", &findings.notes, findings.notes_total),
+        ] {
+            doc.begin_array(name)?;
+            for p in list {
+                problem_json(p, &mut buf);
+                doc.item(&buf)?;
+            }
+            doc.end_array()?;
+            doc.field(&format!("{name}_total"), &json!(total))?;
+        }
         doc.field("damaged", &json!(findings.is_damaged()))?;
         if findings.is_damaged() {
             status = Status::Damaged;
@@ -194,12 +202,16 @@ fn row_json(row: &Row, buf: &mut Vec<u8>) {
     );
 }
 
-fn problem_json(p: &Problem) -> Value {
-    json!({
-        "offset": p.offset,
-        "len": p.len,
-        "kind": p.kind.as_str(),
-        "damage": p.kind.is_damage(),
-        "reason": p.reason,
-    })
+/// One problem or note as a JSON object, fields in a fixed order.
+fn problem_json(p: &Problem, buf: &mut Vec<u8>) {
+    buf.clear();
+    let _ = write!(
+        buf,
+        "{{\"offset\":{},\"len\":{},\"kind\":\"{}\",\"damage\":{},\"reason\":{}}}",
+        p.offset,
+        p.len,
+        p.kind.as_str(),
+        p.kind.is_damage(),
+        Value::from(p.reason.as_str())
+    );
 }

@@ -247,6 +247,7 @@ pub(super) fn damage_problem(
     len: u64,
     e: BlockHeaderError,
     raw: &[u8],
+    key: Option<&[u8]>,
     file_len: u64,
 ) -> Problem {
     // The fields as they read, for the reason (the checksum vouches for them
@@ -310,6 +311,13 @@ pub(super) fn damage_problem(
             ),
         ),
     };
+    let lost = match key {
+        Some(k) => format!(
+            "; the header reads as an entry of key {} (unverified: probably the entry lost here)",
+            quote_key(k)
+        ),
+        None => String::new(),
+    };
     let extent = if offset + len >= file_len {
         format!("{len} bytes up to the end of the file hold no valid block")
     } else {
@@ -322,7 +330,9 @@ pub(super) fn damage_problem(
         offset,
         len,
         kind,
-        reason: format!("{what}; {extent}; the store skips them at open and reclaims the space"),
+        reason: format!(
+            "{what}{lost}; {extent}; the store skips them at open and reclaims the space"
+        ),
     }
 }
 

@@ -149,7 +149,15 @@ impl<'r, S: Source> Rows<'r, S> {
                 let mut raw = [0u8; BLOCK_HEADER_LEN as usize];
                 let n = (walker.file_len() - offset).min(BLOCK_HEADER_LEN) as usize;
                 walker.source().read_at(offset, &mut raw[..n])?;
-                problems.push(damage_problem(offset, len, e, &raw[..n], walker.file_len()));
+                let key = lost_key(walker, offset, len, &raw[..n])?;
+                problems.push(damage_problem(
+                    offset,
+                    len,
+                    e,
+                    &raw[..n],
+                    key.as_deref(),
+                    walker.file_len(),
+                ));
                 (State::Corrupt, RowKind::Damaged(e))
             }
         };
@@ -164,6 +172,30 @@ impl<'r, S: Source> Rows<'r, S> {
             problems,
         }))
     }
+}
+
+/// When the bytes of a damaged region start like an entry header, the key
+/// they claim to hold (at most [`KEY_QUOTE`] + 1 bytes, inside the region):
+/// one damaged bit in a header leaves the key readable, and a person wants to
+/// know which entry was lost. Not verified by any checksum.
+fn lost_key<S: Source>(
+    walker: &mut Walker<S>,
+    offset: u64,
+    len: u64,
+    raw: &[u8],
+) -> io::Result<Option<Vec<u8>>> {
+    if raw.len() < BLOCK_HEADER_LEN as usize || raw[0..4] != BLOCK_MAGIC || raw[4] != b'E' {
+        return Ok(None);
+    }
+    let key_len = u64::from(u16::from_le_bytes([raw[6], raw[7]]));
+    if key_len == 0 || BLOCK_HEADER_LEN + key_len > len {
+        return Ok(None);
+    }
+    let mut key = vec![0u8; key_len.min(KEY_QUOTE as u64 + 1) as usize];
+    walker
+        .source()
+        .read_at(offset + BLOCK_HEADER_LEN, &mut key)?;
+    Ok(Some(key))
 }
 
 /// Looks at every 8-byte boundary inside a block for a valid entry header
