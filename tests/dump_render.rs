@@ -337,6 +337,17 @@ fn the_map_fits_the_width_and_has_a_legend_and_colour_only_when_asked() {
             assert_eq!(r.out.contains('\x1b'), color, "colour only when asked");
         }
     }
+    // An absurd width does not size the map.
+    let r = dump_bytes(
+        &bytes,
+        &Request {
+            map: true,
+            width: usize::MAX,
+            ..req(REAL_NOW)
+        },
+    );
+    let longest = r.out.lines().map(|l| l.chars().count()).max().unwrap();
+    assert!(longest <= 1000, "{longest}");
 }
 
 fn strip_ansi(s: &str) -> String {

@@ -72,7 +72,7 @@ pub(super) fn show_key<S: Source>(
     let h = &e.header;
     let intact = if req.json {
         let mut doc = JsonObject::begin(out)?;
-        for (name, value) in [
+        for (field, value) in [
             ("file", json!(name)),
             ("key", json!(shown)),
             ("found", json!(true)),
@@ -86,7 +86,7 @@ pub(super) fn show_key<S: Source>(
             ("expiry_ms", json!(Some(h.expiry_ms).filter(|&x| x != 0))),
             ("metadata", json!(key_text(&e.metadata))),
         ] {
-            doc.field(name, &value)?;
+            doc.field(field, &value)?;
         }
         // Text when the value is UTF-8 (and not --hex), else hex: find out
         // first, streaming, then stream it out.

@@ -172,9 +172,10 @@ fn write_free_notes(out: &mut dyn Write, s: &Summary) -> io::Result<()> {
     Ok(())
 }
 
-/// Cells per map line for a width.
+/// Cells per map line for a width (any width: a `COLUMNS` of a billion must
+/// not size the map).
 pub(super) fn map_columns(width: usize) -> usize {
-    width.saturating_sub(MAP_PREFIX + 1).max(8)
+    width.clamp(MAP_PREFIX + 9, 1000) - MAP_PREFIX - 1
 }
 
 /// Width of the offset before each map line, and the space after it.
