@@ -262,42 +262,40 @@ impl FileBuilder {
 }
 
 /// The bytes of a real store made by `sfs::Store` on a manual clock at
-/// 1,000,000 ms: live entries (one with metadata, one with a binary key),
-/// entries that expire in an hour, entries already expired at the clock's
-/// time + 2 s, deleted keys (free space) and one large value.
+/// 1,000,000 ms: 60 `user:N` entries (every fourth deleted, so free space;
+/// `user:1` overwritten), eight sessions with metadata of which four expire
+/// after 1 s and four after an hour, `doc` with metadata, a binary key
+/// `00 ff "bin"`, and `big`, a 20,000-byte value.
 pub fn real_store_bytes(clock: &Arc<ManualClock>) -> Vec<u8> {
+    store_bytes(clock, 60, 20_000)
+}
+
+/// [`real_store_bytes`] with `users` user entries and a `big` value of
+/// `big_len` bytes.
+pub fn store_bytes(clock: &Arc<ManualClock>, users: u32, big_len: usize) -> Vec<u8> {
     let t = TempStore::new();
     let store = t.open(clock);
-    for i in 0..60u32 {
-        store
-            .put(
-                format!("user:{i}"),
-                vec![b'a' + (i % 26) as u8; (i as usize * 53) % 700],
-            )
-            .unwrap();
+    for i in 0..users {
+        let value = vec![b'a' + (i % 26) as u8; (i as usize * 53) % 700];
+        store.put(format!("user:{i}"), value).unwrap();
     }
     for i in 0..8u32 {
         let ttl = if i % 2 == 0 { 1_000 } else { 3_600_000 };
+        let opts = sfs::PutOptions::new()
+            .ttl(std::time::Duration::from_millis(ttl))
+            .metadata(b"m");
         store
-            .put_with_ttl(
-                format!("session:{i}"),
-                b"token",
-                std::time::Duration::from_millis(ttl),
-            )
+            .put_with(format!("session:{i}"), b"token", &opts)
             .unwrap();
     }
-    store
-        .put_with(
-            b"doc",
-            b"{\"a\":1}",
-            &sfs::PutOptions::new().metadata(b"etag=7"),
-        )
-        .unwrap();
+    let opts = sfs::PutOptions::new().metadata(b"etag=7");
+    store.put_with(b"doc", b"{\"a\":1}", &opts).unwrap();
     store.put(b"\x00\xffbin", b"\x01\x02").unwrap();
-    for i in (0..60u32).step_by(4) {
+    for i in (0..users).step_by(4) {
         store.delete(format!("user:{i}")).unwrap();
     }
-    store.put(b"big", vec![7u8; 20_000]).unwrap();
+    store.put(b"user:1", b"overwritten").unwrap();
+    store.put(b"big", vec![7u8; big_len]).unwrap();
     store.close().unwrap();
     std::fs::read(&t.path).unwrap()
 }
