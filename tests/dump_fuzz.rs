@@ -3,6 +3,7 @@
 //! the file and agree with the summary; JSON always parses; the exit status
 //! of `--check` says damage exactly when there is some; and the store's own
 //! open agrees with the report about what is live and what is corrupt.
+#![cfg(feature = "cli")]
 
 mod common;
 

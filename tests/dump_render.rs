@@ -1,5 +1,6 @@
 //! What sfs-dump prints, through `sfs::dump::run` on bytes: text for people,
 //! JSON with the field names of CLI.md, statuses, keys, the map.
+#![cfg(feature = "cli")]
 
 mod common;
 
