@@ -9,7 +9,10 @@
 //! the bytes in between as one damaged region. Memory stays bounded whatever
 //! the file claims: payloads are checksummed in 64 KiB pieces.
 //!
-//! This module never writes.
+//! This module never writes. The [`report`] submodule builds on the walk what
+//! `sfs-dump` shows: block states, summary figures and `--check` problems.
+
+pub mod report;
 
 use std::fs::File;
 use std::io;
@@ -60,6 +63,16 @@ impl Source for &[u8] {
     fn view(&mut self, offset: u64, len: u64) -> Option<&[u8]> {
         let start = usize::try_from(offset).ok()?;
         self.get(start..start.checked_add(usize::try_from(len).ok()?)?)
+    }
+}
+
+impl<S: Source + ?Sized> Source for &mut S {
+    fn len(&self) -> u64 {
+        (**self).len()
+    }
+
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        (**self).read_at(offset, buf)
     }
 }
 
@@ -203,15 +216,24 @@ impl<S: Source> Walker<S> {
             Ok(h) => h,
             Err(e) => return Ok(Err(e)),
         };
+        Ok(Ok(Walker::with_header(src, header)))
+    }
+
+    /// Positions a walk at the first block using `header` as given, without
+    /// reading the file's own header: for salvaging the blocks of a file whose
+    /// header is damaged, with the salt read from its bytes. Blocks are
+    /// classified exactly as by [`Walker::new`]; a wrong salt makes every
+    /// block header fail its checksum.
+    pub fn with_header(src: S, header: FileHeader) -> Walker<S> {
         let len = src.len();
-        Ok(Ok(Walker {
+        Walker {
             src,
             header,
             pos: FILE_HEADER_LEN,
             len,
             key: Vec::new(),
             buf: Vec::new(),
-        }))
+        }
     }
 
     /// The file header.

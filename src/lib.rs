@@ -36,6 +36,8 @@
 
 mod alloc;
 mod clock;
+#[cfg(feature = "cli")]
+pub mod dump;
 mod error;
 pub mod format;
 mod index;
