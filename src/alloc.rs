@@ -118,6 +118,7 @@ impl FreeList {
     }
 
     /// Where the known-zero space at the end of the file begins.
+    #[cfg_attr(not(any(test, feature = "testing")), allow(dead_code))]
     pub fn zero_from(&self) -> u64 {
         self.zero_from
     }

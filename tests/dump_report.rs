@@ -208,7 +208,7 @@ fn a_block_header_checksum_mismatch_is_a_checksum_problem_to_the_next_entry() {
     f.entry(b"a", &[1; 100], 1);
     let b = f.entry(b"b", &[2; 100], 2);
     let c = f.entry(b"c", &[3; 100], 3);
-    f.bytes[b as usize + 30] ^= 4; // the expiry field: only the header checksum notices
+    f.bytes[b as usize + 30] ^= 4; // the sequence number: only the header checksum notices
     let (_, rows, findings) = inspect(&f.bytes);
     assert_eq!(
         rows[1].kind,

@@ -144,7 +144,8 @@ impl FileBuilder {
     /// Recomputes the header checksum at `offset` after raw edits of bytes 0..44.
     pub fn reseal_header(&mut self, offset: u64) {
         let o = offset as usize;
-        let c = crc(SALT, &[&self.bytes[o..o + 44]]);
+        // The header CRC covers every field but the expiry word (32..40).
+        let c = crc(SALT, &[&self.bytes[o..o + 32], &self.bytes[o + 40..o + 44]]);
         self.bytes[o + 44..o + 48].copy_from_slice(&c.to_le_bytes());
     }
 

@@ -281,6 +281,10 @@ pub(super) fn damage_problem(
             ProblemKind::Checksum,
             "block header checksum mismatch: the header of the block here was damaged, so its length cannot be trusted".to_string(),
         ),
+        BlockHeaderError::BadExpiry => (
+            ProblemKind::Checksum,
+            "expiry word check mismatch: the expiry stored in the block header here was damaged, so the entry cannot be trusted".to_string(),
+        ),
         BlockHeaderError::BadKind => (
             ProblemKind::UnknownKind,
             format!(
