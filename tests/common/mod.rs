@@ -34,6 +34,7 @@ pub fn clock() -> Arc<ManualClock> {
 }
 
 /// The reference model lives in the library so the fuzz targets share it.
+#[allow(unused_imports)]
 pub use sfs::fuzzing::Model;
 
 /// The sorted live keys of a store.
