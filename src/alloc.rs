@@ -107,7 +107,9 @@ impl FreeList {
     }
 
     fn insert(&mut self, offset: u64, len: u64) {
-        debug_assert!(len >= MIN_BLOCK_LEN && len % ALIGN == 0 && offset % ALIGN == 0);
+        debug_assert!(
+            len >= MIN_BLOCK_LEN && len.is_multiple_of(ALIGN) && offset.is_multiple_of(ALIGN)
+        );
         self.by_len.insert((len, offset));
         self.by_off.insert(offset, len);
         self.free_bytes += len;
@@ -132,8 +134,8 @@ impl FreeList {
     /// then reserved behind it as free space, so a run of appends does not
     /// grow the file one entry at a time.
     pub fn allocate(&mut self, need: u64, fragmentation_factor: f64, grow_by: u64) -> Allocation {
-        debug_assert!(need >= MIN_BLOCK_LEN && need % ALIGN == 0);
-        debug_assert!(grow_by % ALIGN == 0);
+        debug_assert!(need >= MIN_BLOCK_LEN && need.is_multiple_of(ALIGN));
+        debug_assert!(grow_by.is_multiple_of(ALIGN));
         if let Some(&(len, offset)) = self.by_len.range((need, 0)..).next() {
             self.remove(offset, len);
             let rest = len - need;
@@ -248,6 +250,7 @@ impl FreeList {
 
     /// Cuts off a free block that ends the file, whatever its length. Returns
     /// the new end when something was cut.
+    #[cfg(test)]
     pub fn trim_tail(&mut self) -> Option<u64> {
         let (o, l) = self.tail_free()?;
         self.remove(o, l);

@@ -311,7 +311,7 @@ impl BlockHeader {
             expiry_ms: u64_at(b, 32),
             payload_crc: u32_at(b, 40),
         };
-        if h.block_len < MIN_BLOCK_LEN || h.block_len % ALIGN != 0 {
+        if h.block_len < MIN_BLOCK_LEN || !h.block_len.is_multiple_of(ALIGN) {
             return Err(BlockHeaderError::BadLength);
         }
         if h.block_len > file_len - pos {

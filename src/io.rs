@@ -109,10 +109,10 @@ impl FileStorage {
     /// Makes sure the current window covers `len` bytes.
     fn ensure_window(&self, len: u64) -> io::Result<()> {
         let mut maps = self.maps.lock();
-        if let Some((w, _)) = maps.last() {
-            if w.len >= len {
-                return Ok(());
-            }
+        if let Some((w, _)) = maps.last()
+            && w.len >= len
+        {
+            return Ok(());
         }
         let want = len.saturating_mul(2).max(MIN_WINDOW);
         let map = self.map(want).or_else(|_| self.map(len.max(1)))?;

@@ -13,7 +13,7 @@ use crate::store::Store;
 ///
 /// Whatever the policy, [`Store::sync`] and [`Store::close`] make everything
 /// written so far durable, and dropping a store syncs it too.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum SyncPolicy {
     /// Writes stay in the OS page cache until [`Store::sync`], close or drop.
     /// They survive a crash of the process, not of the machine. The store
@@ -22,15 +22,10 @@ pub enum SyncPolicy {
     Never,
     /// Every write is on disk (`fdatasync`) before it returns. Concurrent
     /// writers share one `fdatasync` (group commit). The default.
+    #[default]
     Always,
     /// A background thread syncs every given interval, if anything was written.
     Periodic(Duration),
-}
-
-impl Default for SyncPolicy {
-    fn default() -> Self {
-        SyncPolicy::Always
-    }
 }
 
 /// How to open a store.
@@ -190,12 +185,12 @@ impl Options {
                 reason: "max_entries must be at least 1".into(),
             });
         }
-        if let SyncPolicy::Periodic(d) = self.sync {
-            if d.is_zero() {
-                return Err(Error::InvalidOptions {
-                    reason: "SyncPolicy::Periodic needs a non-zero interval".into(),
-                });
-            }
+        if let SyncPolicy::Periodic(d) = self.sync
+            && d.is_zero()
+        {
+            return Err(Error::InvalidOptions {
+                reason: "SyncPolicy::Periodic needs a non-zero interval".into(),
+            });
         }
         Ok(())
     }

@@ -227,10 +227,10 @@ impl std::fmt::Debug for ValueRef<'_> {
 
 impl Drop for ValueRef<'_> {
     fn drop(&mut self) {
-        if let ValueBytes::Mapped(_, offset) = self.bytes {
-            if let Some(len) = self.inner.readers.unpin(offset) {
-                self.inner.return_space(offset, len);
-            }
+        if let ValueBytes::Mapped(_, offset) = self.bytes
+            && let Some(len) = self.inner.readers.unpin(offset)
+        {
+            self.inner.return_space(offset, len);
         }
     }
 }
@@ -289,10 +289,18 @@ struct Superseded {
     key_hash: u64,
 }
 
-/// Reader locks on blocks borrowed by `ValueRef`s: offset → (readers, length
-/// to free when the last one leaves, if the block was freed meanwhile).
+/// A block borrowed by `ValueRef`s.
+#[derive(Default)]
+struct Pin {
+    readers: u32,
+    /// Set when the block was freed while borrowed: its length, to free when
+    /// the last reader leaves.
+    freed: Option<u64>,
+}
+
+/// Reader locks on blocks borrowed by `ValueRef`s, by block offset.
 struct ReaderLocks {
-    shards: Box<[Mutex<HashMap<u64, (u32, Option<u64>)>>]>,
+    shards: Box<[Mutex<HashMap<u64, Pin>>]>,
 }
 
 impl ReaderLocks {
@@ -302,16 +310,12 @@ impl ReaderLocks {
         }
     }
 
-    fn shard(&self, offset: u64) -> &Mutex<HashMap<u64, (u32, Option<u64>)>> {
+    fn shard(&self, offset: u64) -> &Mutex<HashMap<u64, Pin>> {
         &self.shards[((offset >> 3) as usize) % self.shards.len()]
     }
 
     fn pin(&self, offset: u64) {
-        self.shard(offset)
-            .lock()
-            .entry(offset)
-            .or_insert((0, None))
-            .0 += 1;
+        self.shard(offset).lock().entry(offset).or_default().readers += 1;
     }
 
     /// Drops one reader; returns the length to free if it was the last reader
@@ -319,18 +323,18 @@ impl ReaderLocks {
     fn unpin(&self, offset: u64) -> Option<u64> {
         let mut m = self.shard(offset).lock();
         let e = m.get_mut(&offset)?;
-        e.0 -= 1;
-        if e.0 > 0 {
+        e.readers -= 1;
+        if e.readers > 0 {
             return None;
         }
-        m.remove(&offset).and_then(|(_, freed)| freed)
+        m.remove(&offset).and_then(|p| p.freed)
     }
 
     /// If the block is pinned, records that it is to be freed later.
     fn defer_if_pinned(&self, offset: u64, len: u64) -> bool {
         match self.shard(offset).lock().get_mut(&offset) {
             Some(e) => {
-                e.1 = Some(len);
+                e.freed = Some(len);
                 true
             }
             None => false,
@@ -340,7 +344,7 @@ impl ReaderLocks {
     fn count(&self) -> usize {
         self.shards
             .iter()
-            .map(|s| s.lock().values().filter(|e| e.1.is_some()).count())
+            .map(|s| s.lock().values().filter(|e| e.freed.is_some()).count())
             .sum()
     }
 
@@ -353,7 +357,7 @@ impl ReaderLocks {
         let mut v = Vec::new();
         for s in self.shards.iter() {
             for (&o, e) in s.lock().iter() {
-                if let Some(l) = e.1 {
+                if let Some(l) = e.freed {
                     v.push((o, l));
                 }
             }
@@ -648,11 +652,9 @@ fn open_storage(path: &Path, opts: &Options) -> Result<Arc<dyn Storage>> {
         return Ok(Arc::clone(s));
     }
     let create = opts.create && !opts.read_only;
-    if create {
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent)
-                .map_err(|e| Error::io(path, "creating the parent directories", e))?;
-        }
+    if create && let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| Error::io(path, "creating the parent directories", e))?;
     }
     let file = std::fs::OpenOptions::new()
         .read(true)
@@ -731,7 +733,7 @@ impl Inner {
                 }
             }
         };
-        let rec = if storage.len() == 0 {
+        let rec = if storage.is_empty() {
             // A read-only open of an empty file: an empty store.
             crate::recovery::Recovered::empty(opts.max_entries.is_some())
         } else {
@@ -1027,20 +1029,18 @@ impl Inner {
             return Err(Error::io(&self.path, "writing an entry", e));
         }
         let generation = self.note_write();
-        if self.policy == SyncPolicy::Always {
-            if let Err(e) = self.sync_to(generation) {
-                // Not durable: take it back so memory and file agree.
-                self.give_back(offset, len);
-                return Err(e);
-            }
+        if self.policy == SyncPolicy::Always
+            && let Err(e) = self.sync_to(generation)
+        {
+            // Not durable: take it back so memory and file agree.
+            self.give_back(offset, len);
+            return Err(e);
         }
         let inserted = self.publish(key, offset, len, seq, expiry_ms, generation)?;
-        if inserted {
-            if let Some(cap) = self.max_entries {
-                while self.entries.load(Ordering::Acquire) > cap {
-                    if !self.evict_one()? {
-                        break;
-                    }
+        if inserted && let Some(cap) = self.max_entries {
+            while self.entries.load(Ordering::Acquire) > cap {
+                if !self.evict_one()? {
+                    break;
                 }
             }
         }
@@ -1064,14 +1064,14 @@ impl Inner {
             Some(id) => {
                 let old_offset = shard.slot(id).offset;
                 let old = self.header_at(old_offset);
-                if let Ok(h) = &old {
-                    if h.seq > seq {
-                        // A concurrent write of this key with a later sequence
-                        // number got here first; it wins, here and on disk.
-                        drop(shard);
-                        self.give_back(offset, len);
-                        return Ok(false);
-                    }
+                if let Ok(h) = &old
+                    && h.seq > seq
+                {
+                    // A concurrent write of this key with a later sequence
+                    // number got here first; it wins, here and on disk.
+                    drop(shard);
+                    self.give_back(offset, len);
+                    return Ok(false);
                 }
                 shard.update(id, offset, expiry_ms);
                 self.touch_lru(cell, id);
@@ -1299,10 +1299,10 @@ impl Inner {
         loop {
             let mut best: Option<(u64, usize, u32)> = None;
             for (s, cell) in self.shards.iter().enumerate() {
-                if let Some((id, stamp)) = cell.lru.lock().oldest() {
-                    if best.is_none_or(|b| stamp < b.0) {
-                        best = Some((stamp, s, id));
-                    }
+                if let Some((id, stamp)) = cell.lru.lock().oldest()
+                    && best.is_none_or(|b| stamp < b.0)
+                {
+                    best = Some((stamp, s, id));
                 }
             }
             let Some((stamp, s, id)) = best else {

@@ -33,7 +33,7 @@ use crate::store::{Stats, Store};
 /// ```
 pub struct TypedStore<K, V> {
     store: Store,
-    _types: PhantomData<fn(K, V) -> (K, V)>,
+    _types: PhantomData<fn() -> (K, V)>,
 }
 
 fn config() -> bincode::config::Configuration {

@@ -139,10 +139,10 @@ fn run(opts: Options, clock: Arc<ManualClock>, secs: f64) {
                 n += 1;
                 c.advance(Duration::from_millis(7));
                 s.purge_expired().unwrap();
-                if n % 50 == 0 {
+                if n.is_multiple_of(50) {
                     s.clear().unwrap();
                 }
-                if n % 20 == 0 {
+                if n.is_multiple_of(20) {
                     s.sync().unwrap();
                 }
                 let _ = s.keys();

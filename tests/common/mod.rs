@@ -75,17 +75,15 @@ impl Model {
         self.map.insert(k.to_vec(), (v.to_vec(), expiry));
         self.touch(k);
         self.written.insert(k.to_vec(), self.tick);
-        if new {
-            if let Some(cap) = self.cap {
-                while self.map.len() > cap {
-                    let oldest = self
-                        .used
-                        .iter()
-                        .min_by_key(|&(_, &t)| t)
-                        .map(|(k, _)| k.clone())
-                        .unwrap();
-                    self.delete(&oldest);
-                }
+        if new && let Some(cap) = self.cap {
+            while self.map.len() > cap {
+                let oldest = self
+                    .used
+                    .iter()
+                    .min_by_key(|&(_, &t)| t)
+                    .map(|(k, _)| k.clone())
+                    .unwrap();
+                self.delete(&oldest);
             }
         }
     }
