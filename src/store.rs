@@ -689,11 +689,24 @@ fn open_storage(path: &Path, opts: &Options) -> Result<Arc<dyn Storage>> {
     Ok(Arc::new(storage))
 }
 
+/// Whether the storage holds a file whose creation a crash cut short (see
+/// [`crate::format::is_unfinished_file`]).
+fn unfinished_file(storage: &dyn Storage) -> bool {
+    if storage.len() != FILE_HEADER_LEN {
+        return false;
+    }
+    let mut b = [0u8; FILE_HEADER_LEN as usize];
+    storage.read_at(0, &mut b).is_ok() && crate::format::is_unfinished_file(&b)
+}
+
 impl Inner {
     fn open(path: &Path, storage: Arc<dyn Storage>, opts: &Options) -> Result<Inner> {
         let now = opts.clock.now_millis();
         let hasher = KeyHasher::default();
-        let header = if storage.is_empty() {
+        // An empty file, or one whose creation a crash cut short, holds
+        // nothing: a writer (re)writes its header.
+        let fresh = storage.is_empty() || unfinished_file(&*storage);
+        let header = if fresh {
             let h = FileHeader {
                 version: FORMAT_VERSION,
                 salt: random_salt(),
@@ -733,7 +746,7 @@ impl Inner {
                 }
             }
         };
-        let rec = if storage.is_empty() {
+        let rec = if fresh && opts.read_only {
             // A read-only open of an empty file: an empty store.
             crate::recovery::Recovered::empty(opts.max_entries.is_some())
         } else {
