@@ -1254,6 +1254,10 @@ impl Inner {
         id: u32,
         offset: u64,
     ) -> Result<Option<u64>> {
+        // Older copies first: were the newest freed first, a crash in between
+        // would bring an older value back.
+        let key = shard.slot(id).key.clone();
+        self.release_superseded_copies(hash, key.as_bytes());
         let len = match self.header_at(offset) {
             Ok(h) => {
                 self.mark_free(offset, h.block_len)
@@ -1262,12 +1266,10 @@ impl Inner {
             }
             Err(_) => None,
         };
-        let key = shard.slot(id).key.clone();
         shard.remove(hash, id);
         if self.max_entries.is_some() {
             cell.lru.lock().remove(id);
         }
-        self.release_superseded_copies(hash, key.as_bytes());
         self.entries.fetch_sub(1, Ordering::AcqRel);
         if let Some(l) = len {
             self.live_bytes.fetch_sub(l, Ordering::Relaxed);
