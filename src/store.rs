@@ -1021,6 +1021,14 @@ impl Inner {
         }
         let payload_crc = crc(self.salt, &[key, meta, value]);
         let _gate = self.gate.read();
+        if let Some(cap) = self.max_entries
+            && !self.indexed(key)
+        {
+            // Room first: were the new entry written before the eviction, a
+            // crash in between would leave one entry too many, and an open
+            // evicts by write order, not by use.
+            self.evict_down_to(cap - 1)?;
+        }
         let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
         let need = entry_block_len(key.len(), meta.len(), value.len());
         let (offset, len) = self.allocate(need)?;
@@ -1051,11 +1059,8 @@ impl Inner {
         }
         let inserted = self.publish(key, offset, len, seq, expiry_ms, generation)?;
         if inserted && let Some(cap) = self.max_entries {
-            while self.entries.load(Ordering::Acquire) > cap {
-                if !self.evict_one()? {
-                    break;
-                }
-            }
+            // Concurrent inserts may still have gone past the cap.
+            self.evict_down_to(cap)?;
         }
         self.maybe_sync_for_space()?;
         Ok(())
@@ -1306,6 +1311,28 @@ impl Inner {
         for (o, l) in mine {
             self.release(o, l);
         }
+    }
+
+    /// Whether `key` is in the index (expired or not).
+    fn indexed(&self, key: &[u8]) -> bool {
+        let (hash, cell) = self.locate(key);
+        cell.map.read().find(hash, key).is_some()
+    }
+
+    /// Evicts least recently used entries until at most `n` remain. Under
+    /// `SyncPolicy::Always` the evictions are durable when it returns.
+    fn evict_down_to(&self, n: usize) -> Result<()> {
+        let mut evicted = false;
+        while self.entries.load(Ordering::Acquire) > n {
+            if !self.evict_one()? {
+                break;
+            }
+            evicted = true;
+        }
+        if evicted && self.policy == SyncPolicy::Always {
+            self.sync_to(self.writes.load(Ordering::Acquire))?;
+        }
+        Ok(())
     }
 
     /// Evicts the least recently used entry of the whole store. Returns false

@@ -88,3 +88,62 @@ fn a_delete_cut_short_never_brings_back_an_older_copy() {
     let imgs = images(&fs.recording(), from, to, Crashes::Process);
     check(&opts, &imgs, &[(b"k", &[Some(b"new"), None])]);
 }
+
+/// Puts `a`, `b` and `t` under a cap of 3, reads `a` (so `b` is the least
+/// recently used although `a` was written first), then inserts `c`, larger,
+/// which evicts `b` and goes to the end of the file. Returns the images of a
+/// crash anywhere in that insert and the options to open them with.
+fn insert_over_the_cap(policy: SyncPolicy, which: Crashes) -> (Options, Vec<(String, Vec<u8>)>) {
+    let (fs, opts, s) = store(policy, Some(3));
+    s.put(b"a", b"1").unwrap();
+    s.put(b"b", b"2").unwrap();
+    s.put(b"t", b"4").unwrap();
+    s.sync().unwrap();
+    assert_eq!(s.get(b"a").unwrap().as_deref(), Some(&b"1"[..]));
+    let from = fs.event_count();
+    s.put(b"c", [b'3'; 100]).unwrap();
+    assert!(!s.contains(b"b"), "b was the least recently used");
+    let to = fs.event_count();
+    std::mem::forget(s);
+    let imgs = images(&fs.recording(), from, to, which);
+    (opts, imgs)
+}
+
+#[test]
+fn an_insert_cut_short_never_evicts_another_key_than_the_lru_one() {
+    // The new entry used to be written before the eviction: a crash in
+    // between left three entries, and the open, which evicts by write order,
+    // dropped `a`, the most recently used.
+    for policy in [SyncPolicy::Never, SyncPolicy::Always] {
+        let (opts, imgs) = insert_over_the_cap(policy, Crashes::Process);
+        check(
+            &opts,
+            &imgs,
+            &[
+                (b"a", &[Some(b"1")]),
+                (b"b", &[Some(b"2"), None]),
+                (b"c", &[Some(&[b'3'; 100]), None]),
+                (b"t", &[Some(b"4")]),
+            ],
+        );
+    }
+}
+
+#[test]
+fn an_eviction_is_durable_before_the_insert_under_always() {
+    // Under Always the eviction's free header must be on disk before the new
+    // entry can be: else a power loss keeps the entry and not the eviction,
+    // and the open evicts `a` instead of `b`. And the eviction is durable
+    // when the insert returns.
+    let (opts, imgs) = insert_over_the_cap(SyncPolicy::Always, Crashes::All);
+    check(
+        &opts,
+        &imgs,
+        &[
+            (b"a", &[Some(b"1")]),
+            (b"b", &[Some(b"2"), None]),
+            (b"c", &[Some(&[b'3'; 100]), None]),
+            (b"t", &[Some(b"4")]),
+        ],
+    );
+}
