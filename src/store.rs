@@ -277,6 +277,12 @@ struct Space {
     /// Blocks whose free header could not be written (I/O error): retried by
     /// `sync`, kept out of the free list meanwhile.
     unmarked: Vec<(u64, u64)>,
+    /// Under `SyncPolicy::Always`: (key hash, write generation) of old copies
+    /// freed after their new copy was synced, until a sync covers their free
+    /// header. Such a key's newest copy is not freed before that sync, or a
+    /// power loss could keep the newest copy's free header and not the old
+    /// copy's, and the old value would come back.
+    unsynced_frees: Vec<(u64, u64)>,
 }
 
 /// The old copy of an overwritten key, kept valid on disk until the new copy
@@ -791,6 +797,7 @@ impl Inner {
                 pending: Vec::new(),
                 pending_bytes: 0,
                 unmarked: Vec::new(),
+                unsynced_frees: Vec::new(),
             }),
             gate: RwLock::new(()),
             readers: ReaderLocks::new(),
@@ -1122,6 +1129,11 @@ impl Inner {
     fn supersede(&self, offset: u64, len: u64, generation: u64, key_hash: u64) {
         if self.policy == SyncPolicy::Always {
             self.release(offset, len);
+            let generation = self.writes.load(Ordering::Acquire);
+            self.space
+                .lock()
+                .unsynced_frees
+                .push((key_hash, generation));
         } else {
             let mut sp = self.space.lock();
             sp.pending.push(Superseded {
@@ -1229,7 +1241,13 @@ impl Inner {
         self.check_writable()?;
         let _gate = self.gate.read();
         let (hash, cell) = self.locate(key);
-        let mut shard = cell.map.write();
+        let mut shard = loop {
+            self.settle_old_copies(hash)?;
+            let shard = cell.map.write();
+            if self.unsettled(hash).is_none() {
+                break shard;
+            }
+        };
         let Some(id) = shard.find(hash, key) else {
             return Ok(false);
         };
@@ -1245,6 +1263,26 @@ impl Inner {
             self.sync_to(self.writes.load(Ordering::Acquire))?;
         }
         Ok(visible)
+    }
+
+    /// The write generation a sync must reach before the newest copy of the
+    /// key with this hash may be freed (see `Space::unsynced_frees`).
+    fn unsettled(&self, hash: u64) -> Option<u64> {
+        let sp = self.space.lock();
+        sp.unsynced_frees
+            .iter()
+            .filter(|f| f.0 == hash)
+            .map(|f| f.1)
+            .max()
+    }
+
+    /// Syncs, if needed, so that the newest copy of the key with this hash
+    /// may be freed. Call it with no shard lock held.
+    fn settle_old_copies(&self, hash: u64) -> Result<()> {
+        match self.unsettled(hash) {
+            Some(g) => self.sync_to(g),
+            None => Ok(()),
+        }
     }
 
     /// Removes slot `id` from the index after marking its block free on disk
@@ -1358,6 +1396,11 @@ impl Inner {
             let slot = shard.slot(id);
             let offset = slot.offset;
             let hash = self.hasher.hash_one(slot.key.as_bytes());
+            if let Some(g) = self.unsettled(hash) {
+                drop(shard);
+                self.sync_to(g)?;
+                continue;
+            }
             let freed = self.unindex(&mut shard, cell, hash, id, offset)?;
             drop(shard);
             if let Some(len) = freed {
@@ -1382,34 +1425,46 @@ impl Inner {
             {
                 continue;
             }
-            let mut shard = cell.map.write();
-            let mut freed = Vec::new();
-            let mut result = Ok(());
-            for id in shard.expired(now, usize::MAX) {
-                let slot = shard.slot(id);
-                let offset = slot.offset;
-                let hash = self.hasher.hash_one(slot.key.as_bytes());
-                match self.unindex(&mut shard, cell, hash, id, offset) {
-                    Ok(len) => {
-                        purged += 1;
-                        if let Some(l) = len {
-                            freed.push((offset, l));
-                        }
-                    }
-                    Err(e) => {
-                        result = Err(e);
+            // Entries whose old copies' free headers need a sync first are
+            // left for another pass after that sync.
+            let mut wait = Some(0);
+            while let Some(g) = wait.take() {
+                let mut result = if g > 0 { self.sync_to(g) } else { Ok(()) };
+                let mut shard = cell.map.write();
+                let mut freed = Vec::new();
+                for id in shard.expired(now, usize::MAX) {
+                    if result.is_err() {
                         break;
                     }
+                    let slot = shard.slot(id);
+                    let offset = slot.offset;
+                    let hash = self.hasher.hash_one(slot.key.as_bytes());
+                    if let Some(g) = self.unsettled(hash) {
+                        wait = Some(wait.unwrap_or(0).max(g));
+                        continue;
+                    }
+                    match self.unindex(&mut shard, cell, hash, id, offset) {
+                        Ok(len) => {
+                            purged += 1;
+                            if let Some(l) = len {
+                                freed.push((offset, l));
+                            }
+                        }
+                        Err(e) => {
+                            result = Err(e);
+                            break;
+                        }
+                    }
                 }
-            }
-            drop(shard);
-            for (o, l) in freed {
-                self.return_space(o, l);
-            }
-            if let Err(e) = result {
-                self.expired_purged
-                    .fetch_add(purged as u64, Ordering::Relaxed);
-                return Err(e);
+                drop(shard);
+                for (o, l) in freed {
+                    self.return_space(o, l);
+                }
+                if let Err(e) = result {
+                    self.expired_purged
+                        .fetch_add(purged as u64, Ordering::Relaxed);
+                    return Err(e);
+                }
             }
         }
         self.expired_purged
@@ -1423,6 +1478,11 @@ impl Inner {
     fn clear(&self) -> Result<()> {
         self.check_writable()?;
         let _gate = self.gate.write();
+        // No writer runs now: settle every old copy before freeing entries.
+        let unsettled = self.space.lock().unsynced_frees.iter().map(|f| f.1).max();
+        if let Some(g) = unsettled {
+            self.sync_to(g)?;
+        }
         let mut shards: Vec<_> = self.shards.iter().map(|c| c.map.write()).collect();
         if self.readers.is_empty() {
             // Nothing is borrowed: cut the file back to its header.
@@ -1510,6 +1570,7 @@ impl Inner {
     fn release_pending(&self, synced: u64) {
         let ready: Vec<(u64, u64)> = {
             let mut sp = self.space.lock();
+            sp.unsynced_frees.retain(|f| f.1 > synced);
             if sp.pending.is_empty() {
                 return;
             }

@@ -147,3 +147,48 @@ fn an_eviction_is_durable_before_the_insert_under_always() {
         ],
     );
 }
+
+#[test]
+fn a_removal_cut_short_by_power_loss_never_brings_back_an_older_copy_under_always() {
+    // Under Always an overwrite frees the old copy once the new one is
+    // durable, but that free header is itself not synced. Removing the key
+    // next wrote the newest copy's free header: a power loss could keep that
+    // one and drop the older, so the older value came back.
+    let clock = Arc::new(sfs::ManualClock::new(1_000_000));
+    for removal in ["delete", "purge", "evict"] {
+        let (fs, opts, s) = store(SyncPolicy::Always, Some(2));
+        let opts = opts.clock(clock.clone());
+        drop(s);
+        let s = opts
+            .open_on("r.sfs", fs.clone() as Arc<dyn Storage>)
+            .unwrap();
+        s.put(b"other", b"x").unwrap();
+        s.put(b"k", b"old").unwrap();
+        if removal == "purge" {
+            s.put_with_ttl(b"k", b"new", std::time::Duration::from_millis(10))
+                .unwrap();
+            clock.advance(std::time::Duration::from_millis(20));
+        } else {
+            s.put(b"k", b"new").unwrap();
+        }
+        if removal == "evict" {
+            assert!(s.get(b"other").unwrap().is_some()); // k is now the LRU one
+        }
+        let from = fs.event_count();
+        match removal {
+            "delete" => assert!(s.delete(b"k").unwrap()),
+            "purge" => assert_eq!(s.purge_expired().unwrap(), 1),
+            _ => s.put(b"third", b"y").unwrap(),
+        }
+        assert!(!s.contains(b"k"));
+        let to = fs.event_count();
+        std::mem::forget(s);
+        let imgs = images(&fs.recording(), from, to, Crashes::All);
+        let allowed: &[Option<&[u8]>] = if removal == "purge" {
+            &[None] // the new copy is expired
+        } else {
+            &[Some(b"new"), None]
+        };
+        check(&opts, &imgs, &[(b"k", allowed), (b"other", &[Some(b"x")])]);
+    }
+}
