@@ -6,6 +6,13 @@
 //! Blocks that are allocated (live entries, writes in flight, blocks held by a
 //! reader or waiting for a sync) are simply absent from it, which is how such
 //! blocks are "skipped": they cannot be handed out, merged or truncated.
+//!
+//! A free block is normally at least [`MIN_BLOCK_LEN`] long. The one exception
+//! is a *crumb*: a stretch shorter than a block header that the open-time scan
+//! found between two entries (a power loss can leave one). No header fits in
+//! it, so it has none; it is never handed out (every request is at least
+//! `MIN_BLOCK_LEN`), and it gets a header as part of a larger block as soon as
+//! a neighbour is freed and merges with it.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -107,9 +114,7 @@ impl FreeList {
     }
 
     fn insert(&mut self, offset: u64, len: u64) {
-        debug_assert!(
-            len >= MIN_BLOCK_LEN && len.is_multiple_of(ALIGN) && offset.is_multiple_of(ALIGN)
-        );
+        debug_assert!(len >= ALIGN && len.is_multiple_of(ALIGN) && offset.is_multiple_of(ALIGN));
         self.by_len.insert((len, offset));
         self.by_off.insert(offset, len);
         self.free_bytes += len;

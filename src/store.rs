@@ -1716,6 +1716,14 @@ impl Inner {
                         ));
                     }
                 }
+                // A crumb: damage shorter than a header, free in memory only
+                // (see the free list's module docs).
+                BlockKind::Damaged(_) | BlockKind::Unwritten
+                    if in_list && b.len < crate::format::MIN_BLOCK_LEN =>
+                {
+                    prev_free_end = Some(b.offset + b.len);
+                    disk_free.push((b.offset, b.len));
+                }
                 other => return Err(format!("unexpected block at {}: {other:?}", b.offset)),
             }
         }
