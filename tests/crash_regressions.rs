@@ -53,7 +53,10 @@ fn images(rec: &Recording, from: usize, to: usize, which: Crashes) -> Vec<(Strin
 }
 
 /// Opens each image and checks that `key` reads one of `allowed`.
-fn check(opts: &Options, imgs: &[(String, Vec<u8>)], checks: &[(&[u8], &[Option<&[u8]>])]) {
+/// A key and the values it may read as (`None`: absent).
+type Expect<'a> = (&'a [u8], &'a [Option<&'a [u8]>]);
+
+fn check(opts: &Options, imgs: &[(String, Vec<u8>)], checks: &[Expect<'_>]) {
     for (what, bytes) in imgs {
         let mem = Arc::new(MemStorage::with_bytes(bytes.clone()));
         let s = opts
