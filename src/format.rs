@@ -125,6 +125,12 @@ impl FileHeader {
     pub fn decode(bytes: &[u8]) -> Result<FileHeader, HeaderError> {
         let n = bytes.len().min(MAGIC.len());
         if bytes[..n] != MAGIC[..n] || bytes.is_empty() {
+            if magic_damaged(bytes) {
+                return Err(HeaderError::Corrupt(
+                    "file header magic damaged (the header checksum matches the store's magic)"
+                        .into(),
+                ));
+            }
             return Err(HeaderError::NotAStore);
         }
         if bytes.len() < FILE_HEADER_LEN as usize {
@@ -192,6 +198,19 @@ pub fn is_unfinished_file(file: &[u8]) -> bool {
         60.. => file[i] == crc_so_far[i - 60],
         _ => !fixed(i) || file[i] == template[i],
     })
+}
+
+/// Whether `bytes` hold a store's file header whose magic is damaged: the
+/// header checksum, which covers the magic, matches once the right magic is
+/// put back. Then the file is a damaged store, not a foreign file.
+fn magic_damaged(bytes: &[u8]) -> bool {
+    if bytes.len() < FILE_HEADER_LEN as usize {
+        return false;
+    }
+    let mut b = [0u8; 60];
+    b.copy_from_slice(&bytes[..60]);
+    b[..8].copy_from_slice(&MAGIC);
+    crc(0, &[&b]) == u32_at(bytes, 60)
 }
 
 /// A decoded block header.
@@ -418,6 +437,32 @@ mod tests {
             expiry_ms: 123,
             payload_crc: crc(salt, &[key, meta, value]),
         }
+    }
+
+    #[test]
+    fn a_damaged_magic_is_corrupt_not_foreign() {
+        let h = FileHeader {
+            version: FORMAT_VERSION,
+            salt: 9,
+            created_ms: 1,
+        }
+        .encode();
+        for at in 0..8 {
+            for flip in [0xFFu8, 0x01, 0x80] {
+                let mut b = h;
+                b[at] ^= flip;
+                assert!(
+                    matches!(FileHeader::decode(&b), Err(HeaderError::Corrupt(_))),
+                    "byte {at} ^ {flip:#x}"
+                );
+            }
+        }
+        // Other bytes than a header stay foreign, however long.
+        assert_eq!(
+            FileHeader::decode(&[0x42; 100]),
+            Err(HeaderError::NotAStore)
+        );
+        assert_eq!(FileHeader::decode(b"x"), Err(HeaderError::NotAStore));
     }
 
     #[test]
