@@ -1,0 +1,265 @@
+//! Full disks and I/O errors. A write that the OS refuses returns
+//! `Error::Io` naming the file; the store stays usable and consistent (what
+//! it holds in memory is what a fresh open of its file finds), nothing
+//! written before is lost, and once space is freed writes succeed again.
+//!
+//! - On a real, size-limited file system (a 2 MiB tmpfs mounted for the test
+//!   when the process may mount; otherwise the test says so and skips);
+//! - on the fault-injecting storage with a byte budget (always);
+//! - with `EIO` from `fdatasync`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+
+use sfs::testing::{Call, FaultError, FaultStorage, MemStorage, Storage};
+use sfs::{Error, ManualClock, Options, Store, SyncPolicy};
+
+/// Key → value.
+type Contents = BTreeMap<Vec<u8>, Vec<u8>>;
+
+fn contents(s: &Store) -> Contents {
+    s.iter().map(|r| r.unwrap()).collect()
+}
+
+/// What a fresh read-only open of these bytes holds (clock at `now`).
+fn contents_of_bytes(bytes: Vec<u8>, now: i64) -> Contents {
+    let mem = Arc::new(MemStorage::with_bytes(bytes));
+    let s = Options::new()
+        .read_only(true)
+        .clock(Arc::new(ManualClock::new(now)))
+        .open_on("copy.sfs", mem as Arc<dyn Storage>)
+        .unwrap();
+    contents(&s)
+}
+
+fn is_enospc(e: &Error) -> bool {
+    match e {
+        Error::Io { source, .. } => source.raw_os_error() == Some(libc::ENOSPC),
+        _ => false,
+    }
+}
+
+/// A tmpfs of `size` mounted on a new directory, unmounted on drop (a
+/// failing test unwinds through the drop too).
+struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    /// `None` when mounting is not permitted here.
+    fn mount(size: &str) -> Option<Tmpfs> {
+        let dir = tempfile::tempdir().ok()?;
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .output()
+            .ok()?;
+        if !out.status.success() {
+            eprintln!(
+                "note: cannot mount a tmpfs here ({}), the real-disk test is skipped; \
+                 the fault-injecting one runs",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+            return None;
+        }
+        Some(Tmpfs { dir })
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let ok = Command::new("umount")
+            .arg(self.dir.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            eprintln!("warning: could not unmount {}", self.dir.path().display());
+        }
+    }
+}
+
+/// Where a store lives for the full-disk scenario.
+trait Disk {
+    fn open(&self) -> Store;
+    /// The file's bytes as they are now.
+    fn bytes(&self) -> Vec<u8>;
+    fn name(&self) -> &str;
+}
+
+struct RealDisk(PathBuf);
+
+impl Disk for RealDisk {
+    fn open(&self) -> Store {
+        Options::new().sync(SyncPolicy::Always).open(&self.0).unwrap()
+    }
+    fn bytes(&self) -> Vec<u8> {
+        std::fs::read(&self.0).unwrap()
+    }
+    fn name(&self) -> &str {
+        "full.sfs"
+    }
+}
+
+struct FakeDisk(Arc<FaultStorage>);
+
+impl Disk for FakeDisk {
+    fn open(&self) -> Store {
+        Options::new()
+            .sync(SyncPolicy::Always)
+            .open_on("full.sfs", self.0.clone() as Arc<dyn Storage>)
+            .unwrap()
+    }
+    fn bytes(&self) -> Vec<u8> {
+        self.0.bytes()
+    }
+    fn name(&self) -> &str {
+        "full.sfs"
+    }
+}
+
+fn value(i: usize, len: usize) -> Vec<u8> {
+    let mut v = format!("value {i}:").into_bytes();
+    v.resize(len, (i % 251) as u8);
+    v
+}
+
+/// Fills the disk, checks the error and the store, frees space, writes again.
+fn fill_the_disk(disk: &dyn Disk) {
+    let s = disk.open();
+    let mut model = Contents::new();
+    let mut err = None;
+    for i in 0..10_000 {
+        let k = format!("key-{i:05}").into_bytes();
+        let v = value(i, 8000 + (i * 977) % 9000);
+        match s.put(&k, &v) {
+            Ok(()) => {
+                model.insert(k, v);
+            }
+            Err(e) => {
+                err = Some(e);
+                break;
+            }
+        }
+    }
+    let e = err.expect("the disk never filled up");
+    assert!(is_enospc(&e), "{e}");
+    assert!(e.to_string().contains(disk.name()), "{e}");
+    assert!(model.len() > 10, "only {} entries fit", model.len());
+    // Usable and consistent: memory is what the file holds.
+    s.check_invariants().unwrap();
+    assert_eq!(contents(&s), model, "nothing written before is lost");
+    assert_eq!(contents_of_bytes(disk.bytes(), 0), model, "memory matches the file");
+    // More writes that need space fail the same way and change nothing.
+    let (first, _) = model.iter().next().unwrap();
+    let e = s.put(first, value(0, 200_000)).unwrap_err();
+    assert!(is_enospc(&e), "{e}");
+    let e = s.put(b"another", value(1, 100_000)).unwrap_err();
+    assert!(is_enospc(&e), "{e}");
+    s.check_invariants().unwrap();
+    assert_eq!(contents(&s), model);
+    // Reads, syncs and deletes still work on a full disk.
+    s.sync().unwrap();
+    let doomed: Vec<Vec<u8>> = model.keys().rev().take(model.len() / 3).cloned().collect();
+    for k in &doomed {
+        assert!(s.delete(k).unwrap());
+        model.remove(k);
+    }
+    s.check_invariants().unwrap();
+    // Space is back: writes succeed again.
+    for i in 0..5 {
+        let k = format!("again-{i}").into_bytes();
+        let v = value(i, 9000);
+        s.put(&k, &v).unwrap();
+        model.insert(k, v);
+    }
+    s.check_invariants().unwrap();
+    assert_eq!(contents(&s), model);
+    drop(s);
+    let s = disk.open();
+    s.check_invariants().unwrap();
+    assert_eq!(contents(&s), model, "after a reopen");
+}
+
+#[test]
+fn a_full_file_system_is_an_error_and_the_store_survives_it() {
+    let Some(fs) = Tmpfs::mount("2m") else {
+        return;
+    };
+    fill_the_disk(&RealDisk(fs.path().join("full.sfs")));
+}
+
+#[test]
+fn a_full_disk_simulated_by_a_byte_budget() {
+    let fs = Arc::new(FaultStorage::new());
+    fs.set_space_budget(Some(2 << 20));
+    fill_the_disk(&FakeDisk(fs.clone()));
+    assert!(fs.failures() >= 3);
+}
+
+#[test]
+fn eio_from_fdatasync_is_an_error_and_the_store_stays_consistent() {
+    let fs = Arc::new(FaultStorage::new());
+    let s = Options::new()
+        .sync(SyncPolicy::Always)
+        .open_on("eio.sfs", fs.clone() as Arc<dyn Storage>)
+        .unwrap();
+    s.put(b"a", b"1").unwrap();
+    s.put(b"b", b"2").unwrap();
+    // A put whose sync fails is not published: the old value stays.
+    fs.fail_next(Call::Sync, FaultError::Io);
+    let e = s.put(b"a", b"new").unwrap_err();
+    assert!(
+        matches!(&e, Error::Io { source, .. } if source.raw_os_error() == Some(libc::EIO)),
+        "{e}"
+    );
+    assert!(e.to_string().contains("eio.sfs"), "{e}");
+    assert_eq!(s.get(b"a").unwrap().as_deref(), Some(&b"1"[..]));
+    s.check_invariants().unwrap();
+    assert_eq!(contents_of_bytes(fs.bytes(), 0), contents(&s));
+    // A delete whose sync fails reports it; memory and file agree either way.
+    fs.fail_next(Call::Sync, FaultError::Io);
+    assert!(s.delete(b"b").is_err());
+    s.check_invariants().unwrap();
+    assert_eq!(contents_of_bytes(fs.bytes(), 0), contents(&s));
+    // The next writes succeed.
+    s.put(b"a", b"newer").unwrap();
+    s.put(b"c", b"3").unwrap();
+    assert_eq!(s.get(b"a").unwrap().as_deref(), Some(&b"newer"[..]));
+    s.check_invariants().unwrap();
+    drop(s);
+
+    // Under Never: a failed sync() keeps old copies until a sync succeeds.
+    let fs = Arc::new(FaultStorage::new());
+    let open = || {
+        Options::new()
+            .sync(SyncPolicy::Never)
+            .open_on("eio.sfs", fs.clone() as Arc<dyn Storage>)
+            .unwrap()
+    };
+    let s = open();
+    s.put(b"k", b"old").unwrap();
+    s.sync().unwrap();
+    s.put(b"k", b"new").unwrap();
+    fs.fail_next(Call::Sync, FaultError::Io);
+    assert!(s.sync().is_err());
+    assert!(s.stats().pending_free_bytes > 0, "the old copy is still kept");
+    // What a power loss now would leave: the old value at least.
+    let rec = fs.recording();
+    let n = rec.events.len();
+    for seed in 0..20 {
+        let got = contents_of_bytes(rec.power_loss(n, seed), 0);
+        let k = got.get(&b"k"[..]).map(Vec::as_slice);
+        assert!(k == Some(b"old") || k == Some(b"new"), "{k:?}");
+    }
+    s.sync().unwrap();
+    assert_eq!(s.stats().pending_free_bytes, 0);
+    s.check_invariants().unwrap();
+    drop(s);
+    assert_eq!(open().get(b"k").unwrap().as_deref(), Some(&b"new"[..]));
+}
