@@ -1300,7 +1300,7 @@ impl Inner {
         // Older copies first: were the newest freed first, a crash in between
         // would bring an older value back.
         let key = shard.slot(id).key.clone();
-        self.release_superseded_copies(hash, key.as_bytes());
+        self.release_superseded_copies(hash, key.as_bytes())?;
         let len = match self.header_at(offset) {
             Ok(h) => {
                 self.mark_free(offset, h.block_len)
@@ -1323,15 +1323,19 @@ impl Inner {
     /// Frees old copies of a key that has just left the index: with the key
     /// gone they protect nothing, and left valid on disk they would bring an
     /// old value back after a crash.
-    fn release_superseded_copies(&self, hash: u64, key: &[u8]) {
-        let mine: Vec<(u64, u64)> = {
+    /// Fails, keeping the copies it could not free, when a free header cannot
+    /// be written: the caller must then not free the newest copy.
+    fn release_superseded_copies(&self, hash: u64, key: &[u8]) -> Result<()> {
+        let mine: Vec<Superseded> = {
             let mut sp = self.space.lock();
             if sp.pending.is_empty() {
-                return;
+                return Ok(());
             }
             let mut mine = Vec::new();
             let mut kb = vec![0u8; key.len()];
-            sp.pending.retain(|p| {
+            let mut i = 0;
+            while i < sp.pending.len() {
+                let p = &sp.pending[i];
                 let same = p.key_hash == hash
                     && self
                         .storage
@@ -1339,16 +1343,28 @@ impl Inner {
                         .is_ok()
                     && kb == key;
                 if same {
-                    mine.push((p.offset, p.len));
+                    mine.push(sp.pending.swap_remove(i));
+                } else {
+                    i += 1;
                 }
-                !same
-            });
-            sp.pending_bytes -= mine.iter().map(|m| m.1).sum::<u64>();
+            }
+            sp.pending_bytes -= mine.iter().map(|m| m.len).sum::<u64>();
             mine
         };
-        for (o, l) in mine {
-            self.release(o, l);
+        let mut left = mine.into_iter();
+        while let Some(p) = left.next() {
+            if let Err(e) = self.mark_free(p.offset, p.len) {
+                // Still valid on disk: keep them waiting, as before.
+                let mut sp = self.space.lock();
+                for p in std::iter::once(p).chain(left) {
+                    sp.pending_bytes += p.len;
+                    sp.pending.push(p);
+                }
+                return Err(Error::io(&self.path, "freeing an old copy of an entry", e));
+            }
+            self.return_space(p.offset, p.len);
         }
+        Ok(())
     }
 
     /// Whether `key` is in the index (expired or not).

@@ -96,7 +96,10 @@ struct RealDisk(PathBuf);
 
 impl Disk for RealDisk {
     fn open(&self) -> Store {
-        Options::new().sync(SyncPolicy::Always).open(&self.0).unwrap()
+        Options::new()
+            .sync(SyncPolicy::Always)
+            .open(&self.0)
+            .unwrap()
     }
     fn bytes(&self) -> Vec<u8> {
         std::fs::read(&self.0).unwrap()
@@ -154,7 +157,11 @@ fn fill_the_disk(disk: &dyn Disk) {
     // Usable and consistent: memory is what the file holds.
     s.check_invariants().unwrap();
     assert_eq!(contents(&s), model, "nothing written before is lost");
-    assert_eq!(contents_of_bytes(disk.bytes(), 0), model, "memory matches the file");
+    assert_eq!(
+        contents_of_bytes(disk.bytes(), 0),
+        model,
+        "memory matches the file"
+    );
     // More writes that need space fail the same way and change nothing.
     let (first, _) = model.iter().next().unwrap();
     let e = s.put(first, value(0, 200_000)).unwrap_err();
@@ -248,7 +255,10 @@ fn eio_from_fdatasync_is_an_error_and_the_store_stays_consistent() {
     s.put(b"k", b"new").unwrap();
     fs.fail_next(Call::Sync, FaultError::Io);
     assert!(s.sync().is_err());
-    assert!(s.stats().pending_free_bytes > 0, "the old copy is still kept");
+    assert!(
+        s.stats().pending_free_bytes > 0,
+        "the old copy is still kept"
+    );
     // What a power loss now would leave: the old value at least.
     let rec = fs.recording();
     let n = rec.events.len();
@@ -262,4 +272,28 @@ fn eio_from_fdatasync_is_an_error_and_the_store_stays_consistent() {
     s.check_invariants().unwrap();
     drop(s);
     assert_eq!(open().get(b"k").unwrap().as_deref(), Some(&b"new"[..]));
+}
+
+#[test]
+fn a_delete_that_cannot_free_an_old_copy_fails_and_keeps_the_key() {
+    // Under Never the old copy of an overwritten key waits for a sync. A
+    // delete frees it first; when that write failed, the error was ignored
+    // and the newest copy freed, so the old value came back at the next open.
+    let fs = Arc::new(FaultStorage::new());
+    let s = Options::new()
+        .sync(SyncPolicy::Never)
+        .open_on("d.sfs", fs.clone() as Arc<dyn Storage>)
+        .unwrap();
+    s.put(b"k", b"old").unwrap();
+    s.sync().unwrap();
+    s.put(b"k", b"new").unwrap();
+    fs.fail_next(Call::Write, FaultError::Io);
+    let e = s.delete(b"k").unwrap_err();
+    assert!(matches!(e, Error::Io { .. }), "{e}");
+    assert_eq!(s.get(b"k").unwrap().as_deref(), Some(&b"new"[..]));
+    s.check_invariants().unwrap();
+    assert_eq!(contents_of_bytes(fs.bytes(), 0), contents(&s));
+    assert!(s.delete(b"k").unwrap());
+    assert_eq!(contents_of_bytes(fs.bytes(), 0), Contents::new());
+    s.check_invariants().unwrap();
 }
