@@ -1180,15 +1180,25 @@ impl Inner {
             self.note_write();
         }
         if let Some((o, l)) = a.remainder {
-            // Before anyone can allocate it. If this fails the space reads as
-            // damage after a crash and is reclaimed then; nothing is lost.
-            if self
+            // Before anyone can allocate it. Free space without a header would
+            // make memory and file disagree (and whatever stale bytes lie
+            // there would be read as the block's header), so a failure undoes
+            // the allocation: the block is free again, as its header says.
+            let written = self
                 .storage
-                .write_at(o, &[&BlockHeader::free(l).encode(self.salt)])
-                .is_ok()
-            {
-                self.note_write();
+                .write_at(o, &[&BlockHeader::free(l).encode(self.salt)]);
+            if let Err(e) = written {
+                if a.grow_to.is_some() {
+                    sp.free.undo_growth(&a, old_end);
+                    if self.storage.set_len(old_end).is_ok() {
+                        self.note_write();
+                    }
+                } else {
+                    sp.free.free(a.offset, a.len, u64::MAX);
+                }
+                return Err(Error::io(&self.path, "writing a free block header", e));
             }
+            self.note_write();
         }
         Ok((a.offset, a.len))
     }
