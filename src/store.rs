@@ -271,12 +271,12 @@ struct ShardCell {
 struct Space {
     free: FreeList,
     /// Old copies of overwritten keys, freed once a sync covers the new copy
-    /// (or at once when the key leaves the index).
+    /// (or at once when the key leaves the index). Blocks whose free header
+    /// could not be written (an I/O error) wait here too, with generation 0:
+    /// still valid on disk, they are retried after every sync and freed
+    /// before their key's newest copy.
     pending: Vec<Superseded>,
     pending_bytes: u64,
-    /// Blocks whose free header could not be written (I/O error): retried by
-    /// `sync`, kept out of the free list meanwhile.
-    unmarked: Vec<(u64, u64)>,
     /// Under `SyncPolicy::Always`: (key hash, write generation) of old copies
     /// freed after their new copy was synced, until a sync covers their free
     /// header. Such a key's newest copy is not freed before that sync, or a
@@ -796,7 +796,6 @@ impl Inner {
                 free: rec.free,
                 pending: Vec::new(),
                 pending_bytes: 0,
-                unmarked: Vec::new(),
                 unsynced_frees: Vec::new(),
             }),
             gate: RwLock::new(()),
@@ -1053,15 +1052,22 @@ impl Inner {
             .storage
             .write_at(offset, &[&header.encode(self.salt), key, meta, value])
         {
-            self.give_back(offset, len);
+            self.release(offset, len, self.hasher.hash_one(key));
             return Err(Error::io(&self.path, "writing an entry", e));
         }
         let generation = self.note_write();
         if self.policy == SyncPolicy::Always
             && let Err(e) = self.sync_to(generation)
         {
-            // Not durable: take it back so memory and file agree.
-            self.give_back(offset, len);
+            // Not durable: take it back so memory and file agree. Should even
+            // that write fail, the copy stays valid on disk with the newest
+            // sequence number: it is published, so that memory still matches
+            // the file (the error leaves it open whether the put happened).
+            if self.mark_free(offset, len).is_ok() {
+                self.return_space(offset, len);
+            } else {
+                self.publish(key, offset, len, seq, expiry_ms, generation)?;
+            }
             return Err(e);
         }
         let inserted = self.publish(key, offset, len, seq, expiry_ms, generation)?;
@@ -1095,7 +1101,7 @@ impl Inner {
                     // A concurrent write of this key with a later sequence
                     // number got here first; it wins, here and on disk.
                     drop(shard);
-                    self.give_back(offset, len);
+                    self.release(offset, len, hash);
                     return Ok(false);
                 }
                 shard.update(id, offset, expiry_ms);
@@ -1128,7 +1134,7 @@ impl Inner {
     /// durable, else after the next sync.
     fn supersede(&self, offset: u64, len: u64, generation: u64, key_hash: u64) {
         if self.policy == SyncPolicy::Always {
-            self.release(offset, len);
+            self.release(offset, len, key_hash);
             let generation = self.writes.load(Ordering::Acquire);
             self.space
                 .lock()
@@ -1203,18 +1209,22 @@ impl Inner {
         Ok((a.offset, a.len))
     }
 
-    /// Returns a block that was allocated but not published.
-    fn give_back(&self, offset: u64, len: u64) {
-        self.release(offset, len);
-    }
-
-    /// Frees a block nobody indexes any more: overwrites its header, then
-    /// returns its space.
-    fn release(&self, offset: u64, len: u64) {
+    /// Frees a block nobody indexes any more (an old copy of the key with
+    /// this hash, or a copy never published): overwrites its header, then
+    /// returns its space. If the header cannot be written the block may still
+    /// hold a valid copy, so it waits with the old copies (see `Space`).
+    fn release(&self, offset: u64, len: u64, key_hash: u64) {
         if self.mark_free(offset, len).is_ok() {
             self.return_space(offset, len);
         } else {
-            self.space.lock().unmarked.push((offset, len));
+            let mut sp = self.space.lock();
+            sp.pending.push(Superseded {
+                generation: 0,
+                offset,
+                len,
+                key_hash,
+            });
+            sp.pending_bytes += len;
         }
     }
 
@@ -1520,7 +1530,6 @@ impl Inner {
             sp.free.reset(FILE_HEADER_LEN);
             sp.pending.clear();
             sp.pending_bytes = 0;
-            sp.unmarked.clear();
             drop(sp);
             for (shard, cell) in shards.iter_mut().zip(self.shards.iter()) {
                 shard.clear();
@@ -1551,7 +1560,7 @@ impl Inner {
                 sp.pending.drain(..).collect()
             };
             for p in pending {
-                self.release(p.offset, p.len);
+                self.release(p.offset, p.len, p.key_hash);
             }
         }
         if self.policy == SyncPolicy::Always {
@@ -1594,7 +1603,7 @@ impl Inner {
     }
 
     fn release_pending(&self, synced: u64) {
-        let ready: Vec<(u64, u64)> = {
+        let ready: Vec<(u64, u64, u64)> = {
             let mut sp = self.space.lock();
             sp.unsynced_frees.retain(|f| f.1 > synced);
             if sp.pending.is_empty() {
@@ -1603,7 +1612,7 @@ impl Inner {
             let mut ready = Vec::new();
             sp.pending.retain(|p| {
                 if p.generation <= synced {
-                    ready.push((p.offset, p.len));
+                    ready.push((p.offset, p.len, p.key_hash));
                     false
                 } else {
                     true
@@ -1612,18 +1621,14 @@ impl Inner {
             sp.pending_bytes -= ready.iter().map(|r| r.1).sum::<u64>();
             ready
         };
-        for (o, l) in ready {
-            self.release(o, l);
+        for (o, l, h) in ready {
+            self.release(o, l, h);
         }
     }
 
     fn sync_all(&self) -> Result<()> {
         if self.read_only {
             return Ok(());
-        }
-        let unmarked = std::mem::take(&mut self.space.lock().unmarked);
-        for (o, l) in unmarked {
-            self.release(o, l);
         }
         self.sync_to(self.writes.load(Ordering::Acquire))?;
         // Old copies freed by that sync wrote free headers: make them durable too.
@@ -1701,7 +1706,6 @@ impl Inner {
             .map_err(|e| format!("{e:?}"))?;
         // Blocks that are neither live nor in the free list, by offset.
         let mut held: HashMap<u64, u64> = sp.pending.iter().map(|p| (p.offset, p.len)).collect();
-        held.extend(sp.unmarked.iter().copied());
         held.extend(self.readers.freed_blocks());
         let mut indexed: HashMap<u64, Vec<u8>> = HashMap::new();
         for s in &shards {

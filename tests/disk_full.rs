@@ -329,3 +329,40 @@ fn a_split_whose_remainder_header_cannot_be_written_changes_nothing() {
     s.put(b"c", b"3").unwrap();
     consistent(&fs, &s);
 }
+
+#[test]
+fn a_put_whose_sync_and_rollback_both_fail_leaves_memory_as_the_file() {
+    // Under Always a put whose sync fails takes its entry back by writing a
+    // free header over it. If that write fails too, the entry stays valid on
+    // disk with the newest sequence number: memory must then hold it too.
+    let (fs, s) = faulty(SyncPolicy::Always);
+    s.put(b"k", b"old").unwrap();
+    let (writes, _, syncs) = fs.calls();
+    fs.fail(Call::Sync, syncs + 1, FaultError::Io);
+    fs.fail(Call::Write, writes + 2, FaultError::Io);
+    assert!(s.put(b"k", b"new").is_err());
+    assert_eq!(fs.failures(), 2);
+    consistent(&fs, &s);
+    assert_eq!(s.get(b"k").unwrap().as_deref(), Some(&b"new"[..]));
+}
+
+#[test]
+fn an_old_copy_whose_free_header_failed_never_comes_back() {
+    // Under Always an overwrite frees the old copy at once. When that write
+    // failed the block was set aside and forgotten by deletes: deleting the
+    // key freed the newest copy, and the old value came back at the next open.
+    let (fs, s) = faulty(SyncPolicy::Always);
+    s.put(b"k", b"old").unwrap();
+    let (writes, _, _) = fs.calls();
+    // The new entry is written, synced, then the old copy's header freed.
+    fs.fail(Call::Write, writes + 2, FaultError::Io);
+    s.put(b"k", b"new").unwrap();
+    assert_eq!(fs.failures(), 1);
+    consistent(&fs, &s);
+    let _ = s.delete(b"k");
+    consistent(&fs, &s);
+    assert!(s.delete(b"k").is_ok());
+    s.sync().unwrap();
+    consistent(&fs, &s);
+    assert_eq!(contents_of_bytes(fs.bytes(), 0), Contents::new());
+}
