@@ -245,6 +245,26 @@ impl FreeList {
         }
     }
 
+    /// Takes `[offset, offset + len)` back out of the free block that holds
+    /// it; what lies before and after it in that block stays free, as separate
+    /// blocks. Undoes a [`free`](Self::free) whose merged header could not be
+    /// written: the neighbours it merged with are free blocks again, as their
+    /// headers on disk still say.
+    pub fn withdraw(&mut self, offset: u64, len: u64) {
+        let Some((&o, &l)) = self.by_off.range(..=offset).next_back() else {
+            debug_assert!(false, "{offset}+{len} is not free");
+            return;
+        };
+        debug_assert!(o + l >= offset + len, "{offset}+{len} is not free");
+        self.remove(o, l);
+        if o < offset {
+            self.insert(o, offset - o);
+        }
+        if offset + len < o + l {
+            self.insert(offset + len, o + l - offset - len);
+        }
+    }
+
     /// Undoes a cut that [`free`](Self::free) reported but the file could not
     /// make: the block stays, as a free block ending the file.
     pub fn undo_truncate(&mut self, offset: u64, len: u64) {
@@ -269,6 +289,21 @@ mod tests {
     use super::*;
 
     const H: u64 = 64;
+
+    #[test]
+    fn withdraw_undoes_a_merge() {
+        let mut f = with_free(1000, &[(64, 96), (264, 136)]);
+        let freed = f.free(160, 104, u64::MAX);
+        assert_eq!((freed.offset, freed.len), (64, 336));
+        f.withdraw(160, 104);
+        assert_eq!(f.iter().collect::<Vec<_>>(), vec![(64, 96), (264, 136)]);
+        assert_eq!(f.free_bytes(), 232);
+        // A block with no free neighbours: nothing stays.
+        let mut f = with_free(1000, &[]);
+        f.free(64, 96, u64::MAX);
+        f.withdraw(64, 96);
+        assert_eq!(f.free_blocks(), 0);
+    }
 
     /// A free list over a file [H, end) with the given free blocks.
     fn with_free(end: u64, blocks: &[(u64, u64)]) -> FreeList {

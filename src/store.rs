@@ -1252,8 +1252,18 @@ impl Inner {
             sp.free.undo_truncate(f.offset, f.len);
         }
         if (f.offset, f.len) != (offset, len) && self.mark_free(f.offset, f.len).is_err() {
-            // The merged header did not make it: the parts are still free
-            // blocks on disk, which the next open merges.
+            // The merged header did not make it: on disk the neighbours are
+            // still free blocks of their own. Memory says the same: they stay
+            // free as they were, and this block, free on disk, waits with the
+            // old copies to be merged again after the next sync.
+            sp.free.withdraw(offset, len);
+            sp.pending.push(Superseded {
+                generation: 0,
+                offset,
+                len,
+                key_hash: 0,
+            });
+            sp.pending_bytes += len;
         }
     }
 

@@ -366,3 +366,27 @@ fn an_old_copy_whose_free_header_failed_never_comes_back() {
     consistent(&fs, &s);
     assert_eq!(contents_of_bytes(fs.bytes(), 0), Contents::new());
 }
+
+#[test]
+fn a_merged_free_header_that_cannot_be_written_leaves_the_parts_as_they_are() {
+    // Freeing a block next to free space writes one header for the merged
+    // block. When that failed, the free list kept the merged block while the
+    // file still had the parts.
+    for policy in [SyncPolicy::Always, SyncPolicy::Never] {
+        let (fs, s) = faulty(policy);
+        s.put(b"a", [1u8; 300]).unwrap();
+        s.put(b"b", [2u8; 300]).unwrap();
+        s.put(b"c", [3u8; 300]).unwrap();
+        assert!(s.delete(b"a").unwrap());
+        let (writes, _, _) = fs.calls();
+        fs.fail(Call::Write, writes + 2, FaultError::Io); // b's, then the merged header
+        s.delete(b"b").unwrap();
+        assert_eq!(fs.failures(), 1);
+        consistent(&fs, &s);
+        // The next sync merges them after all.
+        s.sync().unwrap();
+        consistent(&fs, &s);
+        assert_eq!(s.stats().free_blocks, 1, "{policy:?}");
+        assert_eq!(s.stats().pending_free_bytes, 0);
+    }
+}
