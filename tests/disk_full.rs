@@ -6,15 +6,19 @@
 //! - On a real, size-limited file system (a 2 MiB tmpfs mounted for the test
 //!   when the process may mount; otherwise the test says so and skips);
 //! - on the fault-injecting storage with a byte budget (always);
-//! - with `EIO` from `fdatasync`.
+//! - with `EIO` from `fdatasync`;
+//! - with each write, length change and sync of a workload failing in turn.
+
+mod common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
+use std::time::Duration;
 
-use sfs::testing::{Call, FaultError, FaultStorage, MemStorage, Storage};
-use sfs::{Error, ManualClock, Options, Store, SyncPolicy};
+use sfs::testing::{Call, FaultError, FaultStorage, MemStorage, Storage, TestRng};
+use sfs::{Clock, Error, ManualClock, Options, Store, SyncPolicy};
 
 /// Key → value.
 type Contents = BTreeMap<Vec<u8>, Vec<u8>>;
@@ -388,5 +392,203 @@ fn a_merged_free_header_that_cannot_be_written_leaves_the_parts_as_they_are() {
         consistent(&fs, &s);
         assert_eq!(s.stats().free_blocks, 1, "{policy:?}");
         assert_eq!(s.stats().pending_free_bytes, 0);
+    }
+}
+
+// ---- every I/O call failing in turn ----------------------------------------
+
+#[derive(Clone, Copy, Debug)]
+enum Op {
+    Put(u8, u16),
+    PutTtl(u8, u16),
+    Delete(u8),
+    Purge,
+    Clear,
+    Sync,
+    Advance,
+}
+
+fn workload(seed: u64, n: usize) -> Vec<Op> {
+    let mut r = TestRng::new(seed);
+    let sizes = [0u16, 20, 100, 400, 1500, 4000];
+    (0..n)
+        .map(|_| {
+            let k = r.below(8) as u8;
+            let size = sizes[r.below(sizes.len() as u64) as usize];
+            match r.below(100) {
+                0..=49 => Op::Put(k, size),
+                50..=59 => Op::PutTtl(k, size),
+                60..=79 => Op::Delete(k),
+                80..=84 => Op::Purge,
+                85..=86 => Op::Clear,
+                87..=93 => Op::Sync,
+                _ => Op::Advance,
+            }
+        })
+        .collect()
+}
+
+fn key(k: u8) -> Vec<u8> {
+    format!("key-{k}").into_bytes()
+}
+
+/// Which calls fail.
+#[derive(Clone, Copy, Debug)]
+enum Fault {
+    /// The `nth` call of its kind, once.
+    Once(Call, u64, FaultError),
+}
+
+/// Runs the workload with a fault. After an operation that met it each key
+/// holds its value from before or after the operation; every other operation
+/// behaves exactly as the model says; memory always matches a fresh open of
+/// the file; and everything survives a reopen.
+fn run_with_fault(policy: SyncPolicy, ops: &[Op], fault: Option<Fault>) -> (u64, u64, u64) {
+    let fs = Arc::new(FaultStorage::new());
+    let clock = Arc::new(ManualClock::new(1_000_000));
+    let opts = Options::new().sync(policy).clock(clock.clone());
+    let s = opts
+        .open_on("f.sfs", fs.clone() as Arc<dyn Storage>)
+        .unwrap();
+    match fault {
+        Some(Fault::Once(call, nth, err)) => fs.fail(call, nth, err),
+        None => {}
+    }
+
+    let what = |i: usize, op: &Op| format!("{policy:?}, fault {fault:?}, op {i} {op:?}");
+    let mut model = Contents::new();
+    let mut failed_ops = 0;
+    for (i, op) in ops.iter().enumerate() {
+        let before = contents(&s);
+        let failures = fs.failures();
+        let v = format!("{i}:{op:?}").into_bytes();
+        // What the store should hold if the operation happened.
+        let mut intended = model.clone();
+        let r: sfs::Result<()> = match *op {
+            Op::Put(k, n) => {
+                let mut v = v.clone();
+                v.resize(v.len() + usize::from(n), 7);
+                intended.insert(key(k), v.clone());
+                s.put(key(k), &v)
+            }
+            Op::PutTtl(k, n) => {
+                let mut v = v.clone();
+                v.resize(v.len() + usize::from(n), 9);
+                intended.insert(key(k), v.clone());
+                s.put_with_ttl(key(k), &v, Duration::from_millis(50))
+            }
+            Op::Delete(k) => {
+                intended.remove(&key(k));
+                s.delete(key(k)).map(drop)
+            }
+            Op::Purge => s.purge_expired().map(drop),
+            Op::Clear => {
+                intended.clear();
+                s.clear()
+            }
+            Op::Sync => s.sync(),
+            Op::Advance => {
+                clock.advance(Duration::from_millis(40));
+                Ok(())
+            }
+        };
+        let after = contents(&s);
+        // Expired entries vanish by themselves.
+        intended.retain(|k, _| after.contains_key(k) || !model.contains_key(k));
+        if fs.failures() > failures {
+            // This operation met the fault: an error, or it got over it.
+            if let Err(e) = &r {
+                assert!(matches!(e, Error::Io { .. }), "{}: {e}", what(i, op));
+                assert!(e.to_string().contains("f.sfs"), "{e}");
+                failed_ops += 1;
+            }
+            let mut touched = intended.clone();
+            touched.extend(before.clone());
+            for k in touched.keys() {
+                let got = after.get(k);
+                assert!(
+                    got == before.get(k) || got == intended.get(k),
+                    "{}: {} neither before nor after",
+                    what(i, op),
+                    String::from_utf8_lossy(k)
+                );
+            }
+        } else {
+            r.unwrap_or_else(|e| panic!("{}: {e}", what(i, op)));
+            assert!(
+                after == intended,
+                "{}: store {}, model {}",
+                what(i, op),
+                short(&after),
+                short(&intended)
+            );
+        }
+        model = after.clone();
+        let now = clock.now_millis();
+        s.check_invariants()
+            .unwrap_or_else(|e| panic!("{}: {e}", what(i, op)));
+        let on_disk = contents_of_bytes(fs.bytes(), now);
+        assert!(
+            on_disk == after,
+            "{}: memory and file disagree: memory {}, file {}",
+            what(i, op),
+            short(&after),
+            short(&on_disk)
+        );
+    }
+    let expect = contents(&s);
+    drop(s);
+    let s = opts
+        .open_on("f.sfs", fs.clone() as Arc<dyn Storage>)
+        .unwrap();
+    s.check_invariants().unwrap();
+    assert_eq!(contents(&s), expect, "{policy:?}, fault {fault:?}: reopen");
+    let (w, l, y) = fs.calls();
+    let _ = failed_ops;
+    (w, l, y)
+}
+
+/// Keys and the start of their values, for messages.
+fn short(c: &Contents) -> String {
+    c.iter()
+        .map(|(k, v)| {
+            format!(
+                "{}={}",
+                String::from_utf8_lossy(k),
+                String::from_utf8_lossy(&v[..v.len().min(16)])
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn every_call_fails_in_turn(policy: SyncPolicy, seed: u64) {
+    let ops = workload(seed, 100);
+    let (writes, set_lens, syncs) = run_with_fault(policy, &ops, None);
+    let mut runs = 0;
+    for (call, count, err) in [
+        (Call::Write, writes, FaultError::Io),
+        (Call::SetLen, set_lens, FaultError::NoSpace),
+        (Call::Sync, syncs, FaultError::Io),
+    ] {
+        for nth in 1..=count {
+            run_with_fault(policy, &ops, Some(Fault::Once(call, nth, err)));
+            runs += 1;
+        }
+    }
+    eprintln!("{policy:?}: {writes} writes, {set_lens} length changes, {syncs} syncs; {runs} runs");
+}
+
+#[test]
+fn each_io_call_failing_in_turn_under_always() {
+    for seed in [1, 3, 5] {
+        every_call_fails_in_turn(SyncPolicy::Always, seed);
+    }
+}
+
+#[test]
+fn each_io_call_failing_in_turn_under_never() {
+    for seed in [2, 4, 6] {
+        every_call_fails_in_turn(SyncPolicy::Never, seed);
     }
 }
