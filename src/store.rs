@@ -1205,6 +1205,22 @@ impl Inner {
                 return Err(Error::io(&self.path, "writing a free block header", e));
             }
             self.note_write();
+            if a.grow_to.is_none() {
+                // The split block's own header still gives the length of the
+                // whole free block, the remainder included. Were the entry's
+                // write to fail and the free header meant to take its place
+                // too, that stale header would stay and, once the remainder
+                // holds entries, the next open would skip them as free space.
+                // So it gets its true length now.
+                let written = self
+                    .storage
+                    .write_at(a.offset, &[&BlockHeader::free(a.len).encode(self.salt)]);
+                if let Err(e) = written {
+                    sp.free.free(a.offset, a.len, u64::MAX);
+                    return Err(Error::io(&self.path, "writing a free block header", e));
+                }
+                self.note_write();
+            }
         }
         Ok((a.offset, a.len))
     }
@@ -1711,12 +1727,12 @@ impl Inner {
         self.storage
             .read_at(0, &mut bytes)
             .map_err(|e| e.to_string())?;
-        let mut w = Walker::new(&bytes[..])
-            .map_err(|e| e.to_string())?
-            .map_err(|e| format!("{e:?}"))?;
         // Blocks that are neither live nor in the free list, by offset.
         let mut held: HashMap<u64, u64> = sp.pending.iter().map(|p| (p.offset, p.len)).collect();
         held.extend(self.readers.freed_blocks());
+        let mut w = Walker::new(&bytes[..])
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("{e:?}"))?;
         let mut indexed: HashMap<u64, Vec<u8>> = HashMap::new();
         for s in &shards {
             for (_, slot) in s.iter() {

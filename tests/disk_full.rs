@@ -395,6 +395,28 @@ fn a_merged_free_header_that_cannot_be_written_leaves_the_parts_as_they_are() {
     }
 }
 
+#[test]
+fn a_failed_entry_write_never_leaves_a_header_that_hides_later_entries() {
+    // A new entry split from a free block: when its write failed and the free
+    // header meant to replace it failed too, the block kept the header of the
+    // whole free block it came from. Once the remainder held an entry, the
+    // next open took that stale header's word and skipped the entry.
+    let (fs, s) = faulty(SyncPolicy::Never);
+    s.put(b"a", [1u8; 2000]).unwrap();
+    s.put(b"b", b"2").unwrap();
+    assert!(s.delete(b"a").unwrap());
+    let (writes, _, _) = fs.calls();
+    fs.fail(Call::Write, writes + 2, FaultError::Io);
+    fs.fail(Call::Write, writes + 3, FaultError::Io);
+    assert!(s.put(b"c", b"3").is_err());
+    fs.heal();
+    s.put(b"d", [4u8; 100]).unwrap();
+    consistent(&fs, &s);
+    // A crash now: the file as it is.
+    let after_crash = contents_of_bytes(fs.bytes(), 0);
+    assert_eq!(after_crash.get(&b"d"[..]).map(Vec::len), Some(100));
+}
+
 // ---- every I/O call failing in turn ----------------------------------------
 
 #[derive(Clone, Copy, Debug)]
@@ -538,6 +560,7 @@ fn run_with_fault(policy: SyncPolicy, ops: &[Op], fault: Option<Fault>) -> (u64,
     }
     let expect = contents(&s);
     drop(s);
+    fs.heal();
     let s = opts
         .open_on("f.sfs", fs.clone() as Arc<dyn Storage>)
         .unwrap();
