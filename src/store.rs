@@ -1730,6 +1730,18 @@ impl Inner {
         // Blocks that are neither live nor in the free list, by offset.
         let mut held: HashMap<u64, u64> = sp.pending.iter().map(|p| (p.offset, p.len)).collect();
         held.extend(self.readers.freed_blocks());
+        // A held block whose free header could not be written holds anything
+        // (zeros, a torn entry, a shorter header): walk it as one block. But
+        // a header there claiming more than the block is left for the walk
+        // to trip over: the next open would believe it.
+        for (&o, &l) in &held {
+            let at = o as usize..(o + crate::format::BLOCK_HEADER_LEN) as usize;
+            let claims = BlockHeader::decode(&bytes[at.clone()], self.salt, o, len)
+                .map_or(0, |h| h.block_len);
+            if claims < l {
+                bytes[at].copy_from_slice(&BlockHeader::free(l).encode(self.salt));
+            }
+        }
         let mut w = Walker::new(&bytes[..])
             .map_err(|e| e.to_string())?
             .map_err(|e| format!("{e:?}"))?;

@@ -7,7 +7,8 @@
 //!   when the process may mount; otherwise the test says so and skips);
 //! - on the fault-injecting storage with a byte budget (always);
 //! - with `EIO` from `fdatasync`;
-//! - with each write, length change and sync of a workload failing in turn.
+//! - with each write, length change and sync of a workload failing in turn,
+//!   once or until the disk heals a few operations later.
 
 mod common;
 
@@ -459,6 +460,9 @@ fn key(k: u8) -> Vec<u8> {
 enum Fault {
     /// The `nth` call of its kind, once.
     Once(Call, u64, FaultError),
+    /// Every call of its kind from the `nth` on, until the disk heals
+    /// three operations after the first failure.
+    Until(Call, u64, FaultError),
 }
 
 /// Runs the workload with a fault. After an operation that met it each key
@@ -474,13 +478,16 @@ fn run_with_fault(policy: SyncPolicy, ops: &[Op], fault: Option<Fault>) -> (u64,
         .unwrap();
     match fault {
         Some(Fault::Once(call, nth, err)) => fs.fail(call, nth, err),
+        Some(Fault::Until(call, nth, err)) => fs.fail_from(call, nth, err),
         None => {}
     }
-
+    let mut heal_at = None;
     let what = |i: usize, op: &Op| format!("{policy:?}, fault {fault:?}, op {i} {op:?}");
     let mut model = Contents::new();
-    let mut failed_ops = 0;
     for (i, op) in ops.iter().enumerate() {
+        if heal_at == Some(i) {
+            fs.heal();
+        }
         let before = contents(&s);
         let failures = fs.failures();
         let v = format!("{i}:{op:?}").into_bytes();
@@ -519,10 +526,10 @@ fn run_with_fault(policy: SyncPolicy, ops: &[Op], fault: Option<Fault>) -> (u64,
         intended.retain(|k, _| after.contains_key(k) || !model.contains_key(k));
         if fs.failures() > failures {
             // This operation met the fault: an error, or it got over it.
+            heal_at.get_or_insert(i + 3);
             if let Err(e) = &r {
                 assert!(matches!(e, Error::Io { .. }), "{}: {e}", what(i, op));
                 assert!(e.to_string().contains("f.sfs"), "{e}");
-                failed_ops += 1;
             }
             let mut touched = intended.clone();
             touched.extend(before.clone());
@@ -567,7 +574,6 @@ fn run_with_fault(policy: SyncPolicy, ops: &[Op], fault: Option<Fault>) -> (u64,
     s.check_invariants().unwrap();
     assert_eq!(contents(&s), expect, "{policy:?}, fault {fault:?}: reopen");
     let (w, l, y) = fs.calls();
-    let _ = failed_ops;
     (w, l, y)
 }
 
@@ -596,7 +602,8 @@ fn every_call_fails_in_turn(policy: SyncPolicy, seed: u64) {
     ] {
         for nth in 1..=count {
             run_with_fault(policy, &ops, Some(Fault::Once(call, nth, err)));
-            runs += 1;
+            run_with_fault(policy, &ops, Some(Fault::Until(call, nth, err)));
+            runs += 2;
         }
     }
     eprintln!("{policy:?}: {writes} writes, {set_lens} length changes, {syncs} syncs; {runs} runs");
