@@ -247,15 +247,12 @@ fn allowed_after(
     if mode == Mode::Power && policy != SyncPolicy::Always {
         // Everything from the last completed sync on may or may not be there.
         let d = rec.durable_prefix(k);
-        let base = if d == 0 {
-            0
-        } else {
-            steps
-                .iter()
-                .position(|s| s.events.0 < d && d <= s.events.1)
-                .unwrap()
-        };
-        allow(&mut allowed, &steps[base].before, now);
+        // The step that had started when that sync completed (the flusher's
+        // syncs may also fall between two steps).
+        let base = steps.iter().rposition(|s| s.events.0 < d).unwrap_or(0);
+        if d == 0 || d <= steps[base].events.1 {
+            allow(&mut allowed, &steps[base].before, now);
+        }
         let last = current.or(done).unwrap_or(0);
         let mut inserted = false;
         for s in &steps[base..=last.max(base)] {
