@@ -277,11 +277,12 @@ struct Space {
     /// before their key's newest copy.
     pending: Vec<Superseded>,
     pending_bytes: u64,
-    /// Under `SyncPolicy::Always`: (key hash, write generation) of old copies
-    /// freed after their new copy was synced, until a sync covers their free
-    /// header. Such a key's newest copy is not freed before that sync, or a
-    /// power loss could keep the newest copy's free header and not the old
-    /// copy's, and the old value would come back.
+    /// (key hash, write generation) of old copies freed once their new copy
+    /// was synced (at once under `SyncPolicy::Always`, after a sync
+    /// otherwise), until a sync covers their free header. Such a key's newest
+    /// copy is not freed before that sync, or a power loss could keep the
+    /// newest copy's free header and not the old copy's, and the old value
+    /// would come back.
     unsynced_frees: Vec<(u64, u64)>,
 }
 
@@ -1647,9 +1648,14 @@ impl Inner {
             sp.pending_bytes -= ready.iter().map(|r| r.1).sum::<u64>();
             ready
         };
-        for (o, l, h) in ready {
+        for &(o, l, h) in &ready {
             self.release(o, l, h);
         }
+        let generation = self.writes.load(Ordering::Acquire);
+        self.space
+            .lock()
+            .unsynced_frees
+            .extend(ready.iter().map(|r| (r.2, generation)));
     }
 
     fn sync_all(&self) -> Result<()> {
@@ -1672,7 +1678,9 @@ impl Inner {
                 return;
             }
             drop(stop);
-            let _ = self.sync_to(self.writes.load(Ordering::Acquire));
+            // As `sync()` does: the old copies freed after the first sync are
+            // made durable by the second.
+            let _ = self.sync_all();
             stop = self.stop.lock();
         }
     }

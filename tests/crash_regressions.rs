@@ -257,3 +257,30 @@ fn a_gap_shorter_than_a_block_header_between_entries_is_not_written_over() {
         s.check_invariants().unwrap();
     }
 }
+
+#[test]
+fn a_value_replaced_before_a_sync_never_comes_back_after_a_power_loss() {
+    // After a sync, the old copies it made safe are freed, and their free
+    // headers are not synced yet. Deleting such a key wrote its newest
+    // copy's free header: a power loss could keep that one and drop the old
+    // copy's, and a value the sync had already replaced came back. `sync()`
+    // syncs twice, so its second fdatasync failing shows it (the periodic
+    // flusher and the sync for space synced once).
+    let (fs, opts, s) = store(SyncPolicy::Never, None);
+    s.put(b"k", b"old").unwrap();
+    s.sync().unwrap();
+    s.put(b"k", b"new").unwrap();
+    let (_, _, syncs) = fs.calls();
+    fs.fail(
+        sfs::testing::Call::Sync,
+        syncs + 2,
+        sfs::testing::FaultError::Io,
+    );
+    assert!(s.sync().is_err(), "the second sync fails");
+    let from = fs.event_count();
+    s.delete(b"k").unwrap();
+    let to = fs.event_count();
+    std::mem::forget(s);
+    let imgs = images(&fs.recording(), from, to, Crashes::All);
+    check(&opts, &imgs, &[(b"k", &[Some(b"new"), None])]);
+}
