@@ -2,8 +2,9 @@
 //! locks that make it safe to share between threads.
 //!
 //! # Locks, in the order they are taken
-//! 1. `gate` (read by every write; write by `clear`): no write is in flight
-//!    while `clear` resets the file. Never held by readers or by user code.
+//! 1. `gate` (read by every write, `sync` included; write by `clear`): no
+//!    write is in flight while `clear` resets the file. Never held by readers
+//!    or by user code.
 //! 2. a shard's `map` (read by readers, write by writers of that shard's keys).
 //! 3. that shard's `lru` list.
 //! 4. `readers` (the reader locks on blocks borrowed by [`ValueRef`]s).
@@ -1662,6 +1663,8 @@ impl Inner {
         if self.read_only {
             return Ok(());
         }
+        // It frees old copies: a write like any other.
+        let _gate = self.gate.read();
         self.sync_to(self.writes.load(Ordering::Acquire))?;
         // Old copies freed by that sync wrote free headers: make them durable too.
         self.sync_to(self.writes.load(Ordering::Acquire))
