@@ -1136,7 +1136,9 @@ impl Inner {
     /// durable, else after the next sync.
     fn supersede(&self, offset: u64, len: u64, generation: u64, key_hash: u64) {
         if self.policy == SyncPolicy::Always {
-            self.release(offset, len, key_hash);
+            if !self.release(offset, len, key_hash) {
+                return; // it waits, still valid, in pending
+            }
             let generation = self.writes.load(Ordering::Acquire);
             self.space
                 .lock()
@@ -1231,9 +1233,11 @@ impl Inner {
     /// this hash, or a copy never published): overwrites its header, then
     /// returns its space. If the header cannot be written the block may still
     /// hold a valid copy, so it waits with the old copies (see `Space`).
-    fn release(&self, offset: u64, len: u64, key_hash: u64) {
+    /// Returns whether the free header was written.
+    fn release(&self, offset: u64, len: u64, key_hash: u64) -> bool {
         if self.mark_free(offset, len).is_ok() {
             self.return_space(offset, len);
+            true
         } else {
             let mut sp = self.space.lock();
             sp.pending.push(Superseded {
@@ -1243,6 +1247,7 @@ impl Inner {
                 key_hash,
             });
             sp.pending_bytes += len;
+            false
         }
     }
 
@@ -1649,14 +1654,18 @@ impl Inner {
             sp.pending_bytes -= ready.iter().map(|r| r.1).sum::<u64>();
             ready
         };
-        for &(o, l, h) in &ready {
-            self.release(o, l, h);
-        }
+        // Only those whose free header was written: the others wait again,
+        // still valid, and are freed first when their key goes.
+        let freed: Vec<u64> = ready
+            .into_iter()
+            .filter(|&(o, l, h)| self.release(o, l, h))
+            .map(|r| r.2)
+            .collect();
         let generation = self.writes.load(Ordering::Acquire);
         self.space
             .lock()
             .unsynced_frees
-            .extend(ready.iter().map(|r| (r.2, generation)));
+            .extend(freed.into_iter().map(|h| (h, generation)));
     }
 
     fn sync_all(&self) -> Result<()> {
