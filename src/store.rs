@@ -20,7 +20,9 @@
 //! the write lock, so no `get` can be reading it. A [`ValueRef`] pins its block
 //! in `readers` before the shard lock is released; a pinned block that is
 //! freed stays out of the free list until the last reader drops, so it is
-//! neither handed out nor merged nor cut off the end of the file.
+//! neither handed out nor merged nor cut off the end of the file. The last
+//! reader returns the space while still holding its reader lock, so that
+//! `clear` never finds such a block neither pinned nor returned.
 //!
 //! # Why nothing acknowledged is lost
 //! A new copy of a key is written completely before it is published in the
@@ -228,10 +230,11 @@ impl std::fmt::Debug for ValueRef<'_> {
 
 impl Drop for ValueRef<'_> {
     fn drop(&mut self) {
-        if let ValueBytes::Mapped(_, offset) = self.bytes
-            && let Some(len) = self.inner.readers.unpin(offset)
-        {
-            self.inner.return_space(offset, len);
+        if let ValueBytes::Mapped(_, offset) = self.bytes {
+            let inner = self.inner;
+            inner
+                .readers
+                .unpin(offset, |len| inner.return_unpinned_space(offset, len));
         }
     }
 }
@@ -326,16 +329,22 @@ impl ReaderLocks {
         self.shard(offset).lock().entry(offset).or_default().readers += 1;
     }
 
-    /// Drops one reader; returns the length to free if it was the last reader
-    /// of a freed block.
-    fn unpin(&self, offset: u64) -> Option<u64> {
+    /// Drops one reader. If it was the last reader of a freed block, calls
+    /// `free` with the block's length before letting go of the lock, so that
+    /// nobody (`clear`, `check_invariants`) can find the block neither pinned
+    /// nor returned.
+    fn unpin(&self, offset: u64, free: impl FnOnce(u64)) {
         let mut m = self.shard(offset).lock();
-        let e = m.get_mut(&offset)?;
+        let Some(e) = m.get_mut(&offset) else {
+            return;
+        };
         e.readers -= 1;
         if e.readers > 0 {
-            return None;
+            return;
         }
-        m.remove(&offset).and_then(|p| p.freed)
+        if let Some(len) = m.remove(&offset).and_then(|p| p.freed) {
+            free(len);
+        }
     }
 
     /// If the block is pinned, records that it is to be freed later.
@@ -360,17 +369,10 @@ impl ReaderLocks {
         self.shards.iter().all(|s| s.lock().is_empty())
     }
 
+    /// Every shard, locked: nothing is pinned or unpinned meanwhile.
     #[cfg(any(test, feature = "testing"))]
-    fn freed_blocks(&self) -> Vec<(u64, u64)> {
-        let mut v = Vec::new();
-        for s in self.shards.iter() {
-            for (&o, e) in s.lock().iter() {
-                if let Some(l) = e.freed {
-                    v.push((o, l));
-                }
-            }
-        }
-        v
+    fn lock_all(&self) -> Vec<parking_lot::MutexGuard<'_, HashMap<u64, Pin>>> {
+        self.shards.iter().map(|s| s.lock()).collect()
     }
 }
 
@@ -1261,9 +1263,13 @@ impl Inner {
     /// Puts a block (whose header already says free) back in the free list,
     /// unless a reader holds it; merges; cuts the end of the file.
     fn return_space(&self, offset: u64, len: u64) {
-        if self.readers.defer_if_pinned(offset, len) {
-            return;
+        if !self.readers.defer_if_pinned(offset, len) {
+            self.return_unpinned_space(offset, len);
         }
+    }
+
+    /// `return_space` for a block known not to be pinned.
+    fn return_unpinned_space(&self, offset: u64, len: u64) {
         let mut sp = self.space.lock();
         let end = sp.free.end();
         let f = sp.free.free(offset, len, 2 * growth_reserve(end));
@@ -1712,6 +1718,8 @@ impl Inner {
                     }
             })
             .sum();
+        // Reader locks before the free list, as the lock order says.
+        let reader_locked_blocks = self.readers.count();
         let sp = self.space.lock();
         Stats {
             entries: self.entries.load(Ordering::Relaxed),
@@ -1721,7 +1729,7 @@ impl Inner {
             free_bytes: sp.free.free_bytes(),
             largest_free_block: sp.free.largest(),
             pending_free_bytes: sp.pending_bytes,
-            reader_locked_blocks: self.readers.count(),
+            reader_locked_blocks,
             corrupt_blocks: self.corrupt_blocks,
             corrupt_bytes: self.corrupt_bytes,
             expired_purged: self.expired_purged.load(Ordering::Relaxed),
@@ -1735,6 +1743,7 @@ impl Inner {
         use crate::inspect::{BlockKind, Walker};
         let _gate = self.gate.write();
         let shards: Vec<_> = self.shards.iter().map(|c| c.map.read()).collect();
+        let readers = self.readers.lock_all();
         let sp = self.space.lock();
         let len = self.storage.len();
         if sp.free.end() != len {
@@ -1749,7 +1758,9 @@ impl Inner {
             .map_err(|e| e.to_string())?;
         // Blocks that are neither live nor in the free list, by offset.
         let mut held: HashMap<u64, u64> = sp.pending.iter().map(|p| (p.offset, p.len)).collect();
-        held.extend(self.readers.freed_blocks());
+        for r in &readers {
+            held.extend(r.iter().filter_map(|(&o, p)| p.freed.map(|l| (o, l))));
+        }
         // A held block whose free header could not be written holds anything
         // (zeros, a torn entry, a shorter header): walk it as one block. But
         // a header there claiming more than the block is left for the walk
