@@ -30,6 +30,20 @@
 //! under `SyncPolicy::Always`, which syncs before publishing; after the next
 //! sync otherwise). Freeing an entry overwrites its header first, so a freed
 //! entry can never be found again by a scan.
+//!
+//! Orderings that keep it so through a crash (`tests/crash_every_write.rs`
+//! tries every one):
+//! - A key leaving the index frees its older copies before its newest one,
+//!   and not at all if that fails; and if an older copy's free header is not
+//!   yet synced, a sync comes first (`Space::unsynced_frees`): were the newest
+//!   copy's free header to survive a crash without the older one's, the older
+//!   value would come back.
+//! - An insert over the entry cap evicts before it writes (and under
+//!   `Always` syncs the eviction first): the open evicts by write order, not
+//!   by use, so it must never find one entry too many.
+//! - A free header that cannot be written leaves its block waiting in
+//!   `pending`, still valid, never in the free list; a split writes both
+//!   halves' headers, so no header on disk ever claims more than its block.
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
