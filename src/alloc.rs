@@ -6,6 +6,13 @@
 //! Blocks that are allocated (live entries, writes in flight, blocks held by a
 //! reader or waiting for a sync) are simply absent from it, which is how such
 //! blocks are "skipped": they cannot be handed out, merged or truncated.
+//!
+//! A free block is normally at least [`MIN_BLOCK_LEN`] long. The one exception
+//! is a *crumb*: a stretch shorter than a block header that the open-time scan
+//! found between two entries (a power loss can leave one). No header fits in
+//! it, so it has none; it is never handed out (every request is at least
+//! `MIN_BLOCK_LEN`), and it gets a header as part of a larger block as soon as
+//! a neighbour is freed and merges with it.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -45,6 +52,9 @@ pub struct Allocation {
     /// The remainder lies in space that is still all zeros: it reads as free
     /// without a header.
     pub remainder_zeroed: bool,
+    /// The block handed out starts in space that is still all zeros: no old
+    /// header there claims a length.
+    pub block_zeroed: bool,
     /// `zero_from` before this allocation (to undo a failed growth).
     zero_before: u64,
 }
@@ -124,9 +134,7 @@ impl FreeList {
     }
 
     fn insert(&mut self, offset: u64, len: u64) {
-        debug_assert!(
-            len >= MIN_BLOCK_LEN && len.is_multiple_of(ALIGN) && offset.is_multiple_of(ALIGN)
-        );
+        debug_assert!(len >= ALIGN && len.is_multiple_of(ALIGN) && offset.is_multiple_of(ALIGN));
         self.by_len.insert((len, offset));
         self.by_off.insert(offset, len);
         self.free_bytes += len;
@@ -182,6 +190,7 @@ impl FreeList {
             remainder,
             grow_to: Some(new_end),
             remainder_zeroed: true,
+            block_zeroed: offset >= zero_before,
             zero_before,
         }
     }
@@ -219,6 +228,7 @@ impl FreeList {
                 remainder: Some((offset + need, rest)),
                 grow_to: None,
                 remainder_zeroed: offset + need >= zero_before,
+                block_zeroed: offset >= zero_before,
                 zero_before,
             };
         }
@@ -229,6 +239,7 @@ impl FreeList {
             remainder: None,
             grow_to: None,
             remainder_zeroed: false,
+            block_zeroed: offset >= zero_before,
             zero_before,
         }
     }
@@ -297,6 +308,26 @@ impl FreeList {
         }
     }
 
+    /// Takes `[offset, offset + len)` back out of the free block that holds
+    /// it; what lies before and after it in that block stays free, as separate
+    /// blocks. Undoes a [`free`](Self::free) whose merged header could not be
+    /// written: the neighbours it merged with are free blocks again, as their
+    /// headers on disk still say.
+    pub fn withdraw(&mut self, offset: u64, len: u64) {
+        let Some((&o, &l)) = self.by_off.range(..=offset).next_back() else {
+            debug_assert!(false, "{offset}+{len} is not free");
+            return;
+        };
+        debug_assert!(o + l >= offset + len, "{offset}+{len} is not free");
+        self.remove(o, l);
+        if o < offset {
+            self.insert(o, offset - o);
+        }
+        if offset + len < o + l {
+            self.insert(offset + len, o + l - offset - len);
+        }
+    }
+
     /// Undoes a cut that [`free`](Self::free) reported but the file could not
     /// make: the block stays, as a free block ending the file.
     pub fn undo_truncate(&mut self, offset: u64, len: u64) {
@@ -322,6 +353,21 @@ mod tests {
     use super::*;
 
     const H: u64 = 64;
+
+    #[test]
+    fn withdraw_undoes_a_merge() {
+        let mut f = with_free(1000, &[(64, 96), (264, 136)]);
+        let freed = f.free(160, 104, u64::MAX);
+        assert_eq!((freed.offset, freed.len), (64, 336));
+        f.withdraw(160, 104);
+        assert_eq!(f.iter().collect::<Vec<_>>(), vec![(64, 96), (264, 136)]);
+        assert_eq!(f.free_bytes(), 232);
+        // A block with no free neighbours: nothing stays.
+        let mut f = with_free(1000, &[]);
+        f.free(64, 96, u64::MAX);
+        f.withdraw(64, 96);
+        assert_eq!(f.free_blocks(), 0);
+    }
 
     /// A free list over a file [H, end) with the given free blocks.
     fn with_free(end: u64, blocks: &[(u64, u64)]) -> FreeList {

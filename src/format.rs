@@ -130,6 +130,12 @@ impl FileHeader {
     pub fn decode(bytes: &[u8]) -> Result<FileHeader, HeaderError> {
         let n = bytes.len().min(MAGIC.len());
         if bytes[..n] != MAGIC[..n] || bytes.is_empty() {
+            if magic_damaged(bytes) {
+                return Err(HeaderError::Corrupt(
+                    "file header magic damaged (the header checksum matches the store's magic)"
+                        .into(),
+                ));
+            }
             return Err(HeaderError::NotAStore);
         }
         if bytes.len() < FILE_HEADER_LEN as usize {
@@ -163,6 +169,53 @@ impl FileHeader {
             created_ms: u64_at(b, 24),
         })
     }
+}
+
+/// Whether `file`, a whole file, is one whose creation a crash cut short: it
+/// is exactly [`FILE_HEADER_LEN`] bytes long, its header does not decode, and
+/// it holds zeros, or the start of a file header followed by zeros (the
+/// checksum, when partly there, being the start of the right one).
+///
+/// A writer creates a file by extending it to the header's length (which
+/// fills it with zeros) and then writing the header; a crash in between, or
+/// in the middle of that one write, leaves such a file. It holds nothing, so
+/// an open treats it as empty instead of refusing it for ever. A foreign file
+/// or the damaged header of a real store is not taken for one (a store's
+/// damaged header could only be if the damage zeroed the end of its checksum,
+/// and a 64-byte store holds nothing either).
+pub fn is_unfinished_file(file: &[u8]) -> bool {
+    if file.len() as u64 != FILE_HEADER_LEN || FileHeader::decode(file).is_ok() {
+        return false;
+    }
+    // Bytes a version-1 header always holds: magic, version, header length,
+    // flags and the reserved area. Salt, creation time and checksum vary.
+    let template = FileHeader {
+        version: FORMAT_VERSION,
+        salt: 0,
+        created_ms: 0,
+    }
+    .encode();
+    let fixed = |i: usize| i < 16 || (20..24).contains(&i) || (32..60).contains(&i);
+    // Everything from the first byte never written on is zero.
+    let written = file.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+    let crc_so_far = crc(0, &[&file[0..60]]).to_le_bytes();
+    (0..written).all(|i| match i {
+        60.. => file[i] == crc_so_far[i - 60],
+        _ => !fixed(i) || file[i] == template[i],
+    })
+}
+
+/// Whether `bytes` hold a store's file header whose magic is damaged: the
+/// header checksum, which covers the magic, matches once the right magic is
+/// put back. Then the file is a damaged store, not a foreign file.
+fn magic_damaged(bytes: &[u8]) -> bool {
+    if bytes.len() < FILE_HEADER_LEN as usize {
+        return false;
+    }
+    let mut b = [0u8; 60];
+    b.copy_from_slice(&bytes[..60]);
+    b[..8].copy_from_slice(&MAGIC);
+    crc(0, &[&b]) == u32_at(bytes, 60)
 }
 
 /// A decoded block header.
@@ -376,6 +429,38 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_file_header_cut_short_at_creation_is_recognised() {
+        let h = FileHeader {
+            version: FORMAT_VERSION,
+            salt: 0xdead_beef,
+            created_ms: 1_700_000_000_000,
+        }
+        .encode();
+        for keep in 0..64 {
+            let mut f = h[..keep].to_vec();
+            f.resize(64, 0);
+            assert!(is_unfinished_file(&f), "header torn after {keep} bytes");
+        }
+        // A complete header, damaged or not, is not an unfinished file.
+        assert!(!is_unfinished_file(&h));
+        for at in 0..64 {
+            let mut f = h;
+            f[at] ^= 0x10;
+            assert!(!is_unfinished_file(&f), "damaged byte {at}");
+        }
+        // Nor is a file of another length, or foreign bytes.
+        assert!(!is_unfinished_file(&[0u8; 63]));
+        assert!(!is_unfinished_file(&[0u8; 65]));
+        let mut foreign = [0u8; 64];
+        foreign[..5].copy_from_slice(b"hello");
+        assert!(!is_unfinished_file(&foreign));
+        let mut other_version = h;
+        other_version[8] = 2;
+        other_version[60..].fill(0);
+        assert!(!is_unfinished_file(&other_version));
+    }
+
     fn entry(key: &[u8], meta: &[u8], value: &[u8], salt: u32) -> BlockHeader {
         BlockHeader {
             kind: Kind::Entry,
@@ -387,6 +472,32 @@ mod tests {
             expiry_ms: 123,
             payload_crc: crc(salt, &[key, meta, value]),
         }
+    }
+
+    #[test]
+    fn a_damaged_magic_is_corrupt_not_foreign() {
+        let h = FileHeader {
+            version: FORMAT_VERSION,
+            salt: 9,
+            created_ms: 1,
+        }
+        .encode();
+        for at in 0..8 {
+            for flip in [0xFFu8, 0x01, 0x80] {
+                let mut b = h;
+                b[at] ^= flip;
+                assert!(
+                    matches!(FileHeader::decode(&b), Err(HeaderError::Corrupt(_))),
+                    "byte {at} ^ {flip:#x}"
+                );
+            }
+        }
+        // Other bytes than a header stay foreign, however long.
+        assert_eq!(
+            FileHeader::decode(&[0x42; 100]),
+            Err(HeaderError::NotAStore)
+        );
+        assert_eq!(FileHeader::decode(b"x"), Err(HeaderError::NotAStore));
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::hash::BuildHasher;
 use std::io;
 
 use crate::alloc::FreeList;
-use crate::format::{BlockHeader, FILE_HEADER_LEN, FileHeader};
+use crate::format::{BlockHeader, FILE_HEADER_LEN, FileHeader, MIN_BLOCK_LEN};
 use crate::index::{KeyHasher, LruList, SHARDS, Shard, shard_of};
 use crate::inspect::{BlockKind, Source, Walker};
 use crate::io::Storage;
@@ -283,7 +283,10 @@ pub(crate) fn recover(
             if tail.is_some_and(|(t, _, _)| t == o) {
                 continue;
             }
-            if !single {
+            // A run shorter than a header (a crumb: damage between two
+            // entries) cannot hold one; writing one would overwrite the next
+            // entry's header. It stays as it is, free in memory only.
+            if !single && l >= MIN_BLOCK_LEN {
                 storage.write_at(o, &[&BlockHeader::free(l).encode(salt)])?;
                 wrote = true;
             }

@@ -2,8 +2,9 @@
 //! locks that make it safe to share between threads.
 //!
 //! # Locks, in the order they are taken
-//! 1. `gate` (read by every write; write by `clear`): no write is in flight
-//!    while `clear` resets the file. Never held by readers or by user code.
+//! 1. `gate` (read by every write, `sync` included; write by `clear`): no
+//!    write is in flight while `clear` resets the file. Never held by readers
+//!    or by user code.
 //! 2. a shard's `map` (read by readers, write by writers of that shard's keys).
 //! 3. that shard's `lru` list.
 //! 4. `readers` (the reader locks on blocks borrowed by [`ValueRef`]s).
@@ -19,7 +20,9 @@
 //! the write lock, so no `get` can be reading it. A [`ValueRef`] pins its block
 //! in `readers` before the shard lock is released; a pinned block that is
 //! freed stays out of the free list until the last reader drops, so it is
-//! neither handed out nor merged nor cut off the end of the file.
+//! neither handed out nor merged nor cut off the end of the file. The last
+//! reader returns the space while still holding its reader lock, so that
+//! `clear` never finds such a block neither pinned nor returned.
 //!
 //! # Why nothing acknowledged is lost
 //! A new copy of a key is written completely before it is published in the
@@ -27,6 +30,20 @@
 //! under `SyncPolicy::Always`, which syncs before publishing; after the next
 //! sync otherwise). Freeing an entry overwrites its header first, so a freed
 //! entry can never be found again by a scan.
+//!
+//! Orderings that keep it so through a crash (`tests/crash_every_write.rs`
+//! tries every one):
+//! - A key leaving the index frees its older copies before its newest one,
+//!   and not at all if that fails; and if an older copy's free header is not
+//!   yet synced, a sync comes first (`Space::unsynced_frees`): were the newest
+//!   copy's free header to survive a crash without the older one's, the older
+//!   value would come back.
+//! - An insert over the entry cap evicts before it writes (and under
+//!   `Always` syncs the eviction first): the open evicts by write order, not
+//!   by use, so it must never find one entry too many.
+//! - A free header that cannot be written leaves its block waiting in
+//!   `pending`, still valid, never in the free list; a split writes both
+//!   halves' headers, so no header on disk ever claims more than its block.
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
@@ -235,10 +252,11 @@ impl std::fmt::Debug for ValueRef<'_> {
 
 impl Drop for ValueRef<'_> {
     fn drop(&mut self) {
-        if let ValueBytes::Mapped(_, offset) = self.bytes
-            && let Some(len) = self.inner.readers.unpin(offset)
-        {
-            self.inner.return_space(offset, len);
+        if let ValueBytes::Mapped(_, offset) = self.bytes {
+            let inner = self.inner;
+            inner
+                .readers
+                .unpin(offset, |len| inner.return_unpinned_space(offset, len));
         }
     }
 }
@@ -279,12 +297,19 @@ struct ShardCell {
 struct Space {
     free: FreeList,
     /// Old copies of overwritten keys, freed once a sync covers the new copy
-    /// (or at once when the key leaves the index).
+    /// (or at once when the key leaves the index). Blocks whose free header
+    /// could not be written (an I/O error) wait here too, with generation 0:
+    /// still valid on disk, they are retried after every sync and freed
+    /// before their key's newest copy.
     pending: Vec<Superseded>,
     pending_bytes: u64,
-    /// Blocks whose free header could not be written (I/O error): retried by
-    /// `sync`, kept out of the free list meanwhile.
-    unmarked: Vec<(u64, u64)>,
+    /// (key hash, write generation) of old copies freed once their new copy
+    /// was synced (at once under `SyncPolicy::Always`, after a sync
+    /// otherwise), until a sync covers their free header. Such a key's newest
+    /// copy is not freed before that sync, or a power loss could keep the
+    /// newest copy's free header and not the old copy's, and the old value
+    /// would come back.
+    unsynced_frees: Vec<(u64, u64)>,
 }
 
 /// The old copy of an overwritten key, kept valid on disk until the new copy
@@ -326,16 +351,22 @@ impl ReaderLocks {
         self.shard(offset).lock().entry(offset).or_default().readers += 1;
     }
 
-    /// Drops one reader; returns the length to free if it was the last reader
-    /// of a freed block.
-    fn unpin(&self, offset: u64) -> Option<u64> {
+    /// Drops one reader. If it was the last reader of a freed block, calls
+    /// `free` with the block's length before letting go of the lock, so that
+    /// nobody (`clear`, `check_invariants`) can find the block neither pinned
+    /// nor returned.
+    fn unpin(&self, offset: u64, free: impl FnOnce(u64)) {
         let mut m = self.shard(offset).lock();
-        let e = m.get_mut(&offset)?;
+        let Some(e) = m.get_mut(&offset) else {
+            return;
+        };
         e.readers -= 1;
         if e.readers > 0 {
-            return None;
+            return;
         }
-        m.remove(&offset).and_then(|p| p.freed)
+        if let Some(len) = m.remove(&offset).and_then(|p| p.freed) {
+            free(len);
+        }
     }
 
     fn is_pinned(&self, offset: u64) -> bool {
@@ -364,17 +395,10 @@ impl ReaderLocks {
         self.shards.iter().all(|s| s.lock().is_empty())
     }
 
+    /// Every shard, locked: nothing is pinned or unpinned meanwhile.
     #[cfg(any(test, feature = "testing"))]
-    fn freed_blocks(&self) -> Vec<(u64, u64)> {
-        let mut v = Vec::new();
-        for s in self.shards.iter() {
-            for (&o, e) in s.lock().iter() {
-                if let Some(l) = e.freed {
-                    v.push((o, l));
-                }
-            }
-        }
-        v
+    fn lock_all(&self) -> Vec<parking_lot::MutexGuard<'_, HashMap<u64, Pin>>> {
+        self.shards.iter().map(|s| s.lock()).collect()
     }
 }
 
@@ -771,11 +795,24 @@ fn open_storage(path: &Path, opts: &Options) -> Result<Arc<dyn Storage>> {
     Ok(Arc::new(storage))
 }
 
+/// Whether the storage holds a file whose creation a crash cut short (see
+/// [`crate::format::is_unfinished_file`]).
+fn unfinished_file(storage: &dyn Storage) -> bool {
+    if storage.len() != FILE_HEADER_LEN {
+        return false;
+    }
+    let mut b = [0u8; FILE_HEADER_LEN as usize];
+    storage.read_at(0, &mut b).is_ok() && crate::format::is_unfinished_file(&b)
+}
+
 impl Inner {
     fn open(path: &Path, storage: Arc<dyn Storage>, opts: &Options) -> Result<Inner> {
         let now = opts.clock.now_millis();
         let hasher = KeyHasher::default();
-        let header = if storage.is_empty() {
+        // An empty file, or one whose creation a crash cut short, holds
+        // nothing: a writer (re)writes its header.
+        let fresh = storage.is_empty() || unfinished_file(&*storage);
+        let header = if fresh {
             let h = FileHeader {
                 version: FORMAT_VERSION,
                 salt: random_salt(),
@@ -815,7 +852,7 @@ impl Inner {
                 }
             }
         };
-        let rec = if storage.is_empty() {
+        let rec = if fresh && opts.read_only {
             // A read-only open of an empty file: an empty store.
             crate::recovery::Recovered::empty(opts.max_entries.is_some())
         } else {
@@ -859,7 +896,7 @@ impl Inner {
                 free: rec.free,
                 pending: Vec::new(),
                 pending_bytes: 0,
-                unmarked: Vec::new(),
+                unsynced_frees: Vec::new(),
             }),
             gate: RwLock::new(()),
             readers: ReaderLocks::new(),
@@ -1084,6 +1121,14 @@ impl Inner {
         }
         let payload_crc = crc(self.salt, &[key, meta, value]);
         let _gate = self.gate.read();
+        if let Some(cap) = self.max_entries
+            && !self.indexed(key)
+        {
+            // Room first: were the new entry written before the eviction, a
+            // crash in between would leave one entry too many, and an open
+            // evicts by write order, not by use.
+            self.evict_down_to(cap - 1)?;
+        }
         let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
         let need = entry_block_len(key.len(), meta.len(), value.len());
         let (offset, len) = self.allocate(need)?;
@@ -1101,24 +1146,28 @@ impl Inner {
             .storage
             .write_at(offset, &[&header.encode(self.salt), key, meta, value])
         {
-            self.give_back(offset, len);
+            self.release(offset, len, self.hasher.hash_one(key));
             return Err(Error::io(&self.path, "writing an entry", e));
         }
         let generation = self.note_write();
         if self.policy == SyncPolicy::Always
             && let Err(e) = self.sync_to(generation)
         {
-            // Not durable: take it back so memory and file agree.
-            self.give_back(offset, len);
+            // Not durable: take it back so memory and file agree. Should even
+            // that write fail, the copy stays valid on disk with the newest
+            // sequence number: it is published, so that memory still matches
+            // the file (the error leaves it open whether the put happened).
+            if self.mark_free(offset, len).is_ok() {
+                self.return_space(offset, len);
+            } else {
+                self.publish(key, offset, len, seq, expiry_ms, generation)?;
+            }
             return Err(e);
         }
         let inserted = self.publish(key, offset, len, seq, expiry_ms, generation)?;
         if inserted && let Some(cap) = self.max_entries {
-            while self.entries.load(Ordering::Acquire) > cap {
-                if !self.evict_one()? {
-                    break;
-                }
-            }
+            // Concurrent inserts may still have gone past the cap.
+            self.evict_down_to(cap)?;
         }
         self.maybe_sync_for_space()?;
         Ok(())
@@ -1202,14 +1251,14 @@ impl Inner {
             .storage
             .write_at(new_offset, &[&header.encode(self.salt), &payload])
         {
-            self.give_back(new_offset, new_len);
+            self.release(new_offset, new_len, hash);
             return Err(Error::io(&self.path, "writing an entry", e));
         }
         let generation = self.note_write();
         if self.policy == SyncPolicy::Always
             && let Err(e) = self.sync_to(generation)
         {
-            self.give_back(new_offset, new_len);
+            self.release(new_offset, new_len, hash);
             return Err(e);
         }
         shard.update(id, new_offset, expiry_ms);
@@ -1243,7 +1292,7 @@ impl Inner {
                     // A concurrent write of this key with a later sequence
                     // number got here first; it wins, here and on disk.
                     drop(shard);
-                    self.give_back(offset, len);
+                    self.release(offset, len, hash);
                     return Ok(false);
                 }
                 shard.update(id, offset, expiry_ms);
@@ -1276,7 +1325,14 @@ impl Inner {
     /// durable, else after the next sync.
     fn supersede(&self, offset: u64, len: u64, generation: u64, key_hash: u64) {
         if self.policy == SyncPolicy::Always {
-            self.release(offset, len);
+            if !self.release(offset, len, key_hash) {
+                return; // it waits, still valid, in pending
+            }
+            let generation = self.writes.load(Ordering::Acquire);
+            self.space
+                .lock()
+                .unsynced_frees
+                .push((key_hash, generation));
         } else {
             let mut sp = self.space.lock();
             sp.pending.push(Superseded {
@@ -1322,33 +1378,70 @@ impl Inner {
             }
             self.note_write();
         }
-        if let (Some((o, l)), false) = (a.remainder, a.remainder_zeroed) {
-            // Before anyone can allocate it. (Space that is still all zeros
-            // reads as free without one.) If this fails the space reads as
-            // damage after a crash and is reclaimed then; nothing is lost.
-            if self
-                .storage
-                .write_at(o, &[&BlockHeader::free(l).encode(self.salt)])
-                .is_ok()
-            {
+        if let Some((o, l)) = a.remainder {
+            // Before anyone can allocate it, the remainder gets its header.
+            // Free space without one would make memory and file disagree (and
+            // whatever stale bytes lie there would be read as the block's
+            // header), so a failure undoes the allocation: the block is free
+            // again, as its header says. Space that is still all zeros reads
+            // as free without a header, and needs none.
+            if !a.remainder_zeroed {
+                let written = self
+                    .storage
+                    .write_at(o, &[&BlockHeader::free(l).encode(self.salt)]);
+                if let Err(e) = written {
+                    if a.grow_to.is_some() {
+                        sp.free.undo_growth(&a, old_end);
+                        if self.storage.set_len(old_end).is_ok() {
+                            self.note_write();
+                        }
+                    } else {
+                        sp.free.free(a.offset, a.len, u64::MAX);
+                    }
+                    return Err(Error::io(&self.path, "writing a free block header", e));
+                }
+                self.note_write();
+            }
+            if a.grow_to.is_none() && !a.block_zeroed {
+                // The split block's own header still gives the length of the
+                // whole free block, the remainder included. Were the entry's
+                // write to fail and the free header meant to take its place
+                // too, that stale header would stay and, once the remainder
+                // holds entries, the next open would skip them as free space.
+                // So it gets its true length now. (A block carved from
+                // all-zero space has no header to go stale.)
+                let written = self
+                    .storage
+                    .write_at(a.offset, &[&BlockHeader::free(a.len).encode(self.salt)]);
+                if let Err(e) = written {
+                    sp.free.free(a.offset, a.len, u64::MAX);
+                    return Err(Error::io(&self.path, "writing a free block header", e));
+                }
                 self.note_write();
             }
         }
         Ok((a.offset, a.len))
     }
 
-    /// Returns a block that was allocated but not published.
-    fn give_back(&self, offset: u64, len: u64) {
-        self.release(offset, len);
-    }
-
-    /// Frees a block nobody indexes any more: overwrites its header, then
-    /// returns its space.
-    fn release(&self, offset: u64, len: u64) {
+    /// Frees a block nobody indexes any more (an old copy of the key with
+    /// this hash, or a copy never published): overwrites its header, then
+    /// returns its space. If the header cannot be written the block may still
+    /// hold a valid copy, so it waits with the old copies (see `Space`).
+    /// Returns whether the free header was written.
+    fn release(&self, offset: u64, len: u64, key_hash: u64) -> bool {
         if self.mark_free(offset, len).is_ok() {
             self.return_space(offset, len);
+            true
         } else {
-            self.space.lock().unmarked.push((offset, len));
+            let mut sp = self.space.lock();
+            sp.pending.push(Superseded {
+                generation: 0,
+                offset,
+                len,
+                key_hash,
+            });
+            sp.pending_bytes += len;
+            false
         }
     }
 
@@ -1362,9 +1455,13 @@ impl Inner {
     /// Puts a block (whose header already says free) back in the free list,
     /// unless a reader holds it; merges; cuts the end of the file.
     fn return_space(&self, offset: u64, len: u64) {
-        if self.readers.defer_if_pinned(offset, len) {
-            return;
+        if !self.readers.defer_if_pinned(offset, len) {
+            self.return_unpinned_space(offset, len);
         }
+    }
+
+    /// `return_space` for a block known not to be pinned.
+    fn return_unpinned_space(&self, offset: u64, len: u64) {
         let mut sp = self.space.lock();
         let end = sp.free.end();
         let f = sp.free.free(offset, len, 2 * growth_reserve(end));
@@ -1376,8 +1473,18 @@ impl Inner {
             sp.free.undo_truncate(f.offset, f.len);
         }
         if (f.offset, f.len) != (offset, len) && self.mark_free(f.offset, f.len).is_err() {
-            // The merged header did not make it: the parts are still free
-            // blocks on disk, which the next open merges.
+            // The merged header did not make it: on disk the neighbours are
+            // still free blocks of their own. Memory says the same: they stay
+            // free as they were, and this block, free on disk, waits with the
+            // old copies to be merged again after the next sync.
+            sp.free.withdraw(offset, len);
+            sp.pending.push(Superseded {
+                generation: 0,
+                offset,
+                len,
+                key_hash: 0,
+            });
+            sp.pending_bytes += len;
         }
     }
 
@@ -1385,7 +1492,13 @@ impl Inner {
         self.check_writable()?;
         let _gate = self.gate.read();
         let (hash, cell) = self.locate(key);
-        let mut shard = cell.map.write();
+        let mut shard = loop {
+            self.settle_old_copies(hash)?;
+            let shard = cell.map.write();
+            if self.unsettled(hash).is_none() {
+                break shard;
+            }
+        };
         let Some(id) = shard.find(hash, key) else {
             return Ok(false);
         };
@@ -1403,6 +1516,26 @@ impl Inner {
         Ok(visible)
     }
 
+    /// The write generation a sync must reach before the newest copy of the
+    /// key with this hash may be freed (see `Space::unsynced_frees`).
+    fn unsettled(&self, hash: u64) -> Option<u64> {
+        let sp = self.space.lock();
+        sp.unsynced_frees
+            .iter()
+            .filter(|f| f.0 == hash)
+            .map(|f| f.1)
+            .max()
+    }
+
+    /// Syncs, if needed, so that the newest copy of the key with this hash
+    /// may be freed. Call it with no shard lock held.
+    fn settle_old_copies(&self, hash: u64) -> Result<()> {
+        match self.unsettled(hash) {
+            Some(g) => self.sync_to(g),
+            None => Ok(()),
+        }
+    }
+
     /// Removes slot `id` from the index after marking its block free on disk
     /// (so the removal is on disk before it is in memory). Returns the block
     /// length to return to the free list (`None` if the block is damaged and
@@ -1415,6 +1548,10 @@ impl Inner {
         id: u32,
         offset: u64,
     ) -> Result<Option<u64>> {
+        // Older copies first: were the newest freed first, a crash in between
+        // would bring an older value back.
+        let key = shard.slot(id).key.clone();
+        self.release_superseded_copies(hash, key.as_bytes())?;
         let len = match self.header_at(offset) {
             Ok(h) => {
                 self.mark_free(offset, h.block_len)
@@ -1423,12 +1560,10 @@ impl Inner {
             }
             Err(_) => None,
         };
-        let key = shard.slot(id).key.clone();
         shard.remove(hash, id);
         if self.max_entries.is_some() {
             cell.lru.lock().remove(id);
         }
-        self.release_superseded_copies(hash, key.as_bytes());
         self.entries.fetch_sub(1, Ordering::AcqRel);
         if let Some(l) = len {
             self.live_bytes.fetch_sub(l, Ordering::Relaxed);
@@ -1439,15 +1574,19 @@ impl Inner {
     /// Frees old copies of a key that has just left the index: with the key
     /// gone they protect nothing, and left valid on disk they would bring an
     /// old value back after a crash.
-    fn release_superseded_copies(&self, hash: u64, key: &[u8]) {
-        let mine: Vec<(u64, u64)> = {
+    /// Fails, keeping the copies it could not free, when a free header cannot
+    /// be written: the caller must then not free the newest copy.
+    fn release_superseded_copies(&self, hash: u64, key: &[u8]) -> Result<()> {
+        let mine: Vec<Superseded> = {
             let mut sp = self.space.lock();
             if sp.pending.is_empty() {
-                return;
+                return Ok(());
             }
             let mut mine = Vec::new();
             let mut kb = vec![0u8; key.len()];
-            sp.pending.retain(|p| {
+            let mut i = 0;
+            while i < sp.pending.len() {
+                let p = &sp.pending[i];
                 let same = p.key_hash == hash
                     && self
                         .storage
@@ -1455,16 +1594,50 @@ impl Inner {
                         .is_ok()
                     && kb == key;
                 if same {
-                    mine.push((p.offset, p.len));
+                    mine.push(sp.pending.swap_remove(i));
+                } else {
+                    i += 1;
                 }
-                !same
-            });
-            sp.pending_bytes -= mine.iter().map(|m| m.1).sum::<u64>();
+            }
+            sp.pending_bytes -= mine.iter().map(|m| m.len).sum::<u64>();
             mine
         };
-        for (o, l) in mine {
-            self.release(o, l);
+        let mut left = mine.into_iter();
+        while let Some(p) = left.next() {
+            if let Err(e) = self.mark_free(p.offset, p.len) {
+                // Still valid on disk: keep them waiting, as before.
+                let mut sp = self.space.lock();
+                for p in std::iter::once(p).chain(left) {
+                    sp.pending_bytes += p.len;
+                    sp.pending.push(p);
+                }
+                return Err(Error::io(&self.path, "freeing an old copy of an entry", e));
+            }
+            self.return_space(p.offset, p.len);
         }
+        Ok(())
+    }
+
+    /// Whether `key` is in the index (expired or not).
+    fn indexed(&self, key: &[u8]) -> bool {
+        let (hash, cell) = self.locate(key);
+        cell.map.read().find(hash, key).is_some()
+    }
+
+    /// Evicts least recently used entries until at most `n` remain. Under
+    /// `SyncPolicy::Always` the evictions are durable when it returns.
+    fn evict_down_to(&self, n: usize) -> Result<()> {
+        let mut evicted = false;
+        while self.entries.load(Ordering::Acquire) > n {
+            if !self.evict_one()? {
+                break;
+            }
+            evicted = true;
+        }
+        if evicted && self.policy == SyncPolicy::Always {
+            self.sync_to(self.writes.load(Ordering::Acquire))?;
+        }
+        Ok(())
     }
 
     /// Evicts the least recently used entry of the whole store. Returns false
@@ -1490,6 +1663,11 @@ impl Inner {
             let slot = shard.slot(id);
             let offset = slot.offset;
             let hash = self.hasher.hash_one(slot.key.as_bytes());
+            if let Some(g) = self.unsettled(hash) {
+                drop(shard);
+                self.sync_to(g)?;
+                continue;
+            }
             let freed = self.unindex(&mut shard, cell, hash, id, offset)?;
             drop(shard);
             if let Some(len) = freed {
@@ -1514,34 +1692,46 @@ impl Inner {
             {
                 continue;
             }
-            let mut shard = cell.map.write();
-            let mut freed = Vec::new();
-            let mut result = Ok(());
-            for id in shard.expired(now, usize::MAX) {
-                let slot = shard.slot(id);
-                let offset = slot.offset;
-                let hash = self.hasher.hash_one(slot.key.as_bytes());
-                match self.unindex(&mut shard, cell, hash, id, offset) {
-                    Ok(len) => {
-                        purged += 1;
-                        if let Some(l) = len {
-                            freed.push((offset, l));
-                        }
-                    }
-                    Err(e) => {
-                        result = Err(e);
+            // Entries whose old copies' free headers need a sync first are
+            // left for another pass after that sync.
+            let mut wait = Some(0);
+            while let Some(g) = wait.take() {
+                let mut result = if g > 0 { self.sync_to(g) } else { Ok(()) };
+                let mut shard = cell.map.write();
+                let mut freed = Vec::new();
+                for id in shard.expired(now, usize::MAX) {
+                    if result.is_err() {
                         break;
                     }
+                    let slot = shard.slot(id);
+                    let offset = slot.offset;
+                    let hash = self.hasher.hash_one(slot.key.as_bytes());
+                    if let Some(g) = self.unsettled(hash) {
+                        wait = Some(wait.unwrap_or(0).max(g));
+                        continue;
+                    }
+                    match self.unindex(&mut shard, cell, hash, id, offset) {
+                        Ok(len) => {
+                            purged += 1;
+                            if let Some(l) = len {
+                                freed.push((offset, l));
+                            }
+                        }
+                        Err(e) => {
+                            result = Err(e);
+                            break;
+                        }
+                    }
                 }
-            }
-            drop(shard);
-            for (o, l) in freed {
-                self.return_space(o, l);
-            }
-            if let Err(e) = result {
-                self.expired_purged
-                    .fetch_add(purged as u64, Ordering::Relaxed);
-                return Err(e);
+                drop(shard);
+                for (o, l) in freed {
+                    self.return_space(o, l);
+                }
+                if let Err(e) = result {
+                    self.expired_purged
+                        .fetch_add(purged as u64, Ordering::Relaxed);
+                    return Err(e);
+                }
             }
         }
         self.expired_purged
@@ -1555,6 +1745,11 @@ impl Inner {
     fn clear(&self) -> Result<()> {
         self.check_writable()?;
         let _gate = self.gate.write();
+        // No writer runs now: settle every old copy before freeing entries.
+        let unsettled = self.space.lock().unsynced_frees.iter().map(|f| f.1).max();
+        if let Some(g) = unsettled {
+            self.sync_to(g)?;
+        }
         let mut shards: Vec<_> = self.shards.iter().map(|c| c.map.write()).collect();
         if self.readers.is_empty() {
             // Nothing is borrowed: cut the file back to its header.
@@ -1566,7 +1761,6 @@ impl Inner {
             sp.free.reset(FILE_HEADER_LEN);
             sp.pending.clear();
             sp.pending_bytes = 0;
-            sp.unmarked.clear();
             drop(sp);
             for (shard, cell) in shards.iter_mut().zip(self.shards.iter()) {
                 shard.clear();
@@ -1597,7 +1791,7 @@ impl Inner {
                 sp.pending.drain(..).collect()
             };
             for p in pending {
-                self.release(p.offset, p.len);
+                self.release(p.offset, p.len, p.key_hash);
             }
         }
         if self.policy == SyncPolicy::Always {
@@ -1640,15 +1834,16 @@ impl Inner {
     }
 
     fn release_pending(&self, synced: u64) {
-        let ready: Vec<(u64, u64)> = {
+        let ready: Vec<(u64, u64, u64)> = {
             let mut sp = self.space.lock();
+            sp.unsynced_frees.retain(|f| f.1 > synced);
             if sp.pending.is_empty() {
                 return;
             }
             let mut ready = Vec::new();
             sp.pending.retain(|p| {
                 if p.generation <= synced {
-                    ready.push((p.offset, p.len));
+                    ready.push((p.offset, p.len, p.key_hash));
                     false
                 } else {
                     true
@@ -1657,19 +1852,26 @@ impl Inner {
             sp.pending_bytes -= ready.iter().map(|r| r.1).sum::<u64>();
             ready
         };
-        for (o, l) in ready {
-            self.release(o, l);
-        }
+        // Only those whose free header was written: the others wait again,
+        // still valid, and are freed first when their key goes.
+        let freed: Vec<u64> = ready
+            .into_iter()
+            .filter(|&(o, l, h)| self.release(o, l, h))
+            .map(|r| r.2)
+            .collect();
+        let generation = self.writes.load(Ordering::Acquire);
+        self.space
+            .lock()
+            .unsynced_frees
+            .extend(freed.into_iter().map(|h| (h, generation)));
     }
 
     fn sync_all(&self) -> Result<()> {
         if self.read_only {
             return Ok(());
         }
-        let unmarked = std::mem::take(&mut self.space.lock().unmarked);
-        for (o, l) in unmarked {
-            self.release(o, l);
-        }
+        // It frees old copies: a write like any other.
+        let _gate = self.gate.read();
         self.sync_to(self.writes.load(Ordering::Acquire))?;
         // Old copies freed by that sync wrote free headers: make them durable too.
         self.sync_to(self.writes.load(Ordering::Acquire))
@@ -1700,7 +1902,9 @@ impl Inner {
             if let (Some(t), Some(d)) = (next_sync, sync_every)
                 && now >= t
             {
-                let _ = self.sync_to(self.writes.load(Ordering::Acquire));
+                // As `sync()` does: the old copies freed after the first sync
+                // are made durable by the second.
+                let _ = self.sync_all();
                 next_sync = Some(now + d);
             }
             if let (Some(t), Some(a)) = (next_check, auto)
@@ -1739,6 +1943,8 @@ impl Inner {
                     }
             })
             .sum();
+        // Reader locks before the free list, as the lock order says.
+        let reader_locked_blocks = self.readers.count();
         let sp = self.space.lock();
         Stats {
             entries: self.entries.load(Ordering::Relaxed),
@@ -1749,7 +1955,7 @@ impl Inner {
             largest_free_block: sp.free.largest(),
             pending_free_bytes: sp.pending_bytes,
             compactable_bytes: sp.free.free_bytes() + sp.pending_bytes,
-            reader_locked_blocks: self.readers.count(),
+            reader_locked_blocks,
             corrupt_blocks: self.corrupt_blocks,
             corrupt_bytes: self.corrupt_bytes,
             expired_purged: self.expired_purged.load(Ordering::Relaxed),
@@ -1763,6 +1969,7 @@ impl Inner {
         use crate::inspect::{BlockKind, Walker};
         let _gate = self.gate.write();
         let shards: Vec<_> = self.shards.iter().map(|c| c.map.read()).collect();
+        let readers = self.readers.lock_all();
         let sp = self.space.lock();
         let len = self.storage.len();
         if sp.free.end() != len {
@@ -1775,13 +1982,26 @@ impl Inner {
         self.storage
             .read_at(0, &mut bytes)
             .map_err(|e| e.to_string())?;
+        // Blocks that are neither live nor in the free list, by offset.
+        let mut held: HashMap<u64, u64> = sp.pending.iter().map(|p| (p.offset, p.len)).collect();
+        for r in &readers {
+            held.extend(r.iter().filter_map(|(&o, p)| p.freed.map(|l| (o, l))));
+        }
+        // A held block whose free header could not be written holds anything
+        // (zeros, a torn entry, a shorter header): walk it as one block. But
+        // a header there claiming more than the block is left for the walk
+        // to trip over: the next open would believe it.
+        for (&o, &l) in &held {
+            let at = o as usize..(o + crate::format::BLOCK_HEADER_LEN) as usize;
+            let claims = BlockHeader::decode(&bytes[at.clone()], self.salt, o, len)
+                .map_or(0, |h| h.block_len);
+            if claims < l {
+                bytes[at].copy_from_slice(&BlockHeader::free(l).encode(self.salt));
+            }
+        }
         let mut w = Walker::new(&bytes[..])
             .map_err(|e| e.to_string())?
             .map_err(|e| format!("{e:?}"))?;
-        // Blocks that are neither live nor in the free list, by offset.
-        let mut held: HashMap<u64, u64> = sp.pending.iter().map(|p| (p.offset, p.len)).collect();
-        held.extend(sp.unmarked.iter().copied());
-        held.extend(self.readers.freed_blocks());
         let mut indexed: HashMap<u64, Vec<u8>> = HashMap::new();
         for s in &shards {
             for (_, slot) in s.iter() {
@@ -1806,6 +2026,14 @@ impl Inner {
                     } else if held.get(&b.offset) != Some(&b.len) {
                         return Err(format!("entry at {} is neither indexed nor held", b.offset));
                     }
+                }
+                // A crumb: damage shorter than a header, free in memory only
+                // (see the free list's module docs).
+                BlockKind::Damaged(_) | BlockKind::Unwritten
+                    if in_list && b.len < crate::format::MIN_BLOCK_LEN =>
+                {
+                    prev_free_end = Some(b.offset + b.len);
+                    disk_free.push((b.offset, b.len));
                 }
                 BlockKind::Free | BlockKind::Unwritten => {
                     if matches!(b.kind, BlockKind::Unwritten)

@@ -97,15 +97,11 @@ fn the_store_counts_what_the_report_counts() {
     }
 }
 
-/// Store bug (recovery): a damaged or unwritten region shorter than a block
-/// header (here 16 bytes of junk between two entries; sfs-dump's mutation
-/// test makes many) becomes a "free block" at open. A read-write open writes
-/// a 48-byte free header over those 16 bytes, destroying the header of the
-/// entry after it, and then a debug build panics in `FreeList::insert`
-/// (len >= MIN_BLOCK_LEN). Left to the lead; see the report of the sfs-dump
-/// branch. Run with `cargo test --test dump_store_agrees -- --ignored`.
+/// A damaged or unwritten region shorter than a block header (here 16 bytes
+/// of junk between two entries; sfs-dump's mutation test makes many) cannot
+/// hold a free header: a read-write open keeps it free in memory only, and
+/// the entry after it survives.
 #[test]
-#[ignore = "store bug: recovery frees regions shorter than a block header (see doc comment)"]
 fn a_damaged_region_shorter_than_a_block_header_costs_no_other_entry() {
     let mut f = FileBuilder::new();
     f.entry(b"a", &[1; 100], 1);

@@ -299,3 +299,45 @@ fn the_newest_copy_of_a_key_wins_after_a_crash() {
     assert_eq!(s.len(), 2);
     s.check_invariants().unwrap();
 }
+
+#[test]
+fn a_file_whose_creation_a_crash_cut_short_opens_as_an_empty_store() {
+    // Creating a store extends the file to 64 zero bytes, then writes the
+    // header: a crash in between, or during that write, leaves these.
+    let header = {
+        let t = TempStore::new();
+        drop(Store::open(&t.path).unwrap());
+        fs::read(&t.path).unwrap()
+    };
+    for keep in [0usize, 3, 8, 20, 40, 60, 62] {
+        let t = TempStore::new();
+        let mut bytes = header[..keep].to_vec();
+        bytes.resize(64, 0);
+        fs::write(&t.path, &bytes).unwrap();
+        // Read-only: an empty store, and the file is not touched.
+        let ro = Options::new().read_only(true).open(&t.path).unwrap();
+        assert!(ro.is_empty(), "{keep}");
+        drop(ro);
+        assert_eq!(fs::read(&t.path).unwrap(), bytes);
+        // Read-write: the header is written afresh.
+        let s = Store::open(&t.path).unwrap();
+        assert!(s.is_empty());
+        s.put(b"k", b"v").unwrap();
+        drop(s);
+        let s = Store::open(&t.path).unwrap();
+        assert_eq!(s.get(b"k").unwrap().as_deref(), Some(&b"v"[..]), "{keep}");
+    }
+    // A damaged header of a store with entries is still refused.
+    let t = TempStore::new();
+    let s = Store::open(&t.path).unwrap();
+    s.put(b"k", b"v").unwrap();
+    drop(s);
+    let mut bytes = fs::read(&t.path).unwrap();
+    bytes[60..64].fill(0);
+    fs::write(&t.path, &bytes).unwrap();
+    assert!(matches!(
+        Store::open(&t.path).unwrap_err(),
+        Error::Corrupt { .. }
+    ));
+    assert_eq!(fs::read(&t.path).unwrap(), bytes);
+}

@@ -13,6 +13,7 @@
 //! one, or both with equal sequence numbers, and on a tie the lower offset
 //! (the new copy) wins: nothing is lost or duplicated.
 
+use std::hash::BuildHasher;
 use std::sync::atomic::Ordering;
 
 use super::{Inner, is_expired};
@@ -45,6 +46,7 @@ struct Move {
     new_len: u64,
     seq: u64,
     expiry: u64,
+    key_hash: u64,
 }
 
 /// Copies made durable together by one sync.
@@ -128,7 +130,7 @@ impl Inner {
     /// free block before it fits.
     fn copy_down(&self, offset: u64, shard: usize, id: u32) -> Result<Option<Move>> {
         let cell = &self.shards[shard];
-        let (h, expiry) = {
+        let (h, expiry, key_hash) = {
             let map = cell.map.read();
             let slot = map.slot(id);
             if slot.offset != offset || is_expired(slot.expiry, self.clock.now_millis()) {
@@ -138,7 +140,7 @@ impl Inner {
                 return Ok(None); // damaged: leave it for the next open
             };
             self.readers.pin(offset);
-            (h, slot.expiry)
+            (h, slot.expiry, self.hasher.hash_one(slot.key.as_bytes()))
         };
         let need = entry_block_len(
             usize::from(h.key_len),
@@ -177,7 +179,7 @@ impl Inner {
                 .write_at(target.offset, &[&header.encode(self.salt), &payload])
         })();
         if let Err(e) = written {
-            self.release(target.offset, target.len);
+            self.release(target.offset, target.len, key_hash);
             self.unpin(offset);
             return Err(Error::io(&self.path, "moving an entry", e));
         }
@@ -191,6 +193,7 @@ impl Inner {
             new_len: target.len,
             seq: h.seq,
             expiry,
+            key_hash,
         }))
     }
 
@@ -214,9 +217,9 @@ impl Inner {
         if moved {
             self.live_bytes.fetch_add(m.new_len, Ordering::Relaxed);
             self.live_bytes.fetch_sub(m.old_len, Ordering::Relaxed);
-            self.release(m.old_offset, m.old_len);
+            self.release(m.old_offset, m.old_len, m.key_hash);
         } else {
-            self.release(m.new_offset, m.new_len);
+            self.release(m.new_offset, m.new_len, m.key_hash);
         }
         self.unpin(m.old_offset);
         moved
@@ -225,16 +228,15 @@ impl Inner {
     /// Gives back copies that will not be published.
     fn abandon(&self, batch: Vec<Move>) {
         for m in batch {
-            self.release(m.new_offset, m.new_len);
+            self.release(m.new_offset, m.new_len, m.key_hash);
             self.unpin(m.old_offset);
         }
     }
 
     /// Drops a reader lock; frees the block if it was freed while held.
     pub(super) fn unpin(&self, offset: u64) {
-        if let Some(len) = self.readers.unpin(offset) {
-            self.return_space(offset, len);
-        }
+        self.readers
+            .unpin(offset, |len| self.return_unpinned_space(offset, len));
     }
 
     /// Cuts off all free space at the end of the file (the growth reserve too).

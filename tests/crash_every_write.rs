@@ -1,0 +1,529 @@
+//! Crash at every write. A workload that splits, merges, cuts the tail,
+//! evicts, purges, clears and overwrites runs once on a recording storage;
+//! then, for every k, the file is rebuilt as a crash after the k-th change
+//! would leave it (a process crash, the k-th write torn, a power loss that
+//! drops or reorders what was not synced), opened read-write, and checked
+//! against what had been acknowledged:
+//! - a process crash keeps every operation that had completed; the one in
+//!   flight is either wholly there or not at all, key by key;
+//! - a power loss keeps the same under `SyncPolicy::Always`, and under
+//!   `SyncPolicy::Never` everything up to the last completed `sync()`;
+//! - a key never holds a value that was not written to it, nor a mix; a
+//!   delete that was acknowledged (`Always`) or synced stays deleted;
+//! - the recovered store passes `check_invariants`, accepts writes, and
+//!   reopens to the same state.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::Model;
+use sfs::testing::{Event, FaultStorage, MemStorage, Recording, Storage, TestRng};
+use sfs::{Clock, ManualClock, Options, Store, SyncPolicy};
+
+const KEYS: u8 = 10;
+const START_MS: i64 = 1_000_000;
+
+/// Keys 5.. are longer than the index keeps inline.
+fn key(k: u8) -> Vec<u8> {
+    if k < 5 {
+        format!("k{k}").into_bytes()
+    } else {
+        format!("a-rather-long-key-number-{k:03}").into_bytes()
+    }
+}
+
+/// A value that says which key and which write it belongs to.
+fn value(k: u8, version: u32, len: u16) -> Vec<u8> {
+    let mut v = format!("{k}:{version}:").into_bytes();
+    v.resize(usize::from(len).max(v.len()), (version % 251) as u8);
+    v
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Open,
+    Put(u8, u16),
+    PutTtl(u8, u16, u32),
+    Get(u8),
+    Delete(u8),
+    Purge,
+    Clear,
+    Advance(u32),
+    Sync,
+    Close,
+}
+
+/// One operation of the workload with the model before and after it and the
+/// events it caused.
+struct Step {
+    op: Op,
+    before: Model,
+    after: Model,
+    /// The clock while it ran, and after.
+    now: i64,
+    now_after: i64,
+    /// Its events are `events.0..events.1` of the recording.
+    events: (usize, usize),
+}
+
+/// A scripted start that is sure to split, merge, cut the tail, purge, evict
+/// and clear, then random operations.
+fn workload(seed: u64, policy: SyncPolicy, n: usize) -> Vec<Op> {
+    use Op::*;
+    let mut ops = vec![
+        Open,
+        Put(0, 2000),
+        Put(1, 10),
+        Put(2, 300),
+        Delete(0),    // a free block in the middle
+        Put(3, 40),   // split from it
+        Delete(3),    // merged back
+        Put(4, 3000), // at the end
+        Delete(4),    // the tail is cut off
+        Put(1, 500),  // overwrite, larger
+        Put(2, 20),   // overwrite, smaller
+        PutTtl(5, 100, 100),
+        PutTtl(6, 40, 5000),
+        Advance(200),
+        Purge, // 5 expired, 6 not
+        Get(1),
+        Put(6, 50),
+        Put(7, 60),
+        Put(8, 70),
+        Get(2),
+        Put(9, 80),
+        Put(0, 90),
+        Put(3, 100), // over a cap of 6: evictions, not in write order
+        Sync,
+        Put(5, 30),
+        Clear,
+        Put(1, 1000),
+        Put(2, 16),
+        Put(1, 12), // the old copy of 1 is kept until a sync
+        Sync,
+        Put(1, 14),
+        Delete(1), // ...and freed with the key
+    ];
+    let mut rng = TestRng::new(seed);
+    let sizes = [0u16, 12, 20, 40, 100, 300, 700, 1500, 3000];
+    while ops.len() < n {
+        let k = rng.below(u64::from(KEYS)) as u8;
+        let size = sizes[rng.below(sizes.len() as u64) as usize];
+        ops.push(match rng.below(100) {
+            0..=39 => Put(k, size),
+            40..=49 => PutTtl(k, size, 50 + rng.below(400) as u32),
+            50..=64 => Get(k),
+            65..=79 => Delete(k),
+            80..=84 => Purge,
+            85 => Clear,
+            86..=89 => Advance(rng.below(300) as u32),
+            _ if policy != SyncPolicy::Always => Sync,
+            _ => Get(k),
+        });
+    }
+    ops.push(Close);
+    ops
+}
+
+/// Runs the workload on a recording storage; returns the steps and the
+/// recording.
+fn record(ops: &[Op], policy: SyncPolicy, cap: Option<usize>) -> (Vec<Step>, Recording) {
+    let fs = Arc::new(FaultStorage::new());
+    let clock = Arc::new(ManualClock::new(START_MS));
+    let mut opts = Options::new().sync(policy).clock(clock.clone());
+    if let Some(c) = cap {
+        opts = opts.max_entries(c);
+    }
+    let mut store: Option<Store> = None;
+    let mut model = Model::new(cap);
+    let mut steps = Vec::new();
+    let mut version = 0u32;
+    for op in ops {
+        let before = model.clone();
+        let now = clock.now_millis();
+        let e0 = fs.event_count();
+        match *op {
+            Op::Open => {
+                store = Some(opts.open_on("crash.sfs", fs.clone()).unwrap());
+            }
+            Op::Close => drop(store.take()),
+            _ => {
+                let s = store.as_ref().unwrap();
+                match *op {
+                    Op::Put(k, n) => {
+                        version += 1;
+                        let v = value(k, version, n);
+                        s.put(key(k), &v).unwrap();
+                        model.put(&key(k), &v, 0, now);
+                    }
+                    Op::PutTtl(k, n, ttl) => {
+                        version += 1;
+                        let v = value(k, version, n);
+                        s.put_with_ttl(key(k), &v, Duration::from_millis(u64::from(ttl)))
+                            .unwrap();
+                        model.put(&key(k), &v, (now + i64::from(ttl)) as u64, now);
+                    }
+                    Op::Get(k) => assert_eq!(s.get(key(k)).unwrap(), model.get(&key(k), now)),
+                    Op::Delete(k) => {
+                        let visible = model.visible(&key(k), now).is_some();
+                        model.delete(&key(k));
+                        assert_eq!(s.delete(key(k)).unwrap(), visible);
+                    }
+                    Op::Purge => assert_eq!(s.purge_expired().unwrap(), model.purge(now)),
+                    Op::Clear => {
+                        s.clear().unwrap();
+                        model.clear();
+                    }
+                    Op::Advance(ms) => clock.advance(Duration::from_millis(u64::from(ms))),
+                    Op::Sync => s.sync().unwrap(),
+                    Op::Open | Op::Close => unreachable!(),
+                }
+                s.check_invariants().unwrap();
+                assert_eq!(s.len(), model.map.len(), "{op:?}");
+            }
+        }
+        steps.push(Step {
+            op: op.clone(),
+            before,
+            after: model.clone(),
+            now,
+            now_after: clock.now_millis(),
+            events: (e0, fs.event_count()),
+        });
+    }
+    (steps, fs.recording())
+}
+
+/// What each key may read as after a crash: the visible values allowed.
+type Allowed = BTreeMap<u8, Vec<Option<Vec<u8>>>>;
+
+fn allow(allowed: &mut Allowed, m: &Model, now: i64) {
+    for k in 0..KEYS {
+        let v = m.visible(&key(k), now).cloned();
+        let a = allowed.entry(k).or_default();
+        if !a.contains(&v) {
+            a.push(v);
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Mode {
+    /// kill -9: every completed write is in the page cache.
+    Process,
+    /// The write at the crash point is torn.
+    Torn,
+    /// Power loss: unsynced writes dropped or reordered.
+    Power,
+}
+
+/// The states a crash right after event `k` (in `Torn` mode: in the middle of
+/// event `k`) may leave, per key, and the clock at that moment.
+fn allowed_after(
+    steps: &[Step],
+    rec: &Recording,
+    k: usize,
+    mode: Mode,
+    policy: SyncPolicy,
+    cap: Option<usize>,
+) -> (Allowed, i64) {
+    // The step in flight: the one that made event k (torn), or the one whose
+    // events straddle k. Steps whose events all happened are complete.
+    let in_flight = |s: &Step| match mode {
+        Mode::Torn => s.events.0 <= k && k < s.events.1,
+        _ => s.events.0 < k && k < s.events.1,
+    };
+    let done = steps.iter().rposition(|s| s.events.1 <= k);
+    let current = steps.iter().position(in_flight);
+    let now = match (current, done) {
+        (Some(i), _) => steps[i].now,
+        (None, Some(i)) => steps[i].now_after,
+        (None, None) => START_MS,
+    };
+    let mut allowed = Allowed::new();
+    if mode == Mode::Power && policy != SyncPolicy::Always {
+        // Everything from the last completed sync on may or may not be there.
+        let d = rec.durable_prefix(k);
+        // The step that had started when that sync completed (the flusher's
+        // syncs may also fall between two steps).
+        let base = steps.iter().rposition(|s| s.events.0 < d).unwrap_or(0);
+        if d == 0 || d <= steps[base].events.1 {
+            allow(&mut allowed, &steps[base].before, now);
+        }
+        let last = current.or(done).unwrap_or(0);
+        let mut inserted = false;
+        for s in &steps[base..=last.max(base)] {
+            allow(&mut allowed, &s.after, now);
+            inserted |= s.after.map.keys().any(|k| !s.before.map.contains_key(k));
+        }
+        if cap.is_some() && inserted {
+            // With a cap, an insert after the sync may have evicted one key
+            // in memory while the disk kept another: the open evicts by write
+            // order, the store by use. Any key may be the one evicted.
+            for a in allowed.values_mut() {
+                if !a.contains(&None) {
+                    a.push(None);
+                }
+            }
+        }
+        return (allowed, now);
+    }
+    match current {
+        Some(i) => {
+            allow(&mut allowed, &steps[i].before, now);
+            allow(&mut allowed, &steps[i].after, now);
+        }
+        None => match done {
+            Some(i) => allow(&mut allowed, &steps[i].after, now),
+            None => allow(&mut allowed, &Model::new(cap), now),
+        },
+    }
+    (allowed, now)
+}
+
+/// The live contents of a store, sorted.
+fn contents(s: &Store) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut v: Vec<_> = s.iter().map(|r| r.unwrap()).collect();
+    v.sort();
+    v
+}
+
+fn describe(bytes: &[u8]) -> String {
+    let m = Arc::new(MemStorage::with_bytes(bytes.to_vec()));
+    match Options::new()
+        .read_only(true)
+        .open_on("x.sfs", m as Arc<dyn Storage>)
+    {
+        Ok(s) => format!(
+            "{:?}",
+            contents(&s)
+                .iter()
+                .map(|(k, v)| format!(
+                    "{}={}",
+                    String::from_utf8_lossy(k),
+                    String::from_utf8_lossy(&v[..v.len().min(8)])
+                ))
+                .collect::<Vec<_>>()
+        ),
+        Err(e) => e.to_string(),
+    }
+}
+
+macro_rules! ensure {
+    ($cond:expr, $($fmt:tt)*) => {
+        if !$cond {
+            return Err(format!($($fmt)*));
+        }
+    };
+}
+
+fn show(v: &Option<Vec<u8>>) -> Option<String> {
+    v.as_ref()
+        .map(|v| String::from_utf8_lossy(&v[..v.len().min(12)]).into_owned())
+}
+
+/// Opens the crashed file and checks it against what may be there.
+fn check_image(
+    bytes: Vec<u8>,
+    allowed: &Allowed,
+    now: i64,
+    cap: Option<usize>,
+    clean: bool,
+) -> Result<(), String> {
+    let clock = Arc::new(ManualClock::new(now));
+    let mut opts = Options::new().sync(SyncPolicy::Always).clock(clock.clone());
+    if let Some(c) = cap {
+        opts = opts.max_entries(c);
+    }
+    // A read-only open writes nothing and decides the same.
+    let ro_mem = Arc::new(MemStorage::with_bytes(bytes.clone()));
+    let ro = opts
+        .clone()
+        .read_only(true)
+        .open_on("crash.sfs", ro_mem.clone() as Arc<dyn Storage>)
+        .map_err(|e| format!("read-only open failed: {e}"))?;
+    let ro_contents = contents(&ro);
+    drop(ro);
+    ensure!(ro_mem.bytes() == bytes, "a read-only open wrote");
+
+    let mem = Arc::new(MemStorage::with_bytes(bytes));
+    let store = opts
+        .open_on("crash.sfs", mem.clone() as Arc<dyn Storage>)
+        .map_err(|e| format!("open failed: {e}"))?;
+    store.check_invariants()?;
+    let damage = store.stats().corrupt_blocks;
+    ensure!(
+        !clean || damage == 0,
+        "{damage} damaged blocks without a torn write"
+    );
+    for k in 0..KEYS {
+        let got = store
+            .peek(key(k))
+            .map_err(|e| format!("key {k} after recovery: {e}"))?;
+        let ok = &allowed[&k];
+        ensure!(
+            ok.contains(&got),
+            "key {k} reads {:?}, allowed: {:?}",
+            show(&got),
+            ok.iter().map(show).collect::<Vec<_>>()
+        );
+    }
+    let live = contents(&store);
+    ensure!(
+        live == ro_contents,
+        "read-only and read-write opens disagree"
+    );
+    ensure!(
+        store.len() == live.len(),
+        "len {} for {} live entries",
+        store.len(),
+        live.len()
+    );
+    if let Some(c) = cap {
+        ensure!(
+            store.len() <= c,
+            "{} entries over a cap of {c}",
+            store.len()
+        );
+    }
+    // The recovered store takes writes and reopens to the same state.
+    let w = |r: sfs::Result<()>| r.map_err(|e| format!("write after recovery: {e}"));
+    w(store.put(b"after-the-crash", b"new"))?;
+    w(store.put(key(1), b"rewritten"))?;
+    w(store.delete(key(2)).map(drop))?;
+    store.check_invariants()?;
+    let expect = contents(&store);
+    drop(store);
+    let again = opts
+        .open_on("crash.sfs", mem as Arc<dyn Storage>)
+        .map_err(|e| format!("second open failed: {e}"))?;
+    again.check_invariants()?;
+    // Only crumbs (damage shorter than a block header, which no free header
+    // fits) may still be there until a neighbour is freed.
+    let st = again.stats();
+    ensure!(
+        st.corrupt_bytes <= 40 * st.corrupt_blocks,
+        "damage after the repair: {} blocks, {} bytes",
+        st.corrupt_blocks,
+        st.corrupt_bytes
+    );
+    ensure!(contents(&again) == expect, "reopen after recovery differs");
+    Ok(())
+}
+
+fn crash_everywhere(policy: SyncPolicy, cap: Option<usize>, seeds: &[u64]) {
+    for &seed in seeds {
+        crash_everywhere_once(policy, cap, seed);
+    }
+}
+
+fn crash_everywhere_once(policy: SyncPolicy, cap: Option<usize>, seed: u64) {
+    let started = Instant::now();
+    let ops = workload(seed, policy, 200);
+    let (steps, rec) = record(&ops, policy, cap);
+    let n = rec.events.len();
+    // The workload did what it is meant to exercise.
+    let shrinks = rec
+        .events
+        .iter()
+        .filter(|e| matches!(e, Event::SetLen(l) if *l > 64))
+        .count();
+    assert!(shrinks > 0, "no growth or tail truncation");
+    assert!(rec.events.contains(&Event::SetLen(64)), "no clear");
+    if cap.is_some() {
+        let evictions = steps
+            .iter()
+            .filter(|s| {
+                matches!(s.op, Op::Put(..))
+                    && s.before.map.keys().any(|k| !s.after.map.contains_key(k))
+            })
+            .count();
+        assert!(evictions > 0, "no eviction");
+    }
+    assert!(
+        steps
+            .iter()
+            .any(|s| matches!(s.op, Op::Purge) && s.after.map.len() < s.before.map.len()),
+        "nothing purged"
+    );
+    let mut images = 0usize;
+    for k in 0..=n {
+        let label = |mode: Mode, extra: &str| {
+            let step = steps
+                .iter()
+                .position(|s| s.events.0 <= k && k < s.events.1.max(s.events.0 + 1));
+            format!(
+                "{policy:?} cap {cap:?}: crash after event {k}/{n} ({mode:?}{extra}), in step {step:?} {:?}",
+                step.map(|i| &steps[i].op)
+            )
+        };
+        let run = |bytes: Vec<u8>, mode: Mode, extra: &str| {
+            let (allowed, now) = allowed_after(&steps, &rec, k, mode, policy, cap);
+            let shown = describe(&bytes);
+            if let Err(msg) = check_image(bytes, &allowed, now, cap, mode == Mode::Process) {
+                panic!("{}: {msg}\n  file holds: {shown}", label(mode, extra));
+            }
+        };
+        run(rec.after(k), Mode::Process, "");
+        images += 1;
+        if k < n {
+            for keep in rec.tear_points(k) {
+                run(
+                    rec.torn(k, keep),
+                    Mode::Torn,
+                    &format!(", {keep} bytes kept"),
+                );
+                images += 1;
+            }
+        }
+        if rec.durable_prefix(k) < k {
+            for seed in [0, 2, 3, 4, 5, 6, 7, 8] {
+                run(
+                    rec.power_loss(k, seed),
+                    Mode::Power,
+                    &format!(", seed {seed}"),
+                );
+                images += 1;
+            }
+        }
+    }
+    eprintln!(
+        "{policy:?} cap {cap:?} seed {seed}: {} operations, {n} events, {images} crash images checked in {:.1?}",
+        steps.len(),
+        started.elapsed()
+    );
+}
+
+#[test]
+fn always_without_cap() {
+    crash_everywhere(SyncPolicy::Always, None, &[1, 11, 21]);
+}
+
+#[test]
+fn always_with_lru_cap() {
+    crash_everywhere(SyncPolicy::Always, Some(6), &[2, 12, 22]);
+}
+
+#[test]
+fn never_with_explicit_syncs() {
+    crash_everywhere(SyncPolicy::Never, None, &[3, 13, 23]);
+}
+
+#[test]
+fn never_with_lru_cap() {
+    crash_everywhere(SyncPolicy::Never, Some(6), &[4, 14, 24]);
+}
+
+#[test]
+fn periodic_flusher() {
+    // The flusher syncs at moments the workload does not choose; the check
+    // finds the last completed sync in the recording wherever it fell.
+    crash_everywhere(
+        SyncPolicy::Periodic(Duration::from_millis(1)),
+        Some(6),
+        &[5, 15],
+    );
+}

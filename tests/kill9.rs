@@ -1,0 +1,229 @@
+//! kill -9. A child process (this test binary, run again with an
+//! environment variable that makes it the child) writes to a real store file
+//! with `SyncPolicy::Always` and reports on its stdout, through a pipe, each
+//! operation that returned. The parent SIGKILLs it at a random moment (after
+//! a random number of acknowledgements, zero included, so some kills land
+//! while the child is still opening and recovering the file), reopens the
+//! file and checks every key: each acknowledged write is there, and the one
+//! operation that may have been in flight is either wholly there or not at
+//! all. Nothing else may appear. Then it does it again on the same file.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use sfs::testing::TestRng;
+use sfs::{Options, PutOptions, Store, SyncPolicy};
+
+const CHILD_PATH: &str = "SFS_KILL9_CHILD_PATH";
+const CHILD_SEED: &str = "SFS_KILL9_CHILD_SEED";
+const KEYS: u64 = 24;
+
+#[derive(Clone, Debug)]
+enum Op {
+    Put {
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+    PutMeta {
+        key: Vec<u8>,
+        value: Vec<u8>,
+        meta: Vec<u8>,
+    },
+    PutTtl {
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+    Delete {
+        key: Vec<u8>,
+    },
+    Clear,
+}
+
+fn key(k: u64) -> Vec<u8> {
+    format!("key-{k:02}").into_bytes()
+}
+
+/// The `i`-th operation of round `seed`: the same in parent and child.
+fn op(seed: u64, i: u64) -> Op {
+    let mut r = TestRng::new(seed.wrapping_mul(1_000_003).wrapping_add(i));
+    let k = key(r.below(KEYS));
+    let len = [0usize, 10, 100, 700, 3000, 9000][r.below(6) as usize];
+    let mut value = format!("{}:{seed}:{i}:", String::from_utf8_lossy(&k)).into_bytes();
+    value.resize(value.len() + len, (i % 251) as u8);
+    match r.below(200) {
+        0 => Op::Clear,
+        1..=40 => Op::Delete { key: k },
+        41..=55 => Op::PutMeta {
+            meta: format!("meta-{seed}-{i}").into_bytes(),
+            key: k,
+            value,
+        },
+        56..=65 => Op::PutTtl { key: k, value },
+        _ => Op::Put { key: k, value },
+    }
+}
+
+/// Key → (value, metadata).
+type Model = BTreeMap<Vec<u8>, (Vec<u8>, Vec<u8>)>;
+
+fn apply(m: &mut Model, op: &Op) {
+    match op {
+        Op::Put { key, value } | Op::PutTtl { key, value } => {
+            m.insert(key.clone(), (value.clone(), Vec::new()));
+        }
+        Op::PutMeta { key, value, meta } => {
+            m.insert(key.clone(), (value.clone(), meta.clone()));
+        }
+        Op::Delete { key } => {
+            m.remove(key);
+        }
+        Op::Clear => m.clear(),
+    }
+}
+
+fn options() -> Options {
+    Options::new().sync(SyncPolicy::Always)
+}
+
+/// The child: writes until it is killed, acknowledging each operation.
+fn child(path: &str, seed: u64) {
+    let store = options().open(path).expect("child open");
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "open").unwrap();
+    out.flush().unwrap();
+    for i in 0..1_000_000u64 {
+        match op(seed, i) {
+            Op::Put { key, value } => store.put(&key, &value).unwrap(),
+            Op::PutMeta { key, value, meta } => store
+                .put_with(&key, &value, &PutOptions::new().metadata(&meta))
+                .unwrap(),
+            Op::PutTtl { key, value } => store
+                .put_with_ttl(&key, &value, Duration::from_secs(3600))
+                .unwrap(),
+            Op::Delete { key } => drop(store.delete(&key).unwrap()),
+            Op::Clear => store.clear().unwrap(),
+        }
+        // A closed pipe (the parent is gone) ends the child.
+        if writeln!(out, "ack {i}").and_then(|()| out.flush()).is_err() {
+            return;
+        }
+    }
+}
+
+/// What the reopened store holds, with metadata.
+fn contents(s: &Store) -> Model {
+    (0..KEYS)
+        .filter_map(|k| {
+            let e = s.get_entry(key(k)).unwrap()?;
+            Some((key(k), (e.value, e.metadata)))
+        })
+        .collect()
+}
+
+#[test]
+fn acknowledged_writes_survive_kill_9() {
+    if let (Ok(path), Ok(seed)) = (std::env::var(CHILD_PATH), std::env::var(CHILD_SEED)) {
+        child(&path, seed.parse().unwrap());
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kill9.sfs");
+    let exe = std::env::current_exe().unwrap();
+    let mut rng = TestRng::new(0x6b69_6c6c);
+    let mut model = Model::new();
+    let started = Instant::now();
+    let (mut rounds, mut acked_total, mut in_flight_applied) = (0u64, 0u64, 0u64);
+    // Bounded: at most 200 kills, and no new round after 6 seconds.
+    while rounds < 200 && (rounds < 10 || started.elapsed() < Duration::from_secs(6)) {
+        let seed = rounds + 1;
+        let kill_after = match rng.below(4) {
+            0 => 0,
+            1 => rng.below(5),
+            _ => rng.below(120),
+        };
+        let mut child = Command::new(&exe)
+            .args([
+                "acknowledged_writes_survive_kill_9",
+                "--exact",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD_PATH, &path)
+            .env(CHILD_SEED, seed.to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut acked = 0u64;
+        let mut killed = false;
+        if kill_after == 0 && rng.below(2) == 0 {
+            // Before the child has even opened the store, or while it does.
+            child.kill().unwrap();
+            killed = true;
+        }
+        for line in lines.by_ref() {
+            let line = line.unwrap();
+            if let Some(i) = line.strip_prefix("ack ") {
+                assert_eq!(i.parse::<u64>().unwrap(), acked, "acks in order");
+                acked += 1;
+            } else if line != "open" {
+                continue; // the test harness's own lines
+            }
+            if !killed && acked >= kill_after {
+                // `Child::kill` sends SIGKILL on Unix.
+                child.kill().unwrap();
+                killed = true;
+            }
+        }
+        let status = child.wait().unwrap();
+        assert!(
+            killed && !status.success(),
+            "the child ended on its own: {status}"
+        );
+        // Operations 0..acked returned; operation `acked` may have been in
+        // flight; none after it had started.
+        let mut done = model.clone();
+        for i in 0..acked {
+            apply(&mut done, &op(seed, i));
+        }
+        let mut with_next = done.clone();
+        apply(&mut with_next, &op(seed, acked));
+
+        let store = options().open(&path).unwrap();
+        store.check_invariants().unwrap();
+        let got = contents(&store);
+        assert_eq!(store.len(), got.len());
+        for k in 0..KEYS {
+            let k = key(k);
+            let g = got.get(&k);
+            assert!(
+                g == done.get(&k) || g == with_next.get(&k),
+                "round {seed}, {acked} acknowledged: {} holds {:?}, expected {:?} or {:?}",
+                String::from_utf8_lossy(&k),
+                g.map(|v| String::from_utf8_lossy(&v.0[..v.0.len().min(24)]).into_owned()),
+                done.get(&k)
+                    .map(|v| String::from_utf8_lossy(&v.0[..v.0.len().min(24)]).into_owned()),
+                with_next
+                    .get(&k)
+                    .map(|v| String::from_utf8_lossy(&v.0[..v.0.len().min(24)]).into_owned()),
+            );
+        }
+        if got != done {
+            in_flight_applied += 1;
+        }
+        drop(store);
+        // The next round starts from what is on disk.
+        model = got;
+        acked_total += acked;
+        rounds += 1;
+    }
+    assert!(acked_total > 0, "no write was acknowledged");
+    eprintln!(
+        "{rounds} kills, {acked_total} acknowledged operations, {in_flight_applied} kills \
+         caught an operation that was done but not acknowledged, {:.1?}",
+        started.elapsed()
+    );
+}
