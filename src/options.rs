@@ -79,6 +79,8 @@ pub struct Options {
     pub(crate) auto_compact: Option<AutoCompact>,
     #[cfg(feature = "testing")]
     pub(crate) storage: Option<Arc<dyn crate::io::Storage>>,
+    #[cfg(feature = "testing")]
+    pub(crate) salt: Option<u32>,
 }
 
 impl Default for Options {
@@ -118,6 +120,8 @@ impl Options {
             auto_compact: Some(AutoCompact::default()),
             #[cfg(feature = "testing")]
             storage: None,
+            #[cfg(feature = "testing")]
+            salt: None,
         }
     }
 
@@ -208,6 +212,24 @@ impl Options {
         o.storage = Some(storage);
         o.validate()?;
         Store::open_with(path.as_ref(), o)
+    }
+
+    /// Creates new files with this salt instead of a random one, so that
+    /// test files are the same from run to run (test seam).
+    #[cfg(feature = "testing")]
+    #[doc(hidden)]
+    pub fn salt(mut self, salt: u32) -> Options {
+        self.salt = Some(salt);
+        self
+    }
+
+    /// The salt for a new file.
+    pub(crate) fn new_salt(&self) -> u32 {
+        #[cfg(feature = "testing")]
+        if let Some(s) = self.salt {
+            return s;
+        }
+        crate::store::random_salt()
     }
 
     pub(crate) fn validate(&self) -> Result<()> {

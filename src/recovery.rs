@@ -285,8 +285,16 @@ pub(crate) fn recover(
             }
             // A run shorter than a header (a crumb: damage between two
             // entries) cannot hold one; writing one would overwrite the next
-            // entry's header. It stays as it is, free in memory only.
-            if !single && l >= MIN_BLOCK_LEN {
+            // entry's header. It is free in memory only, and zeroed on disk,
+            // so that later walks read it as unwritten space, not damage.
+            if l < MIN_BLOCK_LEN {
+                let mut crumb = vec![0u8; l as usize];
+                storage.read_at(o, &mut crumb)?;
+                if crumb.iter().any(|&b| b != 0) {
+                    storage.write_at(o, &[&vec![0u8; l as usize]])?;
+                    wrote = true;
+                }
+            } else if !single {
                 storage.write_at(o, &[&BlockHeader::free(l).encode(salt)])?;
                 wrote = true;
             }

@@ -453,7 +453,7 @@ fn growth_reserve(file_end: u64) -> u64 {
     }
 }
 
-fn random_salt() -> u32 {
+pub(crate) fn random_salt() -> u32 {
     use std::hash::Hasher;
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u128(
@@ -815,7 +815,7 @@ impl Inner {
         let header = if fresh {
             let h = FileHeader {
                 version: FORMAT_VERSION,
-                salt: random_salt(),
+                salt: opts.new_salt(),
                 created_ms: now.max(0) as u64,
             };
             if !opts.read_only {
