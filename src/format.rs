@@ -333,7 +333,7 @@ impl BlockHeader {
         b[20..22].copy_from_slice(&self.meta_len.to_le_bytes());
         // 22..24: reserved, zero.
         b[24..32].copy_from_slice(&self.seq.to_le_bytes());
-        b[32..40].copy_from_slice(&expiry_word(self.expiry_ms, salt).to_le_bytes());
+        b[32..40].copy_from_slice(&expiry_word(self.expiry_ms, salt, self.seq).to_le_bytes());
         b[40..44].copy_from_slice(&self.payload_crc.to_le_bytes());
         let c = header_crc(&b, salt);
         b[44..48].copy_from_slice(&c.to_le_bytes());
@@ -362,8 +362,8 @@ impl BlockHeader {
         if u32_at(b, 44) != header_crc(b, salt) {
             return Err(BlockHeaderError::BadChecksum);
         }
-        let expiry_ms =
-            decode_expiry_word(u64_at(b, 32), salt).ok_or(BlockHeaderError::BadExpiry)?;
+        let expiry_ms = decode_expiry_word(u64_at(b, 32), salt, u64_at(b, 24))
+            .ok_or(BlockHeaderError::BadExpiry)?;
         let kind = Kind::from_byte(b[4]).ok_or(BlockHeaderError::BadKind)?;
         let h = BlockHeader {
             kind,
@@ -394,22 +394,26 @@ fn header_crc(b: &[u8], salt: u32) -> u32 {
     crc(salt, &[&b[0..32], &b[40..44]])
 }
 
-/// The 8-byte expiry word: the expiry (48 bits, clamped to
-/// [`MAX_EXPIRY_MS`]) and 16 check bits that make the XOR of the word's four
-/// 16-bit lanes equal the XOR of the salt's two halves. Any damage confined
-/// to 16 consecutive bits (so any damaged byte) breaks that equality. Being
-/// one aligned 8-byte word, it is rewritten with a single atomic store, so a
-/// crash leaves the old word or the new one.
-pub fn expiry_word(expiry_ms: u64, salt: u32) -> u64 {
+/// The 8-byte expiry word of an entry with sequence number `seq`: the
+/// expiry (48 bits, clamped to [`MAX_EXPIRY_MS`]) and 16 check bits that make
+/// the XOR of the word's four 16-bit lanes equal the XOR of the 16-bit lanes
+/// of the salt and of `seq`. Any damage confined to 16 consecutive bits (so
+/// any damaged byte) breaks that equality, and a word written for another
+/// entry (another sequence number) does not fit this one. Being one aligned
+/// 8-byte word, it is rewritten with a single atomic store, so a crash leaves
+/// the old word or the new one.
+pub fn expiry_word(expiry_ms: u64, salt: u32, seq: u64) -> u64 {
     let e = expiry_ms.min(MAX_EXPIRY_MS);
-    let check = (e ^ (e >> 16) ^ (e >> 32) ^ u64::from(salt) ^ u64::from(salt >> 16)) & 0xFFFF;
+    let fold = |x: u64| x ^ (x >> 16) ^ (x >> 32) ^ (x >> 48);
+    let check = (fold(e) ^ fold(u64::from(salt)) ^ fold(seq)) & 0xFFFF;
     e | (check << 48)
 }
 
-/// The expiry held in an expiry word, or `None` if its check bits are wrong.
-pub fn decode_expiry_word(word: u64, salt: u32) -> Option<u64> {
+/// The expiry held in the expiry word of the entry with sequence number
+/// `seq`, or `None` if its check bits are wrong.
+pub fn decode_expiry_word(word: u64, salt: u32, seq: u64) -> Option<u64> {
     let e = word & MAX_EXPIRY_MS;
-    (expiry_word(e, salt) == word).then_some(e)
+    (expiry_word(e, salt, seq) == word).then_some(e)
 }
 
 /// Whether an expiry field (0 = never) is past at `now_ms`.
@@ -656,11 +660,11 @@ mod tests {
     #[test]
     fn every_flipped_expiry_word_bit_is_detected() {
         for expiry in [0u64, 1, 1_700_000_000_000, MAX_EXPIRY_MS] {
-            let w = expiry_word(expiry, 77);
-            assert_eq!(decode_expiry_word(w, 77), Some(expiry));
+            let w = expiry_word(expiry, 77, 5);
+            assert_eq!(decode_expiry_word(w, 77, 5), Some(expiry));
             for bit in 0..64 {
                 assert_eq!(
-                    decode_expiry_word(w ^ (1 << bit), 77),
+                    decode_expiry_word(w ^ (1 << bit), 77, 5),
                     None,
                     "expiry {expiry} bit {bit}"
                 );
@@ -672,10 +676,13 @@ mod tests {
     fn every_damaged_byte_and_short_burst_in_the_expiry_word_is_detected() {
         for expiry in [0u64, 1, 0x1234_5678_9ABC, 1_700_000_000_000, MAX_EXPIRY_MS] {
             for salt in [0u32, 0xDEAD_BEEF] {
-                let w = expiry_word(expiry, salt);
+                let w = expiry_word(expiry, salt, 1234);
                 for byte in 0..8 {
                     for flip in 1..=255u64 {
-                        assert_eq!(decode_expiry_word(w ^ (flip << (8 * byte)), salt), None);
+                        assert_eq!(
+                            decode_expiry_word(w ^ (flip << (8 * byte)), salt, 1234),
+                            None
+                        );
                     }
                 }
                 for start in 0..64 {
@@ -685,7 +692,7 @@ mod tests {
                         let mask = mask & (((1u128 << (start + len as usize).min(64)) - 1) as u64);
                         if mask != 0 {
                             assert_eq!(
-                                decode_expiry_word(w ^ mask, salt),
+                                decode_expiry_word(w ^ mask, salt, 1234),
                                 None,
                                 "burst at {start} of {len}"
                             );
@@ -697,10 +704,23 @@ mod tests {
     }
 
     #[test]
+    fn an_expiry_word_does_not_fit_another_entry() {
+        let h = entry(b"key", b"", b"value", 9);
+        let mut b = h.encode(9);
+        for other_seq in [h.seq + 1, h.seq + 2, h.seq + 1000, 0] {
+            b[32..40].copy_from_slice(&expiry_word(555, 9, other_seq).to_le_bytes());
+            assert_eq!(
+                BlockHeader::decode(&b, 9, 64, 1 << 20),
+                Err(BlockHeaderError::BadExpiry)
+            );
+        }
+    }
+
+    #[test]
     fn the_expiry_word_can_change_without_touching_the_header_checksum() {
         let h = entry(b"key", b"", b"value", 9);
         let mut b = h.encode(9);
-        b[32..40].copy_from_slice(&expiry_word(555, 9).to_le_bytes());
+        b[32..40].copy_from_slice(&expiry_word(555, 9, h.seq).to_le_bytes());
         let d = BlockHeader::decode(&b, 9, 64, 1 << 20).unwrap();
         assert_eq!(d.expiry_ms, 555);
         assert_eq!(d.seq, h.seq);

@@ -592,7 +592,11 @@ pub fn entry(data: &[u8]) {
     let expiry = u64::from_le_bytes(std::array::from_fn(|i| data.get(i).copied().unwrap_or(0)))
         % (MAX_EXPIRY_MS + 1);
     assert_eq!(
-        decode_expiry_word(expiry_word(expiry, salt), salt),
+        decode_expiry_word(
+            expiry_word(expiry, salt, u64::from(salt)),
+            salt,
+            u64::from(salt)
+        ),
         Some(expiry)
     );
     let h = BlockHeader {
@@ -663,14 +667,38 @@ pub fn inspect(data: &[u8]) {
     const NOW: i64 = 1_700_000_000_000;
     let mut reqs = Vec::new();
     for json in [false, true] {
-        let base = Request { json, width: 72, ..Request::new("fuzz.sfs", NOW) };
+        let base = Request {
+            json,
+            width: 72,
+            ..Request::new("fuzz.sfs", NOW)
+        };
         reqs.push(base.clone());
-        reqs.push(Request { entries: true, ..base.clone() });
-        reqs.push(Request { map: true, color: true, ..base.clone() });
-        reqs.push(Request { check: true, ..base.clone() });
-        reqs.push(Request { entries: true, map: true, check: true, width: 1, ..base.clone() });
+        reqs.push(Request {
+            entries: true,
+            ..base.clone()
+        });
+        reqs.push(Request {
+            map: true,
+            color: true,
+            ..base.clone()
+        });
+        reqs.push(Request {
+            check: true,
+            ..base.clone()
+        });
+        reqs.push(Request {
+            entries: true,
+            map: true,
+            check: true,
+            width: 1,
+            ..base.clone()
+        });
         for key in [&b"k"[..], b"", b"a-rather-long-key-number-010"] {
-            reqs.push(Request { key: Some(key.to_vec()), hex: json, ..base.clone() });
+            reqs.push(Request {
+                key: Some(key.to_vec()),
+                hex: json,
+                ..base.clone()
+            });
         }
     }
     let mut check_status = None;
@@ -696,15 +724,26 @@ pub fn inspect(data: &[u8]) {
     let opened = Options::new()
         .read_only(true)
         .clock(Arc::new(ManualClock::new(NOW)))
-        .open_on("fuzz.sfs", Arc::new(MemStorage::with_bytes(data.to_vec())) as Arc<dyn Storage>);
+        .open_on(
+            "fuzz.sfs",
+            Arc::new(MemStorage::with_bytes(data.to_vec())) as Arc<dyn Storage>,
+        );
     match opened {
         Ok(store) => {
             let damaged = store.stats().corrupt_blocks > 0;
             if damaged {
-                assert_eq!(check_status, Some(Status::Damaged), "the store found damage the check did not");
+                assert_eq!(
+                    check_status,
+                    Some(Status::Damaged),
+                    "the store found damage the check did not"
+                );
             }
         }
-        Err(Error::Corrupt { .. }) => assert_eq!(check_status, Some(Status::Damaged), "a damaged file header is damage"),
+        Err(Error::Corrupt { .. }) => assert_eq!(
+            check_status,
+            Some(Status::Damaged),
+            "a damaged file header is damage"
+        ),
         Err(e) => panic!("the store refused what sfs-dump read: {e}"),
     }
 }

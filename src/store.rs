@@ -1213,7 +1213,7 @@ impl Inner {
         let h = self.header_at(offset)?;
         if !self.readers.is_pinned(offset) {
             // In place: one atomic word; readers are kept out by the shard lock.
-            let word = expiry_word(expiry_ms, self.salt);
+            let word = expiry_word(expiry_ms, self.salt, h.seq);
             self.storage
                 .write_word(offset + EXPIRY_WORD_OFFSET, word)
                 .map_err(self.io("renewing an expiry"))?;

@@ -26,12 +26,15 @@ pub use crate::io::{FileStorage, MemStorage, Storage};
 /// One call that changed the file, as [`FaultStorage`] recorded it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
-    /// `write_at(offset, parts)`: the concatenated bytes.
+    /// `write_at(offset, parts)`: the concatenated bytes; or `write_word`,
+    /// an aligned 8-byte store that a crash cannot tear (`atomic`).
     Write {
         /// Where the write starts.
         offset: u64,
         /// What was written.
         bytes: Vec<u8>,
+        /// A single aligned 8-byte store: never torn.
+        atomic: bool,
     },
     /// `set_len(len)`.
     SetLen(u64),
@@ -249,6 +252,23 @@ impl Storage for FaultStorage {
         st.events.push(Event::Write {
             offset,
             bytes: parts.concat(),
+            atomic: false,
+        });
+        Ok(())
+    }
+
+    fn write_word(&self, offset: u64, word: u64) -> io::Result<()> {
+        let mut st = self.state.lock();
+        st.writes += 1;
+        let n = st.writes;
+        if let Some(e) = st.fault(Call::Write, n) {
+            return Err(e.to_io());
+        }
+        self.inner.write_word(offset, word)?;
+        st.events.push(Event::Write {
+            offset,
+            bytes: word.to_le_bytes().to_vec(),
+            atomic: true,
         });
         Ok(())
     }
@@ -307,7 +327,7 @@ pub struct Recording {
 
 fn apply(file: &mut Vec<u8>, event: &Event) {
     match event {
-        Event::Write { offset, bytes } => write_clipped(file, *offset, bytes),
+        Event::Write { offset, bytes, .. } => write_clipped(file, *offset, bytes),
         Event::SetLen(len) => file.resize(*len as usize, 0),
         Event::Sync => {}
     }
@@ -337,7 +357,7 @@ impl Recording {
     pub fn torn(&self, k: usize, keep: usize) -> Vec<u8> {
         let mut f = self.after(k);
         match &self.events[k] {
-            Event::Write { offset, bytes } => {
+            Event::Write { offset, bytes, .. } => {
                 write_clipped(&mut f, *offset, &bytes[..keep.min(bytes.len())])
             }
             other => panic!("event {k} is not a write: {other:?}"),
@@ -349,7 +369,12 @@ impl Recording {
     /// end of the block header, half, all but the last byte. Empty when the
     /// event is not a write.
     pub fn tear_points(&self, k: usize) -> Vec<usize> {
-        let Event::Write { bytes, .. } = &self.events[k] else {
+        let Event::Write {
+            bytes,
+            atomic: false,
+            ..
+        } = &self.events[k]
+        else {
             return Vec::new();
         };
         let n = bytes.len();
@@ -405,7 +430,12 @@ impl Recording {
         let mut order: Vec<(&Event, bool)> = writes
             .iter()
             .enumerate()
-            .map(|(i, e)| (*e, torn == Some(i)))
+            .map(|(i, e)| {
+                (
+                    *e,
+                    torn == Some(i) && !matches!(e, Event::Write { atomic: true, .. }),
+                )
+            })
             .collect();
         for e in &lens[..kept_lens] {
             let at = rng.below(order.len() as u64 + 1) as usize;
@@ -418,7 +448,7 @@ impl Recording {
         }
         for (e, tear) in order {
             match e {
-                Event::Write { offset, bytes } if tear => {
+                Event::Write { offset, bytes, .. } if tear => {
                     let keep = rng.below(bytes.len() as u64) as usize;
                     write_clipped(&mut f, *offset, &bytes[..keep]);
                 }
@@ -468,6 +498,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn word_writes_are_never_torn() {
+        let s = FaultStorage::new();
+        s.set_len(16).unwrap();
+        s.sync().unwrap();
+        s.write_word(8, 0x1122_3344_5566_7788).unwrap();
+        s.write_at(0, &[b"abcdefgh"]).unwrap();
+        let r = s.recording();
+        assert!(
+            r.tear_points(2).is_empty(),
+            "an aligned 8-byte store is atomic"
+        );
+        assert!(!r.tear_points(3).is_empty());
+        for seed in 0..50 {
+            let f = r.power_loss(4, seed);
+            let w = u64::from_le_bytes(f[8..16].try_into().unwrap());
+            assert!(w == 0 || w == 0x1122_3344_5566_7788, "seed {seed}: {w:#x}");
+        }
+    }
+
+    #[test]
     fn records_every_change_in_order() {
         let s = FaultStorage::new();
         s.set_len(16).unwrap();
@@ -481,7 +531,8 @@ mod tests {
                 Event::SetLen(16),
                 Event::Write {
                     offset: 4,
-                    bytes: b"abcd".to_vec()
+                    bytes: b"abcd".to_vec(),
+                    atomic: false
                 },
                 Event::Sync,
                 Event::SetLen(8),

@@ -1,5 +1,6 @@
 //! Crash at every write. A workload that splits, merges, cuts the tail,
-//! evicts, purges, clears and overwrites runs once on a recording storage;
+//! evicts, purges, clears, overwrites, renews expiries and compacts runs
+//! once on a recording storage;
 //! then, for every k, the file is rebuilt as a crash after the k-th change
 //! would leave it (a process crash, the k-th write torn, a power loss that
 //! drops or reorders what was not synced), opened read-write, and checked
@@ -8,8 +9,10 @@
 //!   flight is either wholly there or not at all, key by key;
 //! - a power loss keeps the same under `SyncPolicy::Always`, and under
 //!   `SyncPolicy::Never` everything up to the last completed `sync()`;
-//! - a key never holds a value that was not written to it, nor a mix; a
-//!   delete that was acknowledged (`Always`) or synced stays deleted;
+//! - a key never holds a value that was not written to it, nor a mix, nor an
+//!   expiry it never had; a delete that was acknowledged (`Always`) or
+//!   synced stays deleted; a renewal (`touch`) is kept or not, never lost
+//!   with the entry; a compaction loses and duplicates nothing;
 //! - the recovered store passes `check_invariants`, accepts writes, and
 //!   reopens to the same state.
 
@@ -53,6 +56,8 @@ enum Op {
     Clear,
     Advance(u32),
     Sync,
+    Touch(u8, u32),
+    Compact,
     Close,
 }
 
@@ -106,6 +111,17 @@ fn workload(seed: u64, policy: SyncPolicy, n: usize) -> Vec<Op> {
         Sync,
         Put(1, 14),
         Delete(1), // ...and freed with the key
+        PutTtl(3, 200, 300),
+        Touch(3, 5000), // renewed in place
+        Put(4, 1500),
+        Put(5, 900),
+        Put(6, 700),
+        Delete(4),
+        Delete(2),
+        Compact, // moves 5 and 6 down, cuts the tail
+        Touch(6, 2000),
+        Advance(400), // 3 lives on only through its renewal
+        Get(3),
     ];
     let mut rng = TestRng::new(seed);
     let sizes = [0u16, 12, 20, 40, 100, 300, 700, 1500, 3000];
@@ -119,7 +135,9 @@ fn workload(seed: u64, policy: SyncPolicy, n: usize) -> Vec<Op> {
             65..=79 => Delete(k),
             80..=84 => Purge,
             85 => Clear,
-            86..=89 => Advance(rng.below(300) as u32),
+            86..=88 => Advance(rng.below(300) as u32),
+            89..=91 => Touch(k, rng.below(600) as u32),
+            92..=93 => Compact,
             _ if policy != SyncPolicy::Always => Sync,
             _ => Get(k),
         });
@@ -179,6 +197,15 @@ fn record(ops: &[Op], policy: SyncPolicy, cap: Option<usize>) -> (Vec<Step>, Rec
                     }
                     Op::Advance(ms) => clock.advance(Duration::from_millis(u64::from(ms))),
                     Op::Sync => s.sync().unwrap(),
+                    Op::Touch(k, ttl) => {
+                        let renewed = s
+                            .touch(key(k), Duration::from_millis(u64::from(ttl)))
+                            .unwrap();
+                        assert_eq!(renewed, model.touch(&key(k), now + i64::from(ttl), now));
+                    }
+                    Op::Compact => {
+                        s.compact().unwrap();
+                    }
                     Op::Open | Op::Close => unreachable!(),
                 }
                 s.check_invariants().unwrap();
@@ -197,12 +224,15 @@ fn record(ops: &[Op], policy: SyncPolicy, cap: Option<usize>) -> (Vec<Step>, Rec
     (steps, fs.recording())
 }
 
-/// What each key may read as after a crash: the visible values allowed.
-type Allowed = BTreeMap<u8, Vec<Option<Vec<u8>>>>;
+/// What each key may read as after a crash: the (value, expiry) pairs
+/// allowed, `None` for absent.
+type Allowed = BTreeMap<u8, Vec<Option<(Vec<u8>, u64)>>>;
 
 fn allow(allowed: &mut Allowed, m: &Model, now: i64) {
     for k in 0..KEYS {
-        let v = m.visible(&key(k), now).cloned();
+        let v = m
+            .visible(&key(k), now)
+            .map(|v| (v.clone(), m.map[&key(k)].1));
         let a = allowed.entry(k).or_default();
         if !a.contains(&v) {
             a.push(v);
@@ -320,9 +350,13 @@ macro_rules! ensure {
     };
 }
 
-fn show(v: &Option<Vec<u8>>) -> Option<String> {
-    v.as_ref()
-        .map(|v| String::from_utf8_lossy(&v[..v.len().min(12)]).into_owned())
+fn show(v: &Option<(Vec<u8>, u64)>) -> Option<String> {
+    v.as_ref().map(|(v, e)| {
+        format!(
+            "{} (expires {e})",
+            String::from_utf8_lossy(&v[..v.len().min(12)])
+        )
+    })
 }
 
 /// Opens the crashed file and checks it against what may be there.
@@ -361,8 +395,14 @@ fn check_image(
     );
     for k in 0..KEYS {
         let got = store
-            .peek(key(k))
-            .map_err(|e| format!("key {k} after recovery: {e}"))?;
+            .get_entry(key(k))
+            .map_err(|e| format!("key {k} after recovery: {e}"))?
+            .map(|e| {
+                let ms = e.expires_at.map_or(0, |t| {
+                    t.duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+                });
+                (e.value, ms)
+            });
         let ok = &allowed[&k];
         ensure!(
             ok.contains(&got),

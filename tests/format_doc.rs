@@ -95,11 +95,13 @@ fn a_store_file_follows_the_documented_layout() {
     );
     let word = u64::from_le_bytes(e[32..40].try_into().unwrap());
     assert_eq!(word & ((1 << 48) - 1), 0, "no expiry");
-    let check = u64::from((salt ^ (salt >> 16)) & 0xFFFF);
+    let seq = u64::from_le_bytes(e[24..32].try_into().unwrap());
+    let fold = |x: u64| x ^ (x >> 16) ^ (x >> 32) ^ (x >> 48);
+    let check = (fold(u64::from(salt)) ^ fold(seq)) & 0xFFFF;
     assert_eq!(
         word >> 48,
         check,
-        "check bits: the lanes XOR to the folded salt"
+        "check bits: the lanes XOR to the folded salt and sequence number"
     );
     assert_eq!(&e[48..54], b"user:1");
     assert_eq!(&e[54..59], b"alice");

@@ -17,7 +17,9 @@ use sfs::{ManualClock, Options, PutOptions, SyncPolicy};
 const TARGETS: [&str; 4] = ["open", "inspect", "ops", "entry"];
 
 fn corpus_dir(target: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus").join(target)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fuzz/corpus")
+        .join(target)
 }
 
 fn body(target: &str) -> fn(&[u8]) {
@@ -52,19 +54,29 @@ fn store_seeds() -> BTreeMap<String, Vec<u8>> {
     seeds.insert("empty-store".into(), store_file(|_| {}));
     let small = store_file(|s| {
         s.put(b"k\x00", b"value zero").unwrap();
-        s.put(b"a-rather-long-key-number-010", vec![7u8; 300]).unwrap();
-        s.put_with(b"k\x01", b"with meta", &PutOptions::new().metadata(b"m=1").ttl(Duration::from_secs(60))).unwrap();
+        s.put(b"a-rather-long-key-number-010", vec![7u8; 300])
+            .unwrap();
+        s.put_with(
+            b"k\x01",
+            b"with meta",
+            &PutOptions::new()
+                .metadata(b"m=1")
+                .ttl(Duration::from_secs(60)),
+        )
+        .unwrap();
     });
     seeds.insert("small".into(), small.clone());
     let holes = store_file(|s| {
         for i in 0..40u32 {
-            s.put(format!("key-{i}"), vec![i as u8; (i as usize * 37) % 900]).unwrap();
+            s.put(format!("key-{i}"), vec![i as u8; (i as usize * 37) % 900])
+                .unwrap();
         }
         for i in (0..40u32).step_by(3) {
             s.delete(format!("key-{i}")).unwrap();
         }
         s.put(b"key-1", b"overwritten").unwrap();
-        s.put_with_ttl(b"soon", b"expires", Duration::from_millis(1)).unwrap();
+        s.put_with_ttl(b"soon", b"expires", Duration::from_millis(1))
+            .unwrap();
     });
     seeds.insert("holes".into(), holes.clone());
     let mut flipped = holes.clone();
@@ -93,20 +105,101 @@ fn store_seeds() -> BTreeMap<String, Vec<u8>> {
 fn ops_seeds() -> BTreeMap<String, Vec<u8>> {
     use Op::*;
     let scenarios = [
-        ("basic", Scenario { cap: None, frag: 0.75, always: false, ops: vec![Put(0, 10), Put(1, 300), Get(0), Delete(1), Put(1, 5000), Reopen, Get(1)] }),
-        ("lru", Scenario { cap: Some(3), frag: 0.5, always: true, ops: (0..8).map(|k| Put(k, 100)).chain([Get(5), Put(9, 1), Reopen, Put(10, 1)]).collect() }),
-        ("expiry", Scenario { cap: None, frag: 1.0, always: false, ops: vec![PutTtl(2, 50, 100), PutTtl(3, 50, 5000), Touch(2, 300), Advance(200), Get(2), Advance(400), Purge, Crash] }),
-        ("space", Scenario { cap: None, frag: 0.75, always: false, ops: (0..16).map(|k| Put(k, 1000)).chain((0..15).map(Delete)).chain([Compact, Sync, Clear, Put(3, 7), Crash]).collect() }),
-        ("readers", Scenario { cap: Some(5), frag: 0.75, always: true, ops: vec![Put(4, 2000), GetRef(4), Delete(4), Put(4, 10), GetRef(4), Compact, Reopen] }),
+        (
+            "basic",
+            Scenario {
+                cap: None,
+                frag: 0.75,
+                always: false,
+                ops: vec![
+                    Put(0, 10),
+                    Put(1, 300),
+                    Get(0),
+                    Delete(1),
+                    Put(1, 5000),
+                    Reopen,
+                    Get(1),
+                ],
+            },
+        ),
+        (
+            "lru",
+            Scenario {
+                cap: Some(3),
+                frag: 0.5,
+                always: true,
+                ops: (0..8)
+                    .map(|k| Put(k, 100))
+                    .chain([Get(5), Put(9, 1), Reopen, Put(10, 1)])
+                    .collect(),
+            },
+        ),
+        (
+            "expiry",
+            Scenario {
+                cap: None,
+                frag: 1.0,
+                always: false,
+                ops: vec![
+                    PutTtl(2, 50, 100),
+                    PutTtl(3, 50, 5000),
+                    Touch(2, 300),
+                    Advance(200),
+                    Get(2),
+                    Advance(400),
+                    Purge,
+                    Crash,
+                ],
+            },
+        ),
+        (
+            "space",
+            Scenario {
+                cap: None,
+                frag: 0.75,
+                always: false,
+                ops: (0..16)
+                    .map(|k| Put(k, 1000))
+                    .chain((0..15).map(Delete))
+                    .chain([Compact, Sync, Clear, Put(3, 7), Crash])
+                    .collect(),
+            },
+        ),
+        (
+            "readers",
+            Scenario {
+                cap: Some(5),
+                frag: 0.75,
+                always: true,
+                ops: vec![
+                    Put(4, 2000),
+                    GetRef(4),
+                    Delete(4),
+                    Put(4, 10),
+                    GetRef(4),
+                    Compact,
+                    Reopen,
+                ],
+            },
+        ),
     ];
-    scenarios.into_iter().map(|(n, s)| (n.to_string(), s.to_bytes())).collect()
+    scenarios
+        .into_iter()
+        .map(|(n, s)| (n.to_string(), s.to_bytes()))
+        .collect()
 }
 
 fn entry_seeds() -> BTreeMap<String, Vec<u8>> {
     let mut seeds = BTreeMap::new();
     seeds.insert("short".into(), vec![1, 2, 3]);
-    seeds.insert("key-and-value".into(), b"\x11\x22\x33\x44\x05\x02\x10\x00hellomevalue bytes".to_vec());
-    seeds.insert("long-key".into(), [&[9u8, 9, 9, 9, 200, 7, 3, 1][..], &[b'x'; 260]].concat());
+    seeds.insert(
+        "key-and-value".into(),
+        b"\x11\x22\x33\x44\x05\x02\x10\x00hellomevalue bytes".to_vec(),
+    );
+    seeds.insert(
+        "long-key".into(),
+        [&[9u8, 9, 9, 9, 200, 7, 3, 1][..], &[b'x'; 260]].concat(),
+    );
     seeds
 }
 
@@ -131,9 +224,16 @@ fn seed_corpora_are_present_and_current() {
                 std::fs::write(&path, &bytes).unwrap();
             } else {
                 let found = std::fs::read(&path).unwrap_or_else(|_| {
-                    panic!("{} is missing: run SFS_WRITE_CORPUS=1 cargo test --test fuzz_corpus", path.display())
+                    panic!(
+                        "{} is missing: run SFS_WRITE_CORPUS=1 cargo test --test fuzz_corpus",
+                        path.display()
+                    )
                 });
-                assert!(found == bytes, "{} is stale: run SFS_WRITE_CORPUS=1 cargo test --test fuzz_corpus", path.display());
+                assert!(
+                    found == bytes,
+                    "{} is stale: run SFS_WRITE_CORPUS=1 cargo test --test fuzz_corpus",
+                    path.display()
+                );
             }
         }
     }
@@ -148,7 +248,10 @@ fn every_corpus_file_passes_its_target() {
             .map(|e| e.unwrap().path())
             .collect();
         files.sort();
-        assert!(files.len() >= 3, "{target}: a corpus of at least a few files");
+        assert!(
+            files.len() >= 3,
+            "{target}: a corpus of at least a few files"
+        );
         for f in files {
             let data = std::fs::read(&f).unwrap();
             let run = std::panic::catch_unwind(|| body(target)(&data));
