@@ -69,6 +69,16 @@ pub fn reads(
 /// `WRITERS` threads. `writer` makes one writer (a closure that writes one
 /// key durably) per thread.
 pub fn durables<W: FnMut(&[u8], &[u8])>(data: &Data, m: &mut Metrics, writer: impl Fn() -> W + Sync) {
+    durables_as(data, m, "durable", writer)
+}
+
+/// [`durables`], reporting `{name}_ns` and `{name}4_ns`.
+pub fn durables_as<W: FnMut(&[u8], &[u8])>(
+    data: &Data,
+    m: &mut Metrics,
+    name: &str,
+    writer: impl Fn() -> W + Sync,
+) {
     let d = data.durable_keys.len() / 2;
     let mut w = writer();
     let ns = time_per_op(d, || {
@@ -77,7 +87,7 @@ pub fn durables<W: FnMut(&[u8], &[u8])>(data: &Data, m: &mut Metrics, writer: im
         }
     });
     drop(w);
-    m.insert("durable_ns".into(), ns);
+    m.insert(format!("{name}_ns"), ns);
     let per = d / WRITERS;
     let ns = time_per_op(per * WRITERS, || {
         std::thread::scope(|s| {
@@ -92,7 +102,7 @@ pub fn durables<W: FnMut(&[u8], &[u8])>(data: &Data, m: &mut Metrics, writer: im
             }
         });
     });
-    m.insert("durable4_ns".into(), ns);
+    m.insert(format!("{name}4_ns"), ns);
 }
 
 /// Times `f` (an open and one read) and the anonymous memory it leaves.
