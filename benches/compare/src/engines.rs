@@ -175,8 +175,94 @@ fn sfs_work(dir: &Path, data: &Data, m: &mut Metrics) {
         .open(&path)
         .expect("reopen sfs");
     durables(data, m, || |k: &[u8], v: &[u8]| store.put(k, v).expect("put"));
+    sfs_paired_durable(&store, dir, data, m);
     store.close().expect("close");
+    std::fs::remove_file(dir.join("floor.records")).expect("remove floor file");
     m.insert("file_bytes".into(), disk_bytes(dir) as f64);
+}
+
+/// Durable puts of sfs and the pwrite+fdatasync floors, interleaved in
+/// ten blocks (half the durable count in all, per kind), so that all of them see the same
+/// disk: this disk's fdatasync latency drifts severalfold within minutes, which
+/// makes ratios between separate processes unreliable. Blocks, in turn: sfs
+/// from 1 writer, pwrite+fdatasync appending, pwrite+fdatasync in place (over
+/// records written and synced before), sfs from `WRITERS` writers.
+fn sfs_paired_durable(store: &sfs::Store, dir: &Path, data: &Data, m: &mut Metrics) {
+    use std::os::unix::fs::FileExt;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    const REC: usize = KEY_LEN + crate::VALUE_LEN;
+    let d = data.durable_keys.len() / 2;
+    let blocks = 10usize;
+    let per = (d / 2 / blocks).max(WRITERS);
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(dir.join("floor.records"))
+        .expect("floor file");
+    let record = |i: usize| {
+        let mut r = [0u8; REC];
+        r[..KEY_LEN].copy_from_slice(&data.durable_keys[i % data.durable_keys.len()]);
+        r[KEY_LEN..].copy_from_slice(data.durable_value(i));
+        r
+    };
+    for i in 0..per {
+        f.write_all_at(&record(i), (i * REC) as u64).expect("pwrite");
+    }
+    f.sync_all().expect("fsync");
+    // New keys: the durable keys with their last byte flipped.
+    let key = |i: usize| {
+        let mut k = data.durable_keys[i % data.durable_keys.len()];
+        k[KEY_LEN - 1] ^= 0x5a;
+        k[0] ^= (i / data.durable_keys.len()) as u8;
+        k
+    };
+    let mut times = [0f64; 4];
+    let append_at = AtomicU64::new((per * REC) as u64);
+    let mut next_key = 0usize;
+    for _ in 0..blocks {
+        let t = Instant::now();
+        for _ in 0..per {
+            store.put(key(next_key), data.durable_value(next_key)).expect("put");
+            next_key += 1;
+        }
+        times[0] += t.elapsed().as_nanos() as f64;
+        let t = Instant::now();
+        for i in 0..per {
+            let at = append_at.fetch_add(REC as u64, Ordering::Relaxed);
+            f.write_all_at(&record(i), at).expect("pwrite");
+            f.sync_data().expect("fdatasync");
+        }
+        times[1] += t.elapsed().as_nanos() as f64;
+        let t = Instant::now();
+        for i in 0..per {
+            f.write_all_at(&record(i + 1), (i * REC) as u64).expect("pwrite");
+            f.sync_data().expect("fdatasync");
+        }
+        times[2] += t.elapsed().as_nanos() as f64;
+        let base = next_key;
+        let t = Instant::now();
+        std::thread::scope(|s| {
+            for w in 0..WRITERS {
+                let key = &key;
+                s.spawn(move || {
+                    for i in (base + w..base + per).step_by(WRITERS) {
+                        store.put(key(i), data.durable_value(i)).expect("put");
+                    }
+                });
+            }
+        });
+        times[3] += t.elapsed().as_nanos() as f64;
+        next_key += per;
+    }
+    let ops = (blocks * per) as f64;
+    for (name, t) in ["paired_sfs_ns", "paired_append_ns", "paired_inplace_ns", "paired_sfs4_ns"]
+        .iter()
+        .zip(times)
+    {
+        m.insert((*name).into(), t / ops);
+    }
 }
 
 fn sfs_open(dir: &Path, data: &Data, m: &mut Metrics) {
