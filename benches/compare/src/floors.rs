@@ -95,24 +95,28 @@ fn pwrite_work(dir: &Path, data: &Data, m: &mut Metrics) {
     });
     m.insert("load_ns".into(), ns);
     // Reads at known offsets, in the same random order as everyone else.
-    let ns = time_per_op(n, || {
-        for &i in &data.read_order {
-            let mut v = vec![0u8; VALUE_LEN];
-            f.read_exact_at(&mut v, (i as usize * REC + KEY_LEN) as u64)
-                .expect("pread");
-            black_box(v);
-        }
-    });
-    m.insert("get_ns".into(), ns);
-    let ns = time_per_op(n, || {
-        let mut v = [0u8; VALUE_LEN];
-        for &i in &data.read_order {
-            f.read_exact_at(&mut v, (i as usize * REC + KEY_LEN) as u64)
-                .expect("pread");
-            touch(&v);
-        }
-    });
-    m.insert("getref_ns".into(), ns);
+    let pass = || {
+        time_per_op(n, || {
+            for &i in &data.read_order {
+                let mut v = vec![0u8; VALUE_LEN];
+                f.read_exact_at(&mut v, (i as usize * REC + KEY_LEN) as u64)
+                    .expect("pread");
+                black_box(v);
+            }
+        })
+    };
+    m.insert("get_ns".into(), pass().min(pass()));
+    let pass = || {
+        time_per_op(n, || {
+            let mut v = [0u8; VALUE_LEN];
+            for &i in &data.read_order {
+                f.read_exact_at(&mut v, (i as usize * REC + KEY_LEN) as u64)
+                    .expect("pread");
+                touch(&v);
+            }
+        })
+    };
+    m.insert("getref_ns".into(), pass().min(pass()));
     // Durable appends: each record written and fdatasync'ed before the next.
     let next = std::sync::atomic::AtomicU64::new((n * REC) as u64);
     let f = &f;
@@ -161,20 +165,24 @@ fn mmap_work(dir: &Path, data: &Data, m: &mut Metrics) {
     m.insert("load_ns".into(), ns);
     // SAFETY: as above.
     let map = unsafe { memmap2::Mmap::map(&f) }.expect("mmap");
-    let ns = time_per_op(n, || {
-        for &i in &data.read_order {
-            let at = i as usize * REC + KEY_LEN;
-            black_box(map[at..at + VALUE_LEN].to_vec());
-        }
-    });
-    m.insert("get_ns".into(), ns);
-    let ns = time_per_op(n, || {
-        for &i in &data.read_order {
-            let at = i as usize * REC + KEY_LEN;
-            touch(&map[at..at + VALUE_LEN]);
-        }
-    });
-    m.insert("getref_ns".into(), ns);
+    let pass = || {
+        time_per_op(n, || {
+            for &i in &data.read_order {
+                let at = i as usize * REC + KEY_LEN;
+                black_box(map[at..at + VALUE_LEN].to_vec());
+            }
+        })
+    };
+    m.insert("get_ns".into(), pass().min(pass()));
+    let pass = || {
+        time_per_op(n, || {
+            for &i in &data.read_order {
+                let at = i as usize * REC + KEY_LEN;
+                touch(&map[at..at + VALUE_LEN]);
+            }
+        })
+    };
+    m.insert("getref_ns".into(), pass().min(pass()));
     m.insert("file_bytes".into(), disk_bytes(&path) as f64);
 }
 

@@ -270,6 +270,7 @@ fn parent(a: Args) {
         }
     }
     let medians: BTreeMap<String, Metrics> = all
+        .clone()
         .into_iter()
         .map(|(e, ms)| {
             let med = ms
@@ -292,7 +293,7 @@ fn parent(a: Args) {
         wall_s: started.elapsed().as_secs_f64(),
         dir: a.dir.clone(),
     };
-    let text = report::render(&ctx, &medians);
+    let text = report::render(&ctx, &medians, &all);
     println!("{text}");
     if let Some(out) = a.out {
         report::write_section(&out, &text).expect("write BENCHMARKS.md");

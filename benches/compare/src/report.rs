@@ -121,7 +121,10 @@ fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
     }
 }
 
-fn fastest_peer(med: &BTreeMap<String, Metrics>, get: fn(&Metrics) -> Option<f64>) -> Option<(&'static str, f64)> {
+fn fastest_peer(
+    med: &BTreeMap<String, Metrics>,
+    get: fn(&Metrics) -> Option<f64>,
+) -> Option<(&'static str, f64)> {
     PEERS
         .iter()
         .filter_map(|p| Some((*p, get(med.get(*p)?)?)))
@@ -160,12 +163,28 @@ fn machine() -> String {
 }
 
 /// The whole report, as Markdown.
-pub fn render(ctx: &Context, med: &BTreeMap<String, Metrics>) -> String {
+pub fn render(ctx: &Context, med: &BTreeMap<String, Metrics>, runs: &Runs) -> String {
     let mut s = String::new();
-    let fs = shell("sh", &["-c", &format!("df -T {} | tail -1 | awk '{{print $2}}'", ctx.dir.display())]);
+    let fs = shell(
+        "sh",
+        &[
+            "-c",
+            &format!("df -T {} | tail -1 | awk '{{print $2}}'", ctx.dir.display()),
+        ],
+    );
     let _ = writeln!(s, "## Comparison (benches/compare)\n");
-    let _ = writeln!(s, "- date: {}", shell("date", &["-u", "+%Y-%m-%d %H:%M UTC"]));
-    let _ = writeln!(s, "- machine: {} ({} file system under `{}`)", machine(), fs, ctx.dir.display());
+    let _ = writeln!(
+        s,
+        "- date: {}",
+        shell("date", &["-u", "+%Y-%m-%d %H:%M UTC"])
+    );
+    let _ = writeln!(
+        s,
+        "- machine: {} ({} file system under `{}`)",
+        machine(),
+        fs,
+        ctx.dir.display()
+    );
     let _ = writeln!(
         s,
         "- command: `cd benches/compare && cargo run --release -- --runs {} --n {} --durable {} --dir {}`",
@@ -190,12 +209,19 @@ pub fn render(ctx: &Context, med: &BTreeMap<String, Metrics>) -> String {
     );
     let _ = writeln!(s);
 
-    let engines: Vec<&str> = ENGINES.iter().copied().filter(|e| med.contains_key(*e)).collect();
+    let engines: Vec<&str> = ENGINES
+        .iter()
+        .copied()
+        .filter(|e| med.contains_key(*e))
+        .collect();
     let _ = write!(s, "| metric |");
     for e in &engines {
         let _ = write!(s, " {e} |");
     }
-    let _ = writeln!(s, " fastest peer | sfs ÷ fastest peer | floor | sfs ÷ floor |");
+    let _ = writeln!(
+        s,
+        " fastest peer | sfs ÷ fastest peer | floor | sfs ÷ floor |"
+    );
     let _ = write!(s, "|---|");
     for _ in &engines {
         let _ = write!(s, "---:|");
@@ -242,149 +268,253 @@ pub fn render(ctx: &Context, med: &BTreeMap<String, Metrics>) -> String {
         "Notes: \"fastest peer\" is the best of redb, heed (LMDB), fjall, sled and SQLite. A load includes one sync at its end (one transaction/batch where the engine has them; sled and sfs put key by key). \"Owned\" gets return a `Vec<u8>` per key; \"borrowed\" gets use each engine's zero-copy path where it has one (sfs `get_ref`, LMDB and redb slices, fjall/sled refcounted slices, rusqlite `get_ref`) and look at the first and last byte. sled's durable mode is `flush()`, which on Linux ends in `sync_file_range`, **not** an fsync: its durable numbers do not include a disk cache flush. SQLite runs in WAL mode with `synchronous=FULL`, a 256 MiB page cache and a 1 GiB mmap. `hashmap` is std's `HashMap<Vec<u8>, Vec<u8>>` (SipHash); `hashmap-fold` the same with foldhash, sfs's hasher. `pwrite` reads at known offsets without any lookup. `index+pwrite` open reads the record file once and rebuilds a foldhash index of it. The sfs work process reopens its file with `SyncPolicy::Always` for the durable phases, which adds an open to its peak memory."
     );
     let _ = writeln!(s);
-    s.push_str(&targets(med));
+    s.push_str(&targets(med, runs, ctx.runs));
     s
 }
 
-fn targets(med: &BTreeMap<String, Metrics>) -> String {
+/// Every run's numbers: engine → metric → one value per run.
+pub type Runs = BTreeMap<String, BTreeMap<String, Vec<f64>>>;
+
+/// A getter of one metric of one engine.
+type Get<'a> = &'a dyn Fn(&str, &str) -> Option<f64>;
+
+fn fastest(get: Get<'_>, k: &str) -> Option<(&'static str, f64)> {
+    PEERS
+        .iter()
+        .filter_map(|p| Some((*p, get(p, k)?)))
+        .min_by(|a, b| a.1.total_cmp(&b.1))
+}
+
+struct Target {
+    name: &'static str,
+    figures: fn(Get<'_>) -> String,
+    ratio: fn(Get<'_>) -> Option<f64>,
+    limit: f64,
+}
+
+fn us(v: Option<f64>) -> String {
+    fmt(v.map(|v| v / 1e3), 1)
+}
+
+fn target_list() -> Vec<Target> {
+    vec![
+        Target {
+            name: "get ≤ 0.5 × fastest peer (owned copies)",
+            figures: |g| {
+                let p = fastest(g, "get_ns");
+                format!(
+                    "sfs {} ns, {} {} ns",
+                    fmt(g("sfs", "get_ns"), 0),
+                    p.map_or("—", |p| p.0),
+                    fmt(p.map(|p| p.1), 0)
+                )
+            },
+            ratio: |g| ratio(g("sfs", "get_ns"), fastest(g, "get_ns").map(|p| p.1)),
+            limit: 0.5,
+        },
+        Target {
+            name: "get ≤ 0.5 × fastest peer (borrowed: sfs get_ref)",
+            figures: |g| {
+                let p = fastest(g, "getref_ns");
+                format!(
+                    "sfs {} ns, {} {} ns",
+                    fmt(g("sfs", "getref_ns"), 0),
+                    p.map_or("—", |p| p.0),
+                    fmt(p.map(|p| p.1), 0)
+                )
+            },
+            ratio: |g| ratio(g("sfs", "getref_ns"), fastest(g, "getref_ns").map(|p| p.1)),
+            limit: 0.5,
+        },
+        Target {
+            name: "get ≤ 1.5 × HashMap get (std hasher, as in the issue)",
+            figures: |g| {
+                format!(
+                    "sfs {} ns, HashMap {} ns",
+                    fmt(g("sfs", "get_ns"), 0),
+                    fmt(g("hashmap", "get_ns"), 0)
+                )
+            },
+            ratio: |g| ratio(g("sfs", "get_ns"), g("hashmap", "get_ns")),
+            limit: 1.5,
+        },
+        Target {
+            name: "get ≤ 1.5 × HashMap get (foldhash: stricter)",
+            figures: |g| {
+                format!(
+                    "sfs {} ns, HashMap+foldhash {} ns",
+                    fmt(g("sfs", "get_ns"), 0),
+                    fmt(g("hashmap-fold", "get_ns"), 0)
+                )
+            },
+            ratio: |g| ratio(g("sfs", "get_ns"), g("hashmap-fold", "get_ns")),
+            limit: 1.5,
+        },
+        Target {
+            name: "put without sync ≤ 0.5 × fastest peer's load",
+            figures: |g| {
+                let p = fastest(g, "load_ns");
+                format!(
+                    "sfs {} ns, {} {} ns",
+                    fmt(g("sfs", "load_ns"), 0),
+                    p.map_or("—", |p| p.0),
+                    fmt(p.map(|p| p.1), 0)
+                )
+            },
+            ratio: |g| ratio(g("sfs", "load_ns"), fastest(g, "load_ns").map(|p| p.1)),
+            limit: 0.5,
+        },
+        Target {
+            name: "put without sync ≤ 1.5 × index+pwrite",
+            figures: |g| {
+                format!(
+                    "sfs {} ns, index+pwrite {} ns",
+                    fmt(g("sfs", "load_ns"), 0),
+                    fmt(g("index+pwrite", "load_ns"), 0)
+                )
+            },
+            ratio: |g| ratio(g("sfs", "load_ns"), g("index+pwrite", "load_ns")),
+            limit: 1.5,
+        },
+        Target {
+            name: "durable put ≤ 1.1 × pwrite+fdatasync (appending), interleaved in one process",
+            figures: |g| {
+                format!(
+                    "sfs {} µs, pwrite+fdatasync {} µs",
+                    us(g("sfs", "paired_sfs_ns")),
+                    us(g("sfs", "paired_append_ns"))
+                )
+            },
+            ratio: |g| ratio(g("sfs", "paired_sfs_ns"), g("sfs", "paired_append_ns")),
+            limit: 1.1,
+        },
+        Target {
+            name: "durable put ≤ 1.1 × pwrite+fdatasync (in place: stricter), interleaved",
+            figures: |g| {
+                format!(
+                    "sfs {} µs, in-place pwrite+fdatasync {} µs",
+                    us(g("sfs", "paired_sfs_ns")),
+                    us(g("sfs", "paired_inplace_ns"))
+                )
+            },
+            ratio: |g| ratio(g("sfs", "paired_sfs_ns"), g("sfs", "paired_inplace_ns")),
+            limit: 1.1,
+        },
+        Target {
+            name: "durable put ≤ 1.1 × pwrite+fdatasync (appending), separate processes",
+            figures: |g| {
+                format!(
+                    "sfs {} µs, pwrite+fdatasync {} µs",
+                    us(g("sfs", "durable_ns")),
+                    us(g("pwrite", "durable_ns"))
+                )
+            },
+            ratio: |g| ratio(g("sfs", "durable_ns"), g("pwrite", "durable_ns")),
+            limit: 1.1,
+        },
+        Target {
+            name: "durable put, 4 writers ≤ 0.4 × 1 writer (per put), interleaved",
+            figures: |g| {
+                format!(
+                    "sfs {} µs vs {} µs",
+                    us(g("sfs", "paired_sfs4_ns")),
+                    us(g("sfs", "paired_sfs_ns"))
+                )
+            },
+            ratio: |g| ratio(g("sfs", "paired_sfs4_ns"), g("sfs", "paired_sfs_ns")),
+            limit: 0.4,
+        },
+        Target {
+            name: "durable put, 4 writers ≤ 0.4 × 1 writer (per put), consecutive phases",
+            figures: |g| {
+                format!(
+                    "sfs {} µs vs {} µs",
+                    us(g("sfs", "durable4_ns")),
+                    us(g("sfs", "durable_ns"))
+                )
+            },
+            ratio: |g| ratio(g("sfs", "durable4_ns"), g("sfs", "durable_ns")),
+            limit: 0.4,
+        },
+        Target {
+            name: "open ≤ 3 × reading the file once",
+            figures: |g| {
+                format!(
+                    "sfs open {} ms, read once {} ms, {} entries (index+pwrite floor: read + rebuild a hash index {} ms)",
+                    fmt(g("sfs", "open_ms"), 1),
+                    fmt(g("sfs", "readonce_ms"), 1),
+                    fmt(g("sfs", "open_entries"), 0),
+                    fmt(g("index+pwrite", "open_ms"), 1)
+                )
+            },
+            ratio: |g| ratio(g("sfs", "open_ms"), g("sfs", "readonce_ms")),
+            limit: 3.0,
+        },
+        Target {
+            name: "index ≤ 48 B per live entry beyond the key",
+            figures: |g| {
+                format!(
+                    "`Stats::index_bytes` after open: {} B/entry beyond the {KEY_LEN}-byte key; anonymous RSS growth of the open: {} B/entry, key and transient buffers included",
+                    fmt(g("sfs", "open_index_bytes_per_entry"), 1),
+                    fmt(g("sfs", "open_rss_anon_per_entry"), 1)
+                )
+            },
+            ratio: |g| g("sfs", "open_index_bytes_per_entry"),
+            limit: 48.0,
+        },
+    ]
+}
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    Some(v[v.len() / 2])
+}
+
+fn targets(med: &BTreeMap<String, Metrics>, runs: &Runs, n_runs: usize) -> String {
     let mut s = String::new();
-    let get = |e: &str, k: &str| med.get(e).and_then(|m| m.get(k).copied());
-    let peer = |k: &'static str| -> Option<(&'static str, f64)> {
-        PEERS
-            .iter()
-            .filter_map(|p| Some((*p, get(p, k)?)))
-            .min_by(|a, b| a.1.total_cmp(&b.1))
-    };
-    let _ = writeln!(s, "### Targets (issue 6), from the medians above\n");
-    let _ = writeln!(s, "| target | figures | ratio | limit | verdict |");
-    let _ = writeln!(s, "|---|---|---:|---:|---|");
-    let mut line = |name: &str, figs: String, r: Option<f64>, limit: f64| {
+    let _ = writeln!(
+        s,
+        "### Targets (issue 6)\n\nEach ratio is computed within each run and the median of the {n_runs} runs is shown (each run's ratio in brackets); the figures are the medians of the table above. The index figure is bytes, not a ratio.\n"
+    );
+    let _ = writeln!(
+        s,
+        "| target | figures (medians) | ratio: median [per run] | limit | verdict |"
+    );
+    let _ = writeln!(s, "|---|---|---|---:|---|");
+    let med_get = |e: &str, k: &str| med.get(e).and_then(|m| m.get(k).copied());
+    for t in target_list() {
+        let per_run: Vec<Option<f64>> = (0..n_runs)
+            .map(|i| {
+                let g = |e: &str, k: &str| runs.get(e)?.get(k)?.get(i).copied();
+                (t.ratio)(&g)
+            })
+            .collect();
+        let r = median(per_run.iter().flatten().copied().collect());
         let verdict = match r {
-            Some(r) if r <= limit => "**met**".to_owned(),
-            Some(r) => format!("**missed** by {:.0}%", (r / limit - 1.0) * 100.0),
+            Some(r) if r <= t.limit => "**met**".to_owned(),
+            Some(r) => format!("**missed** by {:.0}%", (r / t.limit - 1.0) * 100.0),
             None => "not measured".into(),
         };
-        let _ = writeln!(s, "| {name} | {figs} | {} | ≤ {limit} | {verdict} |", fmt(r, 2));
-    };
-    let sfs_get = get("sfs", "get_ns");
-    if let Some((p, v)) = peer("get_ns") {
-        line(
-            "get ≤ 0.5 × fastest peer (owned)",
-            format!("sfs {} ns, {p} {v:.0} ns", fmt(sfs_get, 0)),
-            ratio(sfs_get, Some(v)),
-            0.5,
+        let each = per_run
+            .iter()
+            .map(|r| fmt(*r, 2))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} [{each}] | ≤ {} | {verdict} |",
+            t.name,
+            (t.figures)(&med_get),
+            fmt(r, 2),
+            t.limit
         );
     }
-    let sfs_ref = get("sfs", "getref_ns");
-    if let Some((p, v)) = peer("getref_ns") {
-        line(
-            "get ≤ 0.5 × fastest peer (borrowed)",
-            format!("sfs get_ref {} ns, {p} {v:.0} ns", fmt(sfs_ref, 0)),
-            ratio(sfs_ref, Some(v)),
-            0.5,
-        );
-    }
-    let hm = get("hashmap", "get_ns");
-    line(
-        "get ≤ 1.5 × HashMap get (std hasher)",
-        format!("sfs {} ns, HashMap {} ns", fmt(sfs_get, 0), fmt(hm, 0)),
-        ratio(sfs_get, hm),
-        1.5,
-    );
-    let hmf = get("hashmap-fold", "get_ns");
-    line(
-        "get ≤ 1.5 × HashMap get (foldhash, stricter)",
-        format!("sfs {} ns, HashMap+foldhash {} ns", fmt(sfs_get, 0), fmt(hmf, 0)),
-        ratio(sfs_get, hmf),
-        1.5,
-    );
-    let sfs_load = get("sfs", "load_ns");
-    if let Some((p, v)) = peer("load_ns") {
-        line(
-            "put without sync ≤ 0.5 × fastest peer's load",
-            format!("sfs {} ns, {p} {v:.0} ns", fmt(sfs_load, 0)),
-            ratio(sfs_load, Some(v)),
-            0.5,
-        );
-    }
-    let ip = get("index+pwrite", "load_ns");
-    line(
-        "put without sync ≤ 1.5 × index+pwrite",
-        format!("sfs {} ns, index+pwrite {} ns", fmt(sfs_load, 0), fmt(ip, 0)),
-        ratio(sfs_load, ip),
-        1.5,
-    );
-    let sd = get("sfs", "durable_ns");
-    let pd = get("pwrite", "durable_ns");
-    let pi = get("pwrite", "durable_inplace_ns");
-    let us = |v: Option<f64>| fmt(v.map(|v| v / 1e3), 1);
-    let (ps, pa, pp, ps4) = (
-        get("sfs", "paired_sfs_ns"),
-        get("sfs", "paired_append_ns"),
-        get("sfs", "paired_inplace_ns"),
-        get("sfs", "paired_sfs4_ns"),
-    );
-    line(
-        "durable put ≤ 1.1 × pwrite+fdatasync (appending), interleaved in one process",
-        format!("sfs {} µs, pwrite+fdatasync {} µs", us(ps), us(pa)),
-        ratio(ps, pa),
-        1.1,
-    );
-    line(
-        "durable put ≤ 1.1 × pwrite+fdatasync (in place, stricter), interleaved",
-        format!("sfs {} µs, in-place pwrite+fdatasync {} µs", us(ps), us(pp)),
-        ratio(ps, pp),
-        1.1,
-    );
-    line(
-        "durable put ≤ 1.1 × pwrite+fdatasync (appending), separate processes",
-        format!("sfs {} µs, pwrite+fdatasync {} µs", us(sd), us(pd)),
-        ratio(sd, pd),
-        1.1,
-    );
-    line(
-        "durable put ≤ 1.1 × pwrite+fdatasync (in place), separate processes",
-        format!("sfs {} µs, in-place pwrite+fdatasync {} µs", us(sd), us(pi)),
-        ratio(sd, pi),
-        1.1,
-    );
-    line(
-        "durable put, 4 writers ≤ 0.4 × 1 writer (per put), interleaved",
-        format!("sfs {} µs vs {} µs", us(ps4), us(ps)),
-        ratio(ps4, ps),
-        0.4,
-    );
-    let sd4 = get("sfs", "durable4_ns");
-    line(
-        "durable put, 4 writers ≤ 0.4 × 1 writer (per put), consecutive phases",
-        format!("sfs {} µs vs {} µs", us(sd4), us(sd)),
-        ratio(sd4, sd),
-        0.4,
-    );
-    let so = get("sfs", "open_ms");
-    let ro = get("sfs", "readonce_ms");
-    line(
-        "open ≤ 3 × reading the file once",
-        format!("sfs open {} ms, read once {} ms, {} entries", fmt(so, 1), fmt(ro, 1), fmt(get("sfs", "open_entries"), 0)),
-        ratio(so, ro),
-        3.0,
-    );
-    let ib = get("sfs", "open_index_bytes_per_entry");
     let _ = writeln!(
         s,
-        "| index ≤ 48 B per live entry beyond the key | `Stats::index_bytes` after open: {} B/entry beyond the {KEY_LEN}-byte key; RSS (anonymous) delta of the open: {} B/entry in all (key included) | {} | ≤ 48 | {} |",
-        fmt(ib, 1),
-        fmt(get("sfs", "open_rss_anon_per_entry"), 1),
-        fmt(ib, 1),
-        match ib {
-            Some(b) if b <= 48.0 => "**met**".to_owned(),
-            Some(b) => format!("**missed** by {:.0}%", (b / 48.0 - 1.0) * 100.0),
-            None => "not measured".into(),
-        }
-    );
-    let _ = writeln!(
-        s,
-        "| zero-copy read API | `Store::get_ref` returns a `ValueRef` borrowing the mapped bytes under a reader lock; see `get_ref` vs `get` at 64 KiB in the criterion benches | — | — | present |"
+        "| zero-copy read API | `Store::get_ref` returns a `ValueRef` borrowing the mapped bytes under a reader lock; see `get/hit_ref` vs `get/hit` at 64 KiB in the criterion benches | — | — | present |"
     );
     s
 }
@@ -396,7 +526,11 @@ pub fn write_section(path: &Path, text: &str) -> std::io::Result<()> {
     let old = std::fs::read_to_string(path).unwrap_or_default();
     let new = match (old.find(BEGIN), old.find(END)) {
         (Some(a), Some(b)) if a < b => {
-            format!("{}{section}{}", &old[..a], &old[b + END.len()..].trim_start_matches('\n'))
+            format!(
+                "{}{section}{}",
+                &old[..a],
+                &old[b + END.len()..].trim_start_matches('\n')
+            )
         }
         _ if old.is_empty() => format!("# Benchmarks\n\n{section}"),
         _ => format!("{old}\n{section}"),
