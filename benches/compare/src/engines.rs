@@ -39,6 +39,9 @@ pub fn touch(v: &[u8]) -> usize {
     black_box(v.len() + usize::from(v[0]) + usize::from(v[v.len() - 1]))
 }
 
+/// A borrowed read: looks up a key and consumes its bytes in place.
+pub type BorrowedRead<'a> = &'a dyn Fn(&[u8]) -> usize;
+
 /// Reads every key in random order: owned copies, then borrowed values.
 /// Each is done twice and the faster pass counts: the machine is shared, and
 /// the slower pass is the one another tenant disturbed more.
@@ -46,7 +49,7 @@ pub fn reads(
     data: &Data,
     m: &mut Metrics,
     owned: impl Fn(&[u8]) -> Option<Vec<u8>>,
-    borrowed: Option<&dyn Fn(&[u8]) -> usize>,
+    borrowed: Option<BorrowedRead<'_>>,
 ) {
     let n = data.read_order.len();
     let pass = || {

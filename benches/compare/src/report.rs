@@ -20,13 +20,16 @@ pub struct Context {
 const BEGIN: &str = "<!-- compare:begin (written by benches/compare; do not edit by hand) -->";
 const END: &str = "<!-- compare:end -->";
 
+/// Reads one figure off an engine's medians.
+type Reader = fn(&Metrics) -> Option<f64>;
+
 /// One row of the table: a metric, its unit, how to read it off an engine's
 /// medians, and which floor it is compared with.
 struct Row {
     label: &'static str,
     get: fn(&Metrics) -> Option<f64>,
     /// (floor engine, how to read the floor off it)
-    floor: Option<(&'static str, fn(&Metrics) -> Option<f64>)>,
+    floor: Option<(&'static str, Reader)>,
     decimals: usize,
 }
 
@@ -248,7 +251,7 @@ pub fn render(ctx: &Context, med: &BTreeMap<String, Metrics>, runs: &Runs) -> St
         }
         match r.floor {
             Some((fe, fget)) => {
-                let fv = med.get(fe).and_then(|m| fget(m));
+                let fv = med.get(fe).and_then(fget);
                 let what = if fe == "sfs" { "read file once" } else { fe };
                 let _ = writeln!(
                     s,
