@@ -126,8 +126,74 @@ impl Shard {
         expiry: u64,
     ) -> u32 {
         debug_assert!(self.find(hash, key).is_none());
+        let id = self.new_slot(CompactKey::new(key), offset, expiry);
+        let chunks = &self.chunks;
+        self.table.insert_unique(hash, id, |&id| {
+            hasher.hash_one(
+                chunks[id as usize / CHUNK][id as usize % CHUNK]
+                    .key
+                    .as_bytes(),
+            )
+        });
+        id
+    }
+
+    /// The id of `key`'s slot if it is there (`Ok`), or of a new slot made for
+    /// it (`Err`), with one probe of the table.
+    pub fn find_or_insert(
+        &mut self,
+        hasher: &impl BuildHasher,
+        hash: u64,
+        key: CompactKey,
+        offset: u64,
+        expiry: u64,
+    ) -> Result<u32, u32> {
+        let chunks = &self.chunks;
+        let entry = self.table.entry(
+            hash,
+            |&id| {
+                chunks[id as usize / CHUNK][id as usize % CHUNK]
+                    .key
+                    .as_bytes()
+                    == key.as_bytes()
+            },
+            |&id| {
+                hasher.hash_one(
+                    chunks[id as usize / CHUNK][id as usize % CHUNK]
+                        .key
+                        .as_bytes(),
+                )
+            },
+        );
+        match entry {
+            hashbrown::hash_table::Entry::Occupied(e) => Ok(*e.get()),
+            hashbrown::hash_table::Entry::Vacant(v) => {
+                // The table has room (the entry API grew it if needed); the
+                // new slot goes in the slab, then its id in the table.
+                let id = Self::next_id(&self.vacant, &self.chunks);
+                v.insert(id);
+                let made = self.new_slot(key, offset, expiry);
+                debug_assert_eq!(made, id);
+                Err(id)
+            }
+        }
+    }
+
+    /// The id the next `new_slot` will return.
+    fn next_id(vacant: &[u32], chunks: &[Vec<Slot>]) -> u32 {
+        match vacant.last() {
+            Some(&id) => id,
+            None => match chunks.last() {
+                Some(c) if c.len() < CHUNK => ((chunks.len() - 1) * CHUNK + c.len()) as u32,
+                _ => (chunks.len() * CHUNK) as u32,
+            },
+        }
+    }
+
+    /// Puts a slot in the slab (not in the table); returns its id.
+    fn new_slot(&mut self, key: CompactKey, offset: u64, expiry: u64) -> u32 {
         let slot = Slot {
-            key: CompactKey::new(key),
+            key,
             offset,
             expiry,
         };
@@ -150,15 +216,19 @@ impl Shard {
         if expiry != 0 {
             self.expiries.insert((expiry, id));
         }
+        id
+    }
+
+    /// Makes room for `n` more entries without growing the table.
+    pub fn reserve(&mut self, hasher: &impl BuildHasher, n: usize) {
         let chunks = &self.chunks;
-        self.table.insert_unique(hash, id, |&id| {
+        self.table.reserve(n, |&id| {
             hasher.hash_one(
                 chunks[id as usize / CHUNK][id as usize % CHUNK]
                     .key
                     .as_bytes(),
             )
         });
-        id
     }
 
     /// Points slot `id` at a new block and expiry; returns the old offset.

@@ -14,7 +14,7 @@ use std::io;
 
 use crate::alloc::FreeList;
 use crate::format::{BlockHeader, FILE_HEADER_LEN, FileHeader, MIN_BLOCK_LEN};
-use crate::index::{KeyHasher, LruList, SHARDS, Shard, shard_of};
+use crate::index::{CompactKey, KeyHasher, LruList, SHARDS, Shard, shard_of};
 use crate::inspect::{BlockKind, Source, Walker};
 use crate::io::Storage;
 
@@ -103,62 +103,28 @@ pub(crate) fn recover(
             )));
         }
     };
-    let mut shards: Vec<Shard> = (0..SHARDS).map(|_| Shard::default()).collect();
-    // Per shard, per slot id: (seq, block_len) of the copy in the index.
-    let mut meta: Vec<Vec<(u64, u64)>> = vec![Vec::new(); SHARDS];
+    // The walk: every entry goes to its shard's list (in file order); the
+    // shards' tables are built afterwards, each at its exact size, in
+    // parallel (see `build_shard`).
+    let mut found: Vec<Vec<Found>> = (0..SHARDS).map(|_| Vec::new()).collect();
     let mut reclaims: Vec<Reclaim> = Vec::new();
     let mut max_seq = 0u64;
-    let (mut corrupt_blocks, mut corrupt_bytes, mut expired_freed) = (0u64, 0u64, 0u64);
-    let mut entries = 0usize;
-    let mut live_bytes = 0u64;
+    let (mut corrupt_blocks, mut corrupt_bytes) = (0u64, 0u64);
 
     while let Some(block) = walker.next_block()? {
         let (offset, len) = (block.offset, block.len);
         match block.kind {
             BlockKind::Entry(h) => {
                 max_seq = max_seq.max(h.seq);
-                // Expired entries take part in choosing the newest copy (an
-                // expired newest copy must not let an older one come back);
-                // they are dropped once the walk is over.
-                let key = walker.key();
-                let hash = hasher.hash_one(key);
-                let s = shard_of(hash);
-                match shards[s].find(hash, key) {
-                    None => {
-                        let id = shards[s].insert(hasher, hash, key, offset, h.expiry_ms) as usize;
-                        if meta[s].len() <= id {
-                            meta[s].resize(id + 1, (0, 0));
-                        }
-                        meta[s][id] = (h.seq, len);
-                        entries += 1;
-                        live_bytes += len;
-                    }
-                    Some(id) => {
-                        let (old_seq, old_len) = meta[s][id as usize];
-                        let old_off = shards[s].slot(id).offset;
-                        // Higher sequence number wins; on a tie, the lower offset.
-                        if (h.seq, std::cmp::Reverse(offset))
-                            > (old_seq, std::cmp::Reverse(old_off))
-                        {
-                            shards[s].update(id, offset, h.expiry_ms);
-                            meta[s][id as usize] = (h.seq, len);
-                            live_bytes = live_bytes - old_len + len;
-                            reclaims.push(Reclaim {
-                                offset: old_off,
-                                len: old_len,
-                                entry: true,
-                                free: false,
-                            });
-                        } else {
-                            reclaims.push(Reclaim {
-                                offset,
-                                len,
-                                entry: true,
-                                free: false,
-                            });
-                        }
-                    }
-                }
+                let hash = hasher.hash_one(walker.key());
+                found[shard_of(hash)].push(Found {
+                    key: CompactKey::new(walker.key()),
+                    hash,
+                    offset,
+                    len,
+                    seq: h.seq,
+                    expiry: h.expiry_ms,
+                });
             }
             BlockKind::Free => reclaims.push(Reclaim {
                 offset,
@@ -197,6 +163,19 @@ pub(crate) fn recover(
     }
     let file_len = walker.file_len();
     drop(walker);
+
+    let built = build_shards(hasher, found)?;
+    let mut shards: Vec<Shard> = Vec::with_capacity(SHARDS);
+    // Per shard, per slot id: (seq, block_len) of the copy in the index.
+    let mut meta: Vec<Vec<(u64, u64)>> = Vec::with_capacity(SHARDS);
+    let (mut entries, mut live_bytes, mut expired_freed) = (0usize, 0u64, 0u64);
+    for b in built {
+        entries += b.shard.len();
+        live_bytes += b.live_bytes;
+        reclaims.extend(b.losers);
+        shards.push(b.shard);
+        meta.push(b.meta);
+    }
 
     for (s, shard) in shards.iter_mut().enumerate() {
         for id in shard.expired(now_ms, usize::MAX) {
@@ -329,5 +308,129 @@ pub(crate) fn recover(
         corrupt_bytes,
         expired_freed,
         evicted,
+    })
+}
+
+/// An entry found by the walk, waiting for its shard to be built. It keeps
+/// its key (inline when short), so the build need not touch the file again.
+struct Found {
+    key: CompactKey,
+    hash: u64,
+    offset: u64,
+    len: u64,
+    seq: u64,
+    expiry: u64,
+}
+
+/// A shard built from the entries the walk found for it.
+struct Built {
+    shard: Shard,
+    /// Per slot id: (seq, block_len).
+    meta: Vec<(u64, u64)>,
+    /// Copies that lost to a newer copy of their key.
+    losers: Vec<Reclaim>,
+    live_bytes: u64,
+}
+
+/// Builds every shard's table from the walk's lists, on as many threads as
+/// there are cores (up to 8): each table is made at its exact size and filled
+/// in file order, so it stays in cache while it is built and never grows.
+fn build_shards(hasher: &KeyHasher, found: Vec<Vec<Found>>) -> io::Result<Vec<Built>> {
+    let total: usize = found.iter().map(Vec::len).sum();
+    let threads = if total < 50_000 {
+        1
+    } else {
+        std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .clamp(1, 8)
+    };
+    let mut lists: Vec<(usize, Vec<Found>)> = found.into_iter().enumerate().collect();
+    let mut groups: Vec<Vec<(usize, Vec<Found>)>> = (0..threads).map(|_| Vec::new()).collect();
+    for (i, item) in lists.drain(..).enumerate() {
+        groups[i % threads].push(item);
+    }
+    let mut out: Vec<Option<Built>> = (0..SHARDS).map(|_| None).collect();
+    let results: Vec<io::Result<Vec<(usize, Built)>>> = if threads == 1 {
+        groups
+            .into_iter()
+            .map(|g| {
+                g.into_iter()
+                    .map(|(s, f)| Ok((s, build_shard(hasher, f)?)))
+                    .collect()
+            })
+            .collect()
+    } else {
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = groups
+                .into_iter()
+                .map(|g| {
+                    scope.spawn(move || {
+                        g.into_iter()
+                            .map(|(s, f)| Ok((s, build_shard(hasher, f)?)))
+                            .collect::<io::Result<Vec<_>>>()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("a shard builder panicked"))
+                .collect()
+        })
+    };
+    for r in results {
+        for (s, b) in r? {
+            out[s] = Some(b);
+        }
+    }
+    Ok(out
+        .into_iter()
+        .map(|b| b.expect("every shard built"))
+        .collect())
+}
+
+/// Builds one shard: the newest copy of each key wins (the higher sequence
+/// number; on a tie, the lower offset); the others are losers to free.
+fn build_shard(hasher: &KeyHasher, found: Vec<Found>) -> io::Result<Built> {
+    let mut shard = Shard::default();
+    shard.reserve(hasher, found.len());
+    let mut meta: Vec<(u64, u64)> = Vec::with_capacity(found.len());
+    let mut losers = Vec::new();
+    let mut live_bytes = 0u64;
+    for f in found {
+        match shard.find_or_insert(hasher, f.hash, f.key, f.offset, f.expiry) {
+            Err(id) => {
+                debug_assert_eq!(id as usize, meta.len());
+                meta.push((f.seq, f.len));
+                live_bytes += f.len;
+            }
+            Ok(id) => {
+                let (old_seq, old_len) = meta[id as usize];
+                let old_off = shard.slot(id).offset;
+                if (f.seq, std::cmp::Reverse(f.offset)) > (old_seq, std::cmp::Reverse(old_off)) {
+                    shard.update(id, f.offset, f.expiry);
+                    meta[id as usize] = (f.seq, f.len);
+                    live_bytes = live_bytes - old_len + f.len;
+                    losers.push(Reclaim {
+                        offset: old_off,
+                        len: old_len,
+                        entry: true,
+                        free: false,
+                    });
+                } else {
+                    losers.push(Reclaim {
+                        offset: f.offset,
+                        len: f.len,
+                        entry: true,
+                        free: false,
+                    });
+                }
+            }
+        }
+    }
+    Ok(Built {
+        shard,
+        meta,
+        losers,
+        live_bytes,
     })
 }
