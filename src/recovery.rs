@@ -391,6 +391,13 @@ fn build_shards(hasher: &KeyHasher, found: Vec<Vec<Found>>) -> io::Result<Vec<Bu
 /// Builds one shard: the newest copy of each key wins (the higher sequence
 /// number; on a tie, the lower offset); the others are losers to free.
 fn build_shard(hasher: &KeyHasher, found: Vec<Found>) -> io::Result<Built> {
+    if found.len() > crate::index::MAX_SHARD_ENTRIES {
+        return Err(io::Error::other(format!(
+            "{} entries in one index shard, more than the {} it can hold",
+            found.len(),
+            crate::index::MAX_SHARD_ENTRIES
+        )));
+    }
     let mut shard = Shard::default();
     shard.reserve(hasher, found.len());
     let mut meta: Vec<(u64, u64)> = Vec::with_capacity(found.len());
@@ -407,7 +414,7 @@ fn build_shard(hasher: &KeyHasher, found: Vec<Found>) -> io::Result<Built> {
                 let (old_seq, old_len) = meta[id as usize];
                 let old_off = shard.slot(id).offset;
                 if (f.seq, std::cmp::Reverse(f.offset)) > (old_seq, std::cmp::Reverse(old_off)) {
-                    shard.update(id, f.offset, f.expiry);
+                    shard.update(f.hash, id, f.offset, f.expiry);
                     meta[id as usize] = (f.seq, f.len);
                     live_bytes = live_bytes - old_len + f.len;
                     losers.push(Reclaim {

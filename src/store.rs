@@ -955,10 +955,19 @@ impl Inner {
     /// Reads and checks the header of the block at `offset`.
     fn header_at(&self, offset: u64) -> Result<BlockHeader> {
         let mut b = [0u8; crate::format::BLOCK_HEADER_LEN as usize];
-        self.storage
-            .read_at(offset, &mut b)
-            .map_err(self.io("reading an entry"))?;
-        let h = BlockHeader::decode(&b, self.salt, offset, self.storage.len())
+        // SAFETY: callers read headers of blocks that their locks keep in
+        // place (an indexed entry under its shard lock, a pinned block, or a
+        // block they allocated); the slice is dropped before they release them.
+        let bytes = match unsafe { self.storage.view(offset, b.len() as u64) } {
+            Some(v) => v,
+            None => {
+                self.storage
+                    .read_at(offset, &mut b)
+                    .map_err(self.io("reading an entry"))?;
+                &b[..]
+            }
+        };
+        let h = BlockHeader::decode(bytes, self.salt, offset, self.storage.len())
             .map_err(|e| self.corrupt(offset, e.to_string()))?;
         if h.kind != Kind::Entry {
             return Err(self.corrupt(offset, "the index points at a free block"));
@@ -991,15 +1000,9 @@ impl Inner {
     ) -> Result<Option<T>> {
         let (hash, cell) = self.locate(key);
         let shard = cell.map.read();
-        let Some(id) = shard.find(hash, key) else {
+        let Some((id, offset, h)) = self.lookup(&shard, hash, key)? else {
             return Ok(None);
         };
-        let slot = shard.slot(id);
-        if slot.expiry != 0 && is_expired(slot.expiry, self.clock.now_millis()) {
-            return Ok(None);
-        }
-        let offset = slot.offset;
-        let h = self.header_at(offset)?;
         let start = offset + h.key_offset();
         let len = h.payload_len();
         let (k, m) = (usize::from(h.key_len), usize::from(h.meta_len));
@@ -1026,18 +1029,52 @@ impl Inner {
         Ok(Some(result))
     }
 
+    /// Finds `key` for a read: its slot id, block offset and checked header,
+    /// or `None` if it is absent or expired. The key is compared in the
+    /// block (which the read touches anyway), not in the slot. The caller
+    /// holds the shard's read lock.
+    fn lookup(
+        &self,
+        shard: &Shard,
+        hash: u64,
+        key: &[u8],
+    ) -> Result<Option<(u32, u64, BlockHeader)>> {
+        let Some((id, offset)) = shard.find_located(hash, |offset| self.holds_key(offset, key))
+        else {
+            return Ok(None);
+        };
+        let h = self.header_at(offset)?;
+        if h.expiry_ms != 0 && is_expired(h.expiry_ms, self.clock.now_millis()) {
+            return Ok(None);
+        }
+        Ok(Some((id, offset, h)))
+    }
+
+    /// Whether the entry block at `offset` holds `key` (header not checked:
+    /// a damaged header reads as another key). The caller holds the shard
+    /// lock of an entry that points there.
+    fn holds_key(&self, offset: u64, key: &[u8]) -> bool {
+        let n = crate::format::BLOCK_HEADER_LEN as usize + key.len();
+        let holds = |b: &[u8]| {
+            usize::from(u16::from_le_bytes([b[6], b[7]])) == key.len() && &b[n - key.len()..] == key
+        };
+        // SAFETY: the shard lock keeps the block from being freed (and so
+        // from being written over or cut off) while the slice is used.
+        match unsafe { self.storage.view(offset, n as u64) } {
+            Some(b) => holds(b),
+            None => {
+                let mut b = vec![0u8; n];
+                self.storage.read_at(offset, &mut b).is_ok() && holds(&b)
+            }
+        }
+    }
+
     fn get_ref(&self, key: &[u8]) -> Result<Option<ValueRef<'_>>> {
         let (hash, cell) = self.locate(key);
         let shard = cell.map.read();
-        let Some(id) = shard.find(hash, key) else {
+        let Some((id, offset, h)) = self.lookup(&shard, hash, key)? else {
             return Ok(None);
         };
-        let slot = shard.slot(id);
-        if slot.expiry != 0 && is_expired(slot.expiry, self.clock.now_millis()) {
-            return Ok(None);
-        }
-        let offset = slot.offset;
-        let h = self.header_at(offset)?;
         let start = offset + h.key_offset();
         let len = h.payload_len();
         let vstart = usize::from(h.key_len) + usize::from(h.meta_len);
@@ -1218,7 +1255,7 @@ impl Inner {
                 .write_word(offset + EXPIRY_WORD_OFFSET, word)
                 .map_err(self.io("renewing an expiry"))?;
             let generation = self.note_write();
-            shard.update(id, offset, expiry_ms);
+            shard.update(hash, id, offset, expiry_ms);
             self.touch_lru(cell, id);
             drop(shard);
             if self.policy == SyncPolicy::Always {
@@ -1261,7 +1298,7 @@ impl Inner {
             self.release(new_offset, new_len, hash);
             return Err(e);
         }
-        shard.update(id, new_offset, expiry_ms);
+        shard.update(hash, id, new_offset, expiry_ms);
         self.touch_lru(cell, id);
         drop(shard);
         self.live_bytes.fetch_add(new_len, Ordering::Relaxed);
@@ -1295,7 +1332,7 @@ impl Inner {
                     self.release(offset, len, hash);
                     return Ok(false);
                 }
-                shard.update(id, offset, expiry_ms);
+                shard.update(hash, id, offset, expiry_ms);
                 self.touch_lru(cell, id);
                 drop(shard);
                 match old {
@@ -1310,6 +1347,16 @@ impl Inner {
                     }
                 }
                 Ok(false)
+            }
+            None if shard.len() >= crate::index::MAX_SHARD_ENTRIES => {
+                drop(shard);
+                self.release(offset, len, hash);
+                Err(Error::TooLarge {
+                    path: self.path.clone(),
+                    what: "number of entries (one of the index's 64 shards is full)",
+                    len: crate::index::MAX_SHARD_ENTRIES + 1,
+                    max: crate::index::MAX_SHARD_ENTRIES,
+                })
             }
             None => {
                 let id = shard.insert(&self.hasher, hash, key, offset, expiry_ms);
@@ -1365,6 +1412,15 @@ impl Inner {
         let reserve = growth_reserve(old_end);
         let mut a = sp.free.allocate(need, self.frag, reserve);
         if let Some(new_end) = a.grow_to {
+            if new_end > crate::index::MAX_FILE_LEN {
+                sp.free.undo_growth(&a, old_end);
+                return Err(Error::TooLarge {
+                    path: self.path.clone(),
+                    what: "file",
+                    len: new_end as usize,
+                    max: crate::index::MAX_FILE_LEN as usize,
+                });
+            }
             let mut grown = self.storage.set_len(new_end);
             if grown.is_err() && reserve > 0 {
                 // The disk may have room for the entry without the reserve.

@@ -210,7 +210,7 @@ impl Inner {
                     .header_at(m.old_offset)
                     .is_ok_and(|h| h.seq == m.seq && h.expiry_ms == m.expiry);
             if unchanged {
-                map.update(m.id, m.new_offset, m.expiry);
+                map.update(m.key_hash, m.id, m.new_offset, m.expiry);
             }
             unchanged
         };
