@@ -30,7 +30,7 @@ pub const MAX_FILE_LEN: u64 = 1 << (40 + 3);
 
 /// A table entry: slot id and block offset in one word.
 fn pack(id: u32, offset: u64) -> u64 {
-    debug_assert!(id < (1 << ID_BITS) && offset < MAX_FILE_LEN && offset % 8 == 0);
+    debug_assert!(id < (1 << ID_BITS) && offset < MAX_FILE_LEN && offset.is_multiple_of(8));
     ((offset >> 3) << ID_BITS) | u64::from(id)
 }
 
