@@ -22,9 +22,14 @@ use crate::format::{ALIGN, MIN_BLOCK_LEN};
 #[derive(Debug, Clone)]
 pub struct FreeList {
     /// (length, offset): best fit is the first entry at or above a length.
+    /// Holds every free block but the one that ends the file.
     by_len: BTreeSet<(u64, u64)>,
-    /// offset → length: neighbours for merging.
+    /// offset → length: neighbours for merging. The same blocks.
     by_off: BTreeMap<u64, u64>,
+    /// The free block that ends the file, kept apart: appends carve it from
+    /// its start, and moving its start is then a bump of two integers
+    /// instead of four B-tree updates.
+    tail: Option<(u64, u64)>,
     free_bytes: u64,
     /// Where the file ends (the first byte after the last block).
     end: u64,
@@ -79,6 +84,7 @@ impl FreeList {
         FreeList {
             by_len: BTreeSet::new(),
             by_off: BTreeMap::new(),
+            tail: None,
             free_bytes: 0,
             end,
             start,
@@ -98,30 +104,32 @@ impl FreeList {
 
     /// Number of free blocks.
     pub fn free_blocks(&self) -> usize {
-        self.by_off.len()
+        self.by_off.len() + usize::from(self.tail.is_some())
     }
 
     /// The largest free block's length (0 when there is none).
     pub fn largest(&self) -> u64 {
-        self.by_len.last().map_or(0, |&(len, _)| len)
+        let tree = self.by_len.last().map_or(0, |&(len, _)| len);
+        tree.max(self.tail.map_or(0, |(_, l)| l))
     }
 
     /// Free blocks in file order.
     #[cfg_attr(not(any(test, feature = "testing")), allow(dead_code))]
     pub fn iter(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
-        self.by_off.iter().map(|(&o, &l)| (o, l))
+        self.by_off.iter().map(|(&o, &l)| (o, l)).chain(self.tail)
     }
 
     /// Whether the free block `offset` of `len` is in the list.
     #[cfg_attr(not(any(test, feature = "testing")), allow(dead_code))]
     pub fn contains(&self, offset: u64, len: u64) -> bool {
-        self.by_off.get(&offset) == Some(&len)
+        self.by_off.get(&offset) == Some(&len) || self.tail == Some((offset, len))
     }
 
     /// Forgets every free block and sets the file end (used by `clear`).
     pub fn reset(&mut self, end: u64) {
         self.by_len.clear();
         self.by_off.clear();
+        self.tail = None;
         self.free_bytes = 0;
         self.end = end;
         self.zero_from = end;
@@ -135,16 +143,51 @@ impl FreeList {
 
     fn insert(&mut self, offset: u64, len: u64) {
         debug_assert!(len >= ALIGN && len.is_multiple_of(ALIGN) && offset.is_multiple_of(ALIGN));
-        self.by_len.insert((len, offset));
-        self.by_off.insert(offset, len);
+        if offset + len == self.end {
+            debug_assert!(self.tail.is_none(), "two free blocks end the file");
+            self.tail = Some((offset, len));
+        } else {
+            self.by_len.insert((len, offset));
+            self.by_off.insert(offset, len);
+        }
         self.free_bytes += len;
     }
 
     fn remove(&mut self, offset: u64, len: u64) {
-        let a = self.by_len.remove(&(len, offset));
-        let b = self.by_off.remove(&offset);
-        debug_assert!(a && b == Some(len));
+        if self.tail == Some((offset, len)) {
+            self.tail = None;
+        } else {
+            let a = self.by_len.remove(&(len, offset));
+            let b = self.by_off.remove(&offset);
+            debug_assert!(a && b == Some(len));
+        }
         self.free_bytes -= len;
+    }
+
+    /// The free block that starts at `offset`, if any.
+    fn block_at(&self, offset: u64) -> Option<u64> {
+        match self.tail {
+            Some((o, l)) if o == offset => Some(l),
+            _ => self.by_off.get(&offset).copied(),
+        }
+    }
+
+    /// The best fit for `need` among the blocks starting before `limit`:
+    /// the smallest, and among equals the lowest offset.
+    fn best_fit(&self, need: u64, limit: u64) -> Option<(u64, u64)> {
+        let tree = self
+            .by_len
+            .range((need, 0)..)
+            .copied()
+            .find(|&(_, o)| o < limit);
+        let tail = self
+            .tail
+            .filter(|&(o, l)| l >= need && o < limit)
+            .map(|(o, l)| (l, o));
+        match (tree, tail) {
+            (Some(t), Some(e)) => Some(t.min(e)),
+            (t, e) => t.or(e),
+        }
     }
 
     /// Hands out a block of at least `need` bytes (a multiple of [`ALIGN`],
@@ -161,7 +204,7 @@ impl FreeList {
     pub fn allocate(&mut self, need: u64, fragmentation_factor: f64, grow_by: u64) -> Allocation {
         debug_assert!(need >= MIN_BLOCK_LEN && need.is_multiple_of(ALIGN));
         debug_assert!(grow_by.is_multiple_of(ALIGN));
-        if let Some(&(len, offset)) = self.by_len.range((need, 0)..).next() {
+        if let Some((len, offset)) = self.best_fit(need, u64::MAX) {
             return self.take(offset, len, need, fragmentation_factor);
         }
         // Nothing fits: take from the end, absorbing a free block that ends the file.
@@ -174,11 +217,11 @@ impl FreeList {
         };
         let grow = if grow_by >= MIN_BLOCK_LEN { grow_by } else { 0 };
         let new_end = offset + need + grow;
+        self.end = new_end;
         let remainder = (grow > 0).then(|| {
             self.insert(offset + need, grow);
             (offset + need, grow)
         });
-        self.end = new_end;
         // Everything past the old end is new, zeroed space, and the block
         // handed out ends past the old end (nothing smaller fitted), so the
         // remainder is all zeros.
@@ -204,13 +247,13 @@ impl FreeList {
         limit: u64,
         fragmentation_factor: f64,
     ) -> Option<Allocation> {
-        let &(len, offset) = self.by_len.range((need, 0)..).find(|&&(_, o)| o < limit)?;
+        let (len, offset) = self.best_fit(need, limit)?;
         Some(self.take(offset, len, need, fragmentation_factor))
     }
 
     /// Whether any free block starts before `limit`.
     pub fn any_below(&self, limit: u64) -> bool {
-        self.by_off.range(..limit).next().is_some()
+        self.by_off.range(..limit).next().is_some() || self.tail.is_some_and(|(o, _)| o < limit)
     }
 
     /// Hands out `need` bytes of the free block `offset`/`len`, splitting it
@@ -260,10 +303,7 @@ impl FreeList {
 
     /// The free block that ends the file, if any.
     pub fn tail_free(&self) -> Option<(u64, u64)> {
-        self.by_off
-            .last_key_value()
-            .map(|(&o, &l)| (o, l))
-            .filter(|&(o, l)| o + l == self.end)
+        self.tail
     }
 
     /// Returns a block to the free list, merging it with free neighbours. A
@@ -274,10 +314,7 @@ impl FreeList {
             offset >= self.start && offset + len <= self.end,
             "{offset}+{len} outside the file"
         );
-        debug_assert!(
-            !self.by_off.contains_key(&offset),
-            "double free at {offset}"
-        );
+        debug_assert!(self.block_at(offset).is_none(), "double free at {offset}");
         let (mut o, mut l) = (offset, len);
         if let Some((&po, &pl)) = self.by_off.range(..offset).next_back() {
             debug_assert!(po + pl <= offset, "free block {po}+{pl} overlaps {offset}");
@@ -287,7 +324,7 @@ impl FreeList {
                 l += pl;
             }
         }
-        if let Some(&nl) = self.by_off.get(&(offset + len)) {
+        if let Some(nl) = self.block_at(offset + len) {
             self.remove(offset + len, nl);
             l += nl;
         }
@@ -314,7 +351,15 @@ impl FreeList {
     /// written: the neighbours it merged with are free blocks again, as their
     /// headers on disk still say.
     pub fn withdraw(&mut self, offset: u64, len: u64) {
-        let Some((&o, &l)) = self.by_off.range(..=offset).next_back() else {
+        let holder = match self.tail {
+            Some((o, l)) if o <= offset => Some((o, l)),
+            _ => self
+                .by_off
+                .range(..=offset)
+                .next_back()
+                .map(|(&o, &l)| (o, l)),
+        };
+        let Some((o, l)) = holder else {
             debug_assert!(false, "{offset}+{len} is not free");
             return;
         };
