@@ -291,6 +291,8 @@ impl Iterator for Iter<'_> {
 struct ShardCell {
     map: RwLock<Shard>,
     lru: Mutex<LruList>,
+    /// Its place in `Inner::shards` (and `Inner::lru_oldest`).
+    index: usize,
 }
 
 /// Free space and space waiting to become free.
@@ -421,6 +423,10 @@ pub(crate) struct Inner {
     clock: Arc<dyn Clock>,
     hasher: KeyHasher,
     shards: Box<[ShardCell]>,
+    /// Per shard, the use stamp of its least recently used entry (`u64::MAX`
+    /// when it has none), so that eviction finds the store's oldest entry by
+    /// reading these instead of locking every shard's list.
+    lru_oldest: Box<[AtomicU64]>,
     entries: AtomicUsize,
     live_bytes: AtomicU64,
     next_seq: AtomicU64,
@@ -871,12 +877,19 @@ impl Inner {
         let shards: Box<[ShardCell]> = rec
             .shards
             .into_iter()
-            .map(|s| ShardCell {
+            .enumerate()
+            .map(|(index, s)| ShardCell {
                 map: RwLock::new(s),
                 lru: Mutex::new(lru.next().unwrap_or_default()),
+                index,
             })
             .collect();
+        let lru_oldest: Box<[AtomicU64]> = shards
+            .iter()
+            .map(|c| AtomicU64::new(c.lru.lock().oldest().map_or(u64::MAX, |(_, st)| st)))
+            .collect();
         Ok(Inner {
+            lru_oldest,
             path: path.to_path_buf(),
             storage,
             salt: header.salt,
@@ -949,7 +962,15 @@ impl Inner {
             let mut lru = cell.lru.lock();
             // Stamped under the list's lock, so each list is in stamp order.
             lru.touch(id, self.next_stamp.fetch_add(1, Ordering::Relaxed));
+            self.publish_oldest(cell, &lru);
         }
+    }
+
+    /// Records the shard's oldest stamp after a change to its list (called
+    /// with the list's lock held, so the value is never stale for long).
+    fn publish_oldest(&self, cell: &ShardCell, lru: &LruList) {
+        let oldest = lru.oldest().map_or(u64::MAX, |(_, st)| st);
+        self.lru_oldest[cell.index].store(oldest, Ordering::Release);
     }
 
     /// Reads and checks the header of the block at `offset`.
@@ -1618,7 +1639,9 @@ impl Inner {
         };
         shard.remove(hash, id);
         if self.max_entries.is_some() {
-            cell.lru.lock().remove(id);
+            let mut lru = cell.lru.lock();
+            lru.remove(id);
+            self.publish_oldest(cell, &lru);
         }
         self.entries.fetch_sub(1, Ordering::AcqRel);
         if let Some(l) = len {
@@ -1700,20 +1723,22 @@ impl Inner {
     /// when there is none.
     fn evict_one(&self) -> Result<bool> {
         loop {
-            let mut best: Option<(u64, usize, u32)> = None;
-            for (s, cell) in self.shards.iter().enumerate() {
-                if let Some((id, stamp)) = cell.lru.lock().oldest()
-                    && best.is_none_or(|b| stamp < b.0)
-                {
-                    best = Some((stamp, s, id));
-                }
-            }
-            let Some((stamp, s, id)) = best else {
+            let (s, stamp) = self
+                .lru_oldest
+                .iter()
+                .map(|a| a.load(Ordering::Acquire))
+                .enumerate()
+                .min_by_key(|&(_, st)| st)
+                .expect("shards");
+            if stamp == u64::MAX {
                 return Ok(false);
-            };
+            }
             let cell = &self.shards[s];
             let mut shard = cell.map.write();
-            if cell.lru.lock().oldest() != Some((id, stamp)) {
+            let Some((id, now_oldest)) = cell.lru.lock().oldest() else {
+                continue; // emptied meanwhile: look again
+            };
+            if now_oldest != stamp {
                 continue; // used or removed meanwhile: look again
             }
             let slot = shard.slot(id);
@@ -1820,7 +1845,9 @@ impl Inner {
             drop(sp);
             for (shard, cell) in shards.iter_mut().zip(self.shards.iter()) {
                 shard.clear();
-                cell.lru.lock().clear();
+                let mut lru = cell.lru.lock();
+                lru.clear();
+                self.publish_oldest(cell, &lru);
             }
             self.entries.store(0, Ordering::Release);
             self.live_bytes.store(0, Ordering::Release);
