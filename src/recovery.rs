@@ -177,20 +177,24 @@ pub(crate) fn recover(
         meta.push(b.meta);
     }
 
-    for (s, shard) in shards.iter_mut().enumerate() {
-        for id in shard.expired(now_ms, usize::MAX) {
-            let slot = shard.slot(id);
-            let (offset, len) = (slot.offset, meta[s][id as usize].1);
-            let hash = hasher.hash_one(slot.key.as_bytes());
-            shard.remove(hash, id);
-            reclaims.push(Reclaim {
-                offset,
-                len,
-                entry: true,
-                free: false,
-            });
-            entries -= 1;
-            live_bytes -= len;
+    // Takes an entry out of the index; its block becomes free space.
+    let mut drop_entry = |shards: &mut [Shard], s: usize, id: u32| {
+        let slot = shards[s].slot(id);
+        let (offset, len) = (slot.offset, meta[s][id as usize].1);
+        let hash = hasher.hash_one(slot.key.as_bytes());
+        shards[s].remove(hash, id);
+        reclaims.push(Reclaim {
+            offset,
+            len,
+            entry: true,
+            free: false,
+        });
+        entries -= 1;
+        live_bytes -= len;
+    };
+    for s in 0..shards.len() {
+        for id in shards[s].expired(now_ms, usize::MAX) {
+            drop_entry(&mut shards, s, id);
             expired_freed += 1;
         }
     }
@@ -201,7 +205,8 @@ pub(crate) fn recover(
     let lru = match max_entries {
         None => None,
         Some(cap) => {
-            let mut order: Vec<(u64, u32, u32)> = Vec::with_capacity(entries);
+            let mut order: Vec<(u64, u32, u32)> =
+                Vec::with_capacity(shards.iter().map(Shard::len).sum());
             for (s, shard) in shards.iter().enumerate() {
                 for (id, _) in shard.iter() {
                     order.push((meta[s][id as usize].0, s as u32, id));
@@ -210,19 +215,7 @@ pub(crate) fn recover(
             order.sort_unstable();
             let excess = order.len().saturating_sub(cap);
             for &(_, s, id) in &order[..excess] {
-                let s = s as usize;
-                let slot = shards[s].slot(id);
-                let (offset, len) = (slot.offset, meta[s][id as usize].1);
-                let hash = hasher.hash_one(slot.key.as_bytes());
-                shards[s].remove(hash, id);
-                reclaims.push(Reclaim {
-                    offset,
-                    len,
-                    entry: true,
-                    free: false,
-                });
-                entries -= 1;
-                live_bytes -= len;
+                drop_entry(&mut shards, s as usize, id);
                 evicted += 1;
             }
             let mut lists: Vec<LruList> = (0..SHARDS).map(|_| LruList::default()).collect();
