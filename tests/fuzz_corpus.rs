@@ -2,7 +2,10 @@
 //! `fuzz/corpus/TARGET/` goes through the same body the fuzzer runs
 //! (`sfs::fuzzing::TARGET`). The seed files are made here, deterministically;
 //! `SFS_WRITE_CORPUS=1 cargo test --test fuzz_corpus` (re)writes them, and
-//! without it this test checks that they are all present and current.
+//! without it this test checks that they are all present and current. And
+//! proptest drives the same bodies with random input: mutated seed files for
+//! `open` and `inspect`, random bytes for `entry` (`ops` is driven by
+//! `tests/model.rs`).
 #![cfg(feature = "cli")]
 
 use std::collections::BTreeMap;
@@ -257,5 +260,50 @@ fn every_corpus_file_passes_its_target() {
             let run = std::panic::catch_unwind(|| body(target)(&data));
             assert!(run.is_ok(), "{target}: {} fails its target", f.display());
         }
+    }
+}
+
+/// The seed store files, made once per test process.
+fn seed_files() -> &'static [Vec<u8>] {
+    static SEEDS: std::sync::OnceLock<Vec<Vec<u8>>> = std::sync::OnceLock::new();
+    SEEDS.get_or_init(|| store_seeds().into_values().collect())
+}
+
+/// A seed file with a few bytes changed.
+fn mutated(seed: proptest::sample::Index, changes: &[(proptest::sample::Index, u8)]) -> Vec<u8> {
+    let mut b = seed.get(seed_files()).clone();
+    for (at, byte) in changes {
+        if !b.is_empty() {
+            let i = at.index(b.len());
+            b[i] ^= byte | 1;
+        }
+    }
+    b
+}
+
+use proptest::prelude::*;
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+    #[test]
+    fn open_target_on_mutated_store_files(
+        seed in any::<proptest::sample::Index>(),
+        changes in proptest::collection::vec((any::<proptest::sample::Index>(), any::<u8>()), 1..6),
+    ) {
+        sfs::fuzzing::open(&mutated(seed, &changes));
+    }
+
+    #[test]
+    fn inspect_target_on_mutated_store_files(
+        seed in any::<proptest::sample::Index>(),
+        changes in proptest::collection::vec((any::<proptest::sample::Index>(), any::<u8>()), 1..6),
+    ) {
+        sfs::fuzzing::inspect(&mutated(seed, &changes));
+    }
+
+    #[test]
+    fn entry_target_on_random_bytes(data in proptest::collection::vec(any::<u8>(), 0..600)) {
+        sfs::fuzzing::entry(&data);
     }
 }
