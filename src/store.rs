@@ -541,7 +541,9 @@ fn open_storage(path: &Path, opts: &Options) -> Result<Arc<dyn Storage>> {
         }
         Err(std::fs::TryLockError::Error(e)) => return Err(Error::io(path, "locking the file", e)),
     }
-    let storage = FileStorage::new(file, !opts.read_only)
+    // When every write is synced, writes go through pwrite (see FileStorage).
+    let pwrite = opts.sync == SyncPolicy::Always;
+    let storage = FileStorage::with_pwrite(file, !opts.read_only, pwrite)
         .map_err(|e| Error::io(path, "mapping the file", e))?;
     Ok(Arc::new(storage))
 }
