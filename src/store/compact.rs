@@ -78,6 +78,11 @@ impl Inner {
         };
         let mut next = live.into_iter().peekable();
         while next.peek().is_some() {
+            if *self.stop.lock() {
+                // The store is closing: stop between batches (what moved so
+                // far stays moved; the rest waits for the next compaction).
+                break;
+            }
             let _gate = self.gate.read();
             let mut batch: Vec<Move> = Vec::new();
             let mut bytes = 0u64;
