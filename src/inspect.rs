@@ -246,6 +246,35 @@ impl<S: Source> Walker<S> {
         self.len
     }
 
+    /// Where the next block starts.
+    pub fn position(&self) -> u64 {
+        self.pos
+    }
+
+    /// Moves the walk to `pos`, which must be where a block starts (a valid
+    /// entry header found by [`next_entry_header`] is one). Used to walk the
+    /// two halves of a large file on two threads.
+    pub fn seek(&mut self, pos: u64) {
+        self.pos = pos;
+    }
+
+    /// The first 8-byte boundary in `from..to` that holds a valid entry
+    /// header, the same rule the walk uses to resynchronise after damage.
+    pub fn next_entry_header(&mut self, from: u64, to: u64) -> io::Result<Option<u64>> {
+        let mut at = from
+            .next_multiple_of(crate::format::ALIGN)
+            .max(FILE_HEADER_LEN);
+        while at < self.len.min(to) {
+            if let Ok(h) = self.header_at(at)?
+                && h.kind == Kind::Entry
+            {
+                return Ok(Some(at));
+            }
+            at += crate::format::ALIGN;
+        }
+        Ok(None)
+    }
+
     /// The key of the last block returned, when it was an entry (for a
     /// corrupt entry, the bytes where its key should be).
     pub fn key(&self) -> &[u8] {

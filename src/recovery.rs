@@ -15,7 +15,7 @@ use std::io;
 use crate::alloc::FreeList;
 use crate::format::{BlockHeader, FILE_HEADER_LEN, FileHeader, MIN_BLOCK_LEN};
 use crate::index::{CompactKey, KeyHasher, LruList, SHARDS, Shard, shard_of};
-use crate::inspect::{BlockKind, Source, Walker};
+use crate::inspect::{Block, BlockKind, Source, Walker};
 use crate::io::Storage;
 
 /// A [`Storage`] read as a [`Source`].
@@ -95,75 +95,18 @@ pub(crate) fn recover(
     write: bool,
 ) -> io::Result<Recovered> {
     let salt = header.salt;
-    let mut walker = match Walker::new(StorageSource(storage))? {
-        Ok(w) => w,
-        Err(e) => {
-            return Err(io::Error::other(format!(
-                "file header changed during open: {e:?}"
-            )));
-        }
-    };
+    let file_len = storage.len();
     // The walk: every entry goes to its shard's list (in file order); the
     // shards' tables are built afterwards, each at its exact size, in
-    // parallel (see `build_shard`).
-    let mut found: Vec<Vec<Found>> = (0..SHARDS).map(|_| Vec::new()).collect();
-    let mut reclaims: Vec<Reclaim> = Vec::new();
-    let mut max_seq = 0u64;
-    let (mut corrupt_blocks, mut corrupt_bytes) = (0u64, 0u64);
-
-    while let Some(block) = walker.next_block()? {
-        let (offset, len) = (block.offset, block.len);
-        match block.kind {
-            BlockKind::Entry(h) => {
-                max_seq = max_seq.max(h.seq);
-                let hash = hasher.hash_one(walker.key());
-                found[shard_of(hash)].push(Found {
-                    key: CompactKey::new(walker.key()),
-                    hash,
-                    offset,
-                    len,
-                    seq: h.seq,
-                    expiry: h.expiry_ms,
-                });
-            }
-            BlockKind::Free => reclaims.push(Reclaim {
-                offset,
-                len,
-                entry: false,
-                free: true,
-            }),
-            BlockKind::Unwritten => reclaims.push(Reclaim {
-                offset,
-                len,
-                entry: false,
-                free: false,
-            }),
-            BlockKind::CorruptEntry(h) => {
-                max_seq = max_seq.max(h.seq);
-                corrupt_blocks += 1;
-                corrupt_bytes += len;
-                reclaims.push(Reclaim {
-                    offset,
-                    len,
-                    entry: true,
-                    free: false,
-                });
-            }
-            BlockKind::Damaged(_) => {
-                corrupt_blocks += 1;
-                corrupt_bytes += len;
-                reclaims.push(Reclaim {
-                    offset,
-                    len,
-                    entry: false,
-                    free: false,
-                });
-            }
-        }
-    }
-    let file_len = walker.file_len();
-    drop(walker);
-
+    // parallel (see `build_shard`). A large file is walked in two halves on
+    // two threads (see `walk`).
+    let Walked {
+        found,
+        mut reclaims,
+        max_seq,
+        corrupt_blocks,
+        corrupt_bytes,
+    } = walk(storage, header, hasher, SPLIT_WALK_BYTES)?;
     let built = build_shards(hasher, found)?;
     let mut shards: Vec<Shard> = Vec::with_capacity(SHARDS);
     // Per shard, per slot id: (seq, block_len) of the copy in the index.
@@ -304,6 +247,136 @@ pub(crate) fn recover(
     })
 }
 
+/// What a walk over (part of) the file found.
+#[derive(Default)]
+struct Walked {
+    /// Per shard, the entries in file order.
+    found: Vec<Vec<Found>>,
+    reclaims: Vec<Reclaim>,
+    max_seq: u64,
+    corrupt_blocks: u64,
+    corrupt_bytes: u64,
+}
+
+impl Walked {
+    fn new() -> Walked {
+        Walked {
+            found: (0..SHARDS).map(|_| Vec::new()).collect(),
+            ..Walked::default()
+        }
+    }
+
+    /// Takes in one block.
+    fn add(&mut self, block: &Block, key: &[u8], hasher: &KeyHasher) {
+        let (offset, len) = (block.offset, block.len);
+        let reclaim = |entry, free| Reclaim {
+            offset,
+            len,
+            entry,
+            free,
+        };
+        match block.kind {
+            BlockKind::Entry(h) => {
+                self.max_seq = self.max_seq.max(h.seq);
+                let hash = hasher.hash_one(key);
+                self.found[shard_of(hash)].push(Found {
+                    key: CompactKey::new(key),
+                    hash,
+                    offset,
+                    len,
+                    seq: h.seq,
+                    expiry: h.expiry_ms,
+                });
+            }
+            BlockKind::Free => self.reclaims.push(reclaim(false, true)),
+            BlockKind::Unwritten => self.reclaims.push(reclaim(false, false)),
+            BlockKind::CorruptEntry(h) => {
+                self.max_seq = self.max_seq.max(h.seq);
+                self.corrupt_blocks += 1;
+                self.corrupt_bytes += len;
+                self.reclaims.push(reclaim(true, false));
+            }
+            BlockKind::Damaged(_) => {
+                self.corrupt_blocks += 1;
+                self.corrupt_bytes += len;
+                self.reclaims.push(reclaim(false, false));
+            }
+        }
+    }
+
+    /// Appends what a walk of the next part of the file found.
+    fn append(&mut self, later: Walked) {
+        for (mine, theirs) in self.found.iter_mut().zip(later.found) {
+            mine.extend(theirs);
+        }
+        self.reclaims.extend(later.reclaims);
+        self.max_seq = self.max_seq.max(later.max_seq);
+        self.corrupt_blocks += later.corrupt_blocks;
+        self.corrupt_bytes += later.corrupt_bytes;
+    }
+}
+
+/// Files smaller than this are walked on one thread.
+const SPLIT_WALK_BYTES: u64 = 32 << 20;
+
+/// Walks the blocks after the file header. A large file is walked in two
+/// halves at once: the second walk starts at the first valid entry header
+/// after the middle of the file (the rule the walk uses to resynchronise
+/// after damage), and the first walk must then end exactly there, which
+/// proves the second started on a block boundary. If it does not (a value
+/// holding something that passes for an entry header of this file), the
+/// second half's results are dropped and the first walk carries on to the
+/// end of the file.
+fn walk(
+    storage: &dyn Storage,
+    header: FileHeader,
+    hasher: &KeyHasher,
+    split_from: u64,
+) -> io::Result<Walked> {
+    let file_len = storage.len();
+    let mut first = Walker::with_header(StorageSource(storage), header);
+    let split = if file_len >= split_from
+        && std::thread::available_parallelism().is_ok_and(|n| n.get() > 1)
+    {
+        let mid = file_len / 2;
+        first.next_entry_header(mid, mid + (8 << 20))?
+    } else {
+        None
+    };
+    let mut walked = Walked::new();
+    let Some(split) = split else {
+        while let Some(b) = first.next_block()? {
+            walked.add(&b, first.key(), hasher);
+        }
+        return Ok(walked);
+    };
+    let second = std::thread::scope(|scope| {
+        let second = scope.spawn(|| -> io::Result<Walked> {
+            let mut w = Walker::with_header(StorageSource(storage), header);
+            w.seek(split);
+            let mut walked = Walked::new();
+            while let Some(b) = w.next_block()? {
+                walked.add(&b, w.key(), hasher);
+            }
+            Ok(walked)
+        });
+        while first.position() < split {
+            let Some(b) = first.next_block()? else { break };
+            walked.add(&b, first.key(), hasher);
+        }
+        second.join().expect("the second walk panicked")
+    })?;
+    if first.position() == split {
+        walked.append(second);
+    } else {
+        // The second walk did not start on a block boundary: finish alone.
+        while let Some(b) = first.next_block()? {
+            walked.add(&b, first.key(), hasher);
+        }
+    }
+    Ok(walked)
+}
+
 /// An entry found by the walk, waiting for its shard to be built. It keeps
 /// its key (inline when short), so the build need not touch the file again.
 struct Found {
@@ -433,4 +506,120 @@ fn build_shard(hasher: &KeyHasher, found: Vec<Found>) -> io::Result<Built> {
         losers,
         live_bytes,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::{FORMAT_VERSION, crc, entry_block_len};
+    use crate::io::MemStorage;
+
+    const SALT: u32 = 0xabcd;
+
+    fn entry(key: &[u8], value: &[u8], seq: u64) -> Vec<u8> {
+        let h = BlockHeader {
+            kind: crate::format::Kind::Entry,
+            block_len: entry_block_len(key.len(), 0, value.len()),
+            key_len: key.len() as u16,
+            meta_len: 0,
+            value_len: value.len() as u32,
+            seq,
+            expiry_ms: 0,
+            payload_crc: crc(SALT, &[key, value]),
+        };
+        let mut b = h.encode(SALT).to_vec();
+        b.extend_from_slice(key);
+        b.extend_from_slice(value);
+        b.resize(h.block_len as usize, 0);
+        b
+    }
+
+    fn summary(w: &Walked) -> (Vec<Vec<(u64, u64, u64)>>, Vec<(u64, u64, bool)>, u64, u64) {
+        let found = w
+            .found
+            .iter()
+            .map(|l| l.iter().map(|f| (f.offset, f.len, f.seq)).collect())
+            .collect();
+        let reclaims = w
+            .reclaims
+            .iter()
+            .map(|r| (r.offset, r.len, r.entry))
+            .collect();
+        (found, reclaims, w.max_seq, w.corrupt_blocks)
+    }
+
+    fn walks_agree(file: Vec<u8>) -> bool {
+        let header = FileHeader::decode(&file[..64]).unwrap();
+        let storage = MemStorage::with_bytes(file);
+        let hasher = KeyHasher::default();
+        let one = walk(&storage, header, &hasher, u64::MAX).unwrap();
+        let two = walk(&storage, header, &hasher, 0).unwrap();
+        assert_eq!(summary(&one), summary(&two));
+        !one.found.iter().all(Vec::is_empty)
+    }
+
+    fn file_with(blocks: impl IntoIterator<Item = Vec<u8>>) -> Vec<u8> {
+        let mut f = FileHeader {
+            version: FORMAT_VERSION,
+            salt: SALT,
+            created_ms: 0,
+        }
+        .encode()
+        .to_vec();
+        for b in blocks {
+            f.extend(b);
+        }
+        f
+    }
+
+    #[test]
+    fn a_walk_in_two_halves_finds_what_one_walk_finds() {
+        let mut blocks: Vec<Vec<u8>> = (0..2000u32)
+            .map(|i| {
+                entry(
+                    &i.to_le_bytes(),
+                    &vec![i as u8; (i % 300) as usize],
+                    u64::from(i),
+                )
+            })
+            .collect();
+        blocks[700] = BlockHeader::free(blocks[700].len() as u64)
+            .encode(SALT)
+            .to_vec();
+        blocks[700].resize(entry_block_len(4, 0, 700 % 300) as usize, 0xEE);
+        blocks[1500][50] ^= 0x40; // a corrupt payload (its key) in the second half
+        assert!(walks_agree(file_with(blocks)));
+    }
+
+    #[test]
+    fn a_second_walk_started_inside_a_value_is_dropped() {
+        // The middle of the file falls inside a large value that holds a
+        // block of this very file (with its salt): the second walk starts
+        // there, the first walk steps over it, and the result is still the
+        // single walk's.
+        let fake = entry(b"fake", b"not really an entry", 999);
+        let mut value = vec![0x11u8; 64 * 1024];
+        // Where the value starts in the file: after the header, block "a"
+        // and the big entry's own header and key. The fake goes on an 8-byte
+        // boundary just after the middle.
+        let value_at = 64 + entry(b"a", b"1", 1).len() + 48 + 3;
+        let at = (32 * 1024 + value_at).next_multiple_of(8) - value_at;
+        value[at..at + fake.len()].copy_from_slice(&fake);
+        let blocks = vec![
+            entry(b"a", b"1", 1),
+            entry(b"big", &value, 2),
+            entry(b"z", b"2", 3),
+        ];
+        let file = file_with(blocks);
+        let header = FileHeader::decode(&file[..64]).unwrap();
+        let storage = MemStorage::with_bytes(file.clone());
+        let mut w = Walker::with_header(StorageSource(&storage), header);
+        let mid = file.len() as u64 / 2;
+        let split = w.next_entry_header(mid, u64::MAX).unwrap().unwrap();
+        assert!(
+            split > 64 + 64 && split < file.len() as u64 - 64,
+            "the scan finds the fake header in the value"
+        );
+        assert!(walks_agree(file));
+    }
 }
