@@ -534,7 +534,10 @@ mod tests {
         b
     }
 
-    fn summary(w: &Walked) -> (Vec<Vec<(u64, u64, u64)>>, Vec<(u64, u64, bool)>, u64, u64) {
+    /// Per shard (offset, len, seq) of each entry found.
+    type FoundSummary = Vec<Vec<(u64, u64, u64)>>;
+
+    fn summary(w: &Walked) -> (FoundSummary, Vec<(u64, u64, bool)>, u64, u64) {
         let found = w
             .found
             .iter()
