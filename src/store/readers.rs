@@ -2,9 +2,11 @@
 //! copies them). A locked block that is freed stays out of the free list
 //! until its last reader leaves, so it is neither reused nor cut off the file.
 
-use std::collections::HashMap;
-
 use super::*;
+
+/// Offsets of borrowed blocks, hashed with foldhash (SipHash, std's default,
+/// costs more than the rest of a pin).
+pub(super) type PinMap = hashbrown::HashMap<u64, Pin, foldhash::fast::FixedState>;
 
 /// A block borrowed by `ValueRef`s.
 #[derive(Default)]
@@ -17,17 +19,17 @@ pub(super) struct Pin {
 
 /// Reader locks on blocks borrowed by `ValueRef`s, by block offset.
 pub(super) struct ReaderLocks {
-    pub(super) shards: Box<[Mutex<HashMap<u64, Pin>>]>,
+    pub(super) shards: Box<[Mutex<PinMap>]>,
 }
 
 impl ReaderLocks {
     pub(super) fn new() -> ReaderLocks {
         ReaderLocks {
-            shards: (0..16).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..16).map(|_| Mutex::new(PinMap::default())).collect(),
         }
     }
 
-    pub(super) fn shard(&self, offset: u64) -> &Mutex<HashMap<u64, Pin>> {
+    pub(super) fn shard(&self, offset: u64) -> &Mutex<PinMap> {
         &self.shards[((offset >> 3) as usize) % self.shards.len()]
     }
 
@@ -81,7 +83,7 @@ impl ReaderLocks {
 
     /// Every shard, locked: nothing is pinned or unpinned meanwhile.
     #[cfg(any(test, feature = "testing"))]
-    pub(super) fn lock_all(&self) -> Vec<parking_lot::MutexGuard<'_, HashMap<u64, Pin>>> {
+    pub(super) fn lock_all(&self) -> Vec<parking_lot::MutexGuard<'_, PinMap>> {
         self.shards.iter().map(|s| s.lock()).collect()
     }
 }
