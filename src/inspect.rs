@@ -252,7 +252,7 @@ impl<S: Source> Walker<S> {
     }
 
     /// Moves the walk to `pos`, which must be where a block starts (a valid
-    /// entry header found by [`next_entry_header`] is one). Used to walk the
+    /// entry header found by [`Self::next_entry_header`] is one). Used to walk the
     /// two halves of a large file on two threads.
     pub fn seek(&mut self, pos: u64) {
         self.pos = pos;
