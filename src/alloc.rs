@@ -18,6 +18,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::format::{ALIGN, MIN_BLOCK_LEN};
 
+/// How many free blocks, in address order, a compaction move looks at for
+/// the lowest one that fits before it settles for the best fit.
+pub const FIRST_FIT_SCAN: usize = 1024;
+
 /// Free space in the file, as blocks.
 #[derive(Debug, Clone)]
 pub struct FreeList {
@@ -241,14 +245,33 @@ impl FreeList {
     /// Like [`allocate`](Self::allocate), but only from free blocks that start
     /// before `limit`, and never growing the file (used to move entries
     /// towards the start of the file). `None` when no such block fits.
+    ///
+    /// Compaction wants the *lowest* block that fits, not the smallest: best
+    /// fit would drop an entry from the end into an exact-size hole just
+    /// before it, which shortens nothing. So the first [`FIRST_FIT_SCAN`]
+    /// blocks in address order are tried first (the first that fits wins),
+    /// and only then the best fit below `limit`.
     pub fn allocate_below(
         &mut self,
         need: u64,
         limit: u64,
         fragmentation_factor: f64,
     ) -> Option<Allocation> {
-        let (len, offset) = self.best_fit(need, limit)?;
+        let (len, offset) = self
+            .first_fit(need, limit)
+            .or_else(|| self.best_fit(need, limit))?;
         Some(self.take(offset, len, need, fragmentation_factor))
+    }
+
+    /// The lowest free block before `limit` that holds `need` bytes, among the
+    /// first [`FIRST_FIT_SCAN`] blocks of the file (the bound keeps a file
+    /// with many small holes at its start from making each move a long scan).
+    fn first_fit(&self, need: u64, limit: u64) -> Option<(u64, u64)> {
+        self.by_off
+            .range(..limit)
+            .take(FIRST_FIT_SCAN)
+            .find(|&(_, &l)| l >= need)
+            .map(|(&o, &l)| (l, o))
     }
 
     /// Whether any free block starts before `limit`.
@@ -645,6 +668,37 @@ mod tests {
         assert!(f.any_below(100));
         assert!(!f.any_below(64));
         assert_eq!(f.end(), 10_000, "never grows the file");
+    }
+
+    #[test]
+    fn allocate_below_prefers_the_lowest_block_that_fits() {
+        // Best fit would take the exact fit at 1000 (or 8000, just below the
+        // entry); compaction wants the lowest block that fits: 400, stepping
+        // over the too-small block at 64.
+        let mut f = with_free(10_000, &[(64, 96), (400, 400), (1000, 104), (8000, 104)]);
+        let a = f.allocate_below(104, 9000, 0.75).unwrap();
+        assert_eq!(
+            (a.offset, a.len, a.remainder),
+            (400, 104, Some((504, 296))),
+            "the lowest block that fits, split"
+        );
+        // The limit still bounds it: below 300 nothing fits.
+        assert!(f.allocate_below(104, 300, 0.75).is_none());
+    }
+
+    #[test]
+    fn allocate_below_falls_back_to_best_fit_past_the_scan_bound() {
+        // More small holes at the start than a first-fit scan looks at, then
+        // two blocks that fit: the best fit (the smaller) is taken.
+        let mut holes: Vec<(u64, u64)> = (0..FIRST_FIT_SCAN as u64 + 10)
+            .map(|i| (64 + i * 192, 96))
+            .collect();
+        let far = 64 + (FIRST_FIT_SCAN as u64 + 20) * 192;
+        holes.push((far, 1024));
+        holes.push((far + 2048, 512));
+        let mut f = with_free(far + 8192, &holes);
+        let a = f.allocate_below(512, far + 4096, 0.75).unwrap();
+        assert_eq!((a.offset, a.len), (far + 2048, 512));
     }
 
     #[test]

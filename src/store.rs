@@ -431,8 +431,10 @@ impl Store {
     }
 
     /// Moves live entries from the end of the file into free space nearer
-    /// its start (best fit), then cuts the free end off the file, so the file
-    /// shrinks towards the size of its live data.
+    /// its start, then cuts the free end off the file, so the file shrinks
+    /// towards the size of its live data. Each entry goes to the lowest free
+    /// block that holds it (not the best fit: an exact-size hole right below
+    /// an entry would take it without shortening the file).
     ///
     /// Reads and writes carry on meanwhile: a reader of a moving entry
     /// finishes on the old copy, and no operation waits for more than one

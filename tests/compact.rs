@@ -63,6 +63,50 @@ fn compact_moves_the_tail_into_holes_and_cuts_the_file() {
 }
 
 #[test]
+fn compact_after_random_mass_deletes_packs_the_file_to_its_live_blocks() {
+    // Random deletes leave holes all over the file, many of them exactly one
+    // entry long right below the entries that must move: a move has to go
+    // to the lowest hole, not the best-fitting one, or the file stays long.
+    let t = TempStore::new();
+    let c = clock();
+    let s = t.open(&c);
+    let n = 20_000u32;
+    fill(&s, n, 100);
+    let mut order: Vec<u32> = (0..n).collect();
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    for i in (1..order.len()).rev() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        order.swap(i, (x % (i as u64 + 1)) as usize);
+    }
+    let (gone, kept) = order.split_at(n as usize * 9 / 10);
+    for i in gone {
+        s.delete(format!("k{i:05}")).unwrap();
+    }
+    let before = s.stats();
+    let r = s.compact().unwrap();
+    let after = s.stats();
+    assert!(r.moved_entries > 0);
+    assert_eq!(after.entries, kept.len());
+    let packed = 64 + after.live_bytes;
+    assert!(
+        after.file_len as f64 <= 1.1 * packed as f64,
+        "file {} bytes after compact(), live blocks {} (before: {})",
+        after.file_len,
+        packed,
+        before.file_len
+    );
+    s.check_invariants().unwrap();
+    for i in kept {
+        assert_eq!(
+            s.get(format!("k{i:05}")).unwrap(),
+            Some(vec![(i % 251) as u8; 100])
+        );
+    }
+}
+
+#[test]
 fn compact_keeps_lru_order_expiry_and_metadata() {
     let t = TempStore::new();
     let c = clock();

@@ -1,6 +1,6 @@
 //! Online compaction: live entries move from the end of the file into free
-//! space nearer its start (best fit), then the free end is cut off. Readers
-//! and writers carry on meanwhile.
+//! space nearer its start (the lowest free block that fits), then the free
+//! end is cut off. Readers and writers carry on meanwhile.
 //!
 //! One move: under the entry's shard read lock, check that the index still
 //! points at the block and pin it (a reader lock, so it is neither reused nor
