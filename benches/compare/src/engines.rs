@@ -152,7 +152,7 @@ pub fn read_once(path: &Path) -> f64 {
 
 // ---- sfs --------------------------------------------------------------------
 
-fn sfs_path(dir: &Path) -> std::path::PathBuf {
+pub(crate) fn sfs_path(dir: &Path) -> std::path::PathBuf {
     dir.join("data.sfs")
 }
 
@@ -312,7 +312,7 @@ fn sfs_open(dir: &Path, data: &Data, m: &mut Metrics) {
 
 // ---- redb -------------------------------------------------------------------
 
-const REDB_TABLE: redb::TableDefinition<&[u8], &[u8]> = redb::TableDefinition::new("kv");
+pub(crate) const REDB_TABLE: redb::TableDefinition<&[u8], &[u8]> = redb::TableDefinition::new("kv");
 
 fn redb_work(dir: &Path, data: &Data, m: &mut Metrics) {
     use redb::{Database, ReadableDatabase};
@@ -370,9 +370,9 @@ fn redb_open(dir: &Path, data: &Data, m: &mut Metrics) {
 
 // ---- heed (LMDB) ------------------------------------------------------------
 
-type HeedDb = heed::Database<heed::types::Bytes, heed::types::Bytes>;
+pub(crate) type HeedDb = heed::Database<heed::types::Bytes, heed::types::Bytes>;
 
-fn heed_env(dir: &Path) -> heed::Env {
+pub(crate) fn heed_env(dir: &Path) -> heed::Env {
     let p = dir.join("lmdb");
     std::fs::create_dir_all(&p).expect("mkdir");
     // SAFETY: LMDB requires that the file is not opened twice
@@ -435,7 +435,7 @@ fn heed_open(dir: &Path, data: &Data, m: &mut Metrics) {
 
 // ---- fjall ------------------------------------------------------------------
 
-fn fjall_open_db(dir: &Path) -> (fjall::Database, fjall::Keyspace) {
+pub(crate) fn fjall_open_db(dir: &Path) -> (fjall::Database, fjall::Keyspace) {
     let db = fjall::Database::builder(dir.join("fjall"))
         .open()
         .expect("open fjall");
@@ -486,7 +486,7 @@ fn fjall_open(dir: &Path, data: &Data, m: &mut Metrics) {
 
 // ---- sled -------------------------------------------------------------------
 
-fn sled_open_db(dir: &Path) -> sled::Db {
+pub(crate) fn sled_open_db(dir: &Path) -> sled::Db {
     sled::Config::new()
         .path(dir.join("sled"))
         .open()
@@ -534,7 +534,7 @@ fn sled_open(dir: &Path, data: &Data, m: &mut Metrics) {
 
 // ---- SQLite -----------------------------------------------------------------
 
-fn sqlite_conn(dir: &Path) -> rusqlite::Connection {
+pub(crate) fn sqlite_conn(dir: &Path) -> rusqlite::Connection {
     let c = rusqlite::Connection::open(dir.join("data.sqlite")).expect("open sqlite");
     // WAL with synchronous=FULL: every commit fsyncs the WAL (durable).
     c.execute_batch(

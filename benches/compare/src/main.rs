@@ -4,7 +4,13 @@
 //! ```text
 //! cargo run --release -- [--runs 3] [--n 1000000] [--durable 10000]
 //!                        [--dir /work/tmp] [--out ../../BENCHMARKS.md] [--only sfs,redb]
+//! cargo run --release -- --workload space [--runs 3] [--churn-keys 100000]
+//!                        [--churn 1000000] [--del-n 1000000] [--lat-n 1000000] [--dir ..]
 //! ```
+//!
+//! `--workload space` runs the space workloads of issue 7 instead (see
+//! `space.rs`) and writes its own section of BENCHMARKS.md, between the
+//! `space` markers.
 //!
 //! The parent process re-invokes its own binary for every (run, engine,
 //! phase): `work` loads the keys, reads them back and does the durable writes;
@@ -16,6 +22,8 @@
 mod engines;
 mod floors;
 mod report;
+mod space;
+mod space_report;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -142,6 +150,14 @@ struct Args {
     dir: PathBuf,
     out: Option<PathBuf>,
     only: Vec<String>,
+    /// `speed` (issue 6, the default) or `space` (issue 7).
+    workload: String,
+    /// Space workload: keys of the churn, overwrites, keys of the delete
+    /// workload, keys of the latency store.
+    churn_keys: usize,
+    churn: usize,
+    del_n: usize,
+    lat_n: usize,
 }
 
 fn parse_args(mut it: impl Iterator<Item = String>) -> Args {
@@ -155,6 +171,11 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Args {
             "/../../BENCHMARKS.md"
         ))),
         only: Vec::new(),
+        workload: "speed".into(),
+        churn_keys: 100_000,
+        churn: 1_000_000,
+        del_n: 1_000_000,
+        lat_n: 1_000_000,
     };
     while let Some(flag) = it.next() {
         let mut val = || it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
@@ -166,6 +187,11 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Args {
             "--out" => a.out = Some(PathBuf::from(val())),
             "--no-out" => a.out = None,
             "--only" => a.only = val().split(',').map(str::to_owned).collect(),
+            "--workload" => a.workload = val(),
+            "--churn" => a.churn = val().parse().expect("--churn N"),
+            "--churn-keys" => a.churn_keys = val().parse().expect("--churn-keys N"),
+            "--del-n" => a.del_n = val().parse().expect("--del-n N"),
+            "--lat-n" => a.lat_n = val().parse().expect("--lat-n N"),
             other => panic!("unknown argument {other}"),
         }
     }
@@ -181,11 +207,24 @@ fn main() {
         let dir = PathBuf::from(args.next().expect("dir"));
         let n: usize = args.next().expect("n").parse().expect("n");
         let durable: usize = args.next().expect("durable").parse().expect("durable");
+        if ["churn", "delete", "latency"].contains(&phase.as_str()) {
+            let mut m = Metrics::new();
+            space::run(&engine, &phase, &dir, n, durable, &mut m);
+            m.insert("vm_hwm".into(), proc_status_bytes("VmHWM") as f64);
+            for (k, v) in &m {
+                println!("{k}={v}");
+            }
+            return;
+        }
         child(&engine, &phase, &dir, n, durable);
         return;
     }
     let a = parse_args(args);
-    parent(a);
+    match a.workload.as_str() {
+        "speed" => parent(a),
+        "space" => space_parent(a),
+        w => panic!("unknown workload {w} (speed or space)"),
+    }
 }
 
 fn child(engine: &str, phase: &str, dir: &Path, n: usize, durable: usize) {
@@ -206,12 +245,26 @@ fn child(engine: &str, phase: &str, dir: &Path, n: usize, durable: usize) {
 }
 
 fn run_child(exe: &Path, engine: &str, phase: &str, dir: &Path, a: &Args) -> Metrics {
+    run_child_with(exe, engine, phase, dir, a.n, a.durable)
+}
+
+fn run_child_with(
+    exe: &Path,
+    engine: &str,
+    phase: &str,
+    dir: &Path,
+    n: usize,
+    count: usize,
+) -> Metrics {
     let out = Command::new(exe)
         .args(["--child", engine, phase])
         .arg(dir)
-        .args([a.n.to_string(), a.durable.to_string()])
+        .args([n.to_string(), count.to_string()])
         .output()
         .expect("start a child");
+    if out.status.success() && !out.stderr.is_empty() {
+        eprint!("{engine} {phase}: {}", String::from_utf8_lossy(&out.stderr));
+    }
     if !out.status.success() {
         panic!(
             "{engine} {phase} failed: {}\n{}",
@@ -297,6 +350,71 @@ fn parent(a: Args) {
     println!("{text}");
     if let Some(out) = a.out {
         report::write_section(&out, &text).expect("write BENCHMARKS.md");
+        eprintln!("wrote {}", out.display());
+    }
+}
+
+/// The space workloads (issue 7): per run, per engine, `churn` then
+/// `delete` in fresh directories; sfs's `latency` after them.
+fn space_parent(a: Args) {
+    let exe = std::env::current_exe().expect("own path");
+    let engines: Vec<&str> = space::SPACE_ENGINES
+        .iter()
+        .copied()
+        .filter(|e| a.only.is_empty() || a.only.iter().any(|o| o == e))
+        .collect();
+    let load_before = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let started = Instant::now();
+    let mut all: report::Runs = BTreeMap::new();
+    for run in 1..=a.runs {
+        for &e in &engines {
+            let mut phases = vec![("churn", a.churn_keys, a.churn), ("delete", a.del_n, 0)];
+            if e == "sfs" {
+                phases.push(("latency", a.lat_n, 0));
+            }
+            for (phase, n, count) in phases {
+                let dir = tempfile::Builder::new()
+                    .prefix(&format!("sfs-space-{e}-{phase}-"))
+                    .tempdir_in(&a.dir)
+                    .expect("a scratch directory");
+                let t = Instant::now();
+                let m = run_child_with(&exe, e, phase, dir.path(), n, count);
+                let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+                eprintln!(
+                    "run {run}/{} {e} {phase}: {:.1}s  load {}  {}",
+                    a.runs,
+                    t.elapsed().as_secs_f64(),
+                    load.trim(),
+                    m.iter()
+                        .map(|(k, v)| format!("{k}={v:.3}"))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                );
+                let slot = all.entry(e.to_owned()).or_default();
+                for (k, v) in m {
+                    slot.entry(k).or_default().push(v);
+                }
+                drop(dir);
+            }
+        }
+    }
+    let load_after = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let ctx = space_report::Context {
+        runs: a.runs,
+        churn_keys: a.churn_keys,
+        churn: a.churn,
+        del_n: a.del_n,
+        lat_n: a.lat_n,
+        only: a.only.clone(),
+        load_before: load_before.trim().to_owned(),
+        load_after: load_after.trim().to_owned(),
+        wall_s: started.elapsed().as_secs_f64(),
+        dir: a.dir.clone(),
+    };
+    let text = space_report::render(&ctx, &all);
+    println!("{text}");
+    if let Some(out) = a.out {
+        space_report::write_section(&out, &text).expect("write BENCHMARKS.md");
         eprintln!("wrote {}", out.display());
     }
 }

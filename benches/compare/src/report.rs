@@ -110,7 +110,7 @@ fn rows() -> Vec<Row> {
     ]
 }
 
-fn fmt(v: Option<f64>, decimals: usize) -> String {
+pub(crate) fn fmt(v: Option<f64>, decimals: usize) -> String {
     match v {
         Some(v) if v.is_finite() => format!("{v:.decimals$}"),
         _ => "—".into(),
@@ -134,7 +134,7 @@ fn fastest_peer(
         .min_by(|a, b| a.1.total_cmp(&b.1))
 }
 
-fn shell(cmd: &str, args: &[&str]) -> String {
+pub(crate) fn shell(cmd: &str, args: &[&str]) -> String {
     std::process::Command::new(cmd)
         .args(args)
         .output()
@@ -143,7 +143,7 @@ fn shell(cmd: &str, args: &[&str]) -> String {
         .unwrap_or_default()
 }
 
-fn machine() -> String {
+pub(crate) fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .unwrap_or_default()
         .lines()
@@ -468,7 +468,7 @@ fn target_list() -> Vec<Target> {
     ]
 }
 
-fn median(mut v: Vec<f64>) -> Option<f64> {
+pub(crate) fn median(mut v: Vec<f64>) -> Option<f64> {
     if v.is_empty() {
         return None;
     }
@@ -525,14 +525,20 @@ fn targets(med: &BTreeMap<String, Metrics>, runs: &Runs, n_runs: usize) -> Strin
 /// Replaces the harness's section of `path` (between the markers), or
 /// creates the file.
 pub fn write_section(path: &Path, text: &str) -> std::io::Result<()> {
-    let section = format!("{BEGIN}\n{text}{END}\n");
+    write_between(path, BEGIN, END, text)
+}
+
+/// Replaces what lies between the markers `begin` and `end` of `path` (or
+/// appends a marked section, or creates the file).
+pub fn write_between(path: &Path, begin: &str, end: &str, text: &str) -> std::io::Result<()> {
+    let section = format!("{begin}\n{text}{end}\n");
     let old = std::fs::read_to_string(path).unwrap_or_default();
-    let new = match (old.find(BEGIN), old.find(END)) {
+    let new = match (old.find(begin), old.find(end)) {
         (Some(a), Some(b)) if a < b => {
             format!(
                 "{}{section}{}",
                 &old[..a],
-                &old[b + END.len()..].trim_start_matches('\n')
+                &old[b + end.len()..].trim_start_matches('\n')
             )
         }
         _ if old.is_empty() => format!("# Benchmarks\n\n{section}"),
