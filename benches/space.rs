@@ -17,7 +17,9 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
+use criterion::{
+    BenchmarkId, Criterion, SamplingMode, Throughput, criterion_group, criterion_main,
+};
 use sfs::{Options, SyncPolicy};
 use support::{Lcg, SIZES, TempStore, key, never, value};
 

@@ -44,6 +44,16 @@ pub trait Storage: Send + Sync {
     /// current length. One call is one write: a crash may leave a prefix of it.
     fn write_at(&self, offset: u64, parts: &[&[u8]]) -> io::Result<()>;
 
+    /// Like [`write_at`](Self::write_at), for writes that a sync follows
+    /// soon (compaction's copies and the headers that free their old
+    /// blocks). A storage with a memory map writes them with `pwrite`: the
+    /// sync then finds no dirty mapped page to write-protect, and each one it
+    /// found would cost every other core running the process a TLB flush,
+    /// readers included.
+    fn write_at_before_sync(&self, offset: u64, parts: &[&[u8]]) -> io::Result<()> {
+        self.write_at(offset, parts)
+    }
+
     /// Writes one 8-byte word at an 8-aligned `offset`, atomically: a crash
     /// leaves the old word or the new one, never a mix (used to renew an
     /// entry's expiry in place).
@@ -173,6 +183,36 @@ impl FileStorage {
         }
     }
 
+    /// Writes the concatenation of `parts` at `offset`, with `pwrite` or
+    /// through the map.
+    fn write(&self, offset: u64, parts: &[&[u8]], pwrite: bool) -> io::Result<()> {
+        if !self.writable {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "file opened read-only",
+            ));
+        }
+        let total: u64 = parts.iter().map(|p| p.len() as u64).sum();
+        self.check_range(offset, total)?;
+        if pwrite {
+            return match parts {
+                [one] => self.file.write_all_at(one, offset),
+                _ => self.file.write_all_at(&parts.concat(), offset),
+            };
+        }
+        let w = self.window();
+        let mut at = offset as usize;
+        for p in parts {
+            // SAFETY: the range is inside the file (checked), whose disk space
+            // was reserved when it grew, and inside the writable window; the
+            // store hands each block to one writer at a time and lets no reader
+            // at a block while it is written.
+            unsafe { ptr::copy_nonoverlapping(p.as_ptr(), w.ptr.add(at), p.len()) };
+            at += p.len();
+        }
+        Ok(())
+    }
+
     /// Reserves disk blocks for `[from, to)` and extends the file to `to`.
     fn allocate_space(&self, from: u64, to: u64) -> io::Result<()> {
         let fd = self.file.as_raw_fd();
@@ -228,31 +268,11 @@ impl Storage for FileStorage {
     }
 
     fn write_at(&self, offset: u64, parts: &[&[u8]]) -> io::Result<()> {
-        if !self.writable {
-            return Err(io::Error::new(
-                io::ErrorKind::PermissionDenied,
-                "file opened read-only",
-            ));
-        }
-        let total: u64 = parts.iter().map(|p| p.len() as u64).sum();
-        self.check_range(offset, total)?;
-        if self.pwrite {
-            return match parts {
-                [one] => self.file.write_all_at(one, offset),
-                _ => self.file.write_all_at(&parts.concat(), offset),
-            };
-        }
-        let w = self.window();
-        let mut at = offset as usize;
-        for p in parts {
-            // SAFETY: the range is inside the file (checked), whose disk space
-            // was reserved when it grew, and inside the writable window; the
-            // store hands each block to one writer at a time and lets no reader
-            // at a block while it is written.
-            unsafe { ptr::copy_nonoverlapping(p.as_ptr(), w.ptr.add(at), p.len()) };
-            at += p.len();
-        }
-        Ok(())
+        self.write(offset, parts, self.pwrite)
+    }
+
+    fn write_at_before_sync(&self, offset: u64, parts: &[&[u8]]) -> io::Result<()> {
+        self.write(offset, parts, true)
     }
 
     fn write_word(&self, offset: u64, word: u64) -> io::Result<()> {

@@ -159,7 +159,7 @@ impl Inner {
                 // Before anyone can allocate it (as in `allocate`).
                 if self
                     .storage
-                    .write_at(o, &[&BlockHeader::free(l).encode(self.salt)])
+                    .write_at_before_sync(o, &[&BlockHeader::free(l).encode(self.salt)])
                     .is_ok()
                 {
                     self.note_write();
@@ -180,8 +180,10 @@ impl Inner {
                 block_len: target.len,
                 ..h
             };
+            // With pwrite where there is a map: the batch's sync then has no
+            // mapped page to write-protect (see `write_at_before_sync`).
             self.storage
-                .write_at(target.offset, &[&header.encode(self.salt), &payload])
+                .write_at_before_sync(target.offset, &[&header.encode(self.salt), &payload])
         })();
         if let Err(e) = written {
             self.release(target.offset, target.len, key_hash);
@@ -219,14 +221,17 @@ impl Inner {
             }
             unchanged
         };
+        // Our own reader lock on the old block goes first, so that freeing it
+        // below is not deferred to the unpin (which would write the free
+        // header through the map; see `write_at_before_sync`).
+        self.unpin(m.old_offset);
         if moved {
             self.live_bytes.fetch_add(m.new_len, Ordering::Relaxed);
             self.live_bytes.fetch_sub(m.old_len, Ordering::Relaxed);
-            self.release(m.old_offset, m.old_len, m.key_hash);
+            self.release_with(m.old_offset, m.old_len, m.key_hash, true);
         } else {
-            self.release(m.new_offset, m.new_len, m.key_hash);
+            self.release_with(m.new_offset, m.new_len, m.key_hash, true);
         }
-        self.unpin(m.old_offset);
         moved
     }
 

@@ -361,8 +361,22 @@ impl Inner {
     /// hold a valid copy, so it waits with the old copies (see `Space`).
     /// Returns whether the free header was written.
     pub(super) fn release(&self, offset: u64, len: u64, key_hash: u64) -> bool {
-        if self.mark_free(offset, len).is_ok() {
-            self.return_space(offset, len);
+        self.release_with(offset, len, key_hash, false)
+    }
+
+    /// [`release`](Self::release); with `before_sync`, the free header is
+    /// written with [`Storage::write_at_before_sync`](crate::io::Storage::write_at_before_sync).
+    pub(super) fn release_with(
+        &self,
+        offset: u64,
+        len: u64,
+        key_hash: u64,
+        before_sync: bool,
+    ) -> bool {
+        if self.mark_free_with(offset, len, before_sync).is_ok() {
+            if !self.readers.defer_if_pinned(offset, len) {
+                self.return_unpinned_with(offset, len, before_sync);
+            }
             true
         } else {
             let mut sp = self.space.lock();
@@ -378,8 +392,16 @@ impl Inner {
     }
 
     pub(super) fn mark_free(&self, offset: u64, len: u64) -> std::io::Result<()> {
-        self.storage
-            .write_at(offset, &[&BlockHeader::free(len).encode(self.salt)])?;
+        self.mark_free_with(offset, len, false)
+    }
+
+    fn mark_free_with(&self, offset: u64, len: u64, before_sync: bool) -> std::io::Result<()> {
+        let header = BlockHeader::free(len).encode(self.salt);
+        if before_sync {
+            self.storage.write_at_before_sync(offset, &[&header])?;
+        } else {
+            self.storage.write_at(offset, &[&header])?;
+        }
         self.note_write();
         Ok(())
     }
@@ -394,6 +416,13 @@ impl Inner {
 
     /// `return_space` for a block known not to be pinned.
     pub(super) fn return_unpinned_space(&self, offset: u64, len: u64) {
+        self.return_unpinned_with(offset, len, false);
+    }
+
+    /// [`return_unpinned_space`](Self::return_unpinned_space); with
+    /// `before_sync`, a merged free header is written as in
+    /// [`release_with`](Self::release_with).
+    fn return_unpinned_with(&self, offset: u64, len: u64, before_sync: bool) {
         let mut sp = self.space.lock();
         let end = sp.free.end();
         let f = sp.free.free(offset, len, 2 * growth_reserve(end));
@@ -404,7 +433,9 @@ impl Inner {
             }
             sp.free.undo_truncate(f.offset, f.len);
         }
-        if (f.offset, f.len) != (offset, len) && self.mark_free(f.offset, f.len).is_err() {
+        if (f.offset, f.len) != (offset, len)
+            && self.mark_free_with(f.offset, f.len, before_sync).is_err()
+        {
             // The merged header did not make it: on disk the neighbours are
             // still free blocks of their own. Memory says the same: they stay
             // free as they were, and this block, free on disk, waits with the
