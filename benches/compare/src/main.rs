@@ -244,6 +244,22 @@ fn child(engine: &str, phase: &str, dir: &Path, n: usize, durable: usize) {
     }
 }
 
+/// A child's metrics as `name=value` pairs with `decimals` digits.
+fn show(m: &Metrics, decimals: usize) -> String {
+    m.iter()
+        .map(|(k, v)| format!("{k}={v:.decimals$}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Adds one run's metrics of engine `e` to the runs so far.
+fn collect(all: &mut report::Runs, e: &str, m: Metrics) {
+    let slot = all.entry(e.to_owned()).or_default();
+    for (k, v) in m {
+        slot.entry(k).or_default().push(v);
+    }
+}
+
 fn run_child(exe: &Path, engine: &str, phase: &str, dir: &Path, a: &Args) -> Metrics {
     run_child_with(exe, engine, phase, dir, a.n, a.durable)
 }
@@ -289,7 +305,7 @@ fn parent(a: Args) {
     let load_before = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let started = Instant::now();
     // engine → metric → values over the runs
-    let mut all: BTreeMap<String, BTreeMap<String, Vec<f64>>> = BTreeMap::new();
+    let mut all: report::Runs = BTreeMap::new();
     for run in 1..=a.runs {
         for &e in &engines {
             let dir = tempfile::Builder::new()
@@ -310,15 +326,9 @@ fn parent(a: Args) {
                 "run {run}/{} {e}: {:.1}s  {}",
                 a.runs,
                 t.elapsed().as_secs_f64(),
-                m.iter()
-                    .map(|(k, v)| format!("{k}={v:.0}"))
-                    .collect::<Vec<_>>()
-                    .join(" ")
+                show(&m, 0)
             );
-            let slot = all.entry(e.to_owned()).or_default();
-            for (k, v) in m {
-                slot.entry(k).or_default().push(v);
-            }
+            collect(&mut all, e, m);
             drop(dir);
         }
     }
@@ -385,15 +395,9 @@ fn space_parent(a: Args) {
                     a.runs,
                     t.elapsed().as_secs_f64(),
                     load.trim(),
-                    m.iter()
-                        .map(|(k, v)| format!("{k}={v:.3}"))
-                        .collect::<Vec<_>>()
-                        .join(" ")
+                    show(&m, 3)
                 );
-                let slot = all.entry(e.to_owned()).or_default();
-                for (k, v) in m {
-                    slot.entry(k).or_default().push(v);
-                }
+                collect(&mut all, e, m);
                 drop(dir);
             }
         }

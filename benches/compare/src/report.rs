@@ -165,17 +165,17 @@ pub(crate) fn machine() -> String {
     )
 }
 
-/// The whole report, as Markdown.
-pub fn render(ctx: &Context, med: &BTreeMap<String, Metrics>, runs: &Runs) -> String {
-    let mut s = String::new();
+/// A section's title, then its date and machine lines (with the file system
+/// under `dir`, where the engines' files go).
+pub fn preamble(s: &mut String, title: &str, dir: &Path) {
     let fs = shell(
         "sh",
         &[
             "-c",
-            &format!("df -T {} | tail -1 | awk '{{print $2}}'", ctx.dir.display()),
+            &format!("df -T {} | tail -1 | awk '{{print $2}}'", dir.display()),
         ],
     );
-    let _ = writeln!(s, "## Comparison (benches/compare)\n");
+    let _ = writeln!(s, "## {title}\n");
     let _ = writeln!(
         s,
         "- date: {}",
@@ -186,8 +186,14 @@ pub fn render(ctx: &Context, med: &BTreeMap<String, Metrics>, runs: &Runs) -> St
         "- machine: {} ({} file system under `{}`)",
         machine(),
         fs,
-        ctx.dir.display()
+        dir.display()
     );
+}
+
+/// The whole report, as Markdown.
+pub fn render(ctx: &Context, med: &BTreeMap<String, Metrics>, runs: &Runs) -> String {
+    let mut s = String::new();
+    preamble(&mut s, "Comparison (benches/compare)", &ctx.dir);
     let _ = writeln!(
         s,
         "- command: `cd benches/compare && cargo run --release -- --runs {} --n {} --durable {} --dir {}`",

@@ -497,19 +497,7 @@ fn churn(engine: &str, dir: &Path, keys: usize, overwrites: usize, m: &mut Metri
     m.insert("churn_peak_amp".into(), peak as f64 / live as f64);
     kv.report(m, "churn_open_");
     close(kv);
-    record_size(dir, m, "churn_after", live);
-    if engine.starts_with("sfs") {
-        let s = sfs_options()
-            .auto_compact(None)
-            .read_only(true)
-            .open(sfs_path(dir))
-            .expect("open sfs");
-        sfs_stats(&s, m, "churn_");
-        drop(s);
-    }
-    if compact(engine, dir, m, "churn_") {
-        record_size(dir, m, "churn_compacted", live);
-    }
+    sizes_and_compaction(engine, dir, m, "churn_", live);
 }
 
 fn delete(engine: &str, dir: &Path, n: usize, m: &mut Metrics) {
@@ -546,18 +534,25 @@ fn delete(engine: &str, dir: &Path, n: usize, m: &mut Metrics) {
     close(kv);
     let live = ((n - gone) * (KEY_LEN + DEL_VALUE)) as u64;
     m.insert("del_live_bytes".into(), live as f64);
-    record_size(dir, m, "del_after", live);
+    sizes_and_compaction(engine, dir, m, "del_", live);
+}
+
+/// After a workload, with the engine closed: the file sizes (metrics
+/// `{prefix}after_*`), sfs's own breakdown of its file, then the engine's
+/// compaction and the sizes after it (`{prefix}compacted_*`).
+fn sizes_and_compaction(engine: &str, dir: &Path, m: &mut Metrics, prefix: &str, live: u64) {
+    record_size(dir, m, &format!("{prefix}after"), live);
     if engine.starts_with("sfs") {
         let s = sfs_options()
             .auto_compact(None)
             .read_only(true)
             .open(sfs_path(dir))
             .expect("open sfs");
-        sfs_stats(&s, m, "del_");
+        sfs_stats(&s, m, prefix);
         drop(s);
     }
-    if compact(engine, dir, m, "del_") {
-        record_size(dir, m, "del_compacted", live);
+    if compact(engine, dir, m, prefix) {
+        record_size(dir, m, &format!("{prefix}compacted"), live);
     }
 }
 

@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use crate::report::{Runs, fmt, machine, median, shell};
+use crate::report::{Runs, fmt, median, preamble};
 use crate::space::{BATCH, DEL_VALUE, DELETE_TENTHS, MAX_VALUE, MIN_VALUE, SPACE_ENGINES};
 use crate::{KEY_LEN, PEERS};
 
@@ -131,26 +131,7 @@ fn scaled(v: Option<f64>, s: f64) -> Option<f64> {
 /// The whole section, as Markdown.
 pub fn render(ctx: &Context, runs: &Runs) -> String {
     let mut s = String::new();
-    let fs = shell(
-        "sh",
-        &[
-            "-c",
-            &format!("df -T {} | tail -1 | awk '{{print $2}}'", ctx.dir.display()),
-        ],
-    );
-    let _ = writeln!(s, "## Space (benches/compare --workload space)\n");
-    let _ = writeln!(
-        s,
-        "- date: {}",
-        shell("date", &["-u", "+%Y-%m-%d %H:%M UTC"])
-    );
-    let _ = writeln!(
-        s,
-        "- machine: {} ({} file system under `{}`)",
-        machine(),
-        fs,
-        ctx.dir.display()
-    );
+    preamble(&mut s, "Space (benches/compare --workload space)", &ctx.dir);
     let only = if ctx.only.is_empty() {
         String::new()
     } else {
