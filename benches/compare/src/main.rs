@@ -297,11 +297,9 @@ fn run_child_with(
 
 fn parent(a: Args) {
     let exe = std::env::current_exe().expect("own path");
-    let engines: Vec<&str> = ENGINES
-        .iter()
-        .copied()
-        .filter(|e| a.only.is_empty() || a.only.iter().any(|o| o == e))
-        .collect();
+    let engines = report::present(ENGINES, |e| {
+        a.only.is_empty() || a.only.iter().any(|o| o == e)
+    });
     let load_before = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let started = Instant::now();
     // engine → metric → values over the runs
@@ -368,11 +366,9 @@ fn parent(a: Args) {
 /// `delete` in fresh directories; sfs's `latency` after them.
 fn space_parent(a: Args) {
     let exe = std::env::current_exe().expect("own path");
-    let engines: Vec<&str> = space::SPACE_ENGINES
-        .iter()
-        .copied()
-        .filter(|e| a.only.is_empty() || a.only.iter().any(|o| o == e))
-        .collect();
+    let engines = report::present(space::SPACE_ENGINES, |e| {
+        a.only.is_empty() || a.only.iter().any(|o| o == e)
+    });
     let load_before = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let started = Instant::now();
     let mut all: report::Runs = BTreeMap::new();

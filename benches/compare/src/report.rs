@@ -165,6 +165,26 @@ pub(crate) fn machine() -> String {
     )
 }
 
+/// The engines of `all`, in its order, for which `has` holds.
+pub fn present<'a>(all: &[&'a str], has: impl Fn(&str) -> bool) -> Vec<&'a str> {
+    all.iter().copied().filter(|e| has(e)).collect()
+}
+
+/// A table's head: a `metric` column, one right-aligned column per engine,
+/// then the columns `tail` names, aligned as `tail_align` says.
+pub fn table_head(s: &mut String, engines: &[&str], tail: &str, tail_align: &str) {
+    let _ = write!(s, "| metric |");
+    for e in engines {
+        let _ = write!(s, " {e} |");
+    }
+    let _ = writeln!(s, "{tail}");
+    let _ = write!(s, "|---|");
+    for _ in engines {
+        let _ = write!(s, "---:|");
+    }
+    let _ = writeln!(s, "{tail_align}");
+}
+
 /// A section's title, then its date and machine lines (with the file system
 /// under `dir`, where the engines' files go).
 pub fn preamble(s: &mut String, title: &str, dir: &Path) {
@@ -218,24 +238,13 @@ pub fn render(ctx: &Context, med: &BTreeMap<String, Metrics>, runs: &Runs) -> St
     );
     let _ = writeln!(s);
 
-    let engines: Vec<&str> = ENGINES
-        .iter()
-        .copied()
-        .filter(|e| med.contains_key(*e))
-        .collect();
-    let _ = write!(s, "| metric |");
-    for e in &engines {
-        let _ = write!(s, " {e} |");
-    }
-    let _ = writeln!(
-        s,
-        " fastest peer | sfs ÷ fastest peer | floor | sfs ÷ floor |"
+    let engines = present(ENGINES, |e| med.contains_key(e));
+    table_head(
+        &mut s,
+        &engines,
+        " fastest peer | sfs ÷ fastest peer | floor | sfs ÷ floor |",
+        "---|---:|---|---:|",
     );
-    let _ = write!(s, "|---|");
-    for _ in &engines {
-        let _ = write!(s, "---:|");
-    }
-    let _ = writeln!(s, "---|---:|---|---:|");
     for r in rows() {
         let _ = write!(s, "| {} |", r.label);
         for e in &engines {

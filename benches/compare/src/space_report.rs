@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use crate::report::{Runs, fmt, median, preamble};
+use crate::report::{Runs, fmt, median, preamble, present, table_head};
 use crate::space::{BATCH, DEL_VALUE, DELETE_TENTHS, MAX_VALUE, MIN_VALUE, SPACE_ENGINES};
 use crate::{KEY_LEN, PEERS};
 
@@ -173,21 +173,13 @@ pub fn render(ctx: &Context, runs: &Runs) -> String {
     );
     let _ = writeln!(s);
 
-    let engines: Vec<&str> = SPACE_ENGINES
-        .iter()
-        .copied()
-        .filter(|e| runs.contains_key(*e))
-        .collect();
-    let _ = write!(s, "| metric |");
-    for e in &engines {
-        let _ = write!(s, " {e} |");
-    }
-    let _ = writeln!(s, " best peer | sfs ÷ best peer |");
-    let _ = write!(s, "|---|");
-    for _ in &engines {
-        let _ = write!(s, "---:|");
-    }
-    let _ = writeln!(s, "---|---:|");
+    let engines = present(SPACE_ENGINES, |e| runs.contains_key(e));
+    table_head(
+        &mut s,
+        &engines,
+        " best peer | sfs ÷ best peer |",
+        "---|---:|",
+    );
     for r in rows() {
         let _ = write!(s, "| {} |", r.label);
         for e in &engines {
