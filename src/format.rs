@@ -429,6 +429,27 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
 }
 
+/// A whole entry block (header, key, value, zero padding) with no metadata
+/// and no expiry, as the store would write it: for the tests of the walkers.
+#[cfg(test)]
+pub(crate) fn test_entry_block(salt: u32, key: &[u8], value: &[u8], seq: u64) -> Vec<u8> {
+    let h = BlockHeader {
+        kind: Kind::Entry,
+        block_len: entry_block_len(key.len(), 0, value.len()),
+        key_len: key.len() as u16,
+        meta_len: 0,
+        value_len: value.len() as u32,
+        seq,
+        expiry_ms: 0,
+        payload_crc: crc(salt, &[key, value]),
+    };
+    let mut b = h.encode(salt).to_vec();
+    b.extend_from_slice(key);
+    b.extend_from_slice(value);
+    b.resize(h.block_len as usize, 0);
+    b
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

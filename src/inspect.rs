@@ -419,7 +419,7 @@ impl<S: Source> Walker<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::format::{FORMAT_VERSION, crc, entry_block_len};
+    use crate::format::FORMAT_VERSION;
 
     const SALT: u32 = 0x5eed;
 
@@ -441,20 +441,8 @@ mod tests {
 
         fn entry(&mut self, key: &[u8], value: &[u8], seq: u64) -> u64 {
             let at = self.bytes.len() as u64;
-            let h = BlockHeader {
-                kind: Kind::Entry,
-                block_len: entry_block_len(key.len(), 0, value.len()),
-                key_len: key.len() as u16,
-                meta_len: 0,
-                value_len: value.len() as u32,
-                seq,
-                expiry_ms: 0,
-                payload_crc: crc(SALT, &[key, value]),
-            };
-            self.bytes.extend_from_slice(&h.encode(SALT));
-            self.bytes.extend_from_slice(key);
-            self.bytes.extend_from_slice(value);
-            self.bytes.resize((at + h.block_len) as usize, 0);
+            self.bytes
+                .extend_from_slice(&crate::format::test_entry_block(SALT, key, value, seq));
             at
         }
 

@@ -413,7 +413,8 @@ mod tests {
     use super::*;
     use std::fs::OpenOptions;
 
-    fn file_storage() -> (tempfile::TempDir, FileStorage) {
+    /// A fresh file; with `pwrite`, written with `pwrite` instead of the map.
+    fn file_storage_with(pwrite: bool) -> (tempfile::TempDir, FileStorage) {
         let dir = tempfile::tempdir().unwrap();
         let f = OpenOptions::new()
             .read(true)
@@ -422,7 +423,11 @@ mod tests {
             .truncate(true)
             .open(dir.path().join("f"))
             .unwrap();
-        (dir, FileStorage::new(f, true).unwrap())
+        (dir, FileStorage::with_pwrite(f, true, pwrite).unwrap())
+    }
+
+    fn file_storage() -> (tempfile::TempDir, FileStorage) {
+        file_storage_with(false)
     }
 
     fn exercise(s: &dyn Storage) {
@@ -438,6 +443,10 @@ mod tests {
         let mut buf = [0u8; 11];
         s.read_at(10, &mut buf).unwrap();
         assert_eq!(&buf, b"hello world");
+        s.write_at_before_sync(40, &[b"before", b" sync"]).unwrap();
+        s.read_at(40, &mut buf).unwrap();
+        assert_eq!(&buf, b"before sync", "a pwrite reads back through the map");
+        assert!(s.write_at_before_sync(95, &[b"toolong"]).is_err());
         let mut z = [1u8; 10];
         s.read_at(0, &mut z).unwrap();
         assert_eq!(z, [0u8; 10], "grown space reads as zeros");
@@ -463,15 +472,7 @@ mod tests {
 
     #[test]
     fn file_storage_writing_with_pwrite_reads_the_same_through_the_map() {
-        let dir = tempfile::tempdir().unwrap();
-        let f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(dir.path().join("f"))
-            .unwrap();
-        let s = FileStorage::with_pwrite(f, true, true).unwrap();
+        let (_d, s) = file_storage_with(true);
         exercise(&s);
         s.set_len(64).unwrap();
         s.write_at(8, &[b"ab", b"cd"]).unwrap();

@@ -511,27 +511,13 @@ fn build_shard(hasher: &KeyHasher, found: Vec<Found>) -> io::Result<Built> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::format::{FORMAT_VERSION, crc, entry_block_len};
+    use crate::format::{FORMAT_VERSION, entry_block_len};
     use crate::io::MemStorage;
 
     const SALT: u32 = 0xabcd;
 
     fn entry(key: &[u8], value: &[u8], seq: u64) -> Vec<u8> {
-        let h = BlockHeader {
-            kind: crate::format::Kind::Entry,
-            block_len: entry_block_len(key.len(), 0, value.len()),
-            key_len: key.len() as u16,
-            meta_len: 0,
-            value_len: value.len() as u32,
-            seq,
-            expiry_ms: 0,
-            payload_crc: crc(SALT, &[key, value]),
-        };
-        let mut b = h.encode(SALT).to_vec();
-        b.extend_from_slice(key);
-        b.extend_from_slice(value);
-        b.resize(h.block_len as usize, 0);
-        b
+        crate::format::test_entry_block(SALT, key, value, seq)
     }
 
     /// Per shard (offset, len, seq) of each entry found.
