@@ -96,6 +96,16 @@ fn a_delete_cut_short_never_brings_back_an_older_copy() {
 /// recently used although `a` was written first), then inserts `c`, larger,
 /// which evicts `b` and goes to the end of the file. Returns the images of a
 /// crash anywhere in that insert and the options to open them with.
+/// What an image of `insert_over_the_cap` may hold: `a` (just used) always
+/// survives; `b` (the LRU entry) is evicted or not yet; `c` (the insert)
+/// made it or not; `t` is untouched.
+const AFTER_INSERT_OVER_THE_CAP: &[Expect<'static>] = &[
+    (b"a", &[Some(b"1")]),
+    (b"b", &[Some(b"2"), None]),
+    (b"c", &[Some(&[b'3'; 100]), None]),
+    (b"t", &[Some(b"4")]),
+];
+
 fn insert_over_the_cap(policy: SyncPolicy, which: Crashes) -> (Options, Vec<(String, Vec<u8>)>) {
     let (fs, opts, s) = store(policy, Some(3));
     s.put(b"a", b"1").unwrap();
@@ -122,12 +132,7 @@ fn an_insert_cut_short_never_evicts_another_key_than_the_lru_one() {
         check(
             &opts,
             &imgs,
-            &[
-                (b"a", &[Some(b"1")]),
-                (b"b", &[Some(b"2"), None]),
-                (b"c", &[Some(&[b'3'; 100]), None]),
-                (b"t", &[Some(b"4")]),
-            ],
+            AFTER_INSERT_OVER_THE_CAP,
         );
     }
 }
@@ -142,12 +147,7 @@ fn an_eviction_is_durable_before_the_insert_under_always() {
     check(
         &opts,
         &imgs,
-        &[
-            (b"a", &[Some(b"1")]),
-            (b"b", &[Some(b"2"), None]),
-            (b"c", &[Some(&[b'3'; 100]), None]),
-            (b"t", &[Some(b"4")]),
-        ],
+        AFTER_INSERT_OVER_THE_CAP,
     );
 }
 
