@@ -129,11 +129,7 @@ fn an_insert_cut_short_never_evicts_another_key_than_the_lru_one() {
     // dropped `a`, the most recently used.
     for policy in [SyncPolicy::Never, SyncPolicy::Always] {
         let (opts, imgs) = insert_over_the_cap(policy, Crashes::Process);
-        check(
-            &opts,
-            &imgs,
-            AFTER_INSERT_OVER_THE_CAP,
-        );
+        check(&opts, &imgs, AFTER_INSERT_OVER_THE_CAP);
     }
 }
 
@@ -144,11 +140,7 @@ fn an_eviction_is_durable_before_the_insert_under_always() {
     // and the open evicts `a` instead of `b`. And the eviction is durable
     // when the insert returns.
     let (opts, imgs) = insert_over_the_cap(SyncPolicy::Always, Crashes::All);
-    check(
-        &opts,
-        &imgs,
-        AFTER_INSERT_OVER_THE_CAP,
-    );
+    check(&opts, &imgs, AFTER_INSERT_OVER_THE_CAP);
 }
 
 #[test]
