@@ -63,6 +63,11 @@ impl Model {
             return;
         }
         let new = !self.map.contains_key(k);
+        if new && self.cap.is_some_and(|c| self.map.len() >= c) {
+            // Expired entries count for nothing: they go before a live
+            // entry is evicted.
+            self.purge(now);
+        }
         self.map.insert(k.to_vec(), (v.to_vec(), expiry));
         self.mark_used(k);
         self.written.insert(k.to_vec(), self.tick);
@@ -108,6 +113,11 @@ impl Model {
         self.used.remove(k);
         self.written.remove(k);
         self.map.remove(k).is_some()
+    }
+
+    /// How many entries are visible at `now` (what `Store::len` says).
+    pub fn live_len(&self, now: i64) -> usize {
+        self.map.keys().filter(|k| self.visible(k, now).is_some()).count()
     }
 
     /// Removes expired entries; returns how many.

@@ -122,6 +122,15 @@ impl Shard {
         &self.chunks[id as usize / CHUNK][id as usize % CHUNK]
     }
 
+    /// The slot with this id, if the shard has one (ids taken before a
+    /// `clear` may be gone).
+    pub fn get(&self, id: u32) -> Option<&Slot> {
+        self.chunks
+            .get(id as usize / CHUNK)?
+            .get(id as usize % CHUNK)
+            .filter(|s| s.offset != VACANT)
+    }
+
     fn slot_mut(&mut self, id: u32) -> &mut Slot {
         &mut self.chunks[id as usize / CHUNK][id as usize % CHUNK]
     }
@@ -308,6 +317,14 @@ impl Shard {
             .take(limit)
             .map(|&(_, id)| id)
             .collect()
+    }
+
+    /// How many entries have expired at `now_ms`.
+    pub fn count_expired(&self, now_ms: i64) -> usize {
+        if now_ms <= 0 {
+            return 0;
+        }
+        self.expiries.range(..=(now_ms as u64, u32::MAX)).count()
     }
 
     /// The earliest expiry in the shard.

@@ -77,6 +77,7 @@ pub struct Options {
     pub(crate) read_only: bool,
     pub(crate) verify_checksums: bool,
     pub(crate) auto_compact: Option<AutoCompact>,
+    pub(crate) compact_batch: usize,
     #[cfg(feature = "testing")]
     pub(crate) storage: Option<Arc<dyn crate::io::Storage>>,
     #[cfg(feature = "testing")]
@@ -118,6 +119,7 @@ impl Options {
             read_only: false,
             verify_checksums: true,
             auto_compact: Some(AutoCompact::default()),
+            compact_batch: crate::store::BATCH_ENTRIES,
             #[cfg(feature = "testing")]
             storage: None,
             #[cfg(feature = "testing")]
@@ -220,6 +222,15 @@ impl Options {
     #[doc(hidden)]
     pub fn salt(mut self, salt: u32) -> Options {
         self.salt = Some(salt);
+        self
+    }
+
+    /// Moves at most `n` entries per compaction batch (one sync each), so
+    /// that tests reach the moments between batches (test seam).
+    #[cfg(feature = "testing")]
+    #[doc(hidden)]
+    pub fn compact_batch(mut self, n: usize) -> Options {
+        self.compact_batch = n.max(1);
         self
     }
 

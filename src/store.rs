@@ -83,6 +83,7 @@ mod readers;
 mod values;
 mod write;
 
+pub(crate) use compact::BATCH_ENTRIES;
 pub use compact::CompactStats;
 use readers::ReaderLocks;
 pub use values::{Entry, Iter, PutOptions, Stats, ValueRef};
@@ -137,6 +138,18 @@ struct Space {
     /// newest copy's free header and not the old copy's, and the old value
     /// would come back.
     unsynced_frees: Vec<(u64, u64)>,
+    /// Compaction's copies written and not yet published (or given back).
+    /// A writer that removes a key frees its copies here first.
+    moves: Vec<InFlightMove>,
+}
+
+/// A copy of an entry that compaction wrote into a lower free block and has
+/// not yet published: valid on disk, with the entry's sequence number.
+struct InFlightMove {
+    key: Vec<u8>,
+    key_hash: u64,
+    new_offset: u64,
+    new_len: u64,
 }
 
 /// The old copy of an overwritten key, kept valid on disk until the new copy
@@ -147,6 +160,10 @@ struct Superseded {
     offset: u64,
     len: u64,
     key_hash: u64,
+    /// A thread is writing its free header (`free_retired`) and will then
+    /// take it out and return its space. It stays listed until then, so that
+    /// a writer removing its key finds it, and waits.
+    freeing: bool,
 }
 
 #[derive(Default)]
@@ -173,10 +190,16 @@ pub(crate) struct Inner {
     /// reading these instead of locking every shard's list.
     lru_oldest: Box<[AtomicU64]>,
     entries: AtomicUsize,
+    /// Entries plus the inserts holding room under the entry cap (see
+    /// `make_room`): what the cap is checked against.
+    claimed: AtomicUsize,
     live_bytes: AtomicU64,
     next_seq: AtomicU64,
     next_stamp: AtomicU64,
     space: Mutex<Space>,
+    /// Signalled when a retired copy's free header is written (or failed):
+    /// see `free_retired`.
+    freed: Condvar,
     gate: RwLock<()>,
     readers: ReaderLocks,
     /// Generation counter of writes to the storage.
@@ -185,8 +208,13 @@ pub(crate) struct Inner {
     sync_done: Condvar,
     corrupt_blocks: u64,
     corrupt_bytes: u64,
+    /// Hashes of the new keys whose inserts hold room under the entry cap
+    /// (see `make_room`).
+    inserting: Mutex<Vec<u64>>,
     /// One compaction at a time.
     compaction: Mutex<()>,
+    /// Entries compaction moves per sync.
+    compact_batch: usize,
     expired_purged: AtomicU64,
     evictions: AtomicU64,
     stop: Mutex<bool>,
@@ -348,12 +376,16 @@ impl Store {
         self.inner.delete(key.as_ref())
     }
 
-    /// Number of entries (expired ones count until they are purged).
+    /// Number of live entries: present and not expired, as
+    /// [`contains`](Self::contains), [`get`](Self::get) and
+    /// [`keys`](Self::keys) see them. (Expired entries keep their place in
+    /// the index and the file until they are removed; [`Stats::entries`]
+    /// counts them too.)
     pub fn len(&self) -> usize {
-        self.inner.entries.load(Ordering::Relaxed)
+        self.inner.live_len()
     }
 
-    /// Whether the store holds no entries.
+    /// Whether the store holds no live entries.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -651,6 +683,7 @@ impl Inner {
             hasher,
             shards,
             entries: AtomicUsize::new(rec.entries),
+            claimed: AtomicUsize::new(rec.entries),
             live_bytes: AtomicU64::new(rec.live_bytes),
             next_seq: AtomicU64::new(rec.next_seq),
             next_stamp: AtomicU64::new(rec.next_stamp),
@@ -659,7 +692,9 @@ impl Inner {
                 pending: Vec::new(),
                 pending_bytes: 0,
                 unsynced_frees: Vec::new(),
+                moves: Vec::new(),
             }),
+            freed: Condvar::new(),
             gate: RwLock::new(()),
             readers: ReaderLocks::new(),
             writes: AtomicU64::new(0),
@@ -667,7 +702,9 @@ impl Inner {
             sync_done: Condvar::new(),
             corrupt_blocks: rec.corrupt_blocks,
             corrupt_bytes: rec.corrupt_bytes,
+            inserting: Mutex::new(Vec::new()),
             compaction: Mutex::new(()),
+            compact_batch: opts.compact_batch,
             expired_purged: AtomicU64::new(rec.expired_freed),
             evictions: AtomicU64::new(rec.evicted),
             stop: Mutex::new(false),

@@ -16,7 +16,7 @@
 use std::hash::BuildHasher;
 use std::sync::atomic::Ordering;
 
-use super::{Inner, is_expired};
+use super::{InFlightMove, Inner, is_expired};
 use crate::error::{Error, Result};
 use crate::format::{BlockHeader, Kind, entry_block_len};
 
@@ -51,7 +51,9 @@ struct Move {
 
 /// Copies made durable together by one sync.
 const BATCH_BYTES: u64 = 8 << 20;
-const BATCH_ENTRIES: usize = 512;
+/// Entries made durable together by one sync (`Options::compact_batch`
+/// changes it for tests).
+pub(crate) const BATCH_ENTRIES: usize = 512;
 
 impl Inner {
     pub(super) fn compact(&self) -> Result<CompactStats> {
@@ -86,7 +88,7 @@ impl Inner {
             let _gate = self.gate.read();
             let mut batch: Vec<Move> = Vec::new();
             let mut bytes = 0u64;
-            while batch.len() < BATCH_ENTRIES && bytes < BATCH_BYTES {
+            while batch.len() < self.compact_batch && bytes < BATCH_BYTES {
                 let Some((offset, shard, id)) = next.next() else {
                     break;
                 };
@@ -123,6 +125,9 @@ impl Inner {
             }
         }
         drop(next);
+        // Under the gate, as every write: a `clear` must not come between
+        // the sync and the old copies it frees.
+        let _gate = self.gate.read();
         self.trim_tail()?;
         self.sync_to(self.writes.load(Ordering::Acquire))?;
         stats.file_len_after = self.storage.len();
@@ -133,20 +138,26 @@ impl Inner {
     /// Copies the entry at `offset` (slot `id` of shard `shard`) into a free
     /// block before it. `None` when the entry moved, went away, expired, or no
     /// free block before it fits.
+    ///
+    /// The shard's read lock is held until the copy is written and listed in
+    /// `Space::moves`: a writer that then removes the key (delete, eviction,
+    /// purge, `clear`) finds the copy there and frees it before the key's
+    /// block, so a removed key never comes back through its copy.
     fn copy_down(&self, offset: u64, shard: usize, id: u32) -> Result<Option<Move>> {
         let cell = &self.shards[shard];
-        let (h, expiry, key_hash) = {
-            let map = cell.map.read();
-            let slot = map.slot(id);
-            if slot.offset != offset || is_expired(slot.expiry, self.clock.now_millis()) {
-                return Ok(None);
-            }
-            let Ok(h) = self.header_at(offset) else {
-                return Ok(None); // damaged: leave it for the next open
-            };
-            self.readers.pin(offset);
-            (h, slot.expiry, self.hasher.hash_one(slot.key.as_bytes()))
+        let map = cell.map.read();
+        // The id may be gone: a `clear` between two batches empties the shards.
+        let Some(slot) = map.get(id) else {
+            return Ok(None);
         };
+        if slot.offset != offset || is_expired(slot.expiry, self.clock.now_millis()) {
+            return Ok(None);
+        }
+        let Ok(h) = self.header_at(offset) else {
+            return Ok(None); // damaged: leave it for the next open
+        };
+        let (expiry, key) = (slot.expiry, slot.key.as_bytes().to_vec());
+        let key_hash = self.hasher.hash_one(&key);
         let need = entry_block_len(
             usize::from(h.key_len),
             usize::from(h.meta_len),
@@ -154,22 +165,14 @@ impl Inner {
         );
         let target = {
             let mut sp = self.space.lock();
-            let a = sp.free.allocate_below(need, offset, self.frag);
-            if let Some((o, l)) = a.filter(|a| !a.remainder_zeroed).and_then(|a| a.remainder) {
-                // Before anyone can allocate it (as in `allocate`).
-                if self
-                    .storage
-                    .write_at_before_sync(o, &[&BlockHeader::free(l).encode(self.salt)])
-                    .is_ok()
-                {
-                    self.note_write();
-                }
+            let Some(a) = sp.free.allocate_below(need, offset, self.frag) else {
+                return Ok(None);
+            };
+            if let Err(e) = self.write_split_headers(&a, true) {
+                sp.free.free(a.offset, a.len, u64::MAX);
+                return Err(Error::io(&self.path, "writing a free block header", e));
             }
             a
-        };
-        let Some(target) = target else {
-            self.unpin(offset);
-            return Ok(None);
         };
         let written = (|| {
             let mut payload = vec![0u8; h.payload_len() as usize];
@@ -187,10 +190,19 @@ impl Inner {
         })();
         if let Err(e) = written {
             self.release(target.offset, target.len, key_hash);
-            self.unpin(offset);
             return Err(Error::io(&self.path, "moving an entry", e));
         }
         self.note_write();
+        // Pinned so that the old block is neither reused nor cut off while
+        // the copy waits to be published.
+        self.readers.pin(offset);
+        self.space.lock().moves.push(InFlightMove {
+            key,
+            key_hash,
+            new_offset: target.offset,
+            new_len: target.len,
+        });
+        drop(map);
         Ok(Some(Move {
             shard,
             id,
@@ -204,20 +216,44 @@ impl Inner {
         }))
     }
 
+    /// Takes a copy out of `Space::moves`; false when a writer that removed
+    /// its key has already freed it.
+    fn take_move(&self, new_offset: u64) -> bool {
+        let mut sp = self.space.lock();
+        match sp.moves.iter().position(|m| m.new_offset == new_offset) {
+            Some(i) => {
+                sp.moves.swap_remove(i);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Publishes a durable copy if the entry is unchanged, then frees the
     /// block that lost. Returns whether the entry moved.
     fn finish_move(&self, m: &Move) -> bool {
         let cell = &self.shards[m.shard];
         let moved = {
             let mut map = cell.map.write();
-            let slot = map.slot(m.id);
-            let unchanged = slot.offset == m.old_offset
-                && slot.expiry == m.expiry
+            if !self.take_move(m.new_offset) {
+                // The key left the index and its remover freed the copy.
+                drop(map);
+                self.unpin(m.old_offset);
+                return false;
+            }
+            let unchanged = map
+                .get(m.id)
+                .is_some_and(|slot| slot.offset == m.old_offset && slot.expiry == m.expiry)
                 && self
                     .header_at(m.old_offset)
                     .is_ok_and(|h| h.seq == m.seq && h.expiry_ms == m.expiry);
+            // The block that lost is retired before the lock goes: a writer
+            // that removes the key next frees it first.
             if unchanged {
                 map.update(m.key_hash, m.id, m.new_offset, m.expiry);
+                self.retire(m.old_offset, m.old_len, m.key_hash, 0);
+            } else {
+                self.retire(m.new_offset, m.new_len, m.key_hash, 0);
             }
             unchanged
         };
@@ -225,20 +261,27 @@ impl Inner {
         // below is not deferred to the unpin (which would write the free
         // header through the map; see `write_at_before_sync`).
         self.unpin(m.old_offset);
-        if moved {
+        let lost = if moved {
             self.live_bytes.fetch_add(m.new_len, Ordering::Relaxed);
             self.live_bytes.fetch_sub(m.old_len, Ordering::Relaxed);
-            self.release_with(m.old_offset, m.old_len, m.key_hash, true);
+            m.old_offset
         } else {
-            self.release_with(m.new_offset, m.new_len, m.key_hash, true);
-        }
+            m.new_offset
+        };
+        self.free_retired(lost, true);
         moved
     }
 
     /// Gives back copies that will not be published.
     fn abandon(&self, batch: Vec<Move>) {
         for m in batch {
-            self.release(m.new_offset, m.new_len, m.key_hash);
+            // Under the key's shard lock, so that no writer that removes the
+            // key finds the copy gone from the moves and not yet freed.
+            let map = self.shards[m.shard].map.write();
+            if self.take_move(m.new_offset) {
+                self.release(m.new_offset, m.new_len, m.key_hash);
+            }
+            drop(map);
             self.unpin(m.old_offset);
         }
     }

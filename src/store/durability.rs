@@ -39,37 +39,23 @@ impl Inner {
         Ok(())
     }
 
+    /// Frees the old copies that a sync up to `synced` made safe to reuse
+    /// (each one stays listed until its free header is written: see
+    /// `free_retired`). Those whose header cannot be written wait again,
+    /// still valid, and are freed first when their key goes.
     pub(super) fn release_pending(&self, synced: u64) {
-        let ready: Vec<(u64, u64, u64)> = {
+        let ready: Vec<u64> = {
             let mut sp = self.space.lock();
             sp.unsynced_frees.retain(|f| f.1 > synced);
-            if sp.pending.is_empty() {
-                return;
-            }
-            let mut ready = Vec::new();
-            sp.pending.retain(|p| {
-                if p.generation <= synced {
-                    ready.push((p.offset, p.len, p.key_hash));
-                    false
-                } else {
-                    true
-                }
-            });
-            sp.pending_bytes -= ready.iter().map(|r| r.1).sum::<u64>();
-            ready
+            sp.pending
+                .iter()
+                .filter(|p| p.generation <= synced && !p.freeing)
+                .map(|p| p.offset)
+                .collect()
         };
-        // Only those whose free header was written: the others wait again,
-        // still valid, and are freed first when their key goes.
-        let freed: Vec<u64> = ready
-            .into_iter()
-            .filter(|&(o, l, h)| self.release(o, l, h))
-            .map(|r| r.2)
-            .collect();
-        let generation = self.writes.load(Ordering::Acquire);
-        self.space
-            .lock()
-            .unsynced_frees
-            .extend(freed.into_iter().map(|h| (h, generation)));
+        for offset in ready {
+            self.free_retired(offset, false);
+        }
     }
 
     pub(super) fn sync_all(&self) -> Result<()> {

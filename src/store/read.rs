@@ -147,4 +147,15 @@ impl Inner {
         }
         out
     }
+
+    /// Entries present and not expired now.
+    pub(super) fn live_len(&self) -> usize {
+        let now = self.clock.now_millis();
+        let expired: usize = self
+            .shards
+            .iter()
+            .map(|c| c.map.read().count_expired(now))
+            .sum();
+        self.entries.load(Ordering::Acquire).saturating_sub(expired)
+    }
 }

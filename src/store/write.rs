@@ -6,6 +6,47 @@ use std::hash::BuildHasher;
 use std::sync::atomic::Ordering;
 
 use super::*;
+use crate::alloc::Allocation;
+
+/// What [`Inner::publish`] did with a written block.
+pub(super) enum Published {
+    /// The key was not in the index.
+    New,
+    /// The block replaced the key's older copy.
+    Replaced,
+    /// The index holds a copy with a later sequence number; nothing changed.
+    Outranked,
+}
+
+/// Room for one new key under the entry cap, held until the insert is done
+/// (see [`Inner::make_room`]).
+pub(super) struct Room<'a> {
+    inner: &'a Inner,
+    /// The key's hash, when this insert holds room (counted in `claimed`).
+    hash: Option<u64>,
+    /// The key went in as a new entry: the room is its place now.
+    used: bool,
+}
+
+impl Room<'_> {
+    fn holds(&self) -> bool {
+        self.hash.is_some()
+    }
+}
+
+impl Drop for Room<'_> {
+    fn drop(&mut self) {
+        if let Some(h) = self.hash {
+            let mut ins = self.inner.inserting.lock();
+            if let Some(i) = ins.iter().position(|&x| x == h) {
+                ins.swap_remove(i);
+            }
+            if !self.used {
+                self.inner.claimed.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+    }
+}
 
 impl Inner {
     pub(super) fn put(&self, key: &[u8], value: &[u8], meta: &[u8], expiry: Expiry) -> Result<()> {
@@ -34,14 +75,13 @@ impl Inner {
         }
         let payload_crc = crc(self.salt, &[key, meta, value]);
         let _gate = self.gate.read();
-        if let Some(cap) = self.max_entries
-            && !self.indexed(key)
-        {
+        let mut room = match self.max_entries {
             // Room first: were the new entry written before the eviction, a
             // crash in between would leave one entry too many, and an open
             // evicts by write order, not by use.
-            self.evict_down_to(cap - 1)?;
-        }
+            Some(cap) if !self.indexed(key) => Some(self.make_room(cap, key)?),
+            _ => None,
+        };
         let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
         let need = entry_block_len(key.len(), meta.len(), value.len());
         let (offset, len) = self.allocate(need)?;
@@ -62,22 +102,51 @@ impl Inner {
             self.release(offset, len, self.hasher.hash_one(key));
             return Err(Error::io(&self.path, "writing an entry", e));
         }
-        let generation = self.note_write();
-        if self.policy == SyncPolicy::Always
-            && let Err(e) = self.sync_to(generation)
-        {
-            // Not durable: take it back so memory and file agree. Should even
-            // that write fail, the copy stays valid on disk with the newest
-            // sequence number: it is published, so that memory still matches
-            // the file (the error leaves it open whether the put happened).
-            if self.mark_free(offset, len).is_ok() {
-                self.return_space(offset, len);
-            } else {
-                self.publish(key, offset, len, seq, expiry_ms, generation)?;
+        let mut generation = self.note_write();
+        let mut header = header;
+        let inserted = loop {
+            if self.policy == SyncPolicy::Always
+                && let Err(e) = self.sync_to(generation)
+            {
+                // Not durable: take it back so memory and file agree. Should
+                // even that write fail, the copy stays valid on disk with the
+                // newest sequence number: it is published, so that memory
+                // still matches the file (the error leaves it open whether
+                // the put happened).
+                if self.mark_free(offset, len).is_ok() {
+                    self.return_space(offset, len);
+                } else {
+                    let held = room.as_ref().is_some_and(Room::holds);
+                    let p = self.publish(key, offset, len, header.seq, expiry_ms, generation, held)?;
+                    if let (Published::New, Some(r)) = (p, room.as_mut()) {
+                        r.used = held;
+                    }
+                }
+                return Err(e);
             }
-            return Err(e);
-        }
-        let inserted = self.publish(key, offset, len, seq, expiry_ms, generation)?;
+            let held = room.as_ref().is_some_and(Room::holds);
+            match self.publish(key, offset, len, header.seq, expiry_ms, generation, held)? {
+                Published::New => {
+                    if let Some(r) = room.as_mut() {
+                        r.used = held;
+                    }
+                    break true;
+                }
+                Published::Replaced => break false,
+                Published::Outranked => {}
+            }
+            // A write of this key that took its sequence number after ours
+            // (a `touch` of a held entry) was published first. This put was
+            // acknowledged to nobody yet: it takes effect after that write,
+            // with a newer sequence number, so that file and memory agree.
+            header.seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+            if let Err(e) = self.storage.write_at(offset, &[&header.encode(self.salt)]) {
+                // The block may hold the old header or a torn one: free it.
+                self.release(offset, len, self.hasher.hash_one(key));
+                return Err(Error::io(&self.path, "writing an entry", e));
+            }
+            generation = self.note_write();
+        };
         if inserted && let Some(cap) = self.max_entries {
             // Concurrent inserts may still have gone past the cap.
             self.evict_down_to(cap)?;
@@ -176,14 +245,15 @@ impl Inner {
         }
         shard.update(hash, id, new_offset, expiry_ms);
         self.touch_lru(cell, id);
+        self.retire(offset, h.block_len, hash, generation);
         drop(shard);
         self.live_bytes.fetch_add(new_len, Ordering::Relaxed);
         self.live_bytes.fetch_sub(h.block_len, Ordering::Relaxed);
-        self.supersede(offset, h.block_len, generation, hash);
+        self.supersede(offset);
         Ok(true)
     }
 
-    /// Puts a written block in the index. Returns whether the key is new.
+    /// Puts a written block in the index.
     pub(super) fn publish(
         &self,
         key: &[u8],
@@ -192,7 +262,8 @@ impl Inner {
         seq: u64,
         expiry_ms: u64,
         generation: u64,
-    ) -> Result<bool> {
+        room_held: bool,
+    ) -> Result<Published> {
         let (hash, cell) = self.locate(key);
         let mut shard = cell.map.write();
         match shard.find(hash, key) {
@@ -203,26 +274,28 @@ impl Inner {
                     && h.seq > seq
                 {
                     // A concurrent write of this key with a later sequence
-                    // number got here first; it wins, here and on disk.
-                    drop(shard);
-                    self.release(offset, len, hash);
-                    return Ok(false);
+                    // number got here first: on disk it would win. The
+                    // caller writes a newer sequence number and tries again.
+                    return Ok(Published::Outranked);
                 }
                 shard.update(hash, id, offset, expiry_ms);
                 self.touch_lru(cell, id);
+                if let Ok(h) = &old {
+                    self.retire(old_offset, h.block_len, hash, generation);
+                }
                 drop(shard);
                 match old {
                     Ok(h) => {
                         self.live_bytes.fetch_add(len, Ordering::Relaxed);
                         self.live_bytes.fetch_sub(h.block_len, Ordering::Relaxed);
-                        self.supersede(old_offset, h.block_len, generation, hash);
+                        self.supersede(old_offset);
                     }
                     // The old copy is damaged: leave it for the next open to reclaim.
                     Err(_) => {
                         self.live_bytes.fetch_add(len, Ordering::Relaxed);
                     }
                 }
-                Ok(false)
+                Ok(Published::Replaced)
             }
             None if shard.len() >= crate::index::MAX_SHARD_ENTRIES => {
                 drop(shard);
@@ -238,33 +311,79 @@ impl Inner {
                 let id = shard.insert(&self.hasher, hash, key, offset, expiry_ms);
                 self.touch_lru(cell, id);
                 self.entries.fetch_add(1, Ordering::AcqRel);
+                if !room_held {
+                    self.claimed.fetch_add(1, Ordering::AcqRel);
+                }
                 self.live_bytes.fetch_add(len, Ordering::Relaxed);
-                Ok(true)
+                Ok(Published::New)
             }
         }
     }
 
-    /// The old copy of an overwritten key: freed now if the new copy is
-    /// durable, else after the next sync.
-    pub(super) fn supersede(&self, offset: u64, len: u64, generation: u64, key_hash: u64) {
-        if self.policy == SyncPolicy::Always {
-            if !self.release(offset, len, key_hash) {
-                return; // it waits, still valid, in pending
-            }
-            let generation = self.writes.load(Ordering::Acquire);
-            self.space
-                .lock()
-                .unsynced_frees
-                .push((key_hash, generation));
-        } else {
+    /// Files a copy that has just stopped being its key's indexed copy, still
+    /// valid on disk, with the old copies. Called before the shard lock that
+    /// unindexed it is released: a writer that removes the key next finds it
+    /// there and frees it first (`release_superseded_copies`), so that a
+    /// crash cannot bring it back.
+    pub(super) fn retire(&self, offset: u64, len: u64, key_hash: u64, generation: u64) {
+        let mut sp = self.space.lock();
+        sp.pending.push(Superseded {
+            generation,
+            offset,
+            len,
+            key_hash,
+            freeing: false,
+        });
+        sp.pending_bytes += len;
+    }
+
+    /// Frees a retired copy: writes its free header while it is still listed
+    /// (marked `freeing`, so that nobody else frees it, and a writer that
+    /// removes its key waits for it), then takes it out and returns its
+    /// space. False when it is gone (freed by a writer that removed its key,
+    /// by a sync, or by `clear`) or being freed by another thread, or when
+    /// its header cannot be written: it then waits, still valid, to be
+    /// retried after the next sync.
+    pub(super) fn free_retired(&self, offset: u64, before_sync: bool) -> bool {
+        let (len, key_hash) = {
             let mut sp = self.space.lock();
-            sp.pending.push(Superseded {
-                generation,
-                offset,
-                len,
-                key_hash,
-            });
-            sp.pending_bytes += len;
+            let Some(p) = sp.pending.iter_mut().find(|p| p.offset == offset && !p.freeing)
+            else {
+                return false;
+            };
+            p.freeing = true;
+            (p.len, p.key_hash)
+        };
+        let written = self.mark_free_with(offset, len, before_sync).is_ok();
+        {
+            let mut sp = self.space.lock();
+            let Some(i) = sp.pending.iter().position(|p| p.offset == offset) else {
+                return false;
+            };
+            self.freed.notify_all();
+            if !written {
+                let p = &mut sp.pending[i];
+                p.freeing = false;
+                p.generation = 0;
+                return false;
+            }
+            let p = sp.pending.swap_remove(i);
+            sp.pending_bytes -= p.len;
+            let generation = self.writes.load(Ordering::Acquire);
+            sp.unsynced_frees.push((key_hash, generation));
+        }
+        if !self.readers.defer_if_pinned(offset, len) {
+            self.return_unpinned_with(offset, len, before_sync);
+        }
+        true
+    }
+
+    /// After [`retire`](Self::retire), with no lock held: under
+    /// `SyncPolicy::Always` the new copy is durable, so the old one is freed
+    /// now; otherwise it waits for the next sync.
+    pub(super) fn supersede(&self, offset: u64) {
+        if self.policy == SyncPolicy::Always {
+            self.free_retired(offset, false);
         }
     }
 
@@ -310,49 +429,50 @@ impl Inner {
             }
             self.note_write();
         }
-        if let Some((o, l)) = a.remainder {
-            // Before anyone can allocate it, the remainder gets its header.
-            // Free space without one would make memory and file disagree (and
-            // whatever stale bytes lie there would be read as the block's
-            // header), so a failure undoes the allocation: the block is free
-            // again, as its header says. Space that is still all zeros reads
-            // as free without a header, and needs none.
-            if !a.remainder_zeroed {
-                let written = self
-                    .storage
-                    .write_at(o, &[&BlockHeader::free(l).encode(self.salt)]);
-                if let Err(e) = written {
-                    if a.grow_to.is_some() {
-                        sp.free.undo_growth(&a, old_end);
-                        if self.storage.set_len(old_end).is_ok() {
-                            self.note_write();
-                        }
-                    } else {
-                        sp.free.free(a.offset, a.len, u64::MAX);
-                    }
-                    return Err(Error::io(&self.path, "writing a free block header", e));
+        if let Err(e) = self.write_split_headers(&a, false) {
+            if a.grow_to.is_some() {
+                sp.free.undo_growth(&a, old_end);
+                if self.storage.set_len(old_end).is_ok() {
+                    self.note_write();
                 }
-                self.note_write();
+            } else {
+                sp.free.free(a.offset, a.len, u64::MAX);
             }
-            if a.grow_to.is_none() && !a.block_zeroed {
-                // The split block's own header still gives the length of the
-                // whole free block, the remainder included. Were the entry's
-                // write to fail and the free header meant to take its place
-                // too, that stale header would stay and, once the remainder
-                // holds entries, the next open would skip them as free space.
-                // So it gets its true length now. (A block carved from
-                // all-zero space has no header to go stale.)
-                let written = self
-                    .storage
-                    .write_at(a.offset, &[&BlockHeader::free(a.len).encode(self.salt)]);
-                if let Err(e) = written {
-                    sp.free.free(a.offset, a.len, u64::MAX);
-                    return Err(Error::io(&self.path, "writing a free block header", e));
-                }
-                self.note_write();
-            }
+            return Err(Error::io(&self.path, "writing a free block header", e));
         }
         Ok((a.offset, a.len))
+    }
+
+    /// Writes the headers a split block needs, with the free list's lock
+    /// held, before anyone can allocate the remainder. On failure the caller
+    /// gives the block back: on disk it is still free, as its header says.
+    ///
+    /// The remainder gets its free header: free space without one would make
+    /// memory and file disagree (whatever stale bytes lie there would be read
+    /// as the block's header). Space that is still all zeros reads as free
+    /// without a header, and needs none.
+    ///
+    /// The block handed out gets a free header with its true length: its old
+    /// header still gives the length of the whole free block, the remainder
+    /// included, until the caller's entry is written over it. Were a crash
+    /// (or a failed write) to come first, once the remainder holds entries,
+    /// the next open would skip them as free space. (A block carved from
+    /// all-zero space has no header to go stale.)
+    pub(super) fn write_split_headers(&self, a: &Allocation, before_sync: bool) -> std::io::Result<()> {
+        let Some((o, l)) = a.remainder else {
+            return Ok(());
+        };
+        let mut headers = Vec::with_capacity(2);
+        if !a.remainder_zeroed {
+            headers.push((o, l));
+        }
+        if a.grow_to.is_none() && !a.block_zeroed {
+            headers.push((a.offset, a.len));
+        }
+        for (offset, len) in headers {
+            self.mark_free_with(offset, len, before_sync)?;
+        }
+        Ok(())
     }
 
     /// Frees a block nobody indexes any more (an old copy of the key with
@@ -385,6 +505,7 @@ impl Inner {
                 offset,
                 len,
                 key_hash,
+                freeing: false,
             });
             sp.pending_bytes += len;
             false
@@ -446,6 +567,7 @@ impl Inner {
                 offset,
                 len,
                 key_hash: 0,
+                freeing: false,
             });
             sp.pending_bytes += len;
         }
@@ -530,6 +652,7 @@ impl Inner {
             self.publish_oldest(cell, &lru);
         }
         self.entries.fetch_sub(1, Ordering::AcqRel);
+        self.claimed.fetch_sub(1, Ordering::AcqRel);
         if let Some(l) = len {
             self.live_bytes.fetch_sub(l, Ordering::Relaxed);
         }
@@ -541,11 +664,33 @@ impl Inner {
     /// old value back after a crash.
     /// Fails, keeping the copies it could not free, when a free header cannot
     /// be written: the caller must then not free the newest copy.
+    ///
+    /// Their free headers are synced before it returns when it wrote any (or
+    /// found one written by another thread and not yet synced): were the
+    /// newest copy's free header to survive a power loss without theirs, an
+    /// older value would come back.
     pub(super) fn release_superseded_copies(&self, hash: u64, key: &[u8]) -> Result<()> {
+        let moved = self.release_moving_copies(hash, key)?;
+        let freed = self.release_pending_copies(hash, key)?;
+        if moved || freed || self.unsettled(hash).is_some() {
+            self.sync_to(self.writes.load(Ordering::Acquire))?;
+        }
+        Ok(())
+    }
+
+    /// The old copies of `key` among `Space::pending`, freed; returns whether
+    /// there were any.
+    fn release_pending_copies(&self, hash: u64, key: &[u8]) -> Result<bool> {
         let mine: Vec<Superseded> = {
             let mut sp = self.space.lock();
+            // A copy of the key being freed by another thread: its header
+            // must be on disk before the key's newest copy is freed. Wait
+            // for it (the freer holds no shard lock).
+            while sp.pending.iter().any(|p| p.freeing && p.key_hash == hash) {
+                self.freed.wait(&mut sp);
+            }
             if sp.pending.is_empty() {
-                return Ok(());
+                return Ok(false);
             }
             let mut mine = Vec::new();
             let mut kb = vec![0u8; key.len()];
@@ -567,6 +712,7 @@ impl Inner {
             sp.pending_bytes -= mine.iter().map(|m| m.len).sum::<u64>();
             mine
         };
+        let any = !mine.is_empty();
         let mut left = mine.into_iter();
         while let Some(p) = left.next() {
             if let Err(e) = self.mark_free(p.offset, p.len) {
@@ -580,7 +726,42 @@ impl Inner {
             }
             self.return_space(p.offset, p.len);
         }
-        Ok(())
+        Ok(any)
+    }
+
+    /// Frees compaction's unpublished copies of a key that is leaving the
+    /// index (called with the key's shard write lock held, so no copy of it
+    /// is being written): valid on disk with the key's sequence number, they
+    /// would bring it back after a crash. Compaction finds them gone and
+    /// publishes nothing.
+    fn release_moving_copies(&self, hash: u64, key: &[u8]) -> Result<bool> {
+        let mine: Vec<InFlightMove> = {
+            let mut sp = self.space.lock();
+            if sp.moves.is_empty() {
+                return Ok(false);
+            }
+            let mut mine = Vec::new();
+            let mut i = 0;
+            while i < sp.moves.len() {
+                if sp.moves[i].key_hash == hash && sp.moves[i].key == key {
+                    mine.push(sp.moves.swap_remove(i));
+                } else {
+                    i += 1;
+                }
+            }
+            mine
+        };
+        let any = !mine.is_empty();
+        let mut left = mine.into_iter();
+        while let Some(m) = left.next() {
+            if let Err(e) = self.mark_free(m.new_offset, m.new_len) {
+                // Still valid on disk: compaction gives them back later.
+                self.space.lock().moves.extend(std::iter::once(m).chain(left));
+                return Err(Error::io(&self.path, "freeing a moved copy of an entry", e));
+            }
+            self.return_space(m.new_offset, m.new_len);
+        }
+        Ok(any)
     }
 
     /// Whether `key` is in the index (expired or not).
@@ -589,11 +770,58 @@ impl Inner {
         cell.map.read().find(hash, key).is_some()
     }
 
-    /// Evicts least recently used entries until at most `n` remain. Under
+    /// Makes room for one new key under the entry cap: while the entries
+    /// plus the inserts in flight fill the cap, expired entries go first (all
+    /// of them: they count for nothing), then the least recently used. The
+    /// room is held for this key until the returned guard drops, after the
+    /// entry is in the index, so that concurrent inserts never count the same
+    /// room twice. Under `SyncPolicy::Always` the removals are durable when it
+    /// returns. Call it with the gate read-locked.
+    pub(super) fn make_room(&self, cap: usize, key: &[u8]) -> Result<Room<'_>> {
+        let hash = self.hasher.hash_one(key);
+        let mut inserting = self.inserting.lock();
+        if inserting.contains(&hash) {
+            // Another insert of this key (or one with the same hash) already
+            // holds room; should both turn out new, `put` evicts afterwards.
+            return Ok(Room {
+                inner: self,
+                hash: None,
+                used: false,
+            });
+        }
+        let full = || self.claimed.load(Ordering::Acquire) >= cap;
+        let mut removed = false;
+        if full() {
+            removed |= self.purge_held(self.clock.now_millis())? > 0;
+        }
+        while full() {
+            if !self.evict_one()? {
+                break;
+            }
+            removed = true;
+        }
+        self.claimed.fetch_add(1, Ordering::AcqRel);
+        inserting.push(hash);
+        drop(inserting);
+        let room = Room {
+            inner: self,
+            hash: Some(hash),
+            used: false,
+        };
+        if removed && self.policy == SyncPolicy::Always {
+            self.sync_to(self.writes.load(Ordering::Acquire))?;
+        }
+        Ok(room)
+    }
+
+    /// Evicts least recently used entries until at most `n` remain (inserts
+    /// holding room included). Under the same lock as `make_room`, so that
+    /// two threads never both act on one look at the count. Under
     /// `SyncPolicy::Always` the evictions are durable when it returns.
     pub(super) fn evict_down_to(&self, n: usize) -> Result<()> {
+        let _cap = self.inserting.lock();
         let mut evicted = false;
-        while self.entries.load(Ordering::Acquire) > n {
+        while self.claimed.load(Ordering::Acquire) > n {
             if !self.evict_one()? {
                 break;
             }
@@ -648,7 +876,11 @@ impl Inner {
     pub(super) fn purge(&self) -> Result<usize> {
         self.check_writable()?;
         let _gate = self.gate.read();
-        let now = self.clock.now_millis();
+        self.purge_held(self.clock.now_millis())
+    }
+
+    /// Removes the entries expired at `now`; the caller holds the gate.
+    pub(super) fn purge_held(&self, now: i64) -> Result<usize> {
         let mut purged = 0usize;
         for cell in self.shards.iter() {
             if cell
@@ -736,6 +968,8 @@ impl Inner {
                 self.publish_oldest(cell, &lru);
             }
             self.entries.store(0, Ordering::Release);
+            // No insert holds room: they hold the gate, which `clear` has.
+            self.claimed.store(0, Ordering::Release);
             self.live_bytes.store(0, Ordering::Release);
         } else {
             // Readers hold some blocks: free entry by entry; held blocks are

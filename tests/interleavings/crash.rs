@@ -1,0 +1,238 @@
+//! (b) of the explorer: the file after every event of a schedule, as a
+//! process crash, a torn write and a power loss would leave it, opens and
+//! holds what the operations allow.
+//!
+//! At a crash after event `k`, an operation that had returned (its last event
+//! before `k`) must be there, one that had not started must not, and one in
+//! flight may or may not; the states allowed are those of every serial order
+//! of the required operations and any subset of those in flight. A power loss
+//! under `SyncPolicy::Always` keeps the same promise (a returned write was
+//! synced); under `Never` only what a completed `sync()` covered is required.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use sfs::fuzzing::Model;
+use sfs::testing::{MemStorage, Recording, Storage};
+use sfs::{ManualClock, SyncPolicy};
+
+use super::{
+    Contents, Done, Op, Outcome, START_MS, Setup, model_contents, model_op, serial_orders, show,
+    store_contents,
+};
+
+/// Images already checked against the same allowed states.
+#[derive(Default)]
+pub struct Cache(HashSet<u64>);
+
+/// Key → every (value, expiry) it may hold; `None` for absent.
+type Allowed = BTreeMap<Vec<u8>, BTreeSet<Option<(Vec<u8>, u64)>>>;
+
+/// Checks every crash image of the recording from event `from` on; returns
+/// how many were opened.
+pub fn check_all(
+    setup: Setup,
+    rec: &Recording,
+    from: usize,
+    done: &[Done],
+    initial: &Model,
+    keys: &[Vec<u8>],
+    cache: &mut Cache,
+) -> Result<usize, String> {
+    let n = rec.events.len();
+    let mut opened = 0;
+    for k in from..=n {
+        let (process, now) = allowed_at(k, n, done, initial, keys, false, setup.policy);
+        let mut images: Vec<(Vec<u8>, &Allowed, String)> =
+            vec![(rec.after(k), &process, "process crash".into())];
+        if k < n {
+            for keep in rec.tear_points(k) {
+                images.push((rec.torn(k, keep), &process, format!("torn, {keep} bytes")));
+            }
+        }
+        let power;
+        if rec.durable_prefix(k) < k {
+            power = allowed_at(k, n, done, initial, keys, true, setup.policy).0;
+            for seed in [0, 2, 3] {
+                images.push((
+                    rec.power_loss(k, seed),
+                    &power,
+                    format!("power loss, seed {seed}"),
+                ));
+            }
+        }
+        for (bytes, allowed, how) in images {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            (&bytes, allowed, now, setup.cap).hash(&mut h);
+            if !cache.0.insert(h.finish()) {
+                continue;
+            }
+            opened += 1;
+            check_image(bytes, allowed, now, setup, keys)
+                .map_err(|e| format!("crash after event {k}/{n} ({how}): {e}"))?;
+        }
+    }
+    Ok(opened)
+}
+
+/// The allowed states after a crash right after event `k` of `n`, and the
+/// clock then. With `power`, under `SyncPolicy::Never`, only what a completed
+/// `sync()` covered is required.
+fn allowed_at(
+    k: usize,
+    n: usize,
+    done: &[Done],
+    initial: &Model,
+    keys: &[Vec<u8>],
+    power: bool,
+    policy: SyncPolicy,
+) -> (Allowed, i64) {
+    // Returned before the crash: its last event came before event k, or
+    // every operation is over.
+    let returned = |d: &Done| k == n || d.events.1 < k;
+    let started = |d: &Done| d.events.0 <= k;
+    let synced = |d: &Done| {
+        done.iter().any(|s| {
+            s.op == Op::Sync && returned(s) && s.span.start > d.span.end
+        })
+    };
+    // Only acknowledged writes that changed something are promised to
+    // survive; a read (or a write that found nothing to do) may have seen a
+    // write still in flight, which a crash may then undo.
+    let required: Vec<usize> = (0..done.len())
+        .filter(|&i| {
+            let d = &done[i];
+            returned(d)
+                && changed(d)
+                && (!power || policy == SyncPolicy::Always || synced(d))
+        })
+        .collect();
+    let optional: Vec<usize> = (0..done.len())
+        .filter(|&i| started(&done[i]) && !required.contains(&i))
+        .collect();
+    let now = if done.iter().any(|d| d.op == Op::Expire && started(d)) {
+        START_MS + super::EXPIRE_MS
+    } else {
+        START_MS
+    };
+    let mut allowed = Allowed::new();
+    for mask in 0..(1u32 << optional.len()) {
+        let mut ops = required.clone();
+        ops.extend(
+            optional
+                .iter()
+                .enumerate()
+                .filter(|(b, _)| mask & (1 << b) != 0)
+                .map(|(_, &i)| i),
+        );
+        for order in serial_orders(done, &ops) {
+            let mut m = initial.clone();
+            let mut t = START_MS;
+            for &i in &order {
+                model_op(done[i].op, i, &mut m, &mut t);
+            }
+            let c = model_contents(&m, now, keys);
+            for key in keys {
+                allowed
+                    .entry(key.clone())
+                    .or_default()
+                    .insert(c.get(key).cloned());
+            }
+        }
+    }
+    if power && policy != SyncPolicy::Always && initial.cap.is_some() {
+        // Memory evicts by use, the open by write order: after a power loss
+        // that dropped some of the writes since the last sync, any key may be
+        // the one evicted (README, Guarantees).
+        let inserted = optional.iter().any(|&i| done[i].op == Op::PutNew);
+        if inserted {
+            for a in allowed.values_mut() {
+                a.insert(None);
+            }
+        }
+    }
+    (allowed, now)
+}
+
+/// Whether an operation is a write that changed the store.
+fn changed(d: &Done) -> bool {
+    match d.op {
+        Op::PutNew | Op::Overwrite | Op::Clear => true,
+        Op::Delete | Op::Touch | Op::TouchHeld => d.outcome == Outcome::Bool(true),
+        Op::Purge => d.outcome != Outcome::Count(0),
+        Op::GetRefHeld | Op::Expire | Op::Compact | Op::Sync => false,
+    }
+}
+
+fn check_image(
+    bytes: Vec<u8>,
+    allowed: &Allowed,
+    now: i64,
+    setup: Setup,
+    keys: &[Vec<u8>],
+) -> Result<(), String> {
+    let clock = Arc::new(ManualClock::new(now));
+    let opts = setup.options(&clock).sync(SyncPolicy::Always);
+    let ro_mem = Arc::new(MemStorage::with_bytes(bytes.clone()));
+    let ro = opts
+        .clone()
+        .read_only(true)
+        .open_on("crash.sfs", ro_mem.clone() as Arc<dyn Storage>)
+        .map_err(|e| format!("read-only open failed: {e}"))?;
+    let ro_contents = store_contents(&ro, keys)?;
+    drop(ro);
+    if ro_mem.bytes() != bytes {
+        return Err("a read-only open wrote".into());
+    }
+    let mem = Arc::new(MemStorage::with_bytes(bytes));
+    let store = opts
+        .open_on("crash.sfs", mem as Arc<dyn Storage>)
+        .map_err(|e| format!("open failed: {e}"))?;
+    store.check_invariants()?;
+    let got: Contents = store_contents(&store, keys)?;
+    if got != ro_contents {
+        return Err("read-only and read-write opens disagree".into());
+    }
+    if let Some(cap) = setup.cap
+        && store.len() > cap
+    {
+        return Err(format!("{} entries over a cap of {cap}", store.len()));
+    }
+    for key in keys {
+        let v = got.get(key).cloned();
+        let ok = &allowed[key];
+        if !ok.contains(&v) {
+            let shown: Vec<String> = ok
+                .iter()
+                .map(|a| match a {
+                    None => "absent".to_string(),
+                    Some(x) => show(&[(key.clone(), x.clone())].into_iter().collect()),
+                })
+                .collect();
+            return Err(format!(
+                "key {} reads {:?}; allowed: {shown:?}; file holds {}",
+                String::from_utf8_lossy(key),
+                v.as_ref().map(|(v, e)| (String::from_utf8_lossy(v).into_owned(), e)),
+                show(&got)
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The recording's events, one short line each.
+pub fn describe_events(rec: &Recording) -> String {
+    use sfs::testing::Event;
+    rec.events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| match e {
+            Event::Write { offset, bytes, .. } => {
+                format!("\n  {}: write {} bytes at {offset}", i + 1, bytes.len())
+            }
+            Event::SetLen(l) => format!("\n  {}: set_len {l}", i + 1),
+            Event::Sync => format!("\n  {}: sync", i + 1),
+        })
+        .collect()
+}

@@ -1,0 +1,593 @@
+//! The interleaving explorer: every interleaving of every pair of operations
+//! (and a sample of triples), each checked four ways.
+//!
+//! The crash suite (`tests/crash_every_write.rs`) writes every prefix of one
+//! operation's writes; this does the same for threads. A deterministic
+//! scheduler (`sched.rs`) stops each operation thread before each of its
+//! storage calls and picks which thread goes on, so that every order in which
+//! two operations' writes, length changes and syncs can reach the file is
+//! run. Each schedule starts from the same small store, where compaction has
+//! entries to move, one entry has a TTL and (in half the setups) the store is
+//! at its entry cap, and is checked for:
+//! - (a) **linearizability**: the results and the final contents equal those
+//!   of some serial order of the same calls that respects real time (a call
+//!   that returned before another started comes first), on the reference
+//!   model (a `HashMap` with expiry and LRU);
+//! - (b) **crashes**: after every event of the schedule, the file as a
+//!   process crash (every write kept), a torn write and a power loss (the
+//!   writes since the last sync dropped or reordered) would leave it opens,
+//!   and every key holds a value allowed by the operations that had returned
+//!   and those in flight;
+//! - (c) **invariants**: `check_invariants` after the schedule and after
+//!   every recovery;
+//! - (d) no panic and no deadlock.
+//!
+//! `cargo test --test interleavings` explores every pair exhaustively and a
+//! sample of triples, and prints how many schedules it ran. With
+//! `SFS_EXPLORE_DEEP=1` it samples many more triples.
+
+mod crash;
+mod sched;
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sfs::fuzzing::Model;
+use sfs::testing::{FaultStorage, FileStorage, MemStorage, Recording, Storage, TestRng};
+use sfs::{ManualClock, Options, Store, SyncPolicy};
+
+use sched::{Explorer, Gated, Sched, Span, Strategy};
+
+pub const START_MS: i64 = 1_000_000;
+/// The TTL of key `b` in the setup; [`Op::Expire`] moves the clock past it.
+const B_TTL_MS: i64 = 50;
+const EXPIRE_MS: i64 = 100;
+/// The TTL a `touch` renews to.
+const TOUCH_TTL_MS: i64 = 10_000;
+
+/// The operations explored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// `put` of a key not in the store (over the cap in capped setups).
+    PutNew,
+    /// `put` over key `c`, with a larger value.
+    Overwrite,
+    /// `delete(c)`.
+    Delete,
+    /// `touch(c)`.
+    Touch,
+    /// `touch(c)` while this thread holds `c` with `get_ref`.
+    TouchHeld,
+    /// `get_ref(c)`, held across a yield point, then read and dropped.
+    GetRefHeld,
+    /// The clock moves past `b`'s expiry.
+    Expire,
+    /// `purge_expired()`.
+    Purge,
+    /// `compact()`: moves `b` and `c` into the hole before them.
+    Compact,
+    /// `clear()`.
+    Clear,
+    /// `sync()`.
+    Sync,
+}
+
+pub const ALL_OPS: [Op; 11] = [
+    Op::PutNew,
+    Op::Overwrite,
+    Op::Delete,
+    Op::Touch,
+    Op::TouchHeld,
+    Op::GetRefHeld,
+    Op::Expire,
+    Op::Purge,
+    Op::Compact,
+    Op::Clear,
+    Op::Sync,
+];
+
+/// What an operation returned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Unit,
+    Bool(bool),
+    Count(usize),
+    Value(Option<Vec<u8>>),
+}
+
+/// The keys the explorer looks at after each schedule and crash.
+pub fn keys_of_interest(n_threads: usize) -> Vec<Vec<u8>> {
+    let mut v = vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()];
+    v.extend((0..n_threads).map(new_key));
+    v
+}
+
+fn new_key(slot: usize) -> Vec<u8> {
+    format!("n{slot}").into_bytes()
+}
+
+fn value(slot: usize, what: &str, len: usize) -> Vec<u8> {
+    let mut v = format!("{what}-{slot}").into_bytes();
+    v.resize(len, b'.');
+    v
+}
+
+/// One way the store is set up and opened.
+#[derive(Clone, Copy, Debug)]
+pub struct Setup {
+    pub policy: SyncPolicy,
+    pub cap: Option<usize>,
+}
+
+impl Setup {
+    pub fn options(&self, clock: &Arc<ManualClock>) -> Options {
+        let mut o = Options::new()
+            .sync(self.policy)
+            .clock(clock.clone())
+            .auto_compact(None)
+            .compact_batch(1);
+        if let Some(c) = self.cap {
+            o = o.max_entries(c);
+        }
+        o
+    }
+
+    /// The starting file and the model of what it holds once opened.
+    fn initial(&self) -> (Vec<u8>, Model) {
+        let clock = Arc::new(ManualClock::new(START_MS));
+        let mem = Arc::new(MemStorage::new());
+        let store = self
+            .options(&clock)
+            .open_on("setup.sfs", mem.clone() as Arc<dyn Storage>)
+            .unwrap();
+        let mut m = Model::new(self.cap);
+        // A hole at the start (a's old block), then c, then b with a TTL:
+        // compaction moves both into the hole; c is the least recently used.
+        store.put(b"a", vec![1u8; 1000]).unwrap();
+        m.put(b"a", &[1u8; 1000], 0, START_MS);
+        store.put(b"c", value(9, "c0", 100)).unwrap();
+        m.put(b"c", &value(9, "c0", 100), 0, START_MS);
+        store.delete(b"a").unwrap();
+        m.delete(b"a");
+        store
+            .put_with_ttl(
+                b"b",
+                value(9, "b0", 100),
+                Duration::from_millis(B_TTL_MS as u64),
+            )
+            .unwrap();
+        m.put(
+            b"b",
+            &value(9, "b0", 100),
+            (START_MS + B_TTL_MS) as u64,
+            START_MS,
+        );
+        store.close().unwrap();
+        m.reopen(START_MS);
+        (mem.bytes(), m)
+    }
+}
+
+/// Runs `op` as thread `slot` would, on the store.
+fn run_op(op: Op, slot: usize, store: &Store, clock: &ManualClock, sched: &Sched) -> Outcome {
+    let ok = |r: sfs::Result<()>| {
+        r.unwrap_or_else(|e| panic!("{op:?} failed: {e}"));
+        Outcome::Unit
+    };
+    let touch_ttl = Duration::from_millis(TOUCH_TTL_MS as u64);
+    match op {
+        Op::PutNew => ok(store.put(new_key(slot), value(slot, "new", 200))),
+        Op::Overwrite => ok(store.put(b"c", value(slot, "over", 300))),
+        Op::Delete => Outcome::Bool(store.delete(b"c").unwrap()),
+        Op::Touch => Outcome::Bool(store.touch(b"c", touch_ttl).unwrap()),
+        Op::TouchHeld => {
+            let held = store.get_ref(b"c").unwrap();
+            let renewed = store.touch(b"c", touch_ttl).unwrap();
+            sched.yield_point("hold");
+            drop(held);
+            Outcome::Bool(renewed)
+        }
+        Op::GetRefHeld => {
+            let held = store.get_ref(b"c").unwrap();
+            sched.yield_point("hold");
+            Outcome::Value(held.map(|r| r.to_vec()))
+        }
+        Op::Expire => {
+            clock.advance(Duration::from_millis(EXPIRE_MS as u64));
+            Outcome::Unit
+        }
+        Op::Purge => Outcome::Count(store.purge_expired().unwrap()),
+        Op::Compact => {
+            store.compact().unwrap();
+            Outcome::Unit
+        }
+        Op::Clear => ok(store.clear()),
+        Op::Sync => ok(store.sync()),
+    }
+}
+
+/// Applies `op` (run by thread `slot`) to the model at `*now`.
+pub fn model_op(op: Op, slot: usize, m: &mut Model, now: &mut i64) -> Outcome {
+    match op {
+        Op::PutNew => {
+            m.put(&new_key(slot), &value(slot, "new", 200), 0, *now);
+            Outcome::Unit
+        }
+        Op::Overwrite => {
+            m.put(b"c", &value(slot, "over", 300), 0, *now);
+            Outcome::Unit
+        }
+        Op::Delete => Outcome::Bool(m.visible(b"c", *now).is_some() & m.delete(b"c")),
+        Op::Touch | Op::TouchHeld => Outcome::Bool(m.touch(b"c", *now + TOUCH_TTL_MS, *now)),
+        Op::GetRefHeld => Outcome::Value(m.get(b"c", *now)),
+        Op::Expire => {
+            *now += EXPIRE_MS;
+            Outcome::Unit
+        }
+        Op::Purge => Outcome::Count(m.purge(*now)),
+        Op::Compact | Op::Sync => Outcome::Unit,
+        Op::Clear => {
+            m.clear();
+            Outcome::Unit
+        }
+    }
+}
+
+/// What one thread of a schedule did.
+#[derive(Clone, Debug)]
+pub struct Done {
+    pub op: Op,
+    pub outcome: Outcome,
+    /// Scheduler ticks: real-time order.
+    pub span: Span,
+    /// Recording events before its start and at its end.
+    pub events: (usize, usize),
+}
+
+/// Every order of `ops` (by index) that respects real time: an operation
+/// that ended before another started comes first.
+pub fn serial_orders(done: &[Done], ops: &[usize]) -> Vec<Vec<usize>> {
+    fn go(done: &[Done], left: &mut Vec<usize>, acc: &mut Vec<usize>, out: &mut Vec<Vec<usize>>) {
+        if left.is_empty() {
+            out.push(acc.clone());
+            return;
+        }
+        for i in 0..left.len() {
+            let o = left[i];
+            // `o` may go next only if no operation left ended before it started.
+            if left
+                .iter()
+                .any(|&p| p != o && done[p].span.end < done[o].span.start)
+            {
+                continue;
+            }
+            left.remove(i);
+            acc.push(o);
+            go(done, left, acc, out);
+            acc.pop();
+            left.insert(i, o);
+        }
+    }
+    let mut out = Vec::new();
+    go(done, &mut ops.to_vec(), &mut Vec::new(), &mut out);
+    out
+}
+
+/// The contents of the keys of interest: key → (value, expiry ms).
+pub type Contents = BTreeMap<Vec<u8>, (Vec<u8>, u64)>;
+
+pub fn store_contents(store: &Store, keys: &[Vec<u8>]) -> Result<Contents, String> {
+    let mut c = Contents::new();
+    for k in keys {
+        let e = store
+            .get_entry(k)
+            .map_err(|e| format!("get_entry({}): {e}", String::from_utf8_lossy(k)))?;
+        if let Some(e) = e {
+            let ms = e.expires_at.map_or(0, |t| {
+                t.duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+            });
+            c.insert(k.clone(), (e.value, ms));
+        }
+    }
+    let all = store.keys().len();
+    if all != c.len() {
+        return Err(format!("{all} live keys, {} of them expected ones", c.len()));
+    }
+    Ok(c)
+}
+
+pub fn model_contents(m: &Model, now: i64, keys: &[Vec<u8>]) -> Contents {
+    keys.iter()
+        .filter_map(|k| {
+            m.visible(k, now)
+                .map(|v| (k.clone(), (v.clone(), m.map[k].1)))
+        })
+        .collect()
+}
+
+/// (a): some serial order gives the same results and contents.
+fn linearizable(
+    done: &[Done],
+    initial: &Model,
+    got: &Contents,
+    keys: &[Vec<u8>],
+) -> Result<(), String> {
+    let all: Vec<usize> = (0..done.len()).collect();
+    let mut tried = String::new();
+    for order in serial_orders(done, &all) {
+        let mut m = initial.clone();
+        let mut now = START_MS;
+        let outcomes: Vec<Outcome> = order
+            .iter()
+            .map(|&i| model_op(done[i].op, i, &mut m, &mut now))
+            .collect();
+        let same = order
+            .iter()
+            .zip(&outcomes)
+            .all(|(&i, o)| *o == done[i].outcome);
+        let contents = model_contents(&m, now, keys);
+        if same && contents == *got {
+            return Ok(());
+        }
+        let _ = writeln!(
+            tried,
+            "  order {order:?}: results {outcomes:?}, contents {}",
+            show(&contents)
+        );
+    }
+    Err(format!(
+        "no serial order matches: results {:?}, contents {}\n{tried}",
+        done.iter().map(|d| &d.outcome).collect::<Vec<_>>(),
+        show(got)
+    ))
+}
+
+pub fn show(c: &Contents) -> String {
+    let items: Vec<String> = c
+        .iter()
+        .map(|(k, (v, e))| {
+            format!(
+                "{}={}@{e}",
+                String::from_utf8_lossy(k),
+                String::from_utf8_lossy(&v[..v.len().min(10)])
+            )
+        })
+        .collect();
+    format!("{{{}}}", items.join(", "))
+}
+
+/// A scratch directory for the mapped files of the schedules (in memory
+/// when `/dev/shm` exists).
+fn scratch() -> tempfile::TempDir {
+    let shm = std::path::Path::new("/dev/shm");
+    if shm.is_dir() {
+        if let Ok(d) = tempfile::tempdir_in(shm) {
+            return d;
+        }
+    }
+    tempfile::tempdir().unwrap()
+}
+
+/// Totals of one exploration.
+#[derive(Default)]
+struct Totals {
+    schedules: usize,
+    images: usize,
+}
+
+/// Runs every schedule the strategy gives for `ops` in `setup`; panics with
+/// the schedule on the first broken promise.
+fn explore(
+    setup: Setup,
+    ops: &[Op],
+    strategy: Strategy,
+    dir: &std::path::Path,
+    cache: &mut crash::Cache,
+) -> Result<Totals, String> {
+    let (bytes, initial) = setup.initial();
+    let keys = keys_of_interest(ops.len());
+    let mut explorer = Explorer::new(strategy);
+    let mut totals = Totals::default();
+    let path = dir.join("explore.sfs");
+    while explorer.more() {
+        std::fs::write(&path, &bytes).unwrap();
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        let fs = Arc::new(FaultStorage::wrap(Arc::new(
+            FileStorage::new(file, true).unwrap(),
+        )));
+        let sched = Sched::new(ops.len());
+        let gated = Arc::new(Gated {
+            inner: fs.clone(),
+            sched: sched.clone(),
+        });
+        let clock = Arc::new(ManualClock::new(START_MS));
+        let store = setup
+            .options(&clock)
+            .open_on("explore.sfs", gated as Arc<dyn Storage>)
+            .unwrap();
+        let opened = fs.event_count();
+        let (trace, done) = std::thread::scope(|s| {
+            let handles: Vec<_> = ops
+                .iter()
+                .enumerate()
+                .map(|(slot, &op)| {
+                    let (store, clock, sched, fs) = (&store, &clock, &sched, &fs);
+                    s.spawn(move || {
+                        let start = sched.enter(slot);
+                        let e0 = fs.event_count();
+                        let outcome = run_op(op, slot, store, clock, sched);
+                        let e1 = fs.event_count();
+                        let end = sched.leave();
+                        Done {
+                            op,
+                            outcome,
+                            span: Span { start, end },
+                            events: (e0, e1),
+                        }
+                    })
+                })
+                .collect();
+            let trace = explorer.drive(&sched);
+            let trace = match trace {
+                Ok(t) => t,
+                Err(e) => return Err(format!("{setup:?} {ops:?}: {e}")),
+            };
+            let mut done = Vec::new();
+            for h in handles {
+                match h.join() {
+                    Ok(d) => done.push(d),
+                    Err(p) => {
+                        return Err(format!(
+                            "{setup:?} {ops:?}, schedule {trace:?}: a thread panicked: {:?}",
+                            p.downcast_ref::<String>()
+                                .map(String::as_str)
+                                .or(p.downcast_ref::<&str>().copied())
+                        ));
+                    }
+                }
+            }
+            Ok((trace, done))
+        })?;
+        let context = || format!("{setup:?} ops {ops:?}, schedule {trace:?}, results {done:?}");
+        let check = (|| {
+            store.check_invariants()?;
+            let got = store_contents(&store, &keys)?;
+            linearizable(&done, &initial, &got, &keys).map_err(|e| {
+                format!("{e}\nevents: {}", crash::describe_events(&fs.recording()))
+            })?;
+            drop(store);
+            let rec: Recording = fs.recording();
+            totals.images += crash::check_all(setup, &rec, opened, &done, &initial, &keys, cache)
+                .map_err(|e| format!("{e}\nevents: {}", crash::describe_events(&rec)))?;
+            Ok::<(), String>(())
+        })();
+        if let Err(e) = check {
+            return Err(format!("{}\n{e}", context()));
+        }
+        totals.schedules += 1;
+    }
+    Ok(totals)
+}
+
+const SETUPS: [Setup; 4] = [
+    Setup {
+        policy: SyncPolicy::Always,
+        cap: None,
+    },
+    Setup {
+        policy: SyncPolicy::Always,
+        cap: Some(2),
+    },
+    Setup {
+        policy: SyncPolicy::Never,
+        cap: None,
+    },
+    Setup {
+        policy: SyncPolicy::Never,
+        cap: Some(2),
+    },
+];
+
+fn deep() -> bool {
+    std::env::var_os("SFS_EXPLORE_DEEP").is_some_and(|v| v != "0")
+}
+
+fn pairs_in(setup: Setup) {
+    let started = Instant::now();
+    let dir = scratch();
+    let mut cache = crash::Cache::default();
+    let mut totals = Totals::default();
+    let mut failures = Vec::new();
+    let only = std::env::var("SFS_EXPLORE_ONLY").ok();
+    for (i, &a) in ALL_OPS.iter().enumerate() {
+        for &b in &ALL_OPS[i..] {
+            if only
+                .as_deref()
+                .is_some_and(|o| o != format!("{a:?},{b:?}"))
+            {
+                continue;
+            }
+            match explore(setup, &[a, b], Strategy::Exhaustive, dir.path(), &mut cache) {
+                Ok(t) => {
+                    totals.schedules += t.schedules;
+                    totals.images += t.images;
+                }
+                Err(e) => failures.push(e),
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} pairs break a promise:\n\n{}",
+        failures.len(),
+        failures.join("\n\n")
+    );
+    eprintln!(
+        "{setup:?}: {} pairs, {} schedules, {} crash images checked in {:.1?}",
+        ALL_OPS.len() * (ALL_OPS.len() + 1) / 2,
+        totals.schedules,
+        totals.images,
+        started.elapsed()
+    );
+    assert!(totals.schedules > ALL_OPS.len() * ALL_OPS.len() / 2);
+}
+
+#[test]
+fn every_pair_always() {
+    pairs_in(SETUPS[0]);
+}
+
+#[test]
+fn every_pair_always_at_the_cap() {
+    pairs_in(SETUPS[1]);
+}
+
+#[test]
+fn every_pair_never() {
+    pairs_in(SETUPS[2]);
+}
+
+#[test]
+fn every_pair_never_at_the_cap() {
+    pairs_in(SETUPS[3]);
+}
+
+#[test]
+fn a_sample_of_triples() {
+    let started = Instant::now();
+    let dir = scratch();
+    let mut cache = crash::Cache::default();
+    let (triples, per) = if deep() { (600, 40) } else { (40, 6) };
+    let mut rng = TestRng::new(0x7219);
+    let mut totals = Totals::default();
+    for t in 0..triples {
+        let setup = SETUPS[t % SETUPS.len()];
+        let ops: Vec<Op> = (0..3)
+            .map(|_| ALL_OPS[rng.below(ALL_OPS.len() as u64) as usize])
+            .collect();
+        let seed = rng.next_u64();
+        let got = explore(
+            setup,
+            &ops,
+            Strategy::Random { n: per, seed },
+            dir.path(),
+            &mut cache,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        totals.schedules += got.schedules;
+        totals.images += got.images;
+    }
+    eprintln!(
+        "{triples} triples: {} schedules, {} crash images checked in {:.1?}",
+        totals.schedules,
+        totals.images,
+        started.elapsed()
+    );
+    assert_eq!(totals.schedules, triples * per);
+}
