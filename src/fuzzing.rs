@@ -117,7 +117,10 @@ impl Model {
 
     /// How many entries are visible at `now` (what `Store::len` says).
     pub fn live_len(&self, now: i64) -> usize {
-        self.map.keys().filter(|k| self.visible(k, now).is_some()).count()
+        self.map
+            .keys()
+            .filter(|k| self.visible(k, now).is_some())
+            .count()
     }
 
     /// Removes expired entries; returns how many.

@@ -148,6 +148,9 @@ struct Space {
 struct InFlightMove {
     key: Vec<u8>,
     key_hash: u64,
+    /// The block copied from: pinned until the move is finished, so that no
+    /// other move in flight has the same (old, new) pair.
+    old_offset: u64,
     new_offset: u64,
     new_len: u64,
 }

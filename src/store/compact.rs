@@ -199,6 +199,7 @@ impl Inner {
         self.space.lock().moves.push(InFlightMove {
             key,
             key_hash,
+            old_offset: offset,
             new_offset: target.offset,
             new_len: target.len,
         });
@@ -217,10 +218,12 @@ impl Inner {
     }
 
     /// Takes a copy out of `Space::moves`; false when a writer that removed
-    /// its key has already freed it.
-    fn take_move(&self, new_offset: u64) -> bool {
+    /// its key has already freed it. (The copy's block alone does not name
+    /// the move: once freed, another move may have been given it.)
+    fn take_move(&self, m: &Move) -> bool {
         let mut sp = self.space.lock();
-        match sp.moves.iter().position(|m| m.new_offset == new_offset) {
+        let same = |x: &InFlightMove| x.new_offset == m.new_offset && x.old_offset == m.old_offset;
+        match sp.moves.iter().position(same) {
             Some(i) => {
                 sp.moves.swap_remove(i);
                 true
@@ -235,7 +238,7 @@ impl Inner {
         let cell = &self.shards[m.shard];
         let moved = {
             let mut map = cell.map.write();
-            if !self.take_move(m.new_offset) {
+            if !self.take_move(m) {
                 // The key left the index and its remover freed the copy.
                 drop(map);
                 self.unpin(m.old_offset);
@@ -278,7 +281,7 @@ impl Inner {
             // Under the key's shard lock, so that no writer that removes the
             // key finds the copy gone from the moves and not yet freed.
             let map = self.shards[m.shard].map.write();
-            if self.take_move(m.new_offset) {
+            if self.take_move(&m) {
                 self.release(m.new_offset, m.new_len, m.key_hash);
             }
             drop(map);

@@ -117,7 +117,8 @@ impl Inner {
                     self.return_space(offset, len);
                 } else {
                     let held = room.as_ref().is_some_and(Room::holds);
-                    let p = self.publish(key, offset, len, header.seq, expiry_ms, generation, held)?;
+                    let p =
+                        self.publish(key, offset, len, header.seq, expiry_ms, generation, held)?;
                     if let (Published::New, Some(r)) = (p, room.as_mut()) {
                         r.used = held;
                     }
@@ -347,7 +348,10 @@ impl Inner {
     pub(super) fn free_retired(&self, offset: u64, before_sync: bool) -> bool {
         let (len, key_hash) = {
             let mut sp = self.space.lock();
-            let Some(p) = sp.pending.iter_mut().find(|p| p.offset == offset && !p.freeing)
+            let Some(p) = sp
+                .pending
+                .iter_mut()
+                .find(|p| p.offset == offset && !p.freeing)
             else {
                 return false;
             };
@@ -458,7 +462,11 @@ impl Inner {
     /// (or a failed write) to come first, once the remainder holds entries,
     /// the next open would skip them as free space. (A block carved from
     /// all-zero space has no header to go stale.)
-    pub(super) fn write_split_headers(&self, a: &Allocation, before_sync: bool) -> std::io::Result<()> {
+    pub(super) fn write_split_headers(
+        &self,
+        a: &Allocation,
+        before_sync: bool,
+    ) -> std::io::Result<()> {
         let Some((o, l)) = a.remainder else {
             return Ok(());
         };
@@ -756,7 +764,10 @@ impl Inner {
         while let Some(m) = left.next() {
             if let Err(e) = self.mark_free(m.new_offset, m.new_len) {
                 // Still valid on disk: compaction gives them back later.
-                self.space.lock().moves.extend(std::iter::once(m).chain(left));
+                self.space
+                    .lock()
+                    .moves
+                    .extend(std::iter::once(m).chain(left));
                 return Err(Error::io(&self.path, "freeing a moved copy of an entry", e));
             }
             self.return_space(m.new_offset, m.new_len);

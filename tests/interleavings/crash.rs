@@ -93,9 +93,8 @@ fn allowed_at(
     let returned = |d: &Done| k == n || d.events.1 < k;
     let started = |d: &Done| d.events.0 <= k;
     let synced = |d: &Done| {
-        done.iter().any(|s| {
-            s.op == Op::Sync && returned(s) && s.span.start > d.span.end
-        })
+        done.iter()
+            .any(|s| s.op == Op::Sync && returned(s) && s.span.start > d.span.end)
     };
     // Only acknowledged writes that changed something are promised to
     // survive; a read (or a write that found nothing to do) may have seen a
@@ -103,9 +102,7 @@ fn allowed_at(
     let required: Vec<usize> = (0..done.len())
         .filter(|&i| {
             let d = &done[i];
-            returned(d)
-                && changed(d)
-                && (!power || policy == SyncPolicy::Always || synced(d))
+            returned(d) && changed(d) && (!power || policy == SyncPolicy::Always || synced(d))
         })
         .collect();
     let optional: Vec<usize> = (0..done.len())
@@ -213,7 +210,8 @@ fn check_image(
             return Err(format!(
                 "key {} reads {:?}; allowed: {shown:?}; file holds {}",
                 String::from_utf8_lossy(key),
-                v.as_ref().map(|(v, e)| (String::from_utf8_lossy(v).into_owned(), e)),
+                v.as_ref()
+                    .map(|(v, e)| (String::from_utf8_lossy(v).into_owned(), e)),
                 show(&got)
             ));
         }

@@ -319,7 +319,6 @@ impl Explorer {
         }
     }
 
-
     /// Runs one schedule: decides until every thread is done. Returns the
     /// trace (thread and yield point of each decision), or the deadlock.
     pub fn drive(&mut self, sched: &Sched) -> Result<Vec<(usize, &'static str)>, String> {
