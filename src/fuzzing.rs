@@ -470,7 +470,12 @@ pub fn run(s: &Scenario, backing: Backing) {
         store
             .check_invariants()
             .unwrap_or_else(|e| panic!("{when}: {e}"));
-        assert_eq!(store.len(), model.map.len(), "{when}: entry count");
+        assert_eq!(store.len(), model.live_len(now), "{when}: live entry count");
+        assert_eq!(
+            store.stats().entries,
+            model.map.len(),
+            "{when}: entry count"
+        );
         check_against_model(&store, &model, now, &when);
         let fresh = Options::new()
             .read_only(true)

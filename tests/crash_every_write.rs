@@ -209,7 +209,8 @@ fn record(ops: &[Op], policy: SyncPolicy, cap: Option<usize>) -> (Vec<Step>, Rec
                     Op::Open | Op::Close => unreachable!(),
                 }
                 s.check_invariants().unwrap();
-                assert_eq!(s.len(), model.map.len(), "{op:?}");
+                assert_eq!(s.len(), model.live_len(clock.now_millis()), "{op:?}");
+                assert_eq!(s.stats().entries, model.map.len(), "{op:?}");
             }
         }
         steps.push(Step {

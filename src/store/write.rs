@@ -673,14 +673,17 @@ impl Inner {
     /// Fails, keeping the copies it could not free, when a free header cannot
     /// be written: the caller must then not free the newest copy.
     ///
-    /// Their free headers are synced before it returns when it wrote any (or
+    /// Under `SyncPolicy::Always`, their free headers are synced before it
+    /// returns when it wrote any (or
     /// found one written by another thread and not yet synced): were the
     /// newest copy's free header to survive a power loss without theirs, an
     /// older value would come back.
     pub(super) fn release_superseded_copies(&self, hash: u64, key: &[u8]) -> Result<()> {
         let moved = self.release_moving_copies(hash, key)?;
         let freed = self.release_pending_copies(hash, key)?;
-        if moved || freed || self.unsettled(hash).is_some() {
+        // (Under `Always`, which promises that a returned delete survives a
+        // power loss; `Never` promises only what a `sync()` covered.)
+        if self.policy == SyncPolicy::Always && (moved || freed || self.unsettled(hash).is_some()) {
             self.sync_to(self.writes.load(Ordering::Acquire))?;
         }
         Ok(())
