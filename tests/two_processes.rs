@@ -29,7 +29,7 @@ fn child(path: &str, mode: &str) {
             let v = s.get(b"k").unwrap().unwrap_or_default();
             format!("ok {}", String::from_utf8_lossy(&v))
         }
-        Err(Error::Locked { path }) => format!("locked {}", path.display()),
+        Err(Error::Locked { path, .. }) => format!("locked {}", path.display()),
         Err(e) => format!("error {e}"),
     };
     if let Ok(s) = r
