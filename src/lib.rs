@@ -61,7 +61,7 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{Error, LockHolder, Result};
 pub use options::{AutoCompact, Options, SyncPolicy};
 pub use store::{CompactStats, Entry, Iter, PutOptions, Stats, Store, ValueRef};
-pub use typed::TypedStore;
+pub use typed::{TypedEntry, TypedStore, TypedValueRef};
 
 /// The README's examples, run as doc tests so they stay true.
 #[cfg(doctest)]
