@@ -34,11 +34,13 @@ fn fences(text: &str) -> Result<Vec<Fence>, String> {
     let mut open: Option<Fence> = None;
     for (i, line) in text.lines().enumerate() {
         let Some(rest) = line.trim_start().strip_prefix("```") else {
-            if open.is_some() && line.starts_with("## ") {
+            if let Some(f) = &open
+                && line.starts_with("## ")
+            {
                 return Err(format!(
                     "line {}: heading {line:?} is inside the code block opened on line {}",
                     i + 1,
-                    open.as_ref().unwrap().line
+                    f.line
                 ));
             }
             continue;
