@@ -39,6 +39,7 @@ mod clock;
 #[cfg(feature = "cli")]
 pub mod dump;
 mod error;
+mod filelock;
 pub mod format;
 mod index;
 pub mod inspect;
@@ -57,10 +58,10 @@ pub mod testing;
 pub mod fuzzing;
 
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use error::{Error, Result};
+pub use error::{Error, LockHolder, Result};
 pub use options::{AutoCompact, Options, SyncPolicy};
 pub use store::{CompactStats, Entry, Iter, PutOptions, Stats, Store, ValueRef};
-pub use typed::TypedStore;
+pub use typed::{TypedEntry, TypedStore, TypedValueRef};
 
 /// The README's examples, run as doc tests so they stay true.
 #[cfg(doctest)]

@@ -22,6 +22,12 @@ pub enum SyncPolicy {
     Never,
     /// Every write is on disk (`fdatasync`) before it returns. Concurrent
     /// writers share one `fdatasync` (group commit). The default.
+    ///
+    /// Every write includes [`Store::touch`]: under this policy renewing an
+    /// expiry costs a full `fdatasync` (169 µs measured on an SSD, against
+    /// 225 ns under `Periodic(1 s)`). For a store renewed on every request
+    /// or heartbeat (sessions, leases), `Periodic` is usually the better
+    /// choice: a renewal lost in a crash shortens a lease, it loses no data.
     #[default]
     Always,
     /// A background thread syncs every given interval, if anything was written.
@@ -187,9 +193,13 @@ impl Options {
     }
 
     /// Opens (or creates) the store at `path` with these options.
+    ///
+    /// An empty path is [`Error::InvalidOptions`].
     pub fn open(&self, path: impl AsRef<Path>) -> Result<Store> {
         self.validate()?;
-        Store::open_with(path.as_ref(), self.clone())
+        let path = path.as_ref();
+        check_path(path)?;
+        Store::open_with(path, self.clone())
     }
 
     /// Opens a typed store (see [`crate::TypedStore`]) with these options.
@@ -276,9 +286,33 @@ impl Options {
     }
 }
 
+/// Refuses an empty path before anything touches the file system.
+fn check_path(path: &Path) -> Result<()> {
+    if path.as_os_str().is_empty() {
+        return Err(Error::InvalidOptions {
+            reason: "the path of the store file is empty; give the file to open or create, \
+                     e.g. \"data.sfs\""
+                .into(),
+        });
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_empty_path_is_refused_with_a_message_that_says_so() {
+        let e = Options::new().open("").unwrap_err();
+        assert!(matches!(e, Error::InvalidOptions { .. }), "{e}");
+        let text = e.to_string();
+        assert!(
+            text.starts_with("invalid options: the path of the store file is empty"),
+            "{text}"
+        );
+        assert!(!text.contains("I/O error"), "{text}");
+    }
 
     #[test]
     fn bad_fragmentation_factors_are_refused() {

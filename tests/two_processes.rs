@@ -29,7 +29,7 @@ fn child(path: &str, mode: &str) {
             let v = s.get(b"k").unwrap().unwrap_or_default();
             format!("ok {}", String::from_utf8_lossy(&v))
         }
-        Err(Error::Locked { path }) => format!("locked {}", path.display()),
+        Err(e @ Error::Locked { .. }) => format!("locked: {e}"),
         Err(e) => format!("error {e}"),
     };
     if let Ok(s) = r
@@ -84,10 +84,15 @@ fn a_second_writer_in_another_process_is_locked_out() {
     let me = "a_second_writer_in_another_process_is_locked_out";
     let r = second_process(me, &path, "rw");
     assert!(r.starts_with("locked") && r.contains("two.sfs"), "{r}");
+    assert!(r.contains("locked by another process"), "{r}");
     let r = second_process(me, &path, "ro");
     assert!(
         r.starts_with("locked"),
         "readers wait for the writer too: {r}"
+    );
+    assert!(
+        r.contains("another process, which has the file open for writing"),
+        "{r}"
     );
     assert_eq!(s.get(b"k").unwrap().as_deref(), Some(&b"parent"[..]));
     drop(s);
