@@ -36,8 +36,6 @@
 
 mod alloc;
 mod clock;
-#[cfg(feature = "cli")]
-pub mod dump;
 mod error;
 pub mod format;
 mod index;

@@ -1,5 +1,5 @@
 //! `sfs-dump`: see inside any sfs store file. Argument parsing only; the
-//! reading is `sfs::inspect`, the rendering `sfs::dump`. It never modifies,
+//! reading is `sfs::inspect`, the rendering `sfs_dump`. It never modifies,
 //! locks or creates the file.
 
 use std::cell::RefCell;
@@ -11,8 +11,8 @@ use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
-use sfs::dump::{self, ProgressBar, Request};
 use sfs::inspect::FileSource;
+use sfs_dump::{self as dump, ProgressBar, Request};
 
 const EXAMPLES: &str = "\
 Examples:
