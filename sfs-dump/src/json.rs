@@ -1,5 +1,5 @@
-//! One JSON document for scripts, with the field names of CLI.md; entry rows
-//! stream.
+//! One JSON document for scripts, with the field names of the tool's
+//! reference (`sfs-dump/README.md`, "JSON"); entry rows stream.
 
 use std::io::{self, Write};
 

@@ -5,7 +5,9 @@
 //! module only renders. [`run`] does one whole invocation on any [`Source`]
 //! (a file or a byte slice) and returns the exit status, so tests and fuzzers
 //! drive the tool as an ordinary function; the binary adds only argument
-//! parsing. It never writes to the file it reads.
+//! parsing. It never writes to the file it reads. The tool's interface
+//! (modes, flags, exit statuses, JSON fields) is specified in the package's
+//! `README.md`.
 //!
 //! ```
 //! use sfs_dump::{Request, Status, run};

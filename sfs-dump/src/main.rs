@@ -1,6 +1,7 @@
 //! `sfs-dump`: see inside any sfs store file. Argument parsing only; the
-//! reading is `sfs::inspect`, the rendering `sfs_dump`. It never modifies,
-//! locks or creates the file.
+//! reading is `sfs::inspect`, the rendering this package's library. Its
+//! modes, flags, exit statuses and JSON fields are specified in
+//! `sfs-dump/README.md`. It never modifies, locks or creates the file.
 
 use std::cell::RefCell;
 use std::ffi::OsString;

@@ -1,5 +1,6 @@
 //! The `sfs-dump` binary on real stores made with `sfs::Store` and on damaged
-//! copies: text, JSON, exit statuses, and that it only ever reads.
+//! copies: text, JSON, exit statuses (as `sfs-dump/README.md` specifies
+//! them), and that it only ever reads.
 
 mod support;
 

@@ -1,5 +1,5 @@
 //! What sfs-dump prints, through `sfs_dump::run` on bytes: text for people,
-//! JSON with the field names of CLI.md, statuses, keys, the map.
+//! JSON with the field names of `sfs-dump/README.md`, statuses, keys, the map.
 
 mod support;
 
