@@ -563,7 +563,15 @@ pub fn open(data: &[u8]) {
     let again: BTreeMap<_, _> = store
         .keys()
         .into_iter()
-        .map(|k| (k.clone(), store.get(&k).unwrap().unwrap()))
+        .map(|k| {
+            (
+                k.clone(),
+                store
+                    .get(&k)
+                    .expect("a listed key reads")
+                    .expect("a listed key is there"),
+            )
+        })
         .collect();
     assert_eq!(again, contents, "reopens to the same state");
 }

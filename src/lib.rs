@@ -33,6 +33,12 @@
 
 #![warn(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
+// Unsafe code is refused except where a site says why it is needed
+// (`#[expect(unsafe_code, reason = ...)]`) and why it is sound (`// SAFETY:`).
+#![deny(unsafe_code)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+// Library code handles every failure; tests may unwrap.
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 mod alloc;
 mod clock;

@@ -26,6 +26,10 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+#![warn(missing_docs)]
+#![forbid(unsafe_code)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
 use std::io::{self, Write};
 
 use sfs::format::{FILE_HEADER_LEN, FORMAT_VERSION, HeaderError};

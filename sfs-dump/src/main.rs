@@ -3,6 +3,9 @@
 //! modes, flags, exit statuses and JSON fields are specified in
 //! `sfs-dump/README.md`. It never modifies, locks or creates the file.
 
+#![forbid(unsafe_code)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
 use std::cell::RefCell;
 use std::ffi::OsString;
 use std::io::{IsTerminal, Write};
