@@ -581,7 +581,15 @@ pub fn open(data: &[u8]) {
     let again: BTreeMap<_, _> = store
         .keys()
         .into_iter()
-        .map(|k| (k.clone(), store.get(&k).unwrap().unwrap()))
+        .map(|k| {
+            (
+                k.clone(),
+                store
+                    .get(&k)
+                    .expect("a listed key reads")
+                    .expect("a listed key is there"),
+            )
+        })
         .collect();
     assert_eq!(again, contents, "reopens to the same state");
 }
@@ -672,73 +680,39 @@ pub fn entry(data: &[u8]) {
     }
 }
 
-/// Fuzz target `inspect`: any bytes through the inspection report and every
-/// `sfs-dump` rendering (summary, entries, map, check, key lookups; text and
-/// JSON). Never a panic; the file is either refused as not a store (or a
-/// newer version) or reported on; every JSON document parses; `--check`
-/// reports damage exactly when the store's own read-only open finds some or
-/// the file header is damaged.
-#[cfg(feature = "cli")]
+/// Fuzz target `inspect`: any bytes through the inspection report, the
+/// library's half of `sfs-dump` (the tool's rendering of the same bytes is
+/// `sfs_dump::fuzzing::inspect`, which the fuzz target runs after this).
+/// Never a panic; the file is either refused as not a store (or a newer
+/// version) or reported on; the rows tile the file; the check finds damage
+/// exactly when the store's own read-only open finds some or the file header
+/// is damaged; key lookups agree with the store.
 pub fn inspect(data: &[u8]) {
-    use crate::dump::{self, Failure, Request, Status};
+    use crate::inspect::report::{Report, ScanOptions, State, find_key};
 
     const NOW: i64 = 1_700_000_000_000;
-    let mut reqs = Vec::new();
-    for json in [false, true] {
-        let base = Request {
-            json,
-            width: 72,
-            ..Request::new("fuzz.sfs", NOW)
-        };
-        reqs.push(base.clone());
-        reqs.push(Request {
-            entries: true,
-            ..base.clone()
-        });
-        reqs.push(Request {
-            map: true,
-            color: true,
-            ..base.clone()
-        });
-        reqs.push(Request {
-            check: true,
-            ..base.clone()
-        });
-        reqs.push(Request {
-            entries: true,
-            map: true,
-            check: true,
-            width: 1,
-            ..base.clone()
-        });
-        for key in [&b"k"[..], b"", b"a-rather-long-key-number-010"] {
-            reqs.push(Request {
-                key: Some(key.to_vec()),
-                hex: json,
-                ..base.clone()
-            });
-        }
+    let report = match Report::scan(data, ScanOptions::at(NOW).with_map(72)) {
+        Ok(Ok(report)) => report,
+        Ok(Err(_)) => return,
+        Err(e) => panic!("a byte slice cannot fail to read: {e}"),
+    };
+    let mut rows = report.rows(data, true);
+    let mut at = FILE_HEADER_LEN;
+    let mut damaged = report.header_problem().is_some_and(|p| p.kind.is_damage());
+    while let Some(row) = rows.next_row().expect("slice") {
+        assert_eq!(row.offset, at, "rows tile the file");
+        assert!(row.len > 0, "every row covers bytes");
+        at += row.len;
+        damaged |= row.problems.iter().any(|p| p.kind.is_damage());
     }
-    let mut check_status = None;
-    for req in &reqs {
-        let (mut out, mut err) = (Vec::new(), Vec::new());
-        match dump::run(data, req, &mut out, &mut err, None) {
-            Ok(status) => {
-                if req.json && req.key.is_none() {
-                    let text = std::str::from_utf8(&out).expect("JSON output is UTF-8");
-                    serde_json::from_str::<serde_json::Value>(text)
-                        .unwrap_or_else(|e| panic!("{req:?}: invalid JSON ({e}): {text}"));
-                }
-                if req.check && !req.entries {
-                    check_status = Some(status);
-                }
-            }
-            Err(Failure::NotAStore { .. } | Failure::UnsupportedVersion { .. }) => return,
-            Err(e) => panic!("{req:?}: a byte slice cannot fail to read: {e}"),
-        }
+    if report.header.is_valid() {
+        assert_eq!(at, data.len() as u64, "the rows reach the end of the file");
     }
-    // The store's own open agrees with the check: damage is found by both or
-    // by neither (a damaged file header is refused by the store outright).
+    assert_eq!(
+        damaged,
+        report.check(data).expect("slice").is_damaged(),
+        "the rows and the check find the same damage"
+    );
     let opened = Options::new()
         .read_only(true)
         .clock(Arc::new(ManualClock::new(NOW)))
@@ -748,20 +722,23 @@ pub fn inspect(data: &[u8]) {
         );
     match opened {
         Ok(store) => {
-            let damaged = store.stats().corrupt_blocks > 0;
-            if damaged {
-                assert_eq!(
-                    check_status,
-                    Some(Status::Damaged),
-                    "the store found damage the check did not"
-                );
+            if store.stats().corrupt_blocks > 0 {
+                assert!(damaged, "the store found damage the check did not");
+            }
+            for key in [&b"k"[..], b"", b"a-rather-long-key-number-010"] {
+                let found = find_key(data, key, NOW)
+                    .expect("slice")
+                    .expect("read before");
+                let live = found
+                    .newest
+                    .as_ref()
+                    .is_some_and(|e| e.state == State::Live);
+                if live && found.newer_corrupt.is_none() {
+                    assert!(store.contains(key), "the report's live key is in the store");
+                }
             }
         }
-        Err(Error::Corrupt { .. }) => assert_eq!(
-            check_status,
-            Some(Status::Damaged),
-            "a damaged file header is damage"
-        ),
-        Err(e) => panic!("the store refused what sfs-dump read: {e}"),
+        Err(Error::Corrupt { .. }) => assert!(damaged, "a damaged file header is damage"),
+        Err(e) => panic!("the store refused what the report read: {e}"),
     }
 }

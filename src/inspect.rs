@@ -11,6 +11,12 @@
 //!
 //! This module never writes. The [`report`] submodule builds on the walk what
 //! `sfs-dump` shows: block states, summary figures and `--check` problems.
+//!
+//! This is the whole of what the `sfs-dump` package (and any other tool that
+//! looks inside store files) gets from the library: a [`Source`] to read
+//! from ([`FileSource`], or any byte slice), the [`Walker`] over its blocks,
+//! and the [`report`] built on it. How `sfs-dump` prints all this (its text,
+//! JSON and command line) lives in that package, not here.
 
 pub mod report;
 
@@ -132,7 +138,9 @@ impl Source for FileSource {
 }
 
 /// Reads and checks the file header of `src`.
-pub fn read_file_header(src: &mut impl Source) -> io::Result<Result<FileHeader, HeaderError>> {
+pub(crate) fn read_file_header(
+    src: &mut impl Source,
+) -> io::Result<Result<FileHeader, HeaderError>> {
     let n = src.len().min(FILE_HEADER_LEN) as usize;
     let mut b = [0u8; FILE_HEADER_LEN as usize];
     src.read_at(0, &mut b[..n])?;
@@ -224,7 +232,7 @@ impl<S: Source> Walker<S> {
     /// header is damaged, with the salt read from its bytes. Blocks are
     /// classified exactly as by [`Walker::new`]; a wrong salt makes every
     /// block header fail its checksum.
-    pub fn with_header(src: S, header: FileHeader) -> Walker<S> {
+    pub(crate) fn with_header(src: S, header: FileHeader) -> Walker<S> {
         let len = src.len();
         Walker {
             src,
@@ -254,13 +262,13 @@ impl<S: Source> Walker<S> {
     /// Moves the walk to `pos`, which must be where a block starts (a valid
     /// entry header found by [`Self::next_entry_header`] is one). Used to walk the
     /// two halves of a large file on two threads.
-    pub fn seek(&mut self, pos: u64) {
+    pub(crate) fn seek(&mut self, pos: u64) {
         self.pos = pos;
     }
 
     /// The first 8-byte boundary in `from..to` that holds a valid entry
     /// header, the same rule the walk uses to resynchronise after damage.
-    pub fn next_entry_header(&mut self, from: u64, to: u64) -> io::Result<Option<u64>> {
+    pub(crate) fn next_entry_header(&mut self, from: u64, to: u64) -> io::Result<Option<u64>> {
         let mut at = from
             .next_multiple_of(crate::format::ALIGN)
             .max(FILE_HEADER_LEN);

@@ -75,6 +75,10 @@ pub trait Storage: Send + Sync {
     /// The caller must ensure that, for as long as the slice lives, nobody
     /// writes to the range and the file is not truncated below its end. (The
     /// store guarantees this with its reader locks.)
+    #[expect(
+        unsafe_code,
+        reason = "`Storage::view` hands out a slice of a mapping: only the caller can promise that nothing writes or truncates it meanwhile"
+    )]
     unsafe fn view(&self, _offset: u64, _len: u64) -> Option<&[u8]> {
         None
     }
@@ -99,11 +103,19 @@ pub struct FileStorage {
     maps: Mutex<Vec<(Box<Window>, MmapRaw)>>,
 }
 
+#[expect(
+    unsafe_code,
+    reason = "`FileStorage` holds raw pointers into its own mappings, which the compiler cannot see are safe to send"
+)]
 // SAFETY: the raw pointers in `Window` point into mappings owned by `maps`,
 // which live as long as the `FileStorage`; all mutation of shared state goes
 // through atomics and a mutex, and the bytes behind the pointers are accessed
 // only under the store's locking rules (see `Storage::view`).
 unsafe impl Send for FileStorage {}
+#[expect(
+    unsafe_code,
+    reason = "`FileStorage` holds raw pointers into its own mappings, which the compiler cannot see are safe to share"
+)]
 // SAFETY: as above.
 unsafe impl Sync for FileStorage {}
 
@@ -167,6 +179,10 @@ impl FileStorage {
         }
     }
 
+    #[expect(
+        unsafe_code,
+        reason = "the current window is published through an `AtomicPtr` and read without a lock"
+    )]
     fn window(&self) -> &Window {
         // SAFETY: the pointer was set from a boxed `Window` in `maps`, which
         // is never dropped before `self`.
@@ -203,11 +219,17 @@ impl FileStorage {
         let w = self.window();
         let mut at = offset as usize;
         for p in parts {
+            #[expect(
+                unsafe_code,
+                reason = "writes go straight into the shared writable mapping"
+            )]
             // SAFETY: the range is inside the file (checked), whose disk space
             // was reserved when it grew, and inside the writable window; the
             // store hands each block to one writer at a time and lets no reader
             // at a block while it is written.
-            unsafe { ptr::copy_nonoverlapping(p.as_ptr(), w.ptr.add(at), p.len()) };
+            unsafe {
+                ptr::copy_nonoverlapping(p.as_ptr(), w.ptr.add(at), p.len())
+            };
             at += p.len();
         }
         Ok(())
@@ -217,6 +239,10 @@ impl FileStorage {
     fn allocate_space(&self, from: u64, to: u64) -> io::Result<()> {
         let fd = self.file.as_raw_fd();
         let (off, len) = (from as libc::off_t, (to - from) as libc::off_t);
+        #[expect(
+            unsafe_code,
+            reason = "`fallocate` reserves disk space, and std has no wrapper for it"
+        )]
         // SAFETY: fallocate only reads its integer arguments; `fd` is open for
         // the life of `self`.
         let r = unsafe { libc::fallocate(fd, 0, off, len) };
@@ -258,6 +284,7 @@ impl Storage for FileStorage {
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         self.check_range(offset, buf.len() as u64)?;
         let w = self.window();
+        #[expect(unsafe_code, reason = "reads copy straight out of the mapping")]
         // SAFETY: the range is inside the file (checked) and so inside the
         // window, which covers the whole file; the store never reads a range
         // while another thread writes it or truncates it.
@@ -290,6 +317,10 @@ impl Storage for FileStorage {
         }
         self.check_range(offset, 8)?;
         let w = self.window();
+        #[expect(
+            unsafe_code,
+            reason = "`touch` stores one aligned 8-byte word atomically in place in the mapping"
+        )]
         // SAFETY: the word is inside the file and the writable window, and
         // 8-aligned (the map starts on a page boundary); an aligned 8-byte
         // atomic store is one instruction, so the page cache (and a crash)
@@ -320,6 +351,7 @@ impl Storage for FileStorage {
         }
     }
 
+    #[expect(unsafe_code, reason = "zero-copy reads: a slice of the mapping itself")]
     unsafe fn view(&self, offset: u64, len: u64) -> Option<&[u8]> {
         self.check_range(offset, len).ok()?;
         let w = self.window();
@@ -476,6 +508,7 @@ mod tests {
         exercise(&s);
         s.set_len(64).unwrap();
         s.write_at(8, &[b"ab", b"cd"]).unwrap();
+        #[expect(unsafe_code, reason = "the test reads through the zero-copy view")]
         // SAFETY: nothing writes [8, 12) or truncates the file while `v` lives.
         let v = unsafe { s.view(8, 4) }.unwrap();
         assert_eq!(v, b"abcd");
@@ -486,6 +519,7 @@ mod tests {
         let (_d, s) = file_storage();
         s.set_len(4096).unwrap();
         s.write_at(0, &[b"first"]).unwrap();
+        #[expect(unsafe_code, reason = "old views must stay valid after a remap")]
         // SAFETY: nothing writes [0, 5) or truncates the file while `v` lives.
         let v = unsafe { s.view(0, 5) }.unwrap();
         let before = s.maps.lock().len();

@@ -33,11 +33,15 @@
 
 #![warn(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
+// Unsafe code is refused except where a site says why it is needed
+// (`#[expect(unsafe_code, reason = ...)]`) and why it is sound (`// SAFETY:`).
+#![deny(unsafe_code)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+// Library code handles every failure; tests may unwrap.
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 mod alloc;
 mod clock;
-#[cfg(feature = "cli")]
-pub mod dump;
 mod error;
 mod filelock;
 pub mod format;

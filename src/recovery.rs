@@ -30,6 +30,7 @@ impl Source for StorageSource<'_> {
         self.0.read_at(offset, buf)
     }
 
+    #[expect(unsafe_code, reason = "the open walks blocks in place in the mapping")]
     fn view(&mut self, offset: u64, len: u64) -> Option<&[u8]> {
         // SAFETY: a `StorageSource` reads a store's file while it is being
         // opened, before any other thread can reach the storage, and the

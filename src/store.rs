@@ -777,6 +777,7 @@ impl Inner {
     /// Reads and checks the header of the block at `offset`.
     fn header_at(&self, offset: u64) -> Result<BlockHeader> {
         let mut b = [0u8; crate::format::BLOCK_HEADER_LEN as usize];
+        #[expect(unsafe_code, reason = "reads a block header in place")]
         // SAFETY: callers read headers of blocks that their locks keep in
         // place (an indexed entry under its shard lock, a pinned block, or a
         // block they allocated); the slice is dropped before they release them.

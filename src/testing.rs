@@ -308,6 +308,10 @@ impl Storage for FaultStorage {
         Ok(())
     }
 
+    #[expect(
+        unsafe_code,
+        reason = "the fault-injecting storage forwards the unsafe zero-copy view of the storage it wraps"
+    )]
     unsafe fn view(&self, offset: u64, len: u64) -> Option<&[u8]> {
         // SAFETY: the caller's promise (no write to the range, no truncation
         // below its end while the slice lives) is passed on unchanged.

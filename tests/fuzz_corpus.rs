@@ -6,7 +6,6 @@
 //! proptest drives the same bodies with random input: mutated seed files for
 //! `open` and `inspect`, random bytes for `entry` (`ops` is driven by
 //! `tests/model.rs`).
-#![cfg(feature = "cli")]
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -24,6 +24,7 @@ impl Inner {
         let start = offset + h.key_offset();
         let len = h.payload_len();
         let (k, m) = (usize::from(h.key_len), usize::from(h.meta_len));
+        #[expect(unsafe_code, reason = "zero-copy read of a payload from the mapping")]
         // SAFETY: the shard's read lock is held for as long as `payload` is
         // used, and a block is written over or cut off only after its key has
         // left the index under the write lock (see the module docs).
@@ -71,6 +72,7 @@ impl Inner {
     /// Whether the entry block at `offset` holds `key` (header not checked:
     /// a damaged header reads as another key). The caller holds the shard
     /// lock of an entry that points there.
+    #[expect(unsafe_code, reason = "the key is compared in place in the mapping")]
     pub(super) fn holds_key(&self, offset: u64, key: &[u8]) -> bool {
         let n = crate::format::BLOCK_HEADER_LEN as usize + key.len();
         let holds = |b: &[u8]| {
@@ -96,6 +98,7 @@ impl Inner {
         let start = offset + h.key_offset();
         let len = h.payload_len();
         let vstart = usize::from(h.key_len) + usize::from(h.meta_len);
+        #[expect(unsafe_code, reason = "a `ValueRef` borrows the map")]
         // SAFETY: as in `read` while the shard lock is held; after that the
         // block is pinned in `readers`, which keeps it out of the free list
         // (so it is neither reused nor cut off the file) until the ValueRef is

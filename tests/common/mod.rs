@@ -199,25 +199,3 @@ pub fn store_bytes(clock: &Arc<ManualClock>, users: u32, big_len: usize) -> Vec<
 /// "Now" for [`real_store_bytes`] files: the clock's start + 2 s, when the
 /// short-lived sessions have expired and the others have not.
 pub const REAL_NOW: i64 = 1_002_000;
-
-/// The output of one `sfs::dump::run` on bytes.
-#[cfg(feature = "cli")]
-pub struct DumpRun {
-    pub result: Result<sfs::dump::Status, sfs::dump::Failure>,
-    /// Standard output as bytes, and as text.
-    pub raw: Vec<u8>,
-    pub out: String,
-    pub err: String,
-}
-
-#[cfg(feature = "cli")]
-pub fn dump_bytes(bytes: &[u8], req: &sfs::dump::Request) -> DumpRun {
-    let (mut out, mut err) = (Vec::new(), Vec::new());
-    let result = sfs::dump::run(bytes, req, &mut out, &mut err, None);
-    DumpRun {
-        result,
-        out: String::from_utf8_lossy(&out).into_owned(),
-        raw: out,
-        err: String::from_utf8_lossy(&err).into_owned(),
-    }
-}

@@ -3,11 +3,11 @@
 use std::fmt::Write as _;
 use std::io::{self, Write};
 
-use super::units::{fraction, human, iso8601, percent, plural, relative, size_both, thousands};
-use super::{Request, Status, Tracked, walk_rows};
-use crate::format::FILE_HEADER_LEN;
-use crate::inspect::Source;
-use crate::inspect::report::{
+use crate::units::{fraction, human, iso8601, percent, plural, relative, size_both, thousands};
+use crate::{Request, Status, Tracked, walk_rows};
+use sfs::format::FILE_HEADER_LEN;
+use sfs::inspect::Source;
+use sfs::inspect::report::{
     CellState, Findings, HeaderStatus, Problem, Report, Row, RowKind, Summary, key_preview,
 };
 

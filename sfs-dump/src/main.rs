@@ -1,6 +1,10 @@
 //! `sfs-dump`: see inside any sfs store file. Argument parsing only; the
-//! reading is `sfs::inspect`, the rendering `sfs::dump`. It never modifies,
-//! locks or creates the file.
+//! reading is `sfs::inspect`, the rendering this package's library. Its
+//! modes, flags, exit statuses and JSON fields are specified in
+//! `sfs-dump/README.md`. It never modifies, locks or creates the file.
+
+#![forbid(unsafe_code)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 use std::cell::RefCell;
 use std::ffi::OsString;
@@ -11,8 +15,8 @@ use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
-use sfs::dump::{self, ProgressBar, Request};
 use sfs::inspect::FileSource;
+use sfs_dump::{self as dump, ProgressBar, Request};
 
 const EXAMPLES: &str = "\
 Examples:

@@ -3,20 +3,19 @@
 //! the file and agree with the summary; JSON always parses; the exit status
 //! of `--check` says damage exactly when there is some; and the store's own
 //! open agrees with the report about what is live and what is corrupt.
-#![cfg(feature = "cli")]
 
-mod common;
+mod support;
 
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Instant;
 
-use common::dump_bytes;
-use sfs::dump::{Request, Status};
 use sfs::format::{BLOCK_HEADER_LEN, BlockHeader, FILE_HEADER_LEN, Kind, crc};
 use sfs::inspect::report::{HeaderStatus, ProblemKind, Report, ScanOptions, State};
 use sfs::testing::MemStorage;
 use sfs::{ManualClock, Options};
+use sfs_dump::{Request, Status};
+use support::dump_bytes;
 
 const NOW: i64 = 1_002_000;
 const MUTATIONS: u64 = 10_000;
@@ -42,11 +41,11 @@ impl Rng {
     }
 }
 
-/// A small real store (see `common::store_bytes`): live, expiring and
+/// A small real store (see `support::store_bytes`): live, expiring and
 /// expired entries, metadata, a binary key, free space, an overwrite, a
 /// larger value.
 fn base_file() -> Vec<u8> {
-    common::store_bytes(&common::clock(), 16, 1_500)
+    support::store_bytes(&support::clock(), 16, 1_500)
 }
 
 fn mutate(rng: &mut Rng, base: &[u8]) -> Vec<u8> {

@@ -1,15 +1,14 @@
-//! What sfs-dump prints, through `sfs::dump::run` on bytes: text for people,
-//! JSON with the field names of CLI.md, statuses, keys, the map.
-#![cfg(feature = "cli")]
+//! What sfs-dump prints, through `sfs_dump::run` on bytes: text for people,
+//! JSON with the field names of `sfs-dump/README.md`, statuses, keys, the map.
 
-mod common;
+mod support;
 
-use common::{FileBuilder, REAL_NOW, dump_bytes, real_store_bytes};
 use serde_json::Value;
-use sfs::dump::{
+use sfs::inspect::report::{Report, ScanOptions};
+use sfs_dump::{
     Failure, Progress, ProgressBar, Request, Status, human, iso8601, relative, run, thousands,
 };
-use sfs::inspect::report::{Report, ScanOptions};
+use support::{FileBuilder, REAL_NOW, dump_bytes, real_store_bytes};
 
 fn req(now: i64) -> Request {
     Request::new("t.sfs", now)
@@ -23,7 +22,7 @@ const STATES: [&str; 4] = ["live", "expired", "free", "corrupt"];
 
 #[test]
 fn the_summary_shows_every_figure_human_and_exact() {
-    let bytes = real_store_bytes(&common::clock());
+    let bytes = real_store_bytes(&support::clock());
     let r = dump_bytes(&bytes, &req(REAL_NOW));
     assert_eq!(r.result.unwrap(), Status::Ok);
     let s = Report::scan(&bytes[..], ScanOptions::at(REAL_NOW))
@@ -61,7 +60,7 @@ fn the_summary_shows_every_figure_human_and_exact() {
 
 #[test]
 fn entries_are_one_aligned_row_per_block() {
-    let bytes = real_store_bytes(&common::clock());
+    let bytes = real_store_bytes(&support::clock());
     let report = Report::scan(&bytes[..], ScanOptions::at(REAL_NOW))
         .unwrap()
         .unwrap();
@@ -136,7 +135,7 @@ fn expiry_is_an_iso_8601_utc_time_and_a_relative_one() {
 
 #[test]
 fn json_has_the_fields_the_spec_names() {
-    let bytes = real_store_bytes(&common::clock());
+    let bytes = real_store_bytes(&support::clock());
     let r = dump_bytes(
         &bytes,
         &Request {
@@ -308,7 +307,7 @@ fn the_check_lists_one_line_per_problem_with_offset_and_reason() {
 
 #[test]
 fn the_map_fits_the_width_and_has_a_legend_and_colour_only_when_asked() {
-    let bytes = real_store_bytes(&common::clock());
+    let bytes = real_store_bytes(&support::clock());
     for width in [30usize, 80, 200] {
         for color in [false, true] {
             let r = dump_bytes(
@@ -531,7 +530,7 @@ fn a_damaged_file_header_shows_in_every_view() {
 
 #[test]
 fn progress_is_reported_up_to_the_total_and_never_goes_back() {
-    let real = real_store_bytes(&common::clock());
+    let real = real_store_bytes(&support::clock());
     // Copies of keys: the scan walks a second time over those keys.
     let mut dups = FileBuilder::new();
     for i in 0..200u64 {

@@ -4,11 +4,11 @@ use std::io::{self, Write};
 
 use serde_json::json;
 
-use super::json::JsonObject;
-use super::units::{iso8601, relative};
-use super::{Request, Status, Tracked};
-use crate::inspect::Source;
-use crate::inspect::report::{HeaderStatus, KeyLookup, State, key_text};
+use crate::json::JsonObject;
+use crate::units::{iso8601, relative};
+use crate::{Request, Status, Tracked};
+use sfs::inspect::Source;
+use sfs::inspect::report::{HeaderStatus, KeyLookup, State, key_text};
 
 pub(super) fn show_key<S: Source>(
     src: &mut Tracked<'_, S>,

@@ -1,16 +1,16 @@
 //! The `sfs-dump` binary on real stores made with `sfs::Store` and on damaged
-//! copies: text, JSON, exit statuses, and that it only ever reads.
-#![cfg(feature = "cli")]
+//! copies: text, JSON, exit statuses (as `sfs-dump/README.md` specifies
+//! them), and that it only ever reads.
 
-mod common;
+mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::Arc;
 
-use common::{REAL_NOW, TempStore, real_store_bytes};
 use serde_json::Value;
 use sfs::{ManualClock, Options};
+use support::{REAL_NOW, TempStore, real_store_bytes};
 
 const NOW: &str = "1002000"; // REAL_NOW
 
@@ -41,7 +41,7 @@ fn json(o: &Output) -> Value {
 
 /// A real store file in a temporary directory.
 fn real_store() -> (tempfile::TempDir, PathBuf) {
-    let bytes = real_store_bytes(&common::clock());
+    let bytes = real_store_bytes(&support::clock());
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("real.sfs");
     std::fs::write(&path, bytes).unwrap();
@@ -111,7 +111,7 @@ fn the_summary_of_a_real_store_agrees_with_the_store() {
 #[test]
 fn every_mode_only_reads_even_a_store_in_use() {
     let t = TempStore::new();
-    let clock = common::clock();
+    let clock = support::clock();
     let store = t.open(&clock);
     for i in 0..50u32 {
         store.put(format!("k{i}"), vec![i as u8; 100]).unwrap();

@@ -1,15 +1,15 @@
-//! One JSON document for scripts, with the field names of CLI.md; entry rows
-//! stream.
+//! One JSON document for scripts, with the field names of the tool's
+//! reference (`sfs-dump/README.md`, "JSON"); entry rows stream.
 
 use std::io::{self, Write};
 
 use serde_json::{Value, json};
 
-use super::text::map_columns;
-use super::{Request, Status, Tracked, walk_rows};
-use crate::format::FILE_HEADER_LEN;
-use crate::inspect::Source;
-use crate::inspect::report::{CellState, Findings, Map, Problem, Report, Row, RowKind, key_text};
+use crate::text::map_columns;
+use crate::{Request, Status, Tracked, walk_rows};
+use sfs::format::FILE_HEADER_LEN;
+use sfs::inspect::Source;
+use sfs::inspect::report::{CellState, Findings, Map, Problem, Report, Row, RowKind, key_text};
 
 /// Writes one JSON object field by field, so that arrays can stream.
 pub(super) struct JsonObject<'w> {

@@ -3,8 +3,8 @@
 /// `n` with thousands separators: `1,234,567`.
 ///
 /// ```
-/// assert_eq!(sfs::dump::thousands(1234567), "1,234,567");
-/// assert_eq!(sfs::dump::thousands(12), "12");
+/// assert_eq!(sfs_dump::thousands(1234567), "1,234,567");
+/// assert_eq!(sfs_dump::thousands(12), "12");
 /// ```
 pub fn thousands(n: u64) -> String {
     let digits = n.to_string();
@@ -21,9 +21,9 @@ pub fn thousands(n: u64) -> String {
 /// A size in binary units with one decimal: `512 B`, `1.5 KiB`, `3.0 GiB`.
 ///
 /// ```
-/// assert_eq!(sfs::dump::human(512), "512 B");
-/// assert_eq!(sfs::dump::human(1536), "1.5 KiB");
-/// assert_eq!(sfs::dump::human(3 << 30), "3.0 GiB");
+/// assert_eq!(sfs_dump::human(512), "512 B");
+/// assert_eq!(sfs_dump::human(1536), "1.5 KiB");
+/// assert_eq!(sfs_dump::human(3 << 30), "3.0 GiB");
 /// ```
 pub fn human(n: u64) -> String {
     const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
@@ -69,9 +69,9 @@ pub(super) fn fraction(f: f64) -> String {
 /// for any value (years past 9999 get a sign, as ISO 8601 allows).
 ///
 /// ```
-/// assert_eq!(sfs::dump::iso8601(0), "1970-01-01T00:00:00Z");
-/// assert_eq!(sfs::dump::iso8601(1_700_000_000_000), "2023-11-14T22:13:20Z");
-/// assert_eq!(sfs::dump::iso8601(-1), "1969-12-31T23:59:59Z");
+/// assert_eq!(sfs_dump::iso8601(0), "1970-01-01T00:00:00Z");
+/// assert_eq!(sfs_dump::iso8601(1_700_000_000_000), "2023-11-14T22:13:20Z");
+/// assert_eq!(sfs_dump::iso8601(-1), "1969-12-31T23:59:59Z");
 /// ```
 pub fn iso8601(ms: i128) -> String {
     let secs = ms.div_euclid(1000);
@@ -110,8 +110,8 @@ fn civil_from_days(days: i128) -> (i128, u32, u32) {
 /// `in 3 min`, `2 h ago`.
 ///
 /// ```
-/// assert_eq!(sfs::dump::relative(180_000, 0), "in 3 min");
-/// assert_eq!(sfs::dump::relative(0, 7_200_000), "2 h ago");
+/// assert_eq!(sfs_dump::relative(180_000, 0), "in 3 min");
+/// assert_eq!(sfs_dump::relative(0, 7_200_000), "2 h ago");
 /// ```
 pub fn relative(at: i128, now: i64) -> String {
     let d = at - i128::from(now);

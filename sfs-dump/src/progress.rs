@@ -3,8 +3,8 @@
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use super::Progress;
-use super::units::human;
+use crate::Progress;
+use crate::units::human;
 
 /// A progress bar for stderr: silent for the first second, then one line
 /// redrawn at most ten times a second, erased for good by

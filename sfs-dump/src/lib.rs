@@ -1,14 +1,16 @@
 //! What `sfs-dump` prints: the summary, the entry listing, the map, the check
 //! and the value of one key, as text for people or as JSON for scripts.
 //!
-//! All reading goes through [`inspect::report`](crate::inspect::report); this
+//! All reading goes through [`sfs::inspect::report`]; this
 //! module only renders. [`run`] does one whole invocation on any [`Source`]
 //! (a file or a byte slice) and returns the exit status, so tests and fuzzers
 //! drive the tool as an ordinary function; the binary adds only argument
-//! parsing. It never writes to the file it reads.
+//! parsing. It never writes to the file it reads. The tool's interface
+//! (modes, flags, exit statuses, JSON fields) is specified in the package's
+//! `README.md`.
 //!
 //! ```
-//! use sfs::dump::{Request, Status, run};
+//! use sfs_dump::{Request, Status, run};
 //!
 //! let dir = tempfile::tempdir()?;
 //! let path = dir.path().join("d.sfs");
@@ -24,12 +26,19 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+#![warn(missing_docs)]
+#![forbid(unsafe_code)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
 use std::io::{self, Write};
 
-use crate::format::{FILE_HEADER_LEN, FORMAT_VERSION, HeaderError};
-use crate::inspect::Source;
-use crate::inspect::report::{Findings, Report, Row, ScanOptions, find_key};
+use sfs::format::{FILE_HEADER_LEN, FORMAT_VERSION, HeaderError};
+use sfs::inspect::Source;
+use sfs::inspect::report::{Findings, Report, Row, ScanOptions, find_key};
 
+#[cfg(feature = "testing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod json;
 mod key;
 mod progress;
