@@ -118,7 +118,7 @@ impl Inner {
                 } else {
                     let held = room.as_ref().is_some_and(Room::holds);
                     let p =
-                        self.publish(key, offset, len, header.seq, expiry_ms, generation, held)?;
+                        self.publish(key, (offset, len), header.seq, expiry_ms, generation, held)?;
                     if let (Published::New, Some(r)) = (p, room.as_mut()) {
                         r.used = held;
                     }
@@ -126,7 +126,7 @@ impl Inner {
                 return Err(e);
             }
             let held = room.as_ref().is_some_and(Room::holds);
-            match self.publish(key, offset, len, header.seq, expiry_ms, generation, held)? {
+            match self.publish(key, (offset, len), header.seq, expiry_ms, generation, held)? {
                 Published::New => {
                     if let Some(r) = room.as_mut() {
                         r.used = held;
@@ -258,8 +258,7 @@ impl Inner {
     pub(super) fn publish(
         &self,
         key: &[u8],
-        offset: u64,
-        len: u64,
+        (offset, len): (u64, u64),
         seq: u64,
         expiry_ms: u64,
         generation: u64,

@@ -154,19 +154,19 @@ impl Sched {
                     (Some(paused), running)
                 }
             };
-            if let Some(paused) = paused {
-                if running.iter().all(|tid| tid.is_some_and(blocked)) {
-                    if !paused.is_empty() || running.is_empty() {
-                        return Ok(paused);
-                    }
-                    // Everyone left is blocked: a deadlock, unless a thread
-                    // was only about to be woken. Look again for a while.
-                    if started.elapsed() > Duration::from_secs(2) {
-                        return Err(format!(
-                            "deadlock: {} threads blocked, none can go on",
-                            running.len()
-                        ));
-                    }
+            if let Some(paused) = paused
+                && running.iter().all(|tid| tid.is_some_and(blocked))
+            {
+                if !paused.is_empty() || running.is_empty() {
+                    return Ok(paused);
+                }
+                // Everyone left is blocked: a deadlock, unless a thread was
+                // only about to be woken. Look again for a while.
+                if started.elapsed() > Duration::from_secs(2) {
+                    return Err(format!(
+                        "deadlock: {} threads blocked, none can go on",
+                        running.len()
+                    ));
                 }
             }
             if started.elapsed() > Duration::from_secs(60) {
