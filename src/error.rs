@@ -93,6 +93,26 @@ pub enum Error {
         /// What is wrong with them.
         reason: String,
     },
+    /// A write after [`Store::shutdown`](crate::Store::shutdown): the store
+    /// takes reads only.
+    Closed {
+        /// The file.
+        path: PathBuf,
+    },
+    /// Work the store does in the background (periodic sync, automatic
+    /// compaction) failed or panicked. Reported once, by the next
+    /// [`sync`](crate::Store::sync), [`compact`](crate::Store::compact),
+    /// [`shutdown`](crate::Store::shutdown) or
+    /// [`close`](crate::Store::close), and counted in
+    /// [`Stats::background_errors`](crate::Stats::background_errors).
+    Background {
+        /// The file.
+        path: PathBuf,
+        /// The task that failed, e.g. "syncing the file".
+        task: &'static str,
+        /// What went wrong (the error's message, or the panic's).
+        reason: String,
+    },
     /// A typed store could not encode or decode a key or value.
     Codec {
         /// The store file.
@@ -202,6 +222,8 @@ impl Error {
             | Error::Locked { path, .. }
             | Error::TooLarge { path, .. }
             | Error::ReadOnly { path }
+            | Error::Closed { path }
+            | Error::Background { path, .. }
             | Error::Codec { path, .. } => Some(path),
             Error::InvalidOptions { .. } => None,
         }
@@ -279,6 +301,14 @@ impl fmt::Display for Error {
                 "{what} of {len} bytes is over the limit of {max} bytes; nothing was written"
             ),
             Error::ReadOnly { .. } => f.write_str("the store was opened read-only"),
+            Error::Closed { .. } => f.write_str(
+                "the store was shut down (Store::shutdown); it serves reads, and writes need a new open",
+            ),
+            Error::Background { task, reason, .. } => write!(
+                f,
+                "the background thread failed while {task}: {reason}; writes acknowledged since the \
+                 last successful sync may not be durable: call sync() to retry"
+            ),
             Error::InvalidOptions { reason } => write!(f, "invalid options: {reason}"),
             Error::Codec { reason, .. } => f.write_str(reason),
         }
@@ -305,7 +335,8 @@ impl From<Error> for io::Error {
             Error::TooLarge { .. } | Error::InvalidOptions { .. } | Error::Codec { .. } => {
                 io::ErrorKind::InvalidInput
             }
-            Error::ReadOnly { .. } => io::ErrorKind::PermissionDenied,
+            Error::ReadOnly { .. } | Error::Closed { .. } => io::ErrorKind::PermissionDenied,
+            Error::Background { .. } => io::ErrorKind::Other,
         };
         io::Error::new(kind, e)
     }

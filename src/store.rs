@@ -110,9 +110,9 @@ use values::{Expiry, ValueBytes};
 /// ```
 pub struct Store {
     inner: Arc<Inner>,
-    /// The background thread (periodic sync, auto-compaction), if any.
-    maintenance: Option<JoinHandle<()>>,
-    shut: bool,
+    /// The background thread (periodic sync, auto-compaction), if any,
+    /// until `shutdown` joins it.
+    maintenance: Mutex<Option<JoinHandle<()>>>,
     /// The file's lock (none on a test storage). Declared last, so that it
     /// is released after `inner` closed the file.
     _lock: Option<FileLock>,
@@ -178,6 +178,20 @@ struct SyncState {
     /// Every write with a generation up to this one is durable.
     synced: u64,
     running: bool,
+    /// How many `fdatasync`s failed, and the newest generation one of them
+    /// covered (see `sync_to`).
+    failures: u64,
+    failed_through: u64,
+}
+
+/// Failures of the background thread.
+#[derive(Default)]
+struct BackgroundErrors {
+    errors: u64,
+    /// The last one, for `Stats`.
+    last: Option<String>,
+    /// The last one not yet reported to a caller: (task, reason).
+    unreported: Option<(&'static str, String)>,
 }
 
 pub(crate) struct Inner {
@@ -215,9 +229,9 @@ pub(crate) struct Inner {
     sync_done: Condvar,
     corrupt_blocks: u64,
     corrupt_bytes: u64,
-    /// Hashes of the new keys whose inserts hold room under the entry cap
+    /// The new keys whose inserts hold room under the entry cap
     /// (see `make_room`).
-    inserting: Mutex<Vec<u64>>,
+    inserting: Mutex<Vec<write::RoomSlot>>,
     /// One compaction at a time.
     compaction: Mutex<()>,
     /// Entries compaction moves per sync.
@@ -226,6 +240,9 @@ pub(crate) struct Inner {
     evictions: AtomicU64,
     stop: Mutex<bool>,
     stop_cv: Condvar,
+    background: Mutex<BackgroundErrors>,
+    /// Set by `Store::shutdown`: writes are refused.
+    closed: std::sync::atomic::AtomicBool,
 }
 
 /// Free space kept at the end of a growing file, so that appends do not
@@ -280,8 +297,7 @@ impl Store {
         };
         Ok(Store {
             inner,
-            maintenance,
-            shut: false,
+            maintenance: Mutex::new(maintenance),
             _lock: lock,
         })
     }
@@ -522,21 +538,45 @@ impl Store {
     /// Syncs, stops the background thread, releases the file lock, and
     /// reports any error the final sync met. Dropping a store does the same
     /// but cannot report errors.
-    pub fn close(mut self) -> Result<()> {
+    pub fn close(self) -> Result<()> {
         self.shutdown()
     }
 
-    fn shutdown(&mut self) -> Result<()> {
-        if self.shut {
-            return Ok(());
-        }
-        self.shut = true;
+    /// Closes the store for writing, for a store shared as an `Arc<Store>`
+    /// (where [`close`](Self::close), which takes the store, cannot be
+    /// reached): stops the background thread, syncs everything written, and
+    /// reports the first error among a failure of the background thread not
+    /// yet reported and the final sync's. Afterwards the store serves reads;
+    /// writes are [`Error::Closed`]. Calling it again syncs again. The file
+    /// lock is released when the last handle is dropped.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let store = Arc::new(sfs::Store::open(dir.path().join("s.sfs"))?);
+    /// let worker = Arc::clone(&store);
+    /// std::thread::spawn(move || worker.put(b"job", b"done")).join().unwrap()?;
+    /// store.shutdown()?; // durable, background thread stopped
+    /// assert_eq!(store.get(b"job")?.as_deref(), Some(&b"done"[..]));
+    /// assert!(matches!(store.put(b"late", b"x"), Err(sfs::Error::Closed { .. })));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn shutdown(&self) -> Result<()> {
+        self.inner.closed.store(true, Ordering::Release);
         *self.inner.stop.lock() = true;
         self.inner.stop_cv.notify_all();
-        if let Some(h) = self.maintenance.take() {
-            let _ = h.join();
+        let thread = self.maintenance.lock().take();
+        if let Some(h) = thread
+            && h.join().is_err()
+        {
+            // Its tasks catch their panics; this would be the loop's own.
+            self.inner
+                .record_background("running the maintenance thread", "panicked".into());
         }
-        self.inner.sync_all()
+        let background = self.inner.take_background_error();
+        let synced = self.inner.sync_everything();
+        background.and(synced)
     }
 
     /// Checks that memory and file agree (test seam): the blocks tile the
@@ -551,7 +591,15 @@ impl Store {
 
 impl Drop for Store {
     fn drop(&mut self) {
-        let _ = self.shutdown();
+        // After `close` or `shutdown` nothing is left to do. Dropping cannot
+        // report an error (`close` and `shutdown` are the calls that do), so
+        // one met here goes to standard error rather than nowhere.
+        if self.inner.closed.load(Ordering::Acquire) {
+            return;
+        }
+        if let Err(e) = self.shutdown() {
+            eprintln!("sfs: dropping the store: {e}");
+        }
     }
 }
 
@@ -575,13 +623,24 @@ fn open_storage(path: &Path, opts: &Options) -> Result<(Arc<dyn Storage>, Option
         std::fs::create_dir_all(parent)
             .map_err(|e| Error::io(path, "creating the parent directories", e))?;
     }
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(!opts.read_only)
-        .create(create)
-        .truncate(false)
-        .open(path)
-        .map_err(|e| Error::io(path, "opening the file", e))?;
+    let mut o = std::fs::OpenOptions::new();
+    o.read(true).write(!opts.read_only).truncate(false);
+    // Created here, or there already? A new file's directory entry is synced
+    // (below), so that the store and what is written to it cannot vanish
+    // together in a power loss.
+    let (file, created) = if create {
+        match o.clone().create_new(true).open(path) {
+            Ok(f) => (Ok(f), true),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => (o.open(path), false),
+            Err(e) => (Err(e), false),
+        }
+    } else {
+        (o.open(path), false)
+    };
+    let file = file.map_err(|e| Error::io(path, "opening the file", e))?;
+    if created {
+        sync_parent_dir(path).map_err(|e| Error::io(path, "syncing the parent directory", e))?;
+    }
     let meta = file
         .metadata()
         .map_err(|e| Error::io(path, "reading the file's metadata", e))?;
@@ -595,6 +654,15 @@ fn open_storage(path: &Path, opts: &Options) -> Result<(Arc<dyn Storage>, Option
     let storage = FileStorage::with_pwrite(file, !opts.read_only, pwrite)
         .map_err(|e| Error::io(path, "mapping the file", e))?;
     Ok((Arc::new(storage), Some(lock)))
+}
+
+/// `fsync` of the directory that holds `path`: makes a new entry in it durable.
+fn sync_parent_dir(path: &Path) -> std::io::Result<()> {
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    std::fs::File::open(parent)?.sync_all()
 }
 
 /// Whether the storage holds a file whose creation a crash cut short (see
@@ -724,6 +792,8 @@ impl Inner {
             evictions: AtomicU64::new(rec.evicted),
             stop: Mutex::new(false),
             stop_cv: Condvar::new(),
+            background: Mutex::new(BackgroundErrors::default()),
+            closed: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -742,6 +812,10 @@ impl Inner {
     fn check_writable(&self) -> Result<()> {
         if self.read_only {
             Err(Error::ReadOnly {
+                path: self.path.clone(),
+            })
+        } else if self.closed.load(Ordering::Acquire) {
+            Err(Error::Closed {
                 path: self.path.clone(),
             })
         } else {

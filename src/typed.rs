@@ -514,6 +514,11 @@ where
     pub fn close(self) -> Result<()> {
         self.store.close()
     }
+
+    /// Closes a shared store for writing (see [`Store::shutdown`]).
+    pub fn shutdown(&self) -> Result<()> {
+        self.store.shutdown()
+    }
 }
 
 impl<K, V> std::fmt::Debug for TypedStore<K, V> {

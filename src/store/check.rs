@@ -21,6 +21,10 @@ impl Inner {
             .sum();
         // Reader locks before the free list, as the lock order says.
         let reader_locked_blocks = self.readers.count();
+        let (background_errors, last_background_error) = {
+            let b = self.background.lock();
+            (b.errors, b.last.clone())
+        };
         let sp = self.space.lock();
         Stats {
             entries: self.entries.load(Ordering::Relaxed),
@@ -37,6 +41,8 @@ impl Inner {
             expired_purged: self.expired_purged.load(Ordering::Relaxed),
             evictions: self.evictions.load(Ordering::Relaxed),
             index_bytes,
+            background_errors,
+            last_background_error,
         }
     }
 

@@ -56,12 +56,20 @@ const BATCH_BYTES: u64 = 8 << 20;
 pub(crate) const BATCH_ENTRIES: usize = 512;
 
 impl Inner {
+    /// `Store::compact`: reports a failure of the background thread first.
     pub(super) fn compact(&self) -> Result<CompactStats> {
+        self.check_writable()?;
+        self.take_background_error()?;
+        self.compact_now()
+    }
+
+    /// A compaction (the caller's, or the background thread's).
+    pub(super) fn compact_now(&self) -> Result<CompactStats> {
         self.check_writable()?;
         let _one_at_a_time = self.compaction.lock();
         let before = self.storage.len();
         // Old copies waiting for a sync hold space: release them first.
-        self.sync_all()?;
+        self.sync_everything()?;
         // Live blocks, last in the file first.
         let mut live: Vec<(u64, usize, u32)> =
             Vec::with_capacity(self.entries.load(Ordering::Relaxed));

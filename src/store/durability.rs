@@ -11,9 +11,23 @@ impl Inner {
     /// Makes every write up to generation `generation` durable, sharing one
     /// `fdatasync` between all the threads waiting at the time (group
     /// commit). Then frees old copies that the sync made safe to reuse.
+    ///
+    /// A failed `fdatasync` is an error for every caller whose write it
+    /// covered, the ones waiting for it included: Linux reports a failed
+    /// writeback once, and the pages it lost are gone, so a later sync that
+    /// succeeds must not tell them otherwise. A caller that arrives after the
+    /// failure syncs anew.
     pub(super) fn sync_to(&self, generation: u64) -> Result<()> {
         let mut st = self.sync_state.lock();
+        let failures_seen = st.failures;
         loop {
+            if st.failures != failures_seen && st.failed_through >= generation {
+                let e = std::io::Error::other(
+                    "an fdatasync that covered this write failed (in another thread); \
+                     the write may not be durable",
+                );
+                return Err(Error::io(&self.path, "syncing the file", e));
+            }
             if st.synced >= generation {
                 break;
             }
@@ -24,11 +38,24 @@ impl Inner {
             st.running = true;
             let target = self.writes.load(Ordering::Acquire);
             drop(st);
-            let r = self.storage.sync();
+            // A panic inside the storage (a bug, or a test's) must not leave
+            // `running` set, or every later sync would wait forever: it is a
+            // failed sync.
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.storage.sync()))
+                .unwrap_or_else(|panic| {
+                    Err(std::io::Error::other(format!(
+                        "fdatasync panicked: {}",
+                        panic_message(&*panic)
+                    )))
+                });
             st = self.sync_state.lock();
             st.running = false;
-            if r.is_ok() {
-                st.synced = st.synced.max(target);
+            match &r {
+                Ok(()) => st.synced = st.synced.max(target),
+                Err(_) => {
+                    st.failures += 1;
+                    st.failed_through = st.failed_through.max(target);
+                }
             }
             self.sync_done.notify_all();
             r.map_err(self.io("syncing the file"))?;
@@ -58,7 +85,16 @@ impl Inner {
         }
     }
 
+    /// `Store::sync`: everything written so far durable, after reporting a
+    /// failure of the background thread that nobody has heard of yet.
     pub(super) fn sync_all(&self) -> Result<()> {
+        self.take_background_error()?;
+        self.sync_everything()
+    }
+
+    /// Syncs everything written so far (and the free headers of the old
+    /// copies that sync frees).
+    pub(super) fn sync_everything(&self) -> Result<()> {
         if self.read_only {
             return Ok(());
         }
@@ -71,20 +107,31 @@ impl Inner {
 
     /// The background thread: syncs every `sync_every` (SyncPolicy::Periodic)
     /// and checks the auto-compaction thresholds, until the store closes.
+    /// A task that fails or panics is recorded (see `record_background`) and
+    /// the thread carries on; an interval too long to add to the clock never
+    /// comes round.
     pub(super) fn maintenance_loop(&self, sync_every: Option<Duration>, auto: Option<AutoCompact>) {
         use std::time::Instant;
-        let start = Instant::now();
-        let mut next_sync = sync_every.map(|d| start + d);
-        let mut next_check = auto.map(|a| start + a.check_every);
+        let after = |d: Duration| Instant::now().checked_add(d);
+        let mut next_sync = sync_every.and_then(after);
+        let mut next_check = auto.and_then(|a| after(a.check_every));
         let mut stop = self.stop.lock();
         loop {
             let wake = match (next_sync, next_check) {
-                (Some(a), Some(b)) => a.min(b),
-                (Some(a), None) | (None, Some(a)) => a,
-                (None, None) => return,
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
             };
-            while !*stop && Instant::now() < wake {
-                self.stop_cv.wait_until(&mut stop, wake);
+            match wake {
+                Some(w) => {
+                    while !*stop && Instant::now() < w {
+                        self.stop_cv.wait_until(&mut stop, w);
+                    }
+                }
+                None => {
+                    while !*stop {
+                        self.stop_cv.wait(&mut stop);
+                    }
+                }
             }
             if *stop {
                 return;
@@ -96,18 +143,54 @@ impl Inner {
             {
                 // As `sync()` does: the old copies freed after the first sync
                 // are made durable by the second.
-                let _ = self.sync_all();
-                next_sync = Some(now + d);
+                self.run_background("syncing the file", || self.sync_everything());
+                next_sync = after(d);
             }
             if let (Some(t), Some(a)) = (next_check, auto)
                 && now >= t
             {
-                if self.wants_compaction(&a) {
-                    let _ = self.compact();
-                }
-                next_check = Some(Instant::now() + a.check_every);
+                self.run_background("compacting the file", || {
+                    if self.wants_compaction(&a) {
+                        self.compact_now().map(drop)
+                    } else {
+                        Ok(())
+                    }
+                });
+                next_check = after(a.check_every);
             }
             stop = self.stop.lock();
+        }
+    }
+
+    /// Runs one background task, recording its error or panic.
+    fn run_background(&self, task: &'static str, f: impl FnOnce() -> Result<()>) {
+        let reason = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => e.to_string(),
+            Err(panic) => format!("panicked: {}", panic_message(&*panic)),
+        };
+        self.record_background(task, reason);
+    }
+
+    /// Records a failure of the background thread: counted and kept for
+    /// `Stats`, and reported once by the next `sync`, `compact`, `shutdown`
+    /// or `close`.
+    pub(super) fn record_background(&self, task: &'static str, reason: String) {
+        let mut b = self.background.lock();
+        b.errors += 1;
+        b.last = Some(format!("{task}: {reason}"));
+        b.unreported = Some((task, reason));
+    }
+
+    /// The background failure nobody has been told of yet, as an error.
+    pub(super) fn take_background_error(&self) -> Result<()> {
+        match self.background.lock().unreported.take() {
+            Some((task, reason)) => Err(Error::Background {
+                path: self.path.clone(),
+                task,
+                reason,
+            }),
+            None => Ok(()),
         }
     }
 
@@ -119,4 +202,13 @@ impl Inner {
         };
         free >= a.min_free_bytes && free as f64 >= a.min_free_ratio * end as f64
     }
+}
+
+/// The message a panic carried.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
 }

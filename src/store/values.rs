@@ -39,6 +39,12 @@ pub struct Stats {
     /// Bytes [`Store::compact`] could give back at best: all free space,
     /// including old copies waiting for a sync.
     pub compactable_bytes: u64,
+    /// Failures (errors or panics) of the background thread since open:
+    /// periodic syncs and automatic compactions. Each is also reported once
+    /// as [`Error::Background`](crate::Error::Background).
+    pub background_errors: u64,
+    /// The last of them: the task and what went wrong.
+    pub last_background_error: Option<String>,
 }
 
 impl Stats {

@@ -22,28 +22,46 @@ pub(super) enum Published {
 /// (see [`Inner::make_room`]).
 pub(super) struct Room<'a> {
     inner: &'a Inner,
-    /// The key's hash, when this insert holds room (counted in `claimed`).
-    hash: Option<u64>,
+    /// The key, when this insert holds (or shares) room.
+    key: Option<Vec<u8>>,
+}
+
+/// Room under the entry cap for one new key, counted once in `claimed`
+/// however many inserts of that key share it.
+pub(super) struct RoomSlot {
+    key: Vec<u8>,
+    holders: usize,
     /// The key went in as a new entry: the room is its place now.
     used: bool,
 }
 
 impl Room<'_> {
     fn holds(&self) -> bool {
-        self.hash.is_some()
+        self.key.is_some()
+    }
+
+    /// The key went in as a new entry: its room is taken for good.
+    fn used(&self) {
+        if let Some(k) = &self.key
+            && let Some(slot) = self.inner.inserting.lock().iter_mut().find(|s| &s.key == k)
+        {
+            slot.used = true;
+        }
     }
 }
 
 impl Drop for Room<'_> {
     fn drop(&mut self) {
-        if let Some(h) = self.hash {
-            let mut ins = self.inner.inserting.lock();
-            if let Some(i) = ins.iter().position(|&x| x == h) {
-                ins.swap_remove(i);
-            }
-            if !self.used {
-                self.inner.claimed.fetch_sub(1, Ordering::AcqRel);
-            }
+        let Some(k) = &self.key else {
+            return;
+        };
+        let mut ins = self.inner.inserting.lock();
+        let Some(i) = ins.iter().position(|s| &s.key == k) else {
+            return;
+        };
+        ins[i].holders -= 1;
+        if ins[i].holders == 0 && !ins.swap_remove(i).used {
+            self.inner.claimed.fetch_sub(1, Ordering::AcqRel);
         }
     }
 }
@@ -75,7 +93,7 @@ impl Inner {
         }
         let payload_crc = crc(self.salt, &[key, meta, value]);
         let _gate = self.gate.read();
-        let mut room = match self.max_entries {
+        let room = match self.max_entries {
             // Room first: were the new entry written before the eviction, a
             // crash in between would leave one entry too many, and an open
             // evicts by write order, not by use.
@@ -104,7 +122,7 @@ impl Inner {
         }
         let mut generation = self.note_write();
         let mut header = header;
-        let inserted = loop {
+        loop {
             if self.policy == SyncPolicy::Always
                 && let Err(e) = self.sync_to(generation)
             {
@@ -116,24 +134,19 @@ impl Inner {
                 if self.mark_free(offset, len).is_ok() {
                     self.return_space(offset, len);
                 } else {
-                    let held = room.as_ref().is_some_and(Room::holds);
-                    let p =
-                        self.publish(key, (offset, len), header.seq, expiry_ms, generation, held)?;
-                    if let (Published::New, Some(r)) = (p, room.as_mut()) {
-                        r.used = held;
+                    let p = self.publish(key, (offset, len), header.seq, expiry_ms, generation)?;
+                    if let Published::New = p {
+                        self.admit(key, room.as_ref())?;
                     }
                 }
                 return Err(e);
             }
-            let held = room.as_ref().is_some_and(Room::holds);
-            match self.publish(key, (offset, len), header.seq, expiry_ms, generation, held)? {
+            match self.publish(key, (offset, len), header.seq, expiry_ms, generation)? {
                 Published::New => {
-                    if let Some(r) = room.as_mut() {
-                        r.used = held;
-                    }
-                    break true;
+                    self.admit(key, room.as_ref())?;
+                    break;
                 }
-                Published::Replaced => break false,
+                Published::Replaced => break,
                 Published::Outranked => {}
             }
             // A write of this key that took its sequence number after ours
@@ -147,10 +160,6 @@ impl Inner {
                 return Err(Error::io(&self.path, "writing an entry", e));
             }
             generation = self.note_write();
-        };
-        if inserted && let Some(cap) = self.max_entries {
-            // Concurrent inserts may still have gone past the cap.
-            self.evict_down_to(cap)?;
         }
         self.maybe_sync_for_space()?;
         Ok(())
@@ -238,12 +247,19 @@ impl Inner {
             return Err(Error::io(&self.path, "writing an entry", e));
         }
         let generation = self.note_write();
-        if self.policy == SyncPolicy::Always
-            && let Err(e) = self.sync_to(generation)
-        {
-            self.release(new_offset, new_len, hash);
-            return Err(e);
+        let synced = match self.policy {
+            SyncPolicy::Always => self.sync_to(generation),
+            _ => Ok(()),
+        };
+        if synced.is_err() && self.mark_free(new_offset, new_len).is_ok() {
+            // Not durable: taken back, so memory and file agree.
+            self.return_space(new_offset, new_len);
+            return synced.map(|()| true);
         }
+        // Published when durable, and also when it could not even be taken
+        // back: then the copy stays valid on disk with the newest sequence
+        // number, and memory must say what a fresh open would find (the
+        // error leaves it open whether the renewal happened).
         shard.update(hash, id, new_offset, expiry_ms);
         self.touch_lru(cell, id);
         self.retire(offset, h.block_len, hash, generation);
@@ -251,7 +267,7 @@ impl Inner {
         self.live_bytes.fetch_add(new_len, Ordering::Relaxed);
         self.live_bytes.fetch_sub(h.block_len, Ordering::Relaxed);
         self.supersede(offset);
-        Ok(true)
+        synced.map(|()| true)
     }
 
     /// Puts a written block in the index.
@@ -262,7 +278,6 @@ impl Inner {
         seq: u64,
         expiry_ms: u64,
         generation: u64,
-        room_held: bool,
     ) -> Result<Published> {
         let (hash, cell) = self.locate(key);
         let mut shard = cell.map.write();
@@ -311,9 +326,6 @@ impl Inner {
                 let id = shard.insert(&self.hasher, hash, key, offset, expiry_ms);
                 self.touch_lru(cell, id);
                 self.entries.fetch_add(1, Ordering::AcqRel);
-                if !room_held {
-                    self.claimed.fetch_add(1, Ordering::AcqRel);
-                }
                 self.live_bytes.fetch_add(len, Ordering::Relaxed);
                 Ok(Published::New)
             }
@@ -791,15 +803,13 @@ impl Inner {
     /// room twice. Under `SyncPolicy::Always` the removals are durable when it
     /// returns. Call it with the gate read-locked.
     pub(super) fn make_room(&self, cap: usize, key: &[u8]) -> Result<Room<'_>> {
-        let hash = self.hasher.hash_one(key);
         let mut inserting = self.inserting.lock();
-        if inserting.contains(&hash) {
-            // Another insert of this key (or one with the same hash) already
-            // holds room; should both turn out new, `put` evicts afterwards.
+        if let Some(slot) = inserting.iter_mut().find(|s| s.key == key) {
+            // Another insert of this key holds room: one entry, one room.
+            slot.holders += 1;
             return Ok(Room {
                 inner: self,
-                hash: None,
-                used: false,
+                key: Some(key.to_vec()),
             });
         }
         let full = || self.claimed.load(Ordering::Acquire) >= cap;
@@ -814,12 +824,15 @@ impl Inner {
             removed = true;
         }
         self.claimed.fetch_add(1, Ordering::AcqRel);
-        inserting.push(hash);
+        inserting.push(RoomSlot {
+            key: key.to_vec(),
+            holders: 1,
+            used: false,
+        });
         drop(inserting);
         let room = Room {
             inner: self,
-            hash: Some(hash),
-            used: false,
+            key: Some(key.to_vec()),
         };
         if removed && self.policy == SyncPolicy::Always {
             self.sync_to(self.writes.load(Ordering::Acquire))?;
@@ -827,12 +840,34 @@ impl Inner {
         Ok(room)
     }
 
+    /// Counts a key that `publish` has just put in the index as new. With
+    /// room held for it (`make_room`), the room is its place now. Without (it
+    /// was in the index when its put began, and was removed meanwhile), it
+    /// takes the room another insert of the key holds, if one does, and is
+    /// otherwise counted anew, evicting down to the cap if need be.
+    fn admit(&self, key: &[u8], room: Option<&Room<'_>>) -> Result<()> {
+        if let Some(r) = room.filter(|r| r.holds()) {
+            r.used();
+            return Ok(());
+        }
+        let mut inserting = self.inserting.lock();
+        if let Some(slot) = inserting.iter_mut().find(|s| s.key == key) {
+            slot.used = true;
+            return Ok(());
+        }
+        self.claimed.fetch_add(1, Ordering::AcqRel);
+        match self.max_entries {
+            Some(cap) => self.evict_down_to(cap, &mut inserting),
+            None => Ok(()),
+        }
+    }
+
     /// Evicts least recently used entries until at most `n` remain (inserts
     /// holding room included). Under the same lock as `make_room`, so that
     /// two threads never both act on one look at the count. Under
     /// `SyncPolicy::Always` the evictions are durable when it returns.
-    pub(super) fn evict_down_to(&self, n: usize) -> Result<()> {
-        let _cap = self.inserting.lock();
+    /// The caller holds `inserting` (passed in as proof).
+    fn evict_down_to(&self, n: usize, _cap: &mut Vec<RoomSlot>) -> Result<()> {
         let mut evicted = false;
         while self.claimed.load(Ordering::Acquire) > n {
             if !self.evict_one()? {

@@ -664,3 +664,10 @@ fn an_old_copy_being_freed_never_outlives_a_delete() {
     every_interleaving(SETUPS[0], &[Op::Overwrite, Op::Delete]);
     every_interleaving(SETUPS[0], &[Op::TouchHeld, Op::Compact, Op::Delete]);
 }
+
+#[test]
+fn two_inserts_of_one_new_key_at_the_cap_share_one_room() {
+    // Found by the deep sample: after the delete, both overwrites insert `c`
+    // anew; only one entry results, so only one entry may be evicted for it.
+    every_interleaving(SETUPS[3], &[Op::Delete, Op::Overwrite, Op::Overwrite]);
+}
