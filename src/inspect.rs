@@ -24,9 +24,12 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 
-use crate::format::{
-    ALIGN, BLOCK_HEADER_LEN, BLOCK_MAGIC, BlockHeader, BlockHeaderError, FILE_HEADER_LEN,
-    FileHeader, HeaderError, Kind,
+use crate::format::{ALIGN, BLOCK_HEADER_LEN, BLOCK_MAGIC};
+// The headers the walk reads (the file header and block header of
+// FORMAT.md, as plain data), and why it refuses one. Writing them is the
+// store's business: their codecs are not public.
+pub use crate::format::{
+    BlockHeader, BlockHeaderError, FILE_HEADER_LEN, FORMAT_VERSION, FileHeader, HeaderError, Kind,
 };
 
 /// Random access to the bytes of a file.
@@ -255,7 +258,7 @@ impl<S: Source> Walker<S> {
     }
 
     /// Where the next block starts.
-    pub fn position(&self) -> u64 {
+    pub(crate) fn position(&self) -> u64 {
         self.pos
     }
 
@@ -290,7 +293,7 @@ impl<S: Source> Walker<S> {
     }
 
     /// The underlying source, to read values of blocks already walked.
-    pub fn source(&mut self) -> &mut S {
+    pub(crate) fn source(&mut self) -> &mut S {
         &mut self.src
     }
 

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use crate::keys::{Decoded, KeyFormat, decode_key, key_text};
 use crate::text::map_columns;
 use crate::{Request, Status, Tracked, walk_rows};
-use sfs::format::FILE_HEADER_LEN;
+use sfs::inspect::FILE_HEADER_LEN;
 use sfs::inspect::Source;
 use sfs::inspect::report::{CellState, Findings, Map, Problem, Report, Row, RowKind};
 

@@ -364,10 +364,26 @@ mod tests {
         assert_eq!(decode_bincode_str(b"\x02\xff\xfe"), None);
     }
 
+    /// Moved here with the functions from the library's `tests/dump_report.rs`.
     #[test]
-    fn the_preview_matches_the_old_library_one() {
-        assert_eq!(key_preview(b"abcdef", 3), "abc…");
-        assert_eq!(key_preview(b"\x00\x01\x02\x03", 2), "0x00…");
+    fn keys_are_text_when_printable_and_hex_otherwise_reversibly() {
+        assert_eq!(key_text(b"user:1"), "user:1");
+        assert_eq!(key_text("clé".as_bytes()), "clé");
+        assert_eq!(key_text(b""), "");
+        assert_eq!(key_text(b"a\nb"), "0x610a62");
+        assert_eq!(key_text(b"\xff"), "0xff");
+        assert_eq!(
+            key_text(b"0xff"),
+            "0x30786666",
+            "text that looks like hex is hex"
+        );
+        assert_eq!(key_preview(b"abcdefghij", 4), "abcd…");
+        assert_eq!(
+            key_preview("ééé".as_bytes(), 3),
+            "é…",
+            "a cut character is dropped"
+        );
+        assert_eq!(key_preview(&[0u8; 10], 4), "0x0000…");
         assert_eq!(key_preview("é".as_bytes(), 1), "…");
     }
 }

@@ -32,9 +32,9 @@
 
 use std::io::{self, Write};
 
-use sfs::format::{FILE_HEADER_LEN, FORMAT_VERSION, HeaderError};
 use sfs::inspect::Source;
 use sfs::inspect::report::{Findings, Report, Row, ScanOptions, State, find_key};
+use sfs::inspect::{FILE_HEADER_LEN, FORMAT_VERSION, HeaderError};
 
 #[cfg(feature = "testing")]
 #[doc(hidden)]

@@ -6,7 +6,7 @@ use std::io::{self, Write};
 use crate::keys::{KeyFormat, show_key};
 use crate::units::{fraction, human, iso8601, percent, plural, relative, size_both, thousands};
 use crate::{Listed, Request, Status, Tracked, walk_rows};
-use sfs::format::FILE_HEADER_LEN;
+use sfs::inspect::FILE_HEADER_LEN;
 use sfs::inspect::Source;
 use sfs::inspect::report::{
     CellState, Findings, HeaderStatus, Problem, Report, Row, RowKind, Summary,

@@ -43,7 +43,7 @@ mod rows;
 
 pub use lookup::{FoundEntry, KeyLookup, find_key};
 pub use map::{CellState, Map};
-pub use problem::{Findings, Problem, ProblemKind, key_preview, key_text};
+pub use problem::{Findings, Problem, ProblemKind};
 pub use rows::{Row, RowKind, Rows};
 
 /// Pieces in which payloads and free space are read.
