@@ -315,27 +315,27 @@ impl BlockHeader {
     }
 
     /// Offset of the key, relative to the block start.
-    pub fn key_offset(&self) -> u64 {
+    pub(crate) fn key_offset(&self) -> u64 {
         BLOCK_HEADER_LEN
     }
 
     /// Offset of the metadata, relative to the block start.
-    pub fn meta_offset(&self) -> u64 {
+    pub(crate) fn meta_offset(&self) -> u64 {
         BLOCK_HEADER_LEN + u64::from(self.key_len)
     }
 
     /// Offset of the value, relative to the block start.
-    pub fn value_offset(&self) -> u64 {
+    pub(crate) fn value_offset(&self) -> u64 {
         self.meta_offset() + u64::from(self.meta_len)
     }
 
     /// Bytes of the block that are header and payload (the rest is padding).
-    pub fn used_len(&self) -> u64 {
+    pub(crate) fn used_len(&self) -> u64 {
         self.value_offset() + u64::from(self.value_len)
     }
 
     /// Length of key ‖ metadata ‖ value.
-    pub fn payload_len(&self) -> u64 {
+    pub(crate) fn payload_len(&self) -> u64 {
         self.used_len() - BLOCK_HEADER_LEN
     }
 
