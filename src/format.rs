@@ -9,6 +9,22 @@
 //! the value, and is padded to its `block_len`. A free block is a header of kind
 //! [`Kind::Free`] followed by bytes nobody reads.
 
+/// Declares a codec function of a type the walk hands out ([`FileHeader`],
+/// [`BlockHeader`]): `pub(crate)`, and `pub` (hidden) only with the
+/// `testing` feature, for the tests that craft files byte by byte. Writing
+/// headers is the store's business, not part of the public API.
+macro_rules! codec_fn {
+    ($(#[$m:meta])* fn $name:ident $($rest:tt)*) => {
+        #[cfg(feature = "testing")]
+        #[doc(hidden)]
+        $(#[$m])*
+        pub fn $name $($rest)*
+        #[cfg(not(feature = "testing"))]
+        $(#[$m])*
+        pub(crate) fn $name $($rest)*
+    };
+}
+
 /// The first eight bytes of every store file (PNG-style: a high byte, the name,
 /// then CR LF, ^Z, LF so that text-mode transfers are detected).
 pub const MAGIC: [u8; 8] = *b"\x89SFS\r\n\x1a\n";
@@ -101,7 +117,8 @@ pub struct FileHeader {
 /// Why a file header was refused.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum HeaderError {
-    /// The bytes do not start with [`MAGIC`]: this is not a store file.
+    /// The bytes do not start with the store magic (`89 53 46 53 0d 0a 1a 0a`):
+    /// this is not a store file.
     NotAStore,
     /// The magic matches and the checksum too, but the version is not ours.
     UnsupportedVersion(u32),
@@ -110,64 +127,68 @@ pub enum HeaderError {
 }
 
 impl FileHeader {
-    /// Encodes the header.
-    pub fn encode(&self) -> [u8; FILE_HEADER_LEN as usize] {
-        let mut b = [0u8; FILE_HEADER_LEN as usize];
-        b[0..8].copy_from_slice(&MAGIC);
-        b[8..12].copy_from_slice(&self.version.to_le_bytes());
-        b[12..16].copy_from_slice(&(FILE_HEADER_LEN as u32).to_le_bytes());
-        b[16..20].copy_from_slice(&self.salt.to_le_bytes());
-        // 20..24: flags, zero.
-        b[24..32].copy_from_slice(&self.created_ms.to_le_bytes());
-        // 32..60: reserved, zero.
-        let c = crc(0, &[&b[0..60]]);
-        b[60..64].copy_from_slice(&c.to_le_bytes());
-        b
+    codec_fn! {
+        /// Encodes the header.
+        fn encode(&self) -> [u8; FILE_HEADER_LEN as usize] {
+            let mut b = [0u8; FILE_HEADER_LEN as usize];
+            b[0..8].copy_from_slice(&MAGIC);
+            b[8..12].copy_from_slice(&self.version.to_le_bytes());
+            b[12..16].copy_from_slice(&(FILE_HEADER_LEN as u32).to_le_bytes());
+            b[16..20].copy_from_slice(&self.salt.to_le_bytes());
+            // 20..24: flags, zero.
+            b[24..32].copy_from_slice(&self.created_ms.to_le_bytes());
+            // 32..60: reserved, zero.
+            let c = crc(0, &[&b[0..60]]);
+            b[60..64].copy_from_slice(&c.to_le_bytes());
+            b
+        }
     }
 
-    /// Decodes and checks a file header. `bytes` is the start of the file (all
-    /// of it when the file is shorter than the header).
-    pub fn decode(bytes: &[u8]) -> Result<FileHeader, HeaderError> {
-        let n = bytes.len().min(MAGIC.len());
-        if bytes[..n] != MAGIC[..n] || bytes.is_empty() {
-            if magic_damaged(bytes) {
-                return Err(HeaderError::Corrupt(
-                    "file header magic damaged (the header checksum matches the store's magic)"
-                        .into(),
-                ));
+    codec_fn! {
+        /// Decodes and checks a file header. `bytes` is the start of the file (all
+        /// of it when the file is shorter than the header).
+        fn decode(bytes: &[u8]) -> Result<FileHeader, HeaderError> {
+            let n = bytes.len().min(MAGIC.len());
+            if bytes[..n] != MAGIC[..n] || bytes.is_empty() {
+                if magic_damaged(bytes) {
+                    return Err(HeaderError::Corrupt(
+                        "file header magic damaged (the header checksum matches the store's magic)"
+                            .into(),
+                    ));
+                }
+                return Err(HeaderError::NotAStore);
             }
-            return Err(HeaderError::NotAStore);
+            if bytes.len() < FILE_HEADER_LEN as usize {
+                return Err(HeaderError::Corrupt(format!(
+                    "file header cut short: {} of {} bytes",
+                    bytes.len(),
+                    FILE_HEADER_LEN
+                )));
+            }
+            let b = &bytes[..FILE_HEADER_LEN as usize];
+            let version = u32_at(b, 8);
+            let stored = u32_at(b, 60);
+            let computed = crc(0, &[&b[0..60]]);
+            if stored != computed {
+                return Err(HeaderError::Corrupt(format!(
+                    "file header checksum mismatch (stored {stored:#010x}, computed {computed:#010x}; version field reads {version})"
+                )));
+            }
+            if version != FORMAT_VERSION {
+                return Err(HeaderError::UnsupportedVersion(version));
+            }
+            let header_len = u32_at(b, 12);
+            if u64::from(header_len) != FILE_HEADER_LEN {
+                return Err(HeaderError::Corrupt(format!(
+                    "file header length field is {header_len}, expected {FILE_HEADER_LEN}"
+                )));
+            }
+            Ok(FileHeader {
+                version,
+                salt: u32_at(b, 16),
+                created_ms: u64_at(b, 24),
+            })
         }
-        if bytes.len() < FILE_HEADER_LEN as usize {
-            return Err(HeaderError::Corrupt(format!(
-                "file header cut short: {} of {} bytes",
-                bytes.len(),
-                FILE_HEADER_LEN
-            )));
-        }
-        let b = &bytes[..FILE_HEADER_LEN as usize];
-        let version = u32_at(b, 8);
-        let stored = u32_at(b, 60);
-        let computed = crc(0, &[&b[0..60]]);
-        if stored != computed {
-            return Err(HeaderError::Corrupt(format!(
-                "file header checksum mismatch (stored {stored:#010x}, computed {computed:#010x}; version field reads {version})"
-            )));
-        }
-        if version != FORMAT_VERSION {
-            return Err(HeaderError::UnsupportedVersion(version));
-        }
-        let header_len = u32_at(b, 12);
-        if u64::from(header_len) != FILE_HEADER_LEN {
-            return Err(HeaderError::Corrupt(format!(
-                "file header length field is {header_len}, expected {FILE_HEADER_LEN}"
-            )));
-        }
-        Ok(FileHeader {
-            version,
-            salt: u32_at(b, 16),
-            created_ms: u64_at(b, 24),
-        })
     }
 }
 
@@ -223,7 +244,7 @@ fn magic_damaged(bytes: &[u8]) -> bool {
 pub struct BlockHeader {
     /// Entry or free.
     pub kind: Kind,
-    /// Length of the whole block, header included; a multiple of [`ALIGN`].
+    /// Length of the whole block, header included; a multiple of 8.
     pub block_len: u64,
     /// Key length (entries only).
     pub key_len: u16,
@@ -234,7 +255,7 @@ pub struct BlockHeader {
     /// Write sequence number: the copy of a key with the highest one wins.
     pub seq: u64,
     /// Expiry in milliseconds since the UNIX epoch; 0 means never. At most
-    /// [`MAX_EXPIRY_MS`].
+    /// 2⁴⁸ − 1.
     pub expiry_ms: u64,
     /// CRC of key ‖ metadata ‖ value, seeded with the salt.
     pub payload_crc: u32,
@@ -243,9 +264,9 @@ pub struct BlockHeader {
 /// Why bytes at a block position are not a valid block header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BlockHeaderError {
-    /// Fewer than [`BLOCK_HEADER_LEN`] bytes remain in the file.
+    /// Fewer than 48 bytes (a block header) remain in the file.
     Truncated,
-    /// The first four bytes are not [`BLOCK_MAGIC`].
+    /// The first four bytes are not the block magic `sfsB`.
     BadMagic,
     /// The header checksum does not match.
     BadChecksum,
@@ -253,7 +274,7 @@ pub enum BlockHeaderError {
     BadExpiry,
     /// The kind byte is neither entry nor free.
     BadKind,
-    /// `block_len` is smaller than a header or not a multiple of [`ALIGN`].
+    /// `block_len` is smaller than a header or not a multiple of 8.
     BadLength,
     /// `block_len` runs past the end of the file.
     PastEnd,
@@ -277,42 +298,44 @@ impl std::fmt::Display for BlockHeaderError {
 }
 
 impl BlockHeader {
-    /// A free block header of the given length.
-    pub fn free(block_len: u64) -> BlockHeader {
-        BlockHeader {
-            kind: Kind::Free,
-            block_len,
-            key_len: 0,
-            meta_len: 0,
-            value_len: 0,
-            seq: 0,
-            expiry_ms: 0,
-            payload_crc: 0,
+    codec_fn! {
+        /// A free block header of the given length.
+        fn free(block_len: u64) -> BlockHeader {
+            BlockHeader {
+                kind: Kind::Free,
+                block_len,
+                key_len: 0,
+                meta_len: 0,
+                value_len: 0,
+                seq: 0,
+                expiry_ms: 0,
+                payload_crc: 0,
+            }
         }
     }
 
     /// Offset of the key, relative to the block start.
-    pub fn key_offset(&self) -> u64 {
+    pub(crate) fn key_offset(&self) -> u64 {
         BLOCK_HEADER_LEN
     }
 
     /// Offset of the metadata, relative to the block start.
-    pub fn meta_offset(&self) -> u64 {
+    pub(crate) fn meta_offset(&self) -> u64 {
         BLOCK_HEADER_LEN + u64::from(self.key_len)
     }
 
     /// Offset of the value, relative to the block start.
-    pub fn value_offset(&self) -> u64 {
+    pub(crate) fn value_offset(&self) -> u64 {
         self.meta_offset() + u64::from(self.meta_len)
     }
 
     /// Bytes of the block that are header and payload (the rest is padding).
-    pub fn used_len(&self) -> u64 {
+    pub(crate) fn used_len(&self) -> u64 {
         self.value_offset() + u64::from(self.value_len)
     }
 
     /// Length of key ‖ metadata ‖ value.
-    pub fn payload_len(&self) -> u64 {
+    pub(crate) fn payload_len(&self) -> u64 {
         self.used_len() - BLOCK_HEADER_LEN
     }
 
@@ -321,70 +344,74 @@ impl BlockHeader {
         is_expired(self.expiry_ms, now_ms)
     }
 
-    /// Encodes the header, computing its checksum with `salt`.
-    pub fn encode(&self, salt: u32) -> [u8; BLOCK_HEADER_LEN as usize] {
-        let mut b = [0u8; BLOCK_HEADER_LEN as usize];
-        b[0..4].copy_from_slice(&BLOCK_MAGIC);
-        b[4] = self.kind.to_byte();
-        // 5: flags, zero.
-        b[6..8].copy_from_slice(&self.key_len.to_le_bytes());
-        b[8..16].copy_from_slice(&self.block_len.to_le_bytes());
-        b[16..20].copy_from_slice(&self.value_len.to_le_bytes());
-        b[20..22].copy_from_slice(&self.meta_len.to_le_bytes());
-        // 22..24: reserved, zero.
-        b[24..32].copy_from_slice(&self.seq.to_le_bytes());
-        b[32..40].copy_from_slice(&expiry_word(self.expiry_ms, salt, self.seq).to_le_bytes());
-        b[40..44].copy_from_slice(&self.payload_crc.to_le_bytes());
-        let c = header_crc(&b, salt);
-        b[44..48].copy_from_slice(&c.to_le_bytes());
-        b
+    codec_fn! {
+        /// Encodes the header, computing its checksum with `salt`.
+        fn encode(&self, salt: u32) -> [u8; BLOCK_HEADER_LEN as usize] {
+            let mut b = [0u8; BLOCK_HEADER_LEN as usize];
+            b[0..4].copy_from_slice(&BLOCK_MAGIC);
+            b[4] = self.kind.to_byte();
+            // 5: flags, zero.
+            b[6..8].copy_from_slice(&self.key_len.to_le_bytes());
+            b[8..16].copy_from_slice(&self.block_len.to_le_bytes());
+            b[16..20].copy_from_slice(&self.value_len.to_le_bytes());
+            b[20..22].copy_from_slice(&self.meta_len.to_le_bytes());
+            // 22..24: reserved, zero.
+            b[24..32].copy_from_slice(&self.seq.to_le_bytes());
+            b[32..40].copy_from_slice(&expiry_word(self.expiry_ms, salt, self.seq).to_le_bytes());
+            b[40..44].copy_from_slice(&self.payload_crc.to_le_bytes());
+            let c = header_crc(&b, salt);
+            b[44..48].copy_from_slice(&c.to_le_bytes());
+            b
+        }
     }
 
-    /// Decodes a block header found at file offset `pos` in a file of
-    /// `file_len` bytes, checking everything that can be checked without the
-    /// payload. `bytes` must hold at least the header (fewer bytes is
-    /// [`BlockHeaderError::Truncated`]).
-    pub fn decode(
-        bytes: &[u8],
-        salt: u32,
-        pos: u64,
-        file_len: u64,
-    ) -> Result<BlockHeader, BlockHeaderError> {
-        if bytes.len() < BLOCK_HEADER_LEN as usize
-            || file_len.saturating_sub(pos) < BLOCK_HEADER_LEN
-        {
-            return Err(BlockHeaderError::Truncated);
+    codec_fn! {
+        /// Decodes a block header found at file offset `pos` in a file of
+        /// `file_len` bytes, checking everything that can be checked without the
+        /// payload. `bytes` must hold at least the header (fewer bytes is
+        /// [`BlockHeaderError::Truncated`]).
+        fn decode(
+            bytes: &[u8],
+            salt: u32,
+            pos: u64,
+            file_len: u64,
+        ) -> Result<BlockHeader, BlockHeaderError> {
+            if bytes.len() < BLOCK_HEADER_LEN as usize
+                || file_len.saturating_sub(pos) < BLOCK_HEADER_LEN
+            {
+                return Err(BlockHeaderError::Truncated);
+            }
+            let b = &bytes[..BLOCK_HEADER_LEN as usize];
+            if b[0..4] != BLOCK_MAGIC {
+                return Err(BlockHeaderError::BadMagic);
+            }
+            if u32_at(b, 44) != header_crc(b, salt) {
+                return Err(BlockHeaderError::BadChecksum);
+            }
+            let expiry_ms = decode_expiry_word(u64_at(b, 32), salt, u64_at(b, 24))
+                .ok_or(BlockHeaderError::BadExpiry)?;
+            let kind = Kind::from_byte(b[4]).ok_or(BlockHeaderError::BadKind)?;
+            let h = BlockHeader {
+                kind,
+                key_len: u16::from_le_bytes([b[6], b[7]]),
+                block_len: u64_at(b, 8),
+                value_len: u32_at(b, 16),
+                meta_len: u16::from_le_bytes([b[20], b[21]]),
+                seq: u64_at(b, 24),
+                expiry_ms,
+                payload_crc: u32_at(b, 40),
+            };
+            if h.block_len < MIN_BLOCK_LEN || !h.block_len.is_multiple_of(ALIGN) {
+                return Err(BlockHeaderError::BadLength);
+            }
+            if h.block_len > file_len - pos {
+                return Err(BlockHeaderError::PastEnd);
+            }
+            if h.kind == Kind::Entry && h.used_len() > h.block_len {
+                return Err(BlockHeaderError::FieldsOverflow);
+            }
+            Ok(h)
         }
-        let b = &bytes[..BLOCK_HEADER_LEN as usize];
-        if b[0..4] != BLOCK_MAGIC {
-            return Err(BlockHeaderError::BadMagic);
-        }
-        if u32_at(b, 44) != header_crc(b, salt) {
-            return Err(BlockHeaderError::BadChecksum);
-        }
-        let expiry_ms = decode_expiry_word(u64_at(b, 32), salt, u64_at(b, 24))
-            .ok_or(BlockHeaderError::BadExpiry)?;
-        let kind = Kind::from_byte(b[4]).ok_or(BlockHeaderError::BadKind)?;
-        let h = BlockHeader {
-            kind,
-            key_len: u16::from_le_bytes([b[6], b[7]]),
-            block_len: u64_at(b, 8),
-            value_len: u32_at(b, 16),
-            meta_len: u16::from_le_bytes([b[20], b[21]]),
-            seq: u64_at(b, 24),
-            expiry_ms,
-            payload_crc: u32_at(b, 40),
-        };
-        if h.block_len < MIN_BLOCK_LEN || !h.block_len.is_multiple_of(ALIGN) {
-            return Err(BlockHeaderError::BadLength);
-        }
-        if h.block_len > file_len - pos {
-            return Err(BlockHeaderError::PastEnd);
-        }
-        if h.kind == Kind::Entry && h.used_len() > h.block_len {
-            return Err(BlockHeaderError::FieldsOverflow);
-        }
-        Ok(h)
     }
 }
 

@@ -24,12 +24,16 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 
-use crate::format::{
-    ALIGN, BLOCK_HEADER_LEN, BLOCK_MAGIC, BlockHeader, BlockHeaderError, FILE_HEADER_LEN,
-    FileHeader, HeaderError, Kind,
+use crate::format::{ALIGN, BLOCK_HEADER_LEN, BLOCK_MAGIC};
+// The headers the walk reads (the file header and block header of
+// FORMAT.md, as plain data), and why it refuses one. Writing them is the
+// store's business: their codecs are not public.
+pub use crate::format::{
+    BlockHeader, BlockHeaderError, FILE_HEADER_LEN, FORMAT_VERSION, FileHeader, HeaderError, Kind,
 };
 
-/// Random access to the bytes of a file.
+/// Random access to the bytes of a file: a [`FileSource`], or any byte
+/// slice (`&[u8]`), or a `&mut` to either.
 pub trait Source {
     /// The length of the file.
     fn len(&self) -> u64;
@@ -83,7 +87,23 @@ impl<S: Source + ?Sized> Source for &mut S {
 }
 
 /// A file read through a read-ahead buffer: sequential walks cost one system
-/// call per megabyte. The length is taken once, when it is opened.
+/// call per megabyte. The length is taken once, when it is opened. It never
+/// writes or locks, so it may read a file a store has open.
+///
+/// ```
+/// use sfs::inspect::{FileSource, Source};
+/// use sfs::inspect::report::{Report, ScanOptions};
+///
+/// let dir = tempfile::tempdir()?;
+/// let path = dir.path().join("f.sfs");
+/// sfs::Store::open(&path)?.close()?;
+///
+/// let mut src = FileSource::new(std::fs::File::open(&path)?)?;
+/// assert_eq!(src.len(), sfs::inspect::FILE_HEADER_LEN); // only the file header
+/// let report = Report::scan(&mut src, ScanOptions::at(0))?.expect("a store file");
+/// assert_eq!(report.summary.blocks(), 0);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub struct FileSource {
     file: File,
     len: u64,
@@ -255,7 +275,7 @@ impl<S: Source> Walker<S> {
     }
 
     /// Where the next block starts.
-    pub fn position(&self) -> u64 {
+    pub(crate) fn position(&self) -> u64 {
         self.pos
     }
 
@@ -290,7 +310,7 @@ impl<S: Source> Walker<S> {
     }
 
     /// The underlying source, to read values of blocks already walked.
-    pub fn source(&mut self) -> &mut S {
+    pub(crate) fn source(&mut self) -> &mut S {
         &mut self.src
     }
 

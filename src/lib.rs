@@ -30,6 +30,30 @@
 //!
 //! The file format is documented byte by byte in `FORMAT.md`; the guarantees
 //! (what survives a crash, what damage costs) in the README.
+//!
+//! # What the crate offers
+//!
+//! - At the top level, the store: [`Store`] (keys and values as bytes) and
+//!   [`TypedStore`] (serde types, bincode-encoded), opened with [`Options`]
+//!   ([`SyncPolicy`], [`AutoCompact`]); what they return ([`Entry`],
+//!   [`ValueRef`], [`Iter`], [`Stats`], [`CompactStats`], [`TypedEntry`],
+//!   [`TypedValueRef`], [`PutOptions`]); [`Error`] and [`Result`]; and the
+//!   [`Clock`] that judges expiry ([`SystemClock`], [`ManualClock`] for
+//!   tests).
+//! - [`inspect`]: read-only access to a store file for tools that look
+//!   inside one (the `sfs-dump` package is one): a [`inspect::Source`] to
+//!   read from, the [`inspect::Walker`] over its blocks (the same parser the
+//!   store opens files with), and the header types it hands out.
+//! - [`inspect::report`]: what a file holds in the terms `sfs-dump` shows
+//!   ([`inspect::report::Report`]: block states, summary figures, a map,
+//!   the problems `--check` lists) and the lookup of one key
+//!   ([`inspect::report::find_key`]).
+//!
+//! Nothing else is public. How `sfs-dump` prints all this (text, JSON,
+//! command line) lives in that package. The modules `testing`, `fuzzing`
+//! and `format` exist only with the hidden `testing` feature (fault-injecting
+//! storage, fuzz target bodies, and the byte layout for tests that craft
+//! files); they are not part of the API and may change in any release.
 
 #![warn(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -44,7 +68,11 @@ mod alloc;
 mod clock;
 mod error;
 mod filelock;
+#[cfg(feature = "testing")]
+#[doc(hidden)]
 pub mod format;
+#[cfg(not(feature = "testing"))]
+mod format;
 mod index;
 pub mod inspect;
 mod io;

@@ -4,12 +4,12 @@
 mod common;
 
 use common::{FileBuilder, SALT};
-use sfs::format::{BlockHeaderError, FILE_HEADER_LEN, HeaderError};
 use sfs::inspect::FileSource;
 use sfs::inspect::report::{
     CellState, Findings, HeaderStatus, Problem, ProblemKind, Report, Row, RowKind, ScanOptions,
-    State, find_key, key_preview, key_text,
+    State, find_key,
 };
+use sfs::inspect::{BlockHeaderError, FILE_HEADER_LEN, HeaderError};
 
 const NOW: i64 = 1_000_000;
 
@@ -586,27 +586,6 @@ fn find_key_reports_a_newer_corrupt_copy() {
 }
 
 #[test]
-fn keys_are_text_when_printable_and_hex_otherwise_reversibly() {
-    assert_eq!(key_text(b"user:1"), "user:1");
-    assert_eq!(key_text("clé".as_bytes()), "clé");
-    assert_eq!(key_text(b""), "");
-    assert_eq!(key_text(b"a\nb"), "0x610a62");
-    assert_eq!(key_text(b"\xff"), "0xff");
-    assert_eq!(
-        key_text(b"0xff"),
-        "0x30786666",
-        "text that looks like hex is hex"
-    );
-    assert_eq!(key_preview(b"abcdefghij", 4), "abcd…");
-    assert_eq!(
-        key_preview("ééé".as_bytes(), 3),
-        "é…",
-        "a cut character is dropped"
-    );
-    assert_eq!(key_preview(&[0u8; 10], 4), "0x0000…");
-}
-
-#[test]
 fn findings_keep_a_bounded_list_and_count_the_rest() {
     let mut f = Findings::default();
     let p = |kind, offset| Problem {
@@ -616,9 +595,9 @@ fn findings_keep_a_bounded_list_and_count_the_rest() {
         reason: String::new(),
     };
     for i in 0..Findings::LIMIT as u64 + 5 {
-        f.push(p(ProblemKind::Checksum, i));
+        f.extend([p(ProblemKind::Checksum, i)]);
     }
-    f.push(p(ProblemKind::Superseded, 0));
+    f.extend([p(ProblemKind::Superseded, 0)]);
     assert_eq!(f.problems.len(), Findings::LIMIT);
     assert_eq!(f.problems_total, Findings::LIMIT as u64 + 5);
     assert_eq!((f.notes.len(), f.notes_total), (1, 1));

@@ -50,6 +50,26 @@ pub fn inspect(data: &[u8]) {
             width: 1,
             ..base.clone()
         });
+        // Filtered, limited, and with keys read as typed keys.
+        for (key_format, prefix) in [
+            (crate::KeyFormat::BincodeString, Some(b"a".to_vec())),
+            (crate::KeyFormat::Auto, Some(Vec::new())),
+            (crate::KeyFormat::BincodeU64, Some(b"1".to_vec())),
+            (crate::KeyFormat::Hex, None),
+        ] {
+            reqs.push(Request {
+                entries: true,
+                check: key_format == crate::KeyFormat::Auto,
+                key_format,
+                prefix,
+                states: vec![
+                    sfs::inspect::report::State::Live,
+                    sfs::inspect::report::State::Corrupt,
+                ],
+                limit: Some(3),
+                ..base.clone()
+            });
+        }
         for key in [&b"k"[..], b"", b"a-rather-long-key-number-010"] {
             reqs.push(Request {
                 key: Some(key.to_vec()),

@@ -5,11 +5,12 @@ use std::io::{self, Write};
 
 use serde_json::{Value, json};
 
+use crate::keys::{Decoded, KeyFormat, decode_key, key_text};
 use crate::text::map_columns;
 use crate::{Request, Status, Tracked, walk_rows};
-use sfs::format::FILE_HEADER_LEN;
+use sfs::inspect::FILE_HEADER_LEN;
 use sfs::inspect::Source;
-use sfs::inspect::report::{CellState, Findings, Map, Problem, Report, Row, RowKind, key_text};
+use sfs::inspect::report::{CellState, Findings, Map, Problem, Report, Row, RowKind};
 
 /// Writes one JSON object field by field, so that arrays can stream.
 pub(super) struct JsonObject<'w> {
@@ -120,15 +121,32 @@ pub(super) fn json_report<S: Source>(
             doc.begin_array("entries")?;
         }
         let mut buf = Vec::new();
-        findings = walk_rows(src, req, report, |row| {
+        let listed;
+        (findings, listed) = walk_rows(src, req, report, |row| {
             if req.entries {
-                row_json(row, &mut buf);
+                row_json(row, req.key_format, &mut buf);
                 doc.item(&buf)?;
             }
             Ok(())
         })?;
         if req.entries {
             doc.end_array()?;
+            if req.filtered() {
+                doc.field("entries_listed", &json!(listed.rows))?;
+                doc.field("entries_truncated", &json!(listed.cut))?;
+                doc.field(
+                    "entries_filter",
+                    &json!({
+                        "key_format": req.key_format.as_str(),
+                        "prefix": req.prefix.as_deref().map(|p| match req.key_format {
+                            KeyFormat::Hex => format!("0x{}", crate::keys::hex(p)),
+                            _ => String::from_utf8_lossy(p).into_owned(),
+                        }),
+                        "states": req.states.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
+                        "limit": req.limit,
+                    }),
+                )?;
+            }
         }
     }
     let mut status = Status::Ok;
@@ -166,7 +184,7 @@ fn map_json(map: &Map, width: usize) -> Value {
 
 /// One entry row as a JSON object, written straight into `buf` (a listing
 /// may have millions of rows): fields in a fixed, readable order.
-fn row_json(row: &Row, buf: &mut Vec<u8>) {
+fn row_json(row: &Row, key_format: KeyFormat, buf: &mut Vec<u8>) {
     let h = row.header();
     let kind = match row.kind {
         RowKind::Entry { .. } => "entry",
@@ -186,7 +204,7 @@ fn row_json(row: &Row, buf: &mut Vec<u8>) {
     buf.clear();
     let _ = write!(
         buf,
-        "{{\"offset\":{},\"size\":{},\"state\":\"{}\",\"kind\":\"{kind}\",\"seq\":{},\"key_len\":{},\"meta_len\":{},\"value_len\":{},\"expiry_ms\":{},\"key\":{},\"superseded\":{},\"newest_offset\":{},\"reason\":{}}}",
+        "{{\"offset\":{},\"size\":{},\"state\":\"{}\",\"kind\":\"{kind}\",\"seq\":{},\"key_len\":{},\"meta_len\":{},\"value_len\":{},\"expiry_ms\":{},\"key\":{}{},\"superseded\":{},\"newest_offset\":{},\"reason\":{}}}",
         row.offset,
         row.len,
         row.state.as_str(),
@@ -196,10 +214,35 @@ fn row_json(row: &Row, buf: &mut Vec<u8>) {
         num(h.map(|h| u64::from(h.value_len))),
         num(h.map(|h| h.expiry_ms).filter(|&e| e != 0)),
         text(row.key().map(key_text).as_deref()),
+        decoded_fields(row.key().and_then(|k| decode_key(key_format, k)).as_ref()),
         newest_offset.is_some(),
         num(newest_offset),
         text(row.problems.first().map(|p| p.reason.as_str())),
     );
+}
+
+/// `,"key_format":…,"key_decoded":…` after `key` when the key decodes as a
+/// typed key (a string, or a number); nothing otherwise, so that the rows of
+/// raw keys read as they always did.
+pub(crate) fn decoded_fields(d: Option<&Decoded>) -> String {
+    match d {
+        None => String::new(),
+        Some(d) => {
+            let value = decoded_value(d);
+            format!(
+                ",\"key_format\":\"{}\",\"key_decoded\":{value}",
+                d.format().as_str()
+            )
+        }
+    }
+}
+
+/// A decoded key as a JSON value: a string, or a number.
+pub(crate) fn decoded_value(d: &Decoded) -> Value {
+    match d {
+        Decoded::String(s) => Value::from(s.as_str()),
+        Decoded::U64(n) => Value::from(*n),
+    }
 }
 
 /// One problem or note as a JSON object, fields in a fixed order.

@@ -5,10 +5,11 @@ use std::io::{self, Write};
 use serde_json::json;
 
 use crate::json::JsonObject;
+use crate::keys::{KeyFormat, decode_key, key_text, typed_alternatives};
 use crate::units::{iso8601, relative};
 use crate::{Request, Status, Tracked};
 use sfs::inspect::Source;
-use sfs::inspect::report::{HeaderStatus, KeyLookup, State, key_text};
+use sfs::inspect::report::{HeaderStatus, KeyLookup, State, find_key};
 
 pub(super) fn show_key<S: Source>(
     src: &mut Tracked<'_, S>,
@@ -19,7 +20,22 @@ pub(super) fn show_key<S: Source>(
     err: &mut dyn Write,
 ) -> io::Result<Status> {
     let name = &req.name;
-    let shown = key_text(key);
+    let decoded = decode_key(req.key_format, key);
+    // In messages, a typed key as its type reads; in JSON, `key` is the raw
+    // key as always, the decoded one beside it.
+    let shown = match &decoded {
+        Some(d) => d.shown(usize::MAX),
+        None => key_text(key),
+    };
+    let raw_text = key_text(key);
+    let key_fields = |doc: &mut JsonObject<'_>| -> io::Result<()> {
+        doc.field("key", &json!(raw_text))?;
+        if let Some(d) = &decoded {
+            doc.field("key_format", &json!(d.format().as_str()))?;
+            doc.field("key_decoded", &crate::json::decoded_value(d))?;
+        }
+        Ok(())
+    };
     if let HeaderStatus::Damaged { reason, .. } = &found.header {
         writeln!(
             err,
@@ -48,10 +64,15 @@ pub(super) fn show_key<S: Source>(
             ),
             (None, None) => "no entry has this key".to_string(),
         };
+        let hint = if found.newest.is_none() && found.newer_corrupt.is_none() {
+            typed_hint(src, req, key)?
+        } else {
+            None
+        };
         if req.json {
             let mut doc = JsonObject::begin(out)?;
             doc.field("file", &json!(name))?;
-            doc.field("key", &json!(shown))?;
+            key_fields(&mut doc)?;
             doc.field("found", &json!(false))?;
             doc.field(
                 "state",
@@ -64,17 +85,23 @@ pub(super) fn show_key<S: Source>(
                 ),
             )?;
             doc.field("reason", &json!(why))?;
+            if let Some(hint) = &hint {
+                doc.field("hint", &json!(hint))?;
+            }
             doc.end()?;
         }
         writeln!(err, "sfs-dump: no live key {shown} in {name}: {why}")?;
+        if let Some(hint) = &hint {
+            writeln!(err, "sfs-dump: hint: {hint}")?;
+        }
         return Ok(Status::KeyNotFound);
     };
     let h = &e.header;
     let intact = if req.json {
         let mut doc = JsonObject::begin(out)?;
+        doc.field("file", &json!(name))?;
+        key_fields(&mut doc)?;
         for (field, value) in [
-            ("file", json!(name)),
-            ("key", json!(shown)),
             ("found", json!(true)),
             ("state", json!(e.state.as_str())),
             ("offset", json!(e.offset)),
@@ -125,6 +152,55 @@ pub(super) fn show_key<S: Source>(
         )));
     }
     Ok(Status::Ok)
+}
+
+/// When a key given as text is absent, whether a `TypedStore` key of that
+/// text (a `String`, or a `u64` when it is a number) is in the file, and how
+/// to ask for it. Walks the file once more per form tried.
+fn typed_hint<S: Source>(
+    src: &mut Tracked<'_, S>,
+    req: &Request,
+    key: &[u8],
+) -> io::Result<Option<String>> {
+    if !matches!(req.key_format, KeyFormat::Auto | KeyFormat::Utf8) {
+        return Ok(None);
+    }
+    for (format, raw) in typed_alternatives(key) {
+        let Ok(found) = find_key(&mut *src, &raw, req.now_ms)? else {
+            return Ok(None);
+        };
+        let Some(e) = &found.newest else { continue };
+        let what = match format {
+            KeyFormat::BincodeString => "a String key",
+            _ => "a u64 key",
+        };
+        let given = String::from_utf8_lossy(key);
+        return Ok(Some(format!(
+            "{} has no key {} as raw bytes, but has {what} {} as a TypedStore writes it (bincode-encoded, {} at offset {}); ask for it with: sfs-dump {} --key {} --key-format {}",
+            req.name,
+            key_text(key),
+            decode_key(format, &raw).map_or_else(|| key_text(&raw), |d| d.shown(usize::MAX)),
+            e.state.as_str(),
+            e.offset,
+            shell_word(&req.name),
+            shell_word(&given),
+            format.as_str()
+        )));
+    }
+    Ok(None)
+}
+
+/// `s` as one word for a POSIX shell: as it is when that is safe, else in
+/// single quotes.
+fn shell_word(s: &str) -> String {
+    let safe = !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./:@%+=,".contains(c));
+    if safe {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
 }
 
 /// Checks that pieces of bytes form valid UTF-8 (a character may be split

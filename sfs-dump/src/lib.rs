@@ -32,19 +32,21 @@
 
 use std::io::{self, Write};
 
-use sfs::format::{FILE_HEADER_LEN, FORMAT_VERSION, HeaderError};
 use sfs::inspect::Source;
-use sfs::inspect::report::{Findings, Report, Row, ScanOptions, find_key};
+use sfs::inspect::report::{Findings, Report, Row, ScanOptions, State, find_key};
+use sfs::inspect::{FILE_HEADER_LEN, FORMAT_VERSION, HeaderError};
 
 #[cfg(feature = "testing")]
 #[doc(hidden)]
 pub mod fuzzing;
 mod json;
 mod key;
+mod keys;
 mod progress;
 mod text;
 mod units;
 
+pub use keys::{Decoded, KeyFormat, decode_key, key_preview, key_text, matches_prefix, show_key};
 pub use progress::ProgressBar;
 pub use text::{write_check, write_map, write_summary};
 pub use units::{human, iso8601, relative, size_both, thousands};
@@ -60,8 +62,23 @@ pub struct Request {
     pub map: bool,
     /// Verify every block; list problems.
     pub check: bool,
-    /// Print the value of this key instead (the other views are ignored).
+    /// Print the value of this key instead (the other views are ignored):
+    /// the bytes stored (see [`KeyFormat::encode`]).
     pub key: Option<Vec<u8>>,
+    /// How keys are shown and matched; with `key`, [`KeyFormat::Auto`] also
+    /// hints at a typed key when the raw one is absent.
+    pub key_format: KeyFormat,
+    /// With `entries`: list only blocks whose key starts with this. With
+    /// [`KeyFormat::Utf8`] and [`KeyFormat::Hex`], the raw key does; with
+    /// [`KeyFormat::BincodeString`], the decoded string; with
+    /// [`KeyFormat::BincodeU64`], the number's decimal digits; with
+    /// [`KeyFormat::Auto`], the raw key or the decoded string. Blocks without
+    /// a key (free, damaged) never match.
+    pub prefix: Option<Vec<u8>>,
+    /// With `entries`: list only blocks in these states (empty: every state).
+    pub states: Vec<State>,
+    /// With `entries`: list at most this many blocks (of those that match).
+    pub limit: Option<u64>,
     /// With `key`: print the value as hex.
     pub hex: bool,
     /// One JSON document instead of text.
@@ -75,6 +92,22 @@ pub struct Request {
 }
 
 impl Request {
+    /// Whether the listing is filtered or limited.
+    fn filtered(&self) -> bool {
+        self.prefix.is_some() || !self.states.is_empty() || self.limit.is_some()
+    }
+
+    /// Whether the listing shows `row` (limit aside).
+    fn lists(&self, row: &Row) -> bool {
+        (self.states.is_empty() || self.states.contains(&row.state))
+            && self.prefix.as_deref().is_none_or(|p| {
+                row.key()
+                    .is_some_and(|k| keys::matches_prefix(self.key_format, k, p))
+            })
+    }
+}
+
+impl Request {
     /// The summary of `name`, as text, 80 columns, no colour.
     pub fn new(name: impl Into<String>, now_ms: i64) -> Request {
         Request {
@@ -83,6 +116,10 @@ impl Request {
             map: false,
             check: false,
             key: None,
+            key_format: KeyFormat::Auto,
+            prefix: None,
+            states: Vec::new(),
+            limit: None,
             hex: false,
             json: false,
             now_ms,
@@ -261,25 +298,46 @@ pub fn run<S: Source>(
     Ok(status)
 }
 
+/// What the listing showed, when filtered or limited.
+#[derive(Clone, Copy, Debug, Default)]
+struct Listed {
+    /// Rows handed out.
+    rows: u64,
+    /// Whether more rows matched than `--limit` let through.
+    cut: bool,
+}
+
 /// The second walk, when the listing or the check needs it: hands every row
-/// to `each` and gathers the problems (the header's first).
+/// the listing shows to `each` and gathers the problems (the header's
+/// first). Without the check, it stops once the listing is complete.
 fn walk_rows<S: Source>(
     src: &mut Tracked<'_, S>,
     req: &Request,
     report: &Report,
     mut each: impl FnMut(&Row) -> io::Result<()>,
-) -> io::Result<Findings> {
+) -> io::Result<(Findings, Listed)> {
     let mut findings = Findings::default();
+    let mut listed = Listed::default();
     findings.extend(report.header_problem());
     src.next_pass(if req.check { "checking" } else { "listing" });
     let mut rows = report.rows(&mut *src, req.check);
     while let Some(row) = rows.next_row()? {
-        each(&row)?;
+        if req.entries && !listed.cut && req.lists(&row) {
+            if req.limit.is_some_and(|limit| listed.rows >= limit) {
+                listed.cut = true;
+                if !req.check {
+                    break;
+                }
+            } else {
+                each(&row)?;
+                listed.rows += 1;
+            }
+        }
         findings.extend(row.problems);
     }
     drop(rows);
     src.end_pass();
-    Ok(findings)
+    Ok((findings, listed))
 }
 
 /// The output, remembering whether a write to it failed (to tell a broken

@@ -14,9 +14,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use sfs::inspect::FileSource;
-use sfs_dump::{self as dump, ProgressBar, Request};
+use sfs::inspect::report::State;
+use sfs_dump::{self as dump, KeyFormat, ProgressBar, Request};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -27,6 +28,10 @@ Examples:
   sfs-dump data.sfs --check --json | jq '.problems[] | .offset'
   sfs-dump data.sfs --key user:42         print the value of one key (raw bytes)
   sfs-dump data.sfs --hex-key 00ff --hex  the key given in hex, the value printed in hex
+  sfs-dump data.sfs --key sid-1 --key-format bincode-string
+                                          a key written by TypedStore<String, _>
+  sfs-dump data.sfs --entries --prefix sid- --state live --limit 20
+                                          the first 20 live blocks whose key starts with sid-
   sfs-dump data.sfs --entries --now 1700000000000
                                           expiry judged at a given time (ms since 1970)
 
@@ -63,6 +68,29 @@ struct Args {
     /// Print the value in hex.
     #[arg(long, requires = "lookup")]
     hex: bool,
+    /// How keys are shown, and how --key and --prefix are given: `auto`
+    /// shows keys written by TypedStore (bincode strings and integers)
+    /// decoded and marked, other keys as `utf8` does (text when printable,
+    /// else hex).
+    #[arg(long, value_enum, value_name = "FORMAT", conflicts_with = "hex_key")]
+    key_format: Option<KeyFormatArg>,
+    /// With --entries: only blocks whose key starts with PREFIX (given in
+    /// the --key-format; with `auto`, the raw key or a decoded string key).
+    #[arg(long, value_name = "PREFIX", requires = "entries")]
+    prefix: Option<OsString>,
+    /// With --entries: only blocks in these states (repeat it, or give a
+    /// comma-separated list).
+    #[arg(
+        long,
+        value_enum,
+        value_name = "STATE",
+        value_delimiter = ',',
+        requires = "entries"
+    )]
+    state: Vec<StateArg>,
+    /// With --entries: list at most N blocks (the output says when it cut the list).
+    #[arg(long, value_name = "N", requires = "entries")]
+    limit: Option<u64>,
     /// One JSON document on stdout instead of text (with any of the above).
     #[arg(long)]
     json: bool,
@@ -72,12 +100,59 @@ struct Args {
     now: Option<i64>,
 }
 
+/// `--key-format`.
+#[derive(Clone, Copy, ValueEnum)]
+enum KeyFormatArg {
+    Auto,
+    Utf8,
+    Hex,
+    BincodeString,
+    BincodeU64,
+}
+
+/// `--state`.
+#[derive(Clone, Copy, ValueEnum)]
+enum StateArg {
+    Live,
+    Expired,
+    Free,
+    Corrupt,
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     let name = args.file.display().to_string();
+    let key_format = match args.key_format {
+        None | Some(KeyFormatArg::Auto) => KeyFormat::Auto,
+        Some(KeyFormatArg::Utf8) => KeyFormat::Utf8,
+        Some(KeyFormatArg::Hex) => KeyFormat::Hex,
+        Some(KeyFormatArg::BincodeString) => KeyFormat::BincodeString,
+        Some(KeyFormatArg::BincodeU64) => KeyFormat::BincodeU64,
+    };
+    let states = args
+        .state
+        .iter()
+        .map(|s| match s {
+            StateArg::Live => State::Live,
+            StateArg::Expired => State::Expired,
+            StateArg::Free => State::Free,
+            StateArg::Corrupt => State::Corrupt,
+        })
+        .collect();
+    let prefix = match (&args.prefix, key_format) {
+        (None, _) => None,
+        (Some(p), KeyFormat::Hex) => match dump::KeyFormat::Hex.encode(p.as_bytes()) {
+            Ok(p) => Some(p),
+            Err(e) => return fail(2, &format!("--prefix: {e}")),
+        },
+        (Some(p), _) => Some(p.as_bytes().to_vec()),
+    };
     let key = match (args.key.as_deref(), args.hex_key.as_deref()) {
         (None, None) => None,
-        (Some(k), None) => Some(k.as_bytes().to_vec()),
+        (Some(k), None) => match key_format.encode(k.as_bytes()) {
+            Ok(k) => Some(k),
+            Err(e) => return fail(2, &format!("--key: {e}")),
+        },
         (Some(_), Some(h)) if !h.is_empty() => {
             return fail(2, "give the key once: --key KEY, or --hex-key HEX");
         }
@@ -87,7 +162,7 @@ fn main() -> ExitCode {
                 "--hex-key needs a key: --hex-key HEX, or --key HEX --hex-key",
             );
         }
-        (Some(h), Some(_)) | (None, Some(h)) => match parse_hex(h.as_bytes()) {
+        (Some(h), Some(_)) | (None, Some(h)) => match KeyFormat::Hex.encode(h.as_bytes()) {
             Ok(k) => Some(k),
             Err(e) => return fail(2, &format!("--hex-key: {e}")),
         },
@@ -113,6 +188,10 @@ fn main() -> ExitCode {
         map: args.map,
         check: args.check,
         key,
+        key_format,
+        prefix,
+        states,
+        limit: args.limit,
         hex: args.hex,
         json: args.json,
         width: std::env::var("COLUMNS")
@@ -157,21 +236,6 @@ fn main() -> ExitCode {
         }
         Err(e) => fail(e.exit_code(), &e.to_string()),
     }
-}
-
-fn parse_hex(k: &[u8]) -> Result<Vec<u8>, String> {
-    let k = k.strip_prefix(b"0x").unwrap_or(k);
-    if !k.len().is_multiple_of(2) {
-        return Err("a hex key needs an even number of digits".into());
-    }
-    k.chunks(2)
-        .map(|pair| {
-            std::str::from_utf8(pair)
-                .ok()
-                .and_then(|p| u8::from_str_radix(p, 16).ok())
-                .ok_or_else(|| format!("{:?} is not a hex byte", String::from_utf8_lossy(pair)))
-        })
-        .collect()
 }
 
 /// An output that erases the progress bar before the first byte it writes

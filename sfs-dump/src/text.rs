@@ -3,12 +3,13 @@
 use std::fmt::Write as _;
 use std::io::{self, Write};
 
+use crate::keys::{KeyFormat, show_key};
 use crate::units::{fraction, human, iso8601, percent, plural, relative, size_both, thousands};
-use crate::{Request, Status, Tracked, walk_rows};
-use sfs::format::FILE_HEADER_LEN;
+use crate::{Listed, Request, Status, Tracked, walk_rows};
+use sfs::inspect::FILE_HEADER_LEN;
 use sfs::inspect::Source;
 use sfs::inspect::report::{
-    CellState, Findings, HeaderStatus, Problem, Report, Row, RowKind, Summary, key_preview,
+    CellState, Findings, HeaderStatus, Problem, Report, Row, RowKind, Summary,
 };
 
 /// The most lines a map has.
@@ -37,16 +38,20 @@ pub(super) fn text_report<S: Source>(
     }
     let mut findings = Findings::default();
     if req.entries || req.check {
-        let table = req.entries.then(|| EntryTable::new(report));
+        let table = req.entries.then(|| EntryTable::new(report, req.key_format));
         if let Some(table) = &table {
             gap(out)?;
             table.write_head(out, &req.name, report)?;
         }
-        findings = walk_rows(src, req, report, |row| match &table {
+        let listed;
+        (findings, listed) = walk_rows(src, req, report, |row| match &table {
             Some(table) => table.write_row(out, row, report.now_ms()),
             None => Ok(()),
         })?;
         if let Some(table) = &table {
+            if req.filtered() {
+                write_listed(out, req, listed)?;
+            }
             table.write_foot(out, &report.summary)?;
         }
     }
@@ -128,12 +133,21 @@ pub fn write_summary(out: &mut dyn Write, name: &str, report: &Report) -> io::Re
         "largest free block",
         size_both(s.largest_free_block)
     )?;
-    writeln!(
-        out,
-        "{:<20}{} (share of free space outside the largest free block)",
-        "fragmentation",
-        fraction(s.fragmentation())
-    )?;
+    if negligible_free(s) {
+        writeln!(
+            out,
+            "{:<20}negligible: only {} free, under 5 % of the file",
+            "fragmentation",
+            size_both(s.free_bytes)
+        )?;
+    } else {
+        writeln!(
+            out,
+            "{:<20}{} (share of free space outside the largest free block)",
+            "fragmentation",
+            fraction(s.fragmentation())
+        )?;
+    }
     write_free_notes(out, s)?;
     if let Some(p) = report.header_problem() {
         writeln!(out, "DAMAGE: {}", p.reason)?;
@@ -266,18 +280,76 @@ pub fn write_map(
         thousands(s.corrupt_blocks),
         human(s.corrupt_bytes)
     )?;
-    writeln!(
-        out,
-        "fragmentation {}: the largest free block is {} of {} free",
-        fraction(s.fragmentation()),
-        human(s.largest_free_block),
-        human(s.free_bytes)
-    )?;
+    if negligible_free(s) {
+        writeln!(
+            out,
+            "fragmentation negligible: only {} free, under 5 % of the file",
+            human(s.free_bytes)
+        )?;
+    } else {
+        writeln!(
+            out,
+            "fragmentation {}: the largest free block is {} of {} free",
+            fraction(s.fragmentation()),
+            human(s.largest_free_block),
+            human(s.free_bytes)
+        )?;
+    }
     write_free_notes(out, s)
+}
+
+/// Whether there is free space, but so little (under 5 % of the file) that
+/// how it is split says nothing: a compaction could win back at most that
+/// much. Right after `compact()`, a few holes the compaction left read as
+/// "90 % fragmented" otherwise.
+pub(crate) fn negligible_free(s: &Summary) -> bool {
+    s.free_bytes > 0 && u128::from(s.free_bytes) * 20 < u128::from(s.file_len)
+}
+
+/// Under a filtered or limited listing: how many rows it shows, of what, and
+/// whether `--limit` cut it.
+fn write_listed(out: &mut dyn Write, req: &Request, listed: Listed) -> io::Result<()> {
+    let what = filter_words(req);
+    let rows = format!(
+        "{} block{} listed",
+        thousands(listed.rows),
+        plural(listed.rows)
+    );
+    if listed.cut {
+        writeln!(
+            out,
+            "{rows} ({what}): cut at --limit {}, more blocks match",
+            thousands(req.limit.unwrap_or(0))
+        )
+    } else {
+        writeln!(out, "{rows} ({what}): every block that matches")
+    }
+}
+
+/// The filter of a listing in words: `key prefix "sid-", state live or
+/// expired, --limit 20`.
+fn filter_words(req: &Request) -> String {
+    let mut words = Vec::new();
+    if let Some(p) = &req.prefix {
+        let p = match req.key_format {
+            KeyFormat::Hex => format!("0x{}", crate::keys::hex(p)),
+            _ => format!("{:?}", String::from_utf8_lossy(p)),
+        };
+        words.push(format!("key prefix {p}"));
+    }
+    if !req.states.is_empty() {
+        let states: Vec<&str> = req.states.iter().map(|s| s.as_str()).collect();
+        words.push(format!("state {}", states.join(" or ")));
+    }
+    if let Some(n) = req.limit {
+        words.push(format!("--limit {}", thousands(n)));
+    }
+    words.join(", ")
 }
 
 /// Column widths of the entry listing, fixed from the scan so rows stream.
 struct EntryTable {
+    key_format: KeyFormat,
     offset: usize,
     size: usize,
     seq: usize,
@@ -285,9 +357,10 @@ struct EntryTable {
 }
 
 impl EntryTable {
-    fn new(report: &Report) -> EntryTable {
+    fn new(report: &Report, key_format: KeyFormat) -> EntryTable {
         let s = &report.summary;
         EntryTable {
+            key_format,
             offset: s.file_len.to_string().len().max(6),
             size: size_cell(s.largest_block).chars().count().max(4),
             seq: s.max_seq.to_string().len().max(3),
@@ -331,13 +404,7 @@ impl EntryTable {
             ),
             None => Default::default(),
         };
-        let key = row.key().map(|k| {
-            if k.is_empty() {
-                "\"\" (empty key)".to_string()
-            } else {
-                key_preview(k, KEY_COLUMN)
-            }
-        });
+        let key = row.key().map(|k| show_key(self.key_format, k, KEY_COLUMN));
         let note = match (&row.kind, key) {
             (RowKind::Entry { .. }, Some(k)) => k,
             (
@@ -471,9 +538,16 @@ pub fn write_check(
         n => format!("; {} note{} (not damage)", thousands(n), plural(n)),
     };
     if findings.is_damaged() {
+        let what_next = if report.header.is_valid() {
+            "The store skips damaged blocks at open and serves everything else; a read-write open reclaims their space.".to_string()
+        } else {
+            format!(
+                "The file header is damaged, so the store refuses to open this file (Error::Corrupt) and serves none of it; what the lines above say the store does at open holds only for a file whose header is intact. `sfs-dump {name} --key KEY` still reads the value of any entry that verifies."
+            )
+        };
         writeln!(
             out,
-            "DAMAGE: {} problem{}{notes}; corrupt blocks: {}, {}. The store skips damaged blocks at open and serves everything else; a read-write open reclaims their space.",
+            "DAMAGE: {} problem{}{notes}; corrupt blocks: {}, {}. {what_next}",
             thousands(findings.problems_total),
             plural(findings.problems_total),
             thousands(s.corrupt_blocks),

@@ -35,6 +35,31 @@ pub struct FoundEntry {
 
 /// Finds the newest valid copy of `key` in one walk, keeping nothing else.
 /// `Ok(Err(..))` when `src` is not a store file or of another version.
+/// It reads a file the store would refuse (a damaged file header) with the
+/// salt found in it, and says so in [`KeyLookup::header`].
+///
+/// ```
+/// use sfs::inspect::report::{State, find_key};
+///
+/// let dir = tempfile::tempdir()?;
+/// let path = dir.path().join("k.sfs");
+/// let store = sfs::Store::open(&path)?;
+/// store.put(b"greeting", b"hello")?;
+/// store.close()?;
+///
+/// let bytes = std::fs::read(&path)?;
+/// let found = find_key(&bytes[..], b"greeting", 0)?.expect("a store file");
+/// assert_eq!(found.newest.as_ref().map(|e| e.state), Some(State::Live));
+/// let mut value = Vec::new();
+/// let intact = found.read_value(&bytes[..], |piece| {
+///     value.extend_from_slice(piece);
+///     Ok(())
+/// })?;
+/// assert!(intact);
+/// assert_eq!(value, b"hello");
+/// assert!(find_key(&bytes[..], b"nobody", 0)?.expect("a store file").newest.is_none());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn find_key<S: Source>(
     mut src: S,
     key: &[u8],

@@ -85,8 +85,8 @@ impl Findings {
     /// How many problems, and how many notes, are kept.
     pub const LIMIT: usize = 100_000;
 
-    /// Adds a problem or a note.
-    pub fn push(&mut self, p: Problem) {
+    /// Adds a problem or a note (outside the crate: through [`Extend`]).
+    pub(crate) fn push(&mut self, p: Problem) {
         let (list, total) = if p.kind.is_damage() {
             (&mut self.problems, &mut self.problems_total)
         } else {
@@ -114,24 +114,14 @@ impl Extend<Problem> for Findings {
 
 // ---- reasons, in words ------------------------------------------------------
 
-/// Bytes (a key) as text, reversibly: the UTF-8 string when the bytes are
-/// valid UTF-8 without control characters and do not start with `0x`;
-/// otherwise `0x` followed by lowercase hex.
-///
-/// ```
-/// use sfs::inspect::report::key_text;
-/// assert_eq!(key_text(b"user:42"), "user:42");
-/// assert_eq!(key_text(b"\x00\xff"), "0x00ff");
-/// assert_eq!(key_text(b"0x41"), "0x30783431"); // never ambiguous
-/// ```
-pub fn key_text(bytes: &[u8]) -> String {
-    key_preview(bytes, usize::MAX)
-}
-
-/// Like [`key_text`], shortened to about `max` characters with a trailing `…`.
-/// When more than `max` bytes are given, the key is taken as cut there (an
-/// incomplete character at the cut is dropped, not held against the key).
-pub fn key_preview(bytes: &[u8], max: usize) -> String {
+/// A key in a reason: the UTF-8 string when the bytes are valid UTF-8
+/// without control characters and do not start with `0x`, otherwise `0x`
+/// followed by lowercase hex; shortened to about `max` characters with a
+/// trailing `…`. When more than `max` bytes are given, the key is taken as
+/// cut there (an incomplete character at the cut is dropped, not held
+/// against the key). `sfs-dump` shows keys the same way (its own copy,
+/// with the decoding of typed keys).
+pub(crate) fn key_preview(bytes: &[u8], max: usize) -> String {
     let cut = bytes.len() > max;
     let shown = &bytes[..bytes.len().min(max)];
     let text = match std::str::from_utf8(shown) {
