@@ -195,6 +195,15 @@ impl Options {
     /// Opens (or creates) the store at `path` with these options.
     ///
     /// An empty path is [`Error::InvalidOptions`].
+    ///
+    /// # Hazard: other processes and the memory map
+    /// Values are read through a memory map of the file, and the file lock is
+    /// advisory (`flock`): a process that ignores it and truncates the file
+    /// (or a tool that rewrites it in place) makes the next read of a mapped
+    /// page past the new end a `SIGBUS`, which ends the process; bytes it
+    /// overwrites are caught by the checksums. Let only sfs write the file,
+    /// and copy it only while no store has it open. See the README,
+    /// "Hazards".
     pub fn open(&self, path: impl AsRef<Path>) -> Result<Store> {
         self.validate()?;
         let path = path.as_ref();

@@ -272,6 +272,15 @@ pub(crate) fn random_salt() -> u32 {
 impl Store {
     /// Opens the store at `path` with default [`Options`], creating the file
     /// (and missing parent directories) when it does not exist.
+    ///
+    /// # Hazard: other processes and the memory map
+    /// Values are read through a memory map of the file, and the file lock is
+    /// advisory (`flock`): a process that ignores it and truncates the file
+    /// (or a tool that rewrites it in place) makes the next read of a mapped
+    /// page past the new end a `SIGBUS`, which ends the process; bytes it
+    /// overwrites are caught by the checksums. Let only sfs write the file,
+    /// and copy it only while no store has it open. See the README,
+    /// "Hazards".
     pub fn open(path: impl AsRef<Path>) -> Result<Store> {
         Options::new().open(path)
     }

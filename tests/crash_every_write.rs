@@ -374,15 +374,7 @@ fn check_image(
         opts = opts.max_entries(c);
     }
     // A read-only open writes nothing and decides the same.
-    let ro_mem = Arc::new(MemStorage::with_bytes(bytes.clone()));
-    let ro = opts
-        .clone()
-        .read_only(true)
-        .open_on("crash.sfs", ro_mem.clone() as Arc<dyn Storage>)
-        .map_err(|e| format!("read-only open failed: {e}"))?;
-    let ro_contents = contents(&ro);
-    drop(ro);
-    ensure!(ro_mem.bytes() == bytes, "a read-only open wrote");
+    let ro_contents = common::look_read_only(&opts, &bytes, |ro| Ok(contents(ro)))?;
 
     let mem = Arc::new(MemStorage::with_bytes(bytes));
     let store = opts

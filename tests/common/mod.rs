@@ -199,3 +199,28 @@ pub fn store_bytes(clock: &Arc<ManualClock>, users: u32, big_len: usize) -> Vec<
 /// "Now" for [`real_store_bytes`] files: the clock's start + 2 s, when the
 /// short-lived sessions have expired and the others have not.
 pub const REAL_NOW: i64 = 1_002_000;
+
+// ---- crash images (tests/crash_every_write.rs, tests/interleavings) ---------
+
+/// Opens the file image `bytes` read-only with `opts`, runs `look` on the
+/// store, and checks that the open wrote nothing (a read-only open never
+/// does, whatever it finds).
+pub fn look_read_only<T>(
+    opts: &Options,
+    bytes: &[u8],
+    look: impl FnOnce(&Store) -> Result<T, String>,
+) -> Result<T, String> {
+    use sfs::testing::{MemStorage, Storage};
+    let mem = Arc::new(MemStorage::with_bytes(bytes.to_vec()));
+    let store = opts
+        .clone()
+        .read_only(true)
+        .open_on("crash.sfs", mem.clone() as Arc<dyn Storage>)
+        .map_err(|e| format!("read-only open failed: {e}"))?;
+    let seen = look(&store)?;
+    drop(store);
+    if mem.bytes() != bytes {
+        return Err("a read-only open wrote".into());
+    }
+    Ok(seen)
+}

@@ -17,6 +17,8 @@ use sfs::fuzzing::Model;
 use sfs::testing::{MemStorage, Recording, Storage};
 use sfs::{ManualClock, SyncPolicy};
 
+use crate::common::look_read_only;
+
 use super::{
     Contents, Done, Op, Outcome, START_MS, Setup, model_contents, model_op, serial_orders, show,
     store_contents,
@@ -171,17 +173,7 @@ fn check_image(
 ) -> Result<(), String> {
     let clock = Arc::new(ManualClock::new(now));
     let opts = setup.options(&clock).sync(SyncPolicy::Always);
-    let ro_mem = Arc::new(MemStorage::with_bytes(bytes.clone()));
-    let ro = opts
-        .clone()
-        .read_only(true)
-        .open_on("crash.sfs", ro_mem.clone() as Arc<dyn Storage>)
-        .map_err(|e| format!("read-only open failed: {e}"))?;
-    let ro_contents = store_contents(&ro, keys)?;
-    drop(ro);
-    if ro_mem.bytes() != bytes {
-        return Err("a read-only open wrote".into());
-    }
+    let ro_contents = look_read_only(&opts, &bytes, |ro| store_contents(ro, keys))?;
     let mem = Arc::new(MemStorage::with_bytes(bytes));
     let store = opts
         .open_on("crash.sfs", mem as Arc<dyn Storage>)

@@ -26,6 +26,8 @@
 //! sample of triples, and prints how many schedules it ran. With
 //! `SFS_EXPLORE_DEEP=1` it samples many more triples.
 
+#[path = "../common/mod.rs"]
+mod common;
 mod crash;
 mod sched;
 
