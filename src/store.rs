@@ -2,34 +2,38 @@
 //! locks that make it safe to share between threads.
 //!
 //! This file holds the public `Store`, its state (`Inner`) and opening; the
-//! rest is in submodules of one concern each: `read`, `write` (puts, deletes,
-//! eviction, purge, clear, and the allocation and freeing of blocks),
-//! `durability` (group commit, the background thread), `compact`, `readers`
-//! (reader locks), `values` (the public value types) and `check` (stats and
-//! the invariant check).
+//! rest is in submodules of one concern each: `read`, `write` (puts,
+//! deletes, eviction under the cap, purge, clear), `blocks` (the one owner of
+//! every block outside the index: the free list, old copies held until a
+//! sync, reader pins, compaction's copies in flight), `durability` (group
+//! commit, the background thread), `compact`, `readers` (the reader-lock
+//! table `blocks` uses), `values` (the public value types) and `check`
+//! (stats and the invariant check).
 //!
 //! # Locks, in the order they are taken
 //! 1. `gate` (read by every write, `sync` included; write by `clear`): no
 //!    write is in flight while `clear` resets the file. Never held by readers
 //!    or by user code.
-//! 2. a shard's `map` (read by readers, write by writers of that shard's keys).
-//! 3. that shard's `lru` list.
-//! 4. `readers` (the reader locks on blocks borrowed by [`ValueRef`]s).
-//! 5. `space` (the free list): every free-block header is written under it.
+//! 2. `inserting` (room under the entry cap, and evictions).
+//! 3. a shard's `map` (read by readers, write by writers of that shard's keys).
+//! 4. that shard's `lru` list.
+//! 5. the block owner's reader locks, then its `space`: every free-block
+//!    header is written by `blocks`, most of them under `space`.
 //! 6. `sync_state` (group commit).
 //!
-//! No lock is held across a write of an entry's bytes, and none while user
-//! code runs.
+//! No lock is held across a write of an entry's bytes, except compaction's
+//! copy (under its key's shard read lock, so that a remover of the key finds
+//! the copy listed), and none while user code runs.
 //!
 //! # Why a block is never reused under a reader
 //! A `get` copies the value while holding its shard's read lock; a block is
 //! freed only after its key was removed from (or repointed in) the index under
 //! the write lock, so no `get` can be reading it. A [`ValueRef`] pins its block
-//! in `readers` before the shard lock is released; a pinned block that is
-//! freed stays out of the free list until the last reader drops, so it is
-//! neither handed out nor merged nor cut off the end of the file. The last
-//! reader returns the space while still holding its reader lock, so that
-//! `clear` never finds such a block neither pinned nor returned.
+//! before the shard lock is released; a pinned block that is freed stays out
+//! of the free list until the last reader drops, so it is neither handed out
+//! nor merged nor cut off the end of the file. The last reader returns the
+//! space while still holding its reader lock, so that `clear` never finds
+//! such a block neither pinned nor returned.
 //!
 //! # Why nothing acknowledged is lost
 //! A new copy of a key is written completely before it is published in the
@@ -39,18 +43,24 @@
 //! entry can never be found again by a scan.
 //!
 //! Orderings that keep it so through a crash (`tests/crash_every_write.rs`
-//! tries every one):
-//! - A key leaving the index frees its older copies before its newest one,
-//!   and not at all if that fails; and if an older copy's free header is not
-//!   yet synced, a sync comes first (`Space::unsynced_frees`): were the newest
-//!   copy's free header to survive a crash without the older one's, the older
-//!   value would come back.
-//! - An insert over the entry cap evicts before it writes (and under
+//! tries every one for one operation at a time, `tests/interleavings` for
+//! every interleaving of two):
+//! - A copy that stops being its key's indexed copy is handed to `blocks`
+//!   (held) before the shard lock goes, so a remover of the key always finds
+//!   it; a key leaving the index frees its held copies and compaction's
+//!   copies before its newest one, and not at all if that fails; and under
+//!   `Always`, if an older copy's free header is not yet synced, a sync comes
+//!   first: were the newest copy's free header to survive a power loss
+//!   without the older one's, the older value would come back.
+//! - Under `Always`, a put does not return while a freed copy of its key
+//!   that may outrank it (a renewal's, with a later sequence number) has a
+//!   free header not yet synced.
+//! - An insert over the entry cap makes room before it writes (and under
 //!   `Always` syncs the eviction first): the open evicts by write order, not
 //!   by use, so it must never find one entry too many.
-//! - A free header that cannot be written leaves its block waiting in
-//!   `pending`, still valid, never in the free list; a split writes both
-//!   halves' headers, so no header on disk ever claims more than its block.
+//! - A free header that cannot be written leaves its block held, still
+//!   valid, never in the free list; a split writes both halves' headers, so
+//!   no header on disk ever claims more than its block.
 
 use std::hash::BuildHasher;
 use std::path::{Path, PathBuf};
@@ -61,7 +71,6 @@ use std::time::{Duration, SystemTime};
 
 use parking_lot::{Condvar, Mutex, RwLock};
 
-use crate::alloc::FreeList;
 use crate::clock::{Clock, millis_to_system_time, system_time_to_millis};
 use crate::error::{Error, Result};
 use crate::filelock::FileLock;
@@ -76,6 +85,7 @@ use crate::io::{FileStorage, Storage};
 use crate::options::{AutoCompact, Options, SyncPolicy};
 use crate::recovery::{StorageSource, recover};
 
+mod blocks;
 mod check;
 mod compact;
 mod durability;
@@ -84,9 +94,9 @@ mod readers;
 mod values;
 mod write;
 
+use blocks::{BlockIo, Blocks};
 pub(crate) use compact::BATCH_ENTRIES;
 pub use compact::CompactStats;
-use readers::ReaderLocks;
 pub use values::{Entry, Iter, PutOptions, Stats, ValueRef};
 use values::{Expiry, ValueBytes};
 
@@ -125,54 +135,6 @@ struct ShardCell {
     index: usize,
 }
 
-/// Free space and space waiting to become free.
-struct Space {
-    free: FreeList,
-    /// Old copies of overwritten keys, freed once a sync covers the new copy
-    /// (or at once when the key leaves the index). Blocks whose free header
-    /// could not be written (an I/O error) wait here too, with generation 0:
-    /// still valid on disk, they are retried after every sync and freed
-    /// before their key's newest copy.
-    pending: Vec<Superseded>,
-    pending_bytes: u64,
-    /// (key hash, write generation) of old copies freed once their new copy
-    /// was synced (at once under `SyncPolicy::Always`, after a sync
-    /// otherwise), until a sync covers their free header. Such a key's newest
-    /// copy is not freed before that sync, or a power loss could keep the
-    /// newest copy's free header and not the old copy's, and the old value
-    /// would come back.
-    unsynced_frees: Vec<(u64, u64)>,
-    /// Compaction's copies written and not yet published (or given back).
-    /// A writer that removes a key frees its copies here first.
-    moves: Vec<InFlightMove>,
-}
-
-/// A copy of an entry that compaction wrote into a lower free block and has
-/// not yet published: valid on disk, with the entry's sequence number.
-struct InFlightMove {
-    key: Vec<u8>,
-    key_hash: u64,
-    /// The block copied from: pinned until the move is finished, so that no
-    /// other move in flight has the same (old, new) pair.
-    old_offset: u64,
-    new_offset: u64,
-    new_len: u64,
-}
-
-/// The old copy of an overwritten key, kept valid on disk until the new copy
-/// is durable so that a power loss cannot lose both.
-struct Superseded {
-    /// Write generation of the new copy: a sync covering it frees this one.
-    generation: u64,
-    offset: u64,
-    len: u64,
-    key_hash: u64,
-    /// A thread is writing its free header (`free_retired`) and will then
-    /// take it out and return its space. It stays listed until then, so that
-    /// a writer removing its key finds it, and waits.
-    freeing: bool,
-}
-
 #[derive(Default)]
 struct SyncState {
     /// Every write with a generation up to this one is durable.
@@ -200,7 +162,6 @@ pub(crate) struct Inner {
     salt: u32,
     read_only: bool,
     policy: SyncPolicy,
-    frag: f64,
     max_entries: Option<usize>,
     verify: bool,
     clock: Arc<dyn Clock>,
@@ -217,12 +178,9 @@ pub(crate) struct Inner {
     live_bytes: AtomicU64,
     next_seq: AtomicU64,
     next_stamp: AtomicU64,
-    space: Mutex<Space>,
-    /// Signalled when a retired copy's free header is written (or failed):
-    /// see `free_retired`.
-    freed: Condvar,
+    /// The free list, held blocks, reader pins and compaction's moves.
+    blocks: Blocks,
     gate: RwLock<()>,
-    readers: ReaderLocks,
     /// Generation counter of writes to the storage.
     writes: AtomicU64,
     sync_state: Mutex<SyncState>,
@@ -243,17 +201,6 @@ pub(crate) struct Inner {
     background: Mutex<BackgroundErrors>,
     /// Set by `Store::shutdown`: writes are refused.
     closed: std::sync::atomic::AtomicBool,
-}
-
-/// Free space kept at the end of a growing file, so that appends do not
-/// extend it one entry at a time: none below 1 MiB, then 1/16 of the file up
-/// to 8 MiB.
-fn growth_reserve(file_end: u64) -> u64 {
-    if file_end < (1 << 20) {
-        0
-    } else {
-        crate::format::align_up((file_end / 16).min(8 << 20))
-    }
 }
 
 pub(crate) fn random_salt() -> u32 {
@@ -684,7 +631,45 @@ fn unfinished_file(storage: &dyn Storage) -> bool {
     storage.read_at(0, &mut b).is_ok() && crate::format::is_unfinished_file(&b)
 }
 
+/// The store file as the block owner sees it (see [`BlockIo`]): free headers
+/// under the file's salt, each change counted as a write generation.
+struct FileIo<'a>(&'a Inner);
+
+impl BlockIo for FileIo<'_> {
+    fn write_free_header(&self, offset: u64, len: u64, before_sync: bool) -> std::io::Result<()> {
+        let header = BlockHeader::free(len).encode(self.0.salt);
+        if before_sync {
+            self.0.storage.write_at_before_sync(offset, &[&header])?;
+        } else {
+            self.0.storage.write_at(offset, &[&header])?;
+        }
+        self.0.note_write();
+        Ok(())
+    }
+
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        self.0.storage.set_len(len)?;
+        self.0.note_write();
+        Ok(())
+    }
+
+    fn read_key(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        self.0
+            .storage
+            .read_at(offset + crate::format::BLOCK_HEADER_LEN, buf)
+    }
+
+    fn generation(&self) -> u64 {
+        self.0.writes.load(Ordering::Acquire)
+    }
+}
+
 impl Inner {
+    /// The file, for the block owner.
+    fn bio(&self) -> FileIo<'_> {
+        FileIo(self)
+    }
+
     fn open(path: &Path, storage: Arc<dyn Storage>, opts: &Options) -> Result<Inner> {
         let now = opts.clock.now_millis();
         let hasher = KeyHasher::default();
@@ -768,7 +753,6 @@ impl Inner {
             salt: header.salt,
             read_only: opts.read_only,
             policy: opts.sync,
-            frag: opts.fragmentation_factor,
             max_entries: opts.max_entries,
             verify: opts.verify_checksums,
             clock: Arc::clone(&opts.clock),
@@ -779,16 +763,12 @@ impl Inner {
             live_bytes: AtomicU64::new(rec.live_bytes),
             next_seq: AtomicU64::new(rec.next_seq),
             next_stamp: AtomicU64::new(rec.next_stamp),
-            space: Mutex::new(Space {
-                free: rec.free,
-                pending: Vec::new(),
-                pending_bytes: 0,
-                unsynced_frees: Vec::new(),
-                moves: Vec::new(),
-            }),
-            freed: Condvar::new(),
+            blocks: Blocks::new(
+                rec.free,
+                opts.fragmentation_factor,
+                crate::index::MAX_FILE_LEN,
+            ),
             gate: RwLock::new(()),
-            readers: ReaderLocks::new(),
             writes: AtomicU64::new(0),
             sync_state: Mutex::new(SyncState::default()),
             sync_done: Condvar::new(),
@@ -906,6 +886,7 @@ mod tests {
 
     #[test]
     fn growth_reserve_is_zero_for_small_files_and_bounded() {
+        use blocks::growth_reserve;
         assert_eq!(growth_reserve(1000), 0);
         assert_eq!(growth_reserve(16 << 20), 1 << 20);
         assert_eq!(growth_reserve(1 << 40), 8 << 20);

@@ -20,21 +20,23 @@ impl Inner {
             })
             .sum();
         // Reader locks before the free list, as the lock order says.
-        let reader_locked_blocks = self.readers.count();
+        let reader_locked_blocks = self.blocks.pinned_freed();
         let (background_errors, last_background_error) = {
             let b = self.background.lock();
             (b.errors, b.last.clone())
         };
-        let sp = self.space.lock();
+        let (free_blocks, free_bytes, largest_free_block, held) = self
+            .blocks
+            .with_free(|f, held| (f.free_blocks(), f.free_bytes(), f.largest(), held));
         Stats {
             entries: self.entries.load(Ordering::Relaxed),
             file_len: self.storage.len(),
             live_bytes: self.live_bytes.load(Ordering::Relaxed),
-            free_blocks: sp.free.free_blocks(),
-            free_bytes: sp.free.free_bytes(),
-            largest_free_block: sp.free.largest(),
-            pending_free_bytes: sp.pending_bytes,
-            compactable_bytes: sp.free.free_bytes() + sp.pending_bytes,
+            free_blocks,
+            free_bytes,
+            largest_free_block,
+            pending_free_bytes: held,
+            compactable_bytes: free_bytes + held,
             reader_locked_blocks,
             corrupt_blocks: self.corrupt_blocks,
             corrupt_bytes: self.corrupt_bytes,
@@ -52,8 +54,7 @@ impl Inner {
         use std::collections::HashMap;
         let _gate = self.gate.write();
         let shards: Vec<_> = self.shards.iter().map(|c| c.map.read()).collect();
-        let readers = self.readers.lock_all();
-        let sp = self.space.lock();
+        let (readers, sp) = self.blocks.lock_for_check();
         let len = self.storage.len();
         if sp.free.end() != len {
             return Err(format!(
@@ -66,7 +67,7 @@ impl Inner {
             .read_at(0, &mut bytes)
             .map_err(|e| e.to_string())?;
         // Blocks that are neither live nor in the free list, by offset.
-        let mut held: HashMap<u64, u64> = sp.pending.iter().map(|p| (p.offset, p.len)).collect();
+        let mut held: HashMap<u64, u64> = sp.held().collect();
         for r in &readers {
             held.extend(r.iter().filter_map(|(&o, p)| p.freed.map(|l| (o, l))));
         }

@@ -16,7 +16,8 @@
 use std::hash::BuildHasher;
 use std::sync::atomic::Ordering;
 
-use super::{InFlightMove, Inner, is_expired};
+use super::blocks::Moving;
+use super::{Inner, is_expired};
 use crate::error::{Error, Result};
 use crate::format::{BlockHeader, Kind, entry_block_len};
 
@@ -100,7 +101,7 @@ impl Inner {
                 let Some((offset, shard, id)) = next.next() else {
                     break;
                 };
-                if !self.space.lock().free.any_below(offset) {
+                if !self.blocks.any_free_below(offset) {
                     // No free space before this block, nor before any other left.
                     next = Vec::new().into_iter().peekable();
                     break;
@@ -171,16 +172,12 @@ impl Inner {
             usize::from(h.meta_len),
             h.value_len as usize,
         );
-        let target = {
-            let mut sp = self.space.lock();
-            let Some(a) = sp.free.allocate_below(need, offset, self.frag) else {
-                return Ok(None);
-            };
-            if let Err(e) = self.write_split_headers(&a, true) {
-                sp.free.free(a.offset, a.len, u64::MAX);
-                return Err(Error::io(&self.path, "writing a free block header", e));
-            }
-            a
+        let target = self
+            .blocks
+            .allocate_below(need, offset, &self.bio())
+            .map_err(|(action, e)| Error::io(&self.path, action, e))?;
+        let Some((target_offset, target_len)) = target else {
+            return Ok(None);
         };
         let written = (|| {
             let mut payload = vec![0u8; h.payload_len() as usize];
@@ -188,28 +185,28 @@ impl Inner {
                 .read_at(offset + h.key_offset(), &mut payload)?;
             let header = BlockHeader {
                 kind: Kind::Entry,
-                block_len: target.len,
+                block_len: target_len,
                 ..h
             };
             // With pwrite where there is a map: the batch's sync then has no
             // mapped page to write-protect (see `write_at_before_sync`).
             self.storage
-                .write_at_before_sync(target.offset, &[&header.encode(self.salt), &payload])
+                .write_at_before_sync(target_offset, &[&header.encode(self.salt), &payload])
         })();
         if let Err(e) = written {
-            self.release(target.offset, target.len, key_hash);
+            self.release(target_offset, target_len, key_hash);
             return Err(Error::io(&self.path, "moving an entry", e));
         }
         self.note_write();
         // Pinned so that the old block is neither reused nor cut off while
         // the copy waits to be published.
-        self.readers.pin(offset);
-        self.space.lock().moves.push(InFlightMove {
+        self.blocks.pin(offset);
+        self.blocks.register_move(Moving {
             key,
             key_hash,
             old_offset: offset,
-            new_offset: target.offset,
-            new_len: target.len,
+            new_offset: target_offset,
+            new_len: target_len,
         });
         drop(map);
         Ok(Some(Move {
@@ -217,27 +214,18 @@ impl Inner {
             id,
             old_offset: offset,
             old_len: h.block_len,
-            new_offset: target.offset,
-            new_len: target.len,
+            new_offset: target_offset,
+            new_len: target_len,
             seq: h.seq,
             expiry,
             key_hash,
         }))
     }
 
-    /// Takes a copy out of `Space::moves`; false when a writer that removed
-    /// its key has already freed it. (The copy's block alone does not name
-    /// the move: once freed, another move may have been given it.)
+    /// Takes the move out of the block owner's list; false when a writer
+    /// that removed its key has already freed the copy.
     fn take_move(&self, m: &Move) -> bool {
-        let mut sp = self.space.lock();
-        let same = |x: &InFlightMove| x.new_offset == m.new_offset && x.old_offset == m.old_offset;
-        match sp.moves.iter().position(same) {
-            Some(i) => {
-                sp.moves.swap_remove(i);
-                true
-            }
-            None => false,
-        }
+        self.blocks.take_move(m.old_offset, m.new_offset)
     }
 
     /// Publishes a durable copy if the entry is unchanged, then frees the
@@ -279,7 +267,7 @@ impl Inner {
         } else {
             m.new_offset
         };
-        self.free_retired(lost, true);
+        self.blocks.free_held(lost, true, &self.bio());
         moved
     }
 
@@ -299,21 +287,13 @@ impl Inner {
 
     /// Drops a reader lock; frees the block if it was freed while held.
     pub(super) fn unpin(&self, offset: u64) {
-        self.readers
-            .unpin(offset, |len| self.return_unpinned_space(offset, len));
+        self.blocks.unpin(offset, &self.bio());
     }
 
     /// Cuts off all free space at the end of the file (the growth reserve too).
     fn trim_tail(&self) -> Result<()> {
-        let mut sp = self.space.lock();
-        let end = sp.free.end();
-        if let Some(t) = sp.free.trim_tail() {
-            if let Err(e) = self.storage.set_len(t) {
-                sp.free.undo_truncate(t, end - t);
-                return Err(Error::io(&self.path, "truncating the file", e));
-            }
-            self.note_write();
-        }
-        Ok(())
+        self.blocks
+            .trim_tail(&self.bio())
+            .map_err(|e| Error::io(&self.path, "truncating the file", e))
     }
 }

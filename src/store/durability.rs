@@ -62,27 +62,8 @@ impl Inner {
         }
         let synced = st.synced;
         drop(st);
-        self.release_pending(synced);
+        self.blocks.after_sync(synced, &self.bio());
         Ok(())
-    }
-
-    /// Frees the old copies that a sync up to `synced` made safe to reuse
-    /// (each one stays listed until its free header is written: see
-    /// `free_retired`). Those whose header cannot be written wait again,
-    /// still valid, and are freed first when their key goes.
-    pub(super) fn release_pending(&self, synced: u64) {
-        let ready: Vec<u64> = {
-            let mut sp = self.space.lock();
-            sp.unsynced_frees.retain(|f| f.1 > synced);
-            sp.pending
-                .iter()
-                .filter(|p| p.generation <= synced && !p.freeing)
-                .map(|p| p.offset)
-                .collect()
-        };
-        for offset in ready {
-            self.free_retired(offset, false);
-        }
     }
 
     /// `Store::sync`: everything written so far durable, after reporting a
@@ -196,10 +177,9 @@ impl Inner {
 
     /// Whether free space passes both auto-compaction thresholds.
     pub(super) fn wants_compaction(&self, a: &AutoCompact) -> bool {
-        let (free, end) = {
-            let sp = self.space.lock();
-            (sp.free.free_bytes() + sp.pending_bytes, sp.free.end())
-        };
+        let (free, end) = self
+            .blocks
+            .with_free(|f, held| (f.free_bytes() + held, f.end()));
         free >= a.min_free_bytes && free as f64 >= a.min_free_ratio * end as f64
     }
 }

@@ -107,7 +107,7 @@ impl Inner {
         let bytes = match unsafe { self.storage.view(start, len) } {
             Some(payload) => {
                 self.check_entry(offset, &h, key, payload)?;
-                self.readers.pin(offset);
+                self.blocks.pin(offset);
                 ValueBytes::Mapped(&payload[vstart..], offset)
             }
             None => {

@@ -167,10 +167,7 @@ impl std::fmt::Debug for ValueRef<'_> {
 impl Drop for ValueRef<'_> {
     fn drop(&mut self) {
         if let ValueBytes::Mapped(_, offset) = self.bytes {
-            let inner = self.inner;
-            inner
-                .readers
-                .unpin(offset, |len| inner.return_unpinned_space(offset, len));
+            self.inner.blocks.unpin(offset, &self.inner.bio());
         }
     }
 }

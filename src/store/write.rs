@@ -5,8 +5,8 @@
 use std::hash::BuildHasher;
 use std::sync::atomic::Ordering;
 
+use super::blocks::AllocError;
 use super::*;
-use crate::alloc::Allocation;
 
 /// What [`Inner::publish`] did with a written block.
 pub(super) enum Published {
@@ -161,6 +161,16 @@ impl Inner {
             }
             generation = self.note_write();
         }
+        if self.policy == SyncPolicy::Always
+            && let Some(g) = self.unsettled(self.hasher.hash_one(key))
+        {
+            // A copy of this key was freed (by a remover running beside this
+            // put) with a write not yet synced; that copy may carry a later
+            // sequence number than this put's (a renewal of a held entry):
+            // until its free header is durable, a power loss could bring it
+            // back over this acknowledged put.
+            self.sync_to(g)?;
+        }
         self.maybe_sync_for_space()?;
         Ok(())
     }
@@ -203,7 +213,7 @@ impl Inner {
             return Ok(false);
         }
         let h = self.header_at(offset)?;
-        if !self.readers.is_pinned(offset) {
+        if !self.blocks.is_pinned(offset) {
             // In place: one atomic word; readers are kept out by the shard lock.
             let word = expiry_word(expiry_ms, self.salt, h.seq);
             self.storage
@@ -332,65 +342,13 @@ impl Inner {
         }
     }
 
-    /// Files a copy that has just stopped being its key's indexed copy, still
-    /// valid on disk, with the old copies. Called before the shard lock that
-    /// unindexed it is released: a writer that removes the key next finds it
-    /// there and frees it first (`release_superseded_copies`), so that a
-    /// crash cannot bring it back.
+    /// Hands a copy that has just stopped being its key's indexed copy,
+    /// still valid on disk, to the block owner (see `Blocks::retire`).
+    /// Called before the shard lock that unindexed it is released: a writer
+    /// that removes the key next finds it and frees it first, so that a crash
+    /// cannot bring it back.
     pub(super) fn retire(&self, offset: u64, len: u64, key_hash: u64, generation: u64) {
-        let mut sp = self.space.lock();
-        sp.pending.push(Superseded {
-            generation,
-            offset,
-            len,
-            key_hash,
-            freeing: false,
-        });
-        sp.pending_bytes += len;
-    }
-
-    /// Frees a retired copy: writes its free header while it is still listed
-    /// (marked `freeing`, so that nobody else frees it, and a writer that
-    /// removes its key waits for it), then takes it out and returns its
-    /// space. False when it is gone (freed by a writer that removed its key,
-    /// by a sync, or by `clear`) or being freed by another thread, or when
-    /// its header cannot be written: it then waits, still valid, to be
-    /// retried after the next sync.
-    pub(super) fn free_retired(&self, offset: u64, before_sync: bool) -> bool {
-        let (len, key_hash) = {
-            let mut sp = self.space.lock();
-            let Some(p) = sp
-                .pending
-                .iter_mut()
-                .find(|p| p.offset == offset && !p.freeing)
-            else {
-                return false;
-            };
-            p.freeing = true;
-            (p.len, p.key_hash)
-        };
-        let written = self.mark_free_with(offset, len, before_sync).is_ok();
-        {
-            let mut sp = self.space.lock();
-            let Some(i) = sp.pending.iter().position(|p| p.offset == offset) else {
-                return false;
-            };
-            self.freed.notify_all();
-            if !written {
-                let p = &mut sp.pending[i];
-                p.freeing = false;
-                p.generation = 0;
-                return false;
-            }
-            let p = sp.pending.swap_remove(i);
-            sp.pending_bytes -= p.len;
-            let generation = self.writes.load(Ordering::Acquire);
-            sp.unsynced_frees.push((key_hash, generation));
-        }
-        if !self.readers.defer_if_pinned(offset, len) {
-            self.return_unpinned_with(offset, len, before_sync);
-        }
-        true
+        self.blocks.retire(offset, len, key_hash, generation);
     }
 
     /// After [`retire`](Self::retire), with no lock held: under
@@ -398,16 +356,13 @@ impl Inner {
     /// now; otherwise it waits for the next sync.
     pub(super) fn supersede(&self, offset: u64) {
         if self.policy == SyncPolicy::Always {
-            self.free_retired(offset, false);
+            self.blocks.free_held(offset, false, &self.bio());
         }
     }
 
     /// Syncs on its own when old copies waiting for a sync hold too much space.
     pub(super) fn maybe_sync_for_space(&self) -> Result<()> {
-        let (pending, end) = {
-            let sp = self.space.lock();
-            (sp.pending_bytes, sp.free.end())
-        };
+        let (pending, end) = self.blocks.held_and_end();
         if pending > (1 << 20).max(end / 8) {
             self.sync_to(self.writes.load(Ordering::Acquire))?;
         }
@@ -417,179 +372,34 @@ impl Inner {
     /// Takes a block of at least `need` bytes from the free list, growing the
     /// file when nothing fits.
     pub(super) fn allocate(&self, need: u64) -> Result<(u64, u64)> {
-        let mut sp = self.space.lock();
-        let old_end = sp.free.end();
-        let reserve = growth_reserve(old_end);
-        let mut a = sp.free.allocate(need, self.frag, reserve);
-        if let Some(new_end) = a.grow_to {
-            if new_end > crate::index::MAX_FILE_LEN {
-                sp.free.undo_growth(&a, old_end);
-                return Err(Error::TooLarge {
+        self.blocks
+            .allocate(need, &self.bio())
+            .map_err(|e| match e {
+                AllocError::TooLarge(new_end) => Error::TooLarge {
                     path: self.path.clone(),
                     what: "file",
                     len: new_end as usize,
                     max: crate::index::MAX_FILE_LEN as usize,
-                });
-            }
-            let mut grown = self.storage.set_len(new_end);
-            if grown.is_err() && reserve > 0 {
-                // The disk may have room for the entry without the reserve.
-                sp.free.undo_growth(&a, old_end);
-                a = sp.free.allocate(need, self.frag, 0);
-                grown = self.storage.set_len(a.grow_to.unwrap_or(old_end));
-            }
-            if let Err(e) = grown {
-                sp.free.undo_growth(&a, old_end);
-                return Err(Error::io(&self.path, "extending the file", e));
-            }
-            self.note_write();
-        }
-        if let Err(e) = self.write_split_headers(&a, false) {
-            if a.grow_to.is_some() {
-                sp.free.undo_growth(&a, old_end);
-                if self.storage.set_len(old_end).is_ok() {
-                    self.note_write();
-                }
-            } else {
-                sp.free.free(a.offset, a.len, u64::MAX);
-            }
-            return Err(Error::io(&self.path, "writing a free block header", e));
-        }
-        Ok((a.offset, a.len))
+                },
+                AllocError::Io(action, e) => Error::io(&self.path, action, e),
+            })
     }
 
-    /// Writes the headers a split block needs, with the free list's lock
-    /// held, before anyone can allocate the remainder. On failure the caller
-    /// gives the block back: on disk it is still free, as its header says.
-    ///
-    /// The remainder gets its free header: free space without one would make
-    /// memory and file disagree (whatever stale bytes lie there would be read
-    /// as the block's header). Space that is still all zeros reads as free
-    /// without a header, and needs none.
-    ///
-    /// The block handed out gets a free header with its true length: its old
-    /// header still gives the length of the whole free block, the remainder
-    /// included, until the caller's entry is written over it. Were a crash
-    /// (or a failed write) to come first, once the remainder holds entries,
-    /// the next open would skip them as free space. (A block carved from
-    /// all-zero space has no header to go stale.)
-    pub(super) fn write_split_headers(
-        &self,
-        a: &Allocation,
-        before_sync: bool,
-    ) -> std::io::Result<()> {
-        let Some((o, l)) = a.remainder else {
-            return Ok(());
-        };
-        let mut headers = Vec::with_capacity(2);
-        if !a.remainder_zeroed {
-            headers.push((o, l));
-        }
-        if a.grow_to.is_none() && !a.block_zeroed {
-            headers.push((a.offset, a.len));
-        }
-        for (offset, len) in headers {
-            self.mark_free_with(offset, len, before_sync)?;
-        }
-        Ok(())
-    }
-
-    /// Frees a block nobody indexes any more (an old copy of the key with
-    /// this hash, or a copy never published): overwrites its header, then
-    /// returns its space. If the header cannot be written the block may still
-    /// hold a valid copy, so it waits with the old copies (see `Space`).
-    /// Returns whether the free header was written.
+    /// Frees a block nobody indexes (see `Blocks::release`). Returns whether
+    /// its free header was written.
     pub(super) fn release(&self, offset: u64, len: u64, key_hash: u64) -> bool {
-        self.release_with(offset, len, key_hash, false)
+        self.blocks
+            .release(offset, len, key_hash, false, &self.bio())
     }
 
-    /// [`release`](Self::release); with `before_sync`, the free header is
-    /// written with [`Storage::write_at_before_sync`](crate::io::Storage::write_at_before_sync).
-    pub(super) fn release_with(
-        &self,
-        offset: u64,
-        len: u64,
-        key_hash: u64,
-        before_sync: bool,
-    ) -> bool {
-        if self.mark_free_with(offset, len, before_sync).is_ok() {
-            if !self.readers.defer_if_pinned(offset, len) {
-                self.return_unpinned_with(offset, len, before_sync);
-            }
-            true
-        } else {
-            let mut sp = self.space.lock();
-            sp.pending.push(Superseded {
-                generation: 0,
-                offset,
-                len,
-                key_hash,
-                freeing: false,
-            });
-            sp.pending_bytes += len;
-            false
-        }
-    }
-
+    /// Writes a free header over the block at `offset`.
     pub(super) fn mark_free(&self, offset: u64, len: u64) -> std::io::Result<()> {
-        self.mark_free_with(offset, len, false)
+        self.bio().write_free_header(offset, len, false)
     }
 
-    fn mark_free_with(&self, offset: u64, len: u64, before_sync: bool) -> std::io::Result<()> {
-        let header = BlockHeader::free(len).encode(self.salt);
-        if before_sync {
-            self.storage.write_at_before_sync(offset, &[&header])?;
-        } else {
-            self.storage.write_at(offset, &[&header])?;
-        }
-        self.note_write();
-        Ok(())
-    }
-
-    /// Puts a block (whose header already says free) back in the free list,
-    /// unless a reader holds it; merges; cuts the end of the file.
+    /// Returns a block whose header says free (see `Blocks::return_space`).
     pub(super) fn return_space(&self, offset: u64, len: u64) {
-        if !self.readers.defer_if_pinned(offset, len) {
-            self.return_unpinned_space(offset, len);
-        }
-    }
-
-    /// `return_space` for a block known not to be pinned.
-    pub(super) fn return_unpinned_space(&self, offset: u64, len: u64) {
-        self.return_unpinned_with(offset, len, false);
-    }
-
-    /// [`return_unpinned_space`](Self::return_unpinned_space); with
-    /// `before_sync`, a merged free header is written as in
-    /// [`release_with`](Self::release_with).
-    fn return_unpinned_with(&self, offset: u64, len: u64, before_sync: bool) {
-        let mut sp = self.space.lock();
-        let end = sp.free.end();
-        let f = sp.free.free(offset, len, 2 * growth_reserve(end));
-        if let Some(t) = f.truncate_to {
-            if self.storage.set_len(t).is_ok() {
-                self.note_write();
-                return;
-            }
-            sp.free.undo_truncate(f.offset, f.len);
-        }
-        if (f.offset, f.len) != (offset, len)
-            && self.mark_free_with(f.offset, f.len, before_sync).is_err()
-        {
-            // The merged header did not make it: on disk the neighbours are
-            // still free blocks of their own. Memory says the same: they stay
-            // free as they were, and this block, free on disk, waits with the
-            // old copies to be merged again after the next sync.
-            sp.free.withdraw(offset, len);
-            sp.pending.push(Superseded {
-                generation: 0,
-                offset,
-                len,
-                key_hash: 0,
-                freeing: false,
-            });
-            sp.pending_bytes += len;
-        }
+        self.blocks.return_space(offset, len, false, &self.bio());
     }
 
     pub(super) fn delete(&self, key: &[u8]) -> Result<bool> {
@@ -623,12 +433,7 @@ impl Inner {
     /// The write generation a sync must reach before the newest copy of the
     /// key with this hash may be freed (see `Space::unsynced_frees`).
     pub(super) fn unsettled(&self, hash: u64) -> Option<u64> {
-        let sp = self.space.lock();
-        sp.unsynced_frees
-            .iter()
-            .filter(|f| f.0 == hash)
-            .map(|f| f.1)
-            .max()
+        self.blocks.unsettled(hash)
     }
 
     /// Syncs, if needed, so that the newest copy of the key with this hash
@@ -660,6 +465,10 @@ impl Inner {
             Ok(h) => {
                 self.mark_free(offset, h.block_len)
                     .map_err(self.io("freeing an entry"))?;
+                if self.policy == SyncPolicy::Always {
+                    self.blocks
+                        .freed_unsynced(hash, self.writes.load(Ordering::Acquire));
+                }
                 Some(h.block_len)
             }
             Err(_) => None,
@@ -690,103 +499,16 @@ impl Inner {
     /// newest copy's free header to survive a power loss without theirs, an
     /// older value would come back.
     pub(super) fn release_superseded_copies(&self, hash: u64, key: &[u8]) -> Result<()> {
-        let moved = self.release_moving_copies(hash, key)?;
-        let freed = self.release_pending_copies(hash, key)?;
+        let freed = self
+            .blocks
+            .release_copies_of(hash, key, &self.bio())
+            .map_err(|(action, e)| Error::io(&self.path, action, e))?;
         // (Under `Always`, which promises that a returned delete survives a
         // power loss; `Never` promises only what a `sync()` covered.)
-        if self.policy == SyncPolicy::Always && (moved || freed || self.unsettled(hash).is_some()) {
+        if self.policy == SyncPolicy::Always && (freed || self.unsettled(hash).is_some()) {
             self.sync_to(self.writes.load(Ordering::Acquire))?;
         }
         Ok(())
-    }
-
-    /// The old copies of `key` among `Space::pending`, freed; returns whether
-    /// there were any.
-    fn release_pending_copies(&self, hash: u64, key: &[u8]) -> Result<bool> {
-        let mine: Vec<Superseded> = {
-            let mut sp = self.space.lock();
-            // A copy of the key being freed by another thread: its header
-            // must be on disk before the key's newest copy is freed. Wait
-            // for it (the freer holds no shard lock).
-            while sp.pending.iter().any(|p| p.freeing && p.key_hash == hash) {
-                self.freed.wait(&mut sp);
-            }
-            if sp.pending.is_empty() {
-                return Ok(false);
-            }
-            let mut mine = Vec::new();
-            let mut kb = vec![0u8; key.len()];
-            let mut i = 0;
-            while i < sp.pending.len() {
-                let p = &sp.pending[i];
-                let same = p.key_hash == hash
-                    && self
-                        .storage
-                        .read_at(p.offset + crate::format::BLOCK_HEADER_LEN, &mut kb)
-                        .is_ok()
-                    && kb == key;
-                if same {
-                    mine.push(sp.pending.swap_remove(i));
-                } else {
-                    i += 1;
-                }
-            }
-            sp.pending_bytes -= mine.iter().map(|m| m.len).sum::<u64>();
-            mine
-        };
-        let any = !mine.is_empty();
-        let mut left = mine.into_iter();
-        while let Some(p) = left.next() {
-            if let Err(e) = self.mark_free(p.offset, p.len) {
-                // Still valid on disk: keep them waiting, as before.
-                let mut sp = self.space.lock();
-                for p in std::iter::once(p).chain(left) {
-                    sp.pending_bytes += p.len;
-                    sp.pending.push(p);
-                }
-                return Err(Error::io(&self.path, "freeing an old copy of an entry", e));
-            }
-            self.return_space(p.offset, p.len);
-        }
-        Ok(any)
-    }
-
-    /// Frees compaction's unpublished copies of a key that is leaving the
-    /// index (called with the key's shard write lock held, so no copy of it
-    /// is being written): valid on disk with the key's sequence number, they
-    /// would bring it back after a crash. Compaction finds them gone and
-    /// publishes nothing.
-    fn release_moving_copies(&self, hash: u64, key: &[u8]) -> Result<bool> {
-        let mine: Vec<InFlightMove> = {
-            let mut sp = self.space.lock();
-            if sp.moves.is_empty() {
-                return Ok(false);
-            }
-            let mut mine = Vec::new();
-            let mut i = 0;
-            while i < sp.moves.len() {
-                if sp.moves[i].key_hash == hash && sp.moves[i].key == key {
-                    mine.push(sp.moves.swap_remove(i));
-                } else {
-                    i += 1;
-                }
-            }
-            mine
-        };
-        let any = !mine.is_empty();
-        let mut left = mine.into_iter();
-        while let Some(m) = left.next() {
-            if let Err(e) = self.mark_free(m.new_offset, m.new_len) {
-                // Still valid on disk: compaction gives them back later.
-                self.space
-                    .lock()
-                    .moves
-                    .extend(std::iter::once(m).chain(left));
-                return Err(Error::io(&self.path, "freeing a moved copy of an entry", e));
-            }
-            self.return_space(m.new_offset, m.new_len);
-        }
-        Ok(any)
     }
 
     /// Whether `key` is in the index (expired or not).
@@ -993,22 +715,15 @@ impl Inner {
         self.check_writable()?;
         let _gate = self.gate.write();
         // No writer runs now: settle every old copy before freeing entries.
-        let unsettled = self.space.lock().unsynced_frees.iter().map(|f| f.1).max();
-        if let Some(g) = unsettled {
+        if let Some(g) = self.blocks.any_unsettled() {
             self.sync_to(g)?;
         }
         let mut shards: Vec<_> = self.shards.iter().map(|c| c.map.write()).collect();
-        if self.readers.is_empty() {
+        if self.blocks.no_readers() {
             // Nothing is borrowed: cut the file back to its header.
-            let mut sp = self.space.lock();
-            self.storage
-                .set_len(FILE_HEADER_LEN)
+            self.blocks
+                .reset(FILE_HEADER_LEN, || self.bio().set_len(FILE_HEADER_LEN))
                 .map_err(self.io("truncating the file"))?;
-            self.note_write();
-            sp.free.reset(FILE_HEADER_LEN);
-            sp.pending.clear();
-            sp.pending_bytes = 0;
-            drop(sp);
             for (shard, cell) in shards.iter_mut().zip(self.shards.iter()) {
                 shard.clear();
                 let mut lru = cell.lru.lock();
@@ -1036,14 +751,7 @@ impl Inner {
             for (o, l) in freed {
                 self.return_space(o, l);
             }
-            let pending: Vec<_> = {
-                let mut sp = self.space.lock();
-                sp.pending_bytes = 0;
-                sp.pending.drain(..).collect()
-            };
-            for p in pending {
-                self.release(p.offset, p.len, p.key_hash);
-            }
+            self.blocks.release_all_held(&self.bio());
         }
         if self.policy == SyncPolicy::Always {
             self.sync_to(self.writes.load(Ordering::Acquire))?;

@@ -277,6 +277,9 @@ pub enum Strategy {
     Exhaustive,
     /// `n` schedules drawn at random from a seed.
     Random { n: usize, seed: u64 },
+    /// One schedule: these threads in this order at each decision (the first
+    /// thread that may go on wherever the listed one may not).
+    Replay(Vec<usize>),
 }
 
 /// One decision of a run: the threads that could go on and the one chosen.
@@ -300,7 +303,7 @@ impl Explorer {
     pub fn new(strategy: Strategy) -> Explorer {
         let seed = match strategy {
             Strategy::Random { seed, .. } => seed,
-            Strategy::Exhaustive => 0,
+            _ => 0,
         };
         Explorer {
             strategy,
@@ -316,6 +319,7 @@ impl Explorer {
         match self.strategy {
             Strategy::Exhaustive => !self.done,
             Strategy::Random { n, .. } => self.runs < n,
+            Strategy::Replay(_) => self.runs == 0,
         }
     }
 
@@ -334,9 +338,13 @@ impl Explorer {
             }
             let enabled: Vec<usize> = paused.iter().map(|p| p.0).collect();
             let i = decisions.len();
-            let chosen = match self.strategy {
+            let chosen = match &self.strategy {
                 Strategy::Exhaustive => match self.prefix.get(i) {
                     Some(&c) if enabled.contains(&c) => c,
+                    _ => enabled[0],
+                },
+                Strategy::Replay(order) => match order.get(i) {
+                    Some(c) if enabled.contains(c) => *c,
                     _ => enabled[0],
                 },
                 Strategy::Random { .. } => enabled[self.rng.below(enabled.len() as u64) as usize],
