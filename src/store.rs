@@ -48,10 +48,13 @@
 //! - A copy that stops being its key's indexed copy is handed to `blocks`
 //!   (held) before the shard lock goes, so a remover of the key always finds
 //!   it; a key leaving the index frees its held copies and compaction's
-//!   copies before its newest one, and not at all if that fails; and under
-//!   `Always`, if an older copy's free header is not yet synced, a sync comes
-//!   first: were the newest copy's free header to survive a power loss
-//!   without the older one's, the older value would come back.
+//!   copies before its newest one, and not at all if that fails; and if an
+//!   older copy's free header is not yet synced, a sync comes first: were
+//!   the newest copy's free header to survive a power loss without the older
+//!   one's, the older value would come back.
+//! - `clear` syncs its cut of the file before any write reuses the space,
+//!   under every policy: a power loss that dropped the cut but kept such a
+//!   write over a key's newest copy would bring an older copy back.
 //! - Under `Always`, a put does not return while a freed copy of its key
 //!   that may outrank it (a renewal's, with a later sequence number) has a
 //!   free header not yet synced.

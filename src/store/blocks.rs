@@ -394,8 +394,9 @@ impl Blocks {
 
     /// Records that a copy of the key with this hash was freed by a write
     /// of `generation` not yet synced (a remover freeing the key's newest
-    /// copy): a put of the key must not return before a sync covers it, or a
-    /// power loss could keep the freed copy, which may outrank the put's.
+    /// copy): a later remover of the key syncs before freeing a newer copy,
+    /// and under `SyncPolicy::Always` a put of the key does not return
+    /// before a sync covers it (the freed copy may outrank the put's).
     pub(super) fn freed_unsynced(&self, hash: u64, generation: u64) {
         self.space.lock().unsynced_frees.push((hash, generation));
     }

@@ -465,10 +465,8 @@ impl Inner {
             Ok(h) => {
                 self.mark_free(offset, h.block_len)
                     .map_err(self.io("freeing an entry"))?;
-                if self.policy == SyncPolicy::Always {
-                    self.blocks
-                        .freed_unsynced(hash, self.writes.load(Ordering::Acquire));
-                }
+                self.blocks
+                    .freed_unsynced(hash, self.writes.load(Ordering::Acquire));
                 Some(h.block_len)
             }
             Err(_) => None,
@@ -493,8 +491,7 @@ impl Inner {
     /// Fails, keeping the copies it could not free, when a free header cannot
     /// be written: the caller must then not free the newest copy.
     ///
-    /// Under `SyncPolicy::Always`, their free headers are synced before it
-    /// returns when it wrote any (or
+    /// Their free headers are synced before it returns when it wrote any (or
     /// found one written by another thread and not yet synced): were the
     /// newest copy's free header to survive a power loss without theirs, an
     /// older value would come back.
@@ -503,9 +500,7 @@ impl Inner {
             .blocks
             .release_copies_of(hash, key, &self.bio())
             .map_err(|(action, e)| Error::io(&self.path, action, e))?;
-        // (Under `Always`, which promises that a returned delete survives a
-        // power loss; `Never` promises only what a `sync()` covered.)
-        if self.policy == SyncPolicy::Always && (freed || self.unsettled(hash).is_some()) {
+        if freed || self.unsettled(hash).is_some() {
             self.sync_to(self.writes.load(Ordering::Acquire))?;
         }
         Ok(())
@@ -753,9 +748,10 @@ impl Inner {
             }
             self.blocks.release_all_held(&self.bio());
         }
-        if self.policy == SyncPolicy::Always {
-            self.sync_to(self.writes.load(Ordering::Acquire))?;
-        }
-        Ok(())
+        // Under every policy, before the gate lets any write reuse the space:
+        // were a power loss to drop the cut of the file and keep a later
+        // write over a key's newest copy, an older copy of it further on
+        // would come back (older than the last sync).
+        self.sync_to(self.writes.load(Ordering::Acquire))
     }
 }
