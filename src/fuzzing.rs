@@ -680,6 +680,18 @@ pub fn entry(data: &[u8]) {
     }
 }
 
+/// A read-only store over a copy of `data` (a file image), its clock at
+/// `now_ms`: what the store itself makes of the bytes.
+pub fn open_bytes_read_only(data: &[u8], now_ms: i64) -> crate::Result<Store> {
+    Options::new()
+        .read_only(true)
+        .clock(Arc::new(ManualClock::new(now_ms)))
+        .open_on(
+            "fuzz.sfs",
+            Arc::new(MemStorage::with_bytes(data.to_vec())) as Arc<dyn Storage>,
+        )
+}
+
 /// Fuzz target `inspect`: any bytes through the inspection report, the
 /// library's half of `sfs-dump` (the tool's rendering of the same bytes is
 /// `sfs_dump::fuzzing::inspect`, which the fuzz target runs after this).
@@ -713,13 +725,7 @@ pub fn inspect(data: &[u8]) {
         report.check(data).expect("slice").is_damaged(),
         "the rows and the check find the same damage"
     );
-    let opened = Options::new()
-        .read_only(true)
-        .clock(Arc::new(ManualClock::new(NOW)))
-        .open_on(
-            "fuzz.sfs",
-            Arc::new(MemStorage::with_bytes(data.to_vec())) as Arc<dyn Storage>,
-        );
+    let opened = open_bytes_read_only(data, NOW);
     match opened {
         Ok(store) => {
             if store.stats().corrupt_blocks > 0 {

@@ -5,10 +5,7 @@
 //! replays the checked-in corpus through it on stable Rust. Not part of the
 //! stable API.
 
-use std::sync::Arc;
-
-use sfs::testing::{MemStorage, Storage};
-use sfs::{Error, ManualClock, Options};
+use sfs::Error;
 
 /// Fuzz target `inspect`: any bytes through the inspection report and every
 /// `sfs-dump` rendering (summary, entries, map, check, key lookups; text and
@@ -98,13 +95,7 @@ pub fn inspect(data: &[u8]) {
     }
     // The store's own open agrees with the check: damage is found by both or
     // by neither (a damaged file header is refused by the store outright).
-    let opened = Options::new()
-        .read_only(true)
-        .clock(Arc::new(ManualClock::new(NOW)))
-        .open_on(
-            "fuzz.sfs",
-            Arc::new(MemStorage::with_bytes(data.to_vec())) as Arc<dyn Storage>,
-        );
+    let opened = sfs::fuzzing::open_bytes_read_only(data, NOW);
     match opened {
         Ok(store) => {
             let damaged = store.stats().corrupt_blocks > 0;

@@ -10,33 +10,12 @@ use std::sync::Arc;
 
 use serde_json::Value;
 use sfs::{ManualClock, Options};
-use support::{REAL_NOW, TempStore, real_store_bytes};
+use support::{REAL_NOW, TempStore, code, json, real_store_bytes, stderr, stdout};
 
 const NOW: &str = "1002000"; // REAL_NOW
 
 fn sfs_dump(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_sfs-dump"))
-        .args(args)
-        .env_remove("COLUMNS")
-        .env("NO_COLOR", "1")
-        .output()
-        .expect("run sfs-dump")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn code(o: &Output) -> i32 {
-    o.status.code().expect("exited")
-}
-
-fn json(o: &Output) -> Value {
-    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("not JSON ({e}):\n{}", stdout(o)))
+    support::sfs_dump_cmd(args)
 }
 
 /// A real store file in a temporary directory.

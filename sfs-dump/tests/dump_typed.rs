@@ -5,37 +5,20 @@
 //! damaged. Text and JSON, through the binary, as `sfs-dump/README.md`
 //! specifies them.
 
+mod support;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::Duration;
 
 use serde_json::Value;
 use sfs::{Options, SyncPolicy, TypedStore};
+use support::{code, json, stderr, stdout};
 
 fn sfs_dump(path: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_sfs-dump"))
-        .arg(path)
-        .args(args)
-        .env_remove("COLUMNS")
-        .env("NO_COLOR", "1")
-        .output()
-        .expect("run sfs-dump")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn code(o: &Output) -> i32 {
-    o.status.code().expect("exited")
-}
-
-fn json(o: &Output) -> Value {
-    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("not JSON ({e}):\n{}", stdout(o)))
+    let path = path.to_str().expect("a UTF-8 temp path");
+    let all: Vec<&str> = std::iter::once(path).chain(args.iter().copied()).collect();
+    support::sfs_dump_cmd(&all)
 }
 
 /// A session store as issue 16 built it: `TypedStore<String, String>` with
