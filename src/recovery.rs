@@ -8,6 +8,12 @@
 //! beyond the cap are evicted; adjacent free space is merged into one block,
 //! and free space at the end is cut off. On a read-only open nothing is
 //! written: the same decisions are made in memory only.
+//!
+//! Decisions and writes are apart: the walk and the index build decide which
+//! copy wins; expiry and the cap decide what else goes; [`plan_space`] turns
+//! the reclaimed stretches into a [`SpacePlan`] (headers to write, crumbs to
+//! zero, where to cut, the free list), a pure function unit-tested without a
+//! file; [`SpacePlan::apply`] writes it on a read-write open.
 
 use std::hash::BuildHasher;
 use std::io;
@@ -171,66 +177,11 @@ pub(crate) fn recover(
         }
     };
 
-    // Merge reclaimed space into runs; write their headers; cut the tail.
-    reclaims.sort_unstable_by_key(|r| r.offset);
-    let mut runs: Vec<(u64, u64, bool)> = Vec::new(); // (offset, len, already one valid free block)
-    for r in &reclaims {
-        match runs.last_mut() {
-            Some((o, l, single)) if *o + *l == r.offset => {
-                *l += r.len;
-                *single = false;
-            }
-            _ => runs.push((r.offset, r.len, r.free)),
-        }
-    }
-    let tail = runs.last().copied().filter(|&(o, l, _)| o + l == file_len);
-    let mut wrote = false;
+    let plan = plan_space(reclaims, file_len);
     if write {
-        for r in &reclaims {
-            // Entry headers inside free space are overwritten so that no later
-            // scan can take them for live data.
-            let in_tail = tail.is_some_and(|(o, _, _)| r.offset >= o);
-            if r.entry && !in_tail {
-                storage.write_at(r.offset, &[&BlockHeader::free(r.len).encode(salt)])?;
-                wrote = true;
-            }
-        }
-        for &(o, l, single) in &runs {
-            if tail.is_some_and(|(t, _, _)| t == o) {
-                continue;
-            }
-            // A run shorter than a header (a crumb: damage between two
-            // entries) cannot hold one; writing one would overwrite the next
-            // entry's header. It is free in memory only, and zeroed on disk,
-            // so that later walks read it as unwritten space, not damage.
-            if l < MIN_BLOCK_LEN {
-                let mut crumb = vec![0u8; l as usize];
-                storage.read_at(o, &mut crumb)?;
-                if crumb.iter().any(|&b| b != 0) {
-                    storage.write_at(o, &[&vec![0u8; l as usize]])?;
-                    wrote = true;
-                }
-            } else if !single {
-                storage.write_at(o, &[&BlockHeader::free(l).encode(salt)])?;
-                wrote = true;
-            }
-        }
-        if let Some((t, _, _)) = tail {
-            storage.set_len(t)?;
-            wrote = true;
-        }
-        if wrote {
-            storage.sync()?;
-        }
+        plan.apply(storage, salt)?;
     }
-    // The tail run (possibly of any length, for a file cut mid-block) is not
-    // free space: it is cut off (or, read-only, ignored).
-    let mut free = FreeList::new(FILE_HEADER_LEN, tail.map_or(file_len, |(t, _, _)| t));
-    for &(o, l, _) in &runs {
-        if tail.is_none_or(|(t, _, _)| o != t) {
-            free.free(o, l, u64::MAX);
-        }
-    }
+    let free = plan.free;
     debug_assert!(!write || free.end() == storage.len());
 
     Ok(Recovered {
@@ -246,6 +197,103 @@ pub(crate) fn recover(
         expired_freed,
         evicted,
     })
+}
+
+/// What an open does with the space it reclaims: decided by
+/// [`plan_space`] from the reclaimed stretches alone, written by
+/// [`SpacePlan::apply`] (on a read-write open only).
+#[derive(Debug)]
+struct SpacePlan {
+    /// Entry headers inside free space, overwritten with a free header of
+    /// the stretch's length so that no later scan takes them for live data.
+    entry_headers: Vec<(u64, u64)>,
+    /// Merged runs that need one free header of their whole length.
+    run_headers: Vec<(u64, u64)>,
+    /// Runs shorter than a header (damage between two entries): free in
+    /// memory only, zeroed on disk so that later walks read them as
+    /// unwritten space rather than damage.
+    crumbs: Vec<(u64, u64)>,
+    /// Free space reaching the end of the file is cut off here.
+    cut_to: Option<u64>,
+    /// The free list that results.
+    free: FreeList,
+}
+
+/// Merges the reclaimed stretches into runs and decides what the file needs:
+/// a free header for each run made of several stretches (one that is
+/// already a single valid free block needs none), zeros for a crumb, and
+/// the end of the file cut where free space reaches it (the tail run, of any
+/// length, is not free space: it goes).
+fn plan_space(mut reclaims: Vec<Reclaim>, file_len: u64) -> SpacePlan {
+    reclaims.sort_unstable_by_key(|r| r.offset);
+    let mut runs: Vec<(u64, u64, bool)> = Vec::new(); // (offset, len, already one valid free block)
+    for r in &reclaims {
+        match runs.last_mut() {
+            Some((o, l, single)) if *o + *l == r.offset => {
+                *l += r.len;
+                *single = false;
+            }
+            _ => runs.push((r.offset, r.len, r.free)),
+        }
+    }
+    let cut_to = runs
+        .last()
+        .filter(|&&(o, l, _)| o + l == file_len)
+        .map(|&(o, _, _)| o);
+    let in_tail = |offset: u64| cut_to.is_some_and(|t| offset >= t);
+    let entry_headers = reclaims
+        .iter()
+        .filter(|r| r.entry && !in_tail(r.offset))
+        .map(|r| (r.offset, r.len))
+        .collect();
+    let mut run_headers = Vec::new();
+    let mut crumbs = Vec::new();
+    let mut free = FreeList::new(FILE_HEADER_LEN, cut_to.unwrap_or(file_len));
+    for &(o, l, single) in runs.iter().filter(|r| !in_tail(r.0)) {
+        if l < MIN_BLOCK_LEN {
+            crumbs.push((o, l));
+        } else if !single {
+            run_headers.push((o, l));
+        }
+        free.free(o, l, u64::MAX);
+    }
+    SpacePlan {
+        entry_headers,
+        run_headers,
+        crumbs,
+        cut_to,
+        free,
+    }
+}
+
+impl SpacePlan {
+    /// Writes the plan: entry headers first, then the runs' headers (which
+    /// may cover them), crumbs zeroed, the tail cut; one sync if anything
+    /// was written.
+    fn apply(&self, storage: &dyn Storage, salt: u32) -> io::Result<()> {
+        let mut wrote = false;
+        for &(o, l) in self.entry_headers.iter().chain(&self.run_headers) {
+            storage.write_at(o, &[&BlockHeader::free(l).encode(salt)])?;
+            wrote = true;
+        }
+        for &(o, l) in &self.crumbs {
+            // Zeroed once; a crumb already all zeros is left as it is.
+            let mut crumb = vec![0u8; l as usize];
+            storage.read_at(o, &mut crumb)?;
+            if crumb.iter().any(|&b| b != 0) {
+                storage.write_at(o, &[&vec![0u8; l as usize]])?;
+                wrote = true;
+            }
+        }
+        if let Some(t) = self.cut_to {
+            storage.set_len(t)?;
+            wrote = true;
+        }
+        if wrote {
+            storage.sync()?;
+        }
+        Ok(())
+    }
 }
 
 /// What a walk over (part of) the file found.
@@ -516,6 +564,86 @@ mod tests {
     use crate::io::MemStorage;
 
     const SALT: u32 = 0xabcd;
+
+    fn reclaim(offset: u64, len: u64, entry: bool, free: bool) -> Reclaim {
+        Reclaim {
+            offset,
+            len,
+            entry,
+            free,
+        }
+    }
+
+    #[test]
+    fn the_plan_merges_neighbours_under_one_header_and_overwrites_entry_headers() {
+        // An old copy (entry) next to a free block, then a live entry, then
+        // a valid free block on its own.
+        let p = plan_space(
+            vec![
+                reclaim(64, 200, true, false),
+                reclaim(264, 104, false, true),
+                reclaim(600, 120, false, true),
+            ],
+            1000,
+        );
+        assert_eq!(p.entry_headers, vec![(64, 200)]);
+        assert_eq!(
+            p.run_headers,
+            vec![(64, 304)],
+            "one header for the merged run"
+        );
+        assert!(p.crumbs.is_empty());
+        assert_eq!(p.cut_to, None);
+        assert!(p.free.contains(64, 304) && p.free.contains(600, 120));
+        assert_eq!(p.free.end(), 1000);
+    }
+
+    #[test]
+    fn the_plan_cuts_free_space_at_the_end_and_writes_nothing_there() {
+        let p = plan_space(
+            vec![
+                reclaim(800, 96, true, false),
+                reclaim(896, 104, false, false),
+            ],
+            1000,
+        );
+        assert_eq!(p.cut_to, Some(800));
+        assert!(p.entry_headers.is_empty() && p.run_headers.is_empty());
+        assert_eq!(p.free.end(), 800);
+        assert_eq!(p.free.free_bytes(), 0);
+    }
+
+    #[test]
+    fn the_plan_zeroes_crumbs_instead_of_writing_a_header_over_the_next_entry() {
+        let p = plan_space(vec![reclaim(200, 16, false, false)], 1000);
+        assert_eq!(p.crumbs, vec![(200, 16)]);
+        assert!(p.run_headers.is_empty());
+        assert!(p.free.contains(200, 16), "free in memory");
+    }
+
+    #[test]
+    fn applying_the_plan_writes_what_it_says_and_nothing_else() {
+        let mem = MemStorage::with_bytes(vec![0xee; 1000]);
+        let p = plan_space(
+            vec![
+                reclaim(64, 200, true, false),
+                reclaim(264, 104, false, true),
+                reclaim(400, 16, false, false),
+                reclaim(896, 104, true, false),
+            ],
+            1000,
+        );
+        p.apply(&mem, SALT).unwrap();
+        let b = mem.bytes();
+        assert_eq!(b.len(), 896, "tail cut");
+        let h = BlockHeader::decode(&b[64..112], SALT, 64, 896).unwrap();
+        assert_eq!((h.kind, h.block_len), (crate::format::Kind::Free, 304));
+        assert!(b[400..416].iter().all(|&x| x == 0), "crumb zeroed");
+        assert!(
+            b[112..264].iter().all(|&x| x == 0xee),
+            "nothing else written"
+        );
+    }
 
     fn entry(key: &[u8], value: &[u8], seq: u64) -> Vec<u8> {
         crate::format::test_entry_block(SALT, key, value, seq)
