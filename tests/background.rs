@@ -232,3 +232,90 @@ fn touch_whose_sync_and_take_back_both_fail_leaves_memory_as_the_file() {
         + Duration::from_millis(sfs::Clock::now_millis(&*clock) as u64 + 60_000);
     assert_eq!(on_disk, Some(renewed));
 }
+
+/// A memory file that, once armed, orders two writers: the first write (A's
+/// entry) returns only after the second (B's) is done, so that A's sync
+/// covers both; B's write returns only once A's sync is running, so that B
+/// waits for it; that sync then fails.
+struct FailingGroupSync {
+    inner: MemStorage,
+    armed: AtomicBool,
+    writes: std::sync::atomic::AtomicUsize,
+    in_sync: AtomicBool,
+}
+
+impl FailingGroupSync {
+    fn wait_for(&self, done: impl Fn() -> bool) {
+        let start = Instant::now();
+        while !done() && start.elapsed() < Duration::from_secs(10) {
+            std::thread::yield_now();
+        }
+    }
+}
+
+impl Storage for FailingGroupSync {
+    fn len(&self) -> u64 {
+        self.inner.len()
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        self.inner.read_at(offset, buf)
+    }
+    fn write_at(&self, offset: u64, parts: &[&[u8]]) -> std::io::Result<()> {
+        self.inner.write_at(offset, parts)?;
+        if self.armed.load(Ordering::Acquire) {
+            match self.writes.fetch_add(1, Ordering::AcqRel) {
+                0 => self.wait_for(|| self.writes.load(Ordering::Acquire) >= 2),
+                1 => self.wait_for(|| self.in_sync.load(Ordering::Acquire)),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        self.inner.set_len(len)
+    }
+    fn sync(&self) -> std::io::Result<()> {
+        if self.armed.load(Ordering::Acquire) && !self.in_sync.swap(true, Ordering::AcqRel) {
+            // B, whose write this sync covers, now waits for it.
+            std::thread::sleep(Duration::from_millis(200));
+            return Err(std::io::Error::other("injected writeback failure"));
+        }
+        self.inner.sync()
+    }
+}
+
+#[test]
+fn a_failed_fdatasync_is_an_error_for_every_writer_it_covered() {
+    let storage = Arc::new(FailingGroupSync {
+        inner: MemStorage::new(),
+        armed: AtomicBool::new(false),
+        writes: Default::default(),
+        in_sync: AtomicBool::new(false),
+    });
+    let s = Arc::new(
+        Options::new()
+            .sync(SyncPolicy::Always)
+            .auto_compact(None)
+            .open_on("group.sfs", storage.clone() as Arc<dyn Storage>)
+            .unwrap(),
+    );
+    storage.armed.store(true, Ordering::Release);
+    let writer = |k: &'static [u8]| {
+        let s = Arc::clone(&s);
+        std::thread::spawn(move || s.put(k, b"v"))
+    };
+    let a = writer(b"a");
+    // B starts once A's entry is written (A waits in its write for B's).
+    storage.wait_for(|| storage.writes.load(Ordering::Acquire) >= 1);
+    let b = writer(b"b");
+    let (a, b) = (a.join().unwrap(), b.join().unwrap());
+    assert!(a.is_err(), "the writer that ran the failed sync: {a:?}");
+    let e = b.expect_err("a writer whose write the failed sync covered is told too");
+    assert!(e.to_string().contains("group.sfs"), "{e}");
+    storage.armed.store(false, Ordering::Release);
+    // Neither is in the store, and a new sync succeeds.
+    assert_eq!(s.get(b"a").unwrap(), None);
+    assert_eq!(s.get(b"b").unwrap(), None);
+    s.sync().unwrap();
+    s.check_invariants().unwrap();
+}

@@ -53,8 +53,13 @@ impl Inner {
             match &r {
                 Ok(()) => st.synced = st.synced.max(target),
                 Err(_) => {
+                    // Every write done by now may have had its pages in the
+                    // failed writeback, not only those up to `target`: a
+                    // write whose generation was counted while this sync ran
+                    // was in the page cache before it.
                     st.failures += 1;
-                    st.failed_through = st.failed_through.max(target);
+                    let done = self.writes.load(Ordering::Acquire);
+                    st.failed_through = st.failed_through.max(done);
                 }
             }
             self.sync_done.notify_all();
