@@ -428,3 +428,38 @@ fn stats_describe_the_store() {
     assert!((st.fragmentation() - 0.5).abs() < 1e-9);
     assert!(st.index_bytes > 0);
 }
+
+#[test]
+fn an_expired_entry_never_costs_a_live_one_its_place_under_the_cap() {
+    // Issue "Every interleaving keeps the promises", case 6: expired entries
+    // counted toward max_entries, so a live entry was evicted while the store
+    // held fewer live entries than its cap, and a reopen (which drops expired
+    // entries first) disagreed with memory.
+    let t = common::TempStore::new();
+    let clock = common::clock();
+    let opts = t.options(&clock).max_entries(2);
+    let s = opts.open(&t.path).unwrap();
+    s.put_with_ttl(b"lease", b"x", std::time::Duration::from_millis(10))
+        .unwrap();
+    s.put(b"old", b"1").unwrap();
+    clock.advance(std::time::Duration::from_millis(20));
+    assert_eq!(s.len(), 1, "the expired lease is not counted");
+    s.put(b"new", b"2").unwrap();
+    assert!(
+        s.contains(b"old"),
+        "the least recently used live entry stays"
+    );
+    assert!(s.contains(b"new"));
+    let st = s.stats();
+    assert_eq!(
+        (st.evictions, st.entries),
+        (0, 2),
+        "the expired entry went, not a live one"
+    );
+    drop(s);
+    let s = opts.open(&t.path).unwrap();
+    assert_eq!(
+        common::sorted_keys(&s),
+        vec![b"new".to_vec(), b"old".to_vec()]
+    );
+}
