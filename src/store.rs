@@ -621,7 +621,10 @@ fn sync_parent_dir(path: &Path) -> std::io::Result<()> {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    std::fs::File::open(parent)?.sync_all()
+    std::fs::File::open(parent)?.sync_all()?;
+    #[cfg(feature = "testing")]
+    crate::testing::count_dir_sync();
+    Ok(())
 }
 
 /// Whether the storage holds a file whose creation a crash cut short (see

@@ -23,6 +23,21 @@ use parking_lot::Mutex;
 
 pub use crate::io::{FileStorage, MemStorage, Storage};
 
+thread_local! {
+    static DIR_SYNCS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// How many times an open on this thread synced the directory of a store
+/// file it created (so that tests can see a new store's directory entry
+/// made durable, and no sync on a reopen).
+pub fn dir_syncs() -> u64 {
+    DIR_SYNCS.with(|c| c.get())
+}
+
+pub(crate) fn count_dir_sync() {
+    DIR_SYNCS.with(|c| c.set(c.get() + 1));
+}
+
 /// One call that changed the file, as [`FaultStorage`] recorded it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {

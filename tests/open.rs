@@ -341,3 +341,27 @@ fn a_file_whose_creation_a_crash_cut_short_opens_as_an_empty_store() {
     ));
     assert_eq!(fs::read(&t.path).unwrap(), bytes);
 }
+
+#[test]
+fn creating_a_store_syncs_its_directory_and_reopening_does_not() {
+    // Without it, a power loss could take a new store file, and the
+    // acknowledged writes in it, away with its directory entry. (The count
+    // is per thread: other tests open stores meanwhile.)
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sub").join("new.sfs");
+    let before = sfs::testing::dir_syncs();
+    let s = sfs::Store::open(&path).unwrap();
+    assert_eq!(
+        sfs::testing::dir_syncs(),
+        before + 1,
+        "the new file's directory was synced"
+    );
+    s.put(b"k", b"v").unwrap();
+    s.close().unwrap();
+    drop(sfs::Store::open(&path).unwrap());
+    assert_eq!(
+        sfs::testing::dir_syncs(),
+        before + 1,
+        "a reopen creates nothing"
+    );
+}
