@@ -149,7 +149,7 @@ impl Inner {
     /// free block before it fits.
     ///
     /// The shard's read lock is held until the copy is written and listed in
-    /// `Space::moves`: a writer that then removes the key (delete, eviction,
+    /// the block owner's moves (`Blocks::register_move`): a writer that then removes the key (delete, eviction,
     /// purge, `clear`) finds the copy there and frees it before the key's
     /// block, so a removed key never comes back through its copy.
     fn copy_down(&self, offset: u64, shard: usize, id: u32) -> Result<Option<Move>> {

@@ -431,7 +431,7 @@ impl Inner {
     }
 
     /// The write generation a sync must reach before the newest copy of the
-    /// key with this hash may be freed (see `Space::unsynced_frees`).
+    /// key with this hash may be freed (see `Blocks::unsettled`).
     pub(super) fn unsettled(&self, hash: u64) -> Option<u64> {
         self.blocks.unsettled(hash)
     }
