@@ -148,10 +148,11 @@ impl Inner {
     /// block before it. `None` when the entry moved, went away, expired, or no
     /// free block before it fits.
     ///
-    /// The shard's read lock is held until the copy is written and listed in
-    /// the block owner's moves (`Blocks::register_move`): a writer that then removes the key (delete, eviction,
-    /// purge, `clear`) finds the copy there and frees it before the key's
-    /// block, so a removed key never comes back through its copy.
+    /// The shard's read lock is held until the copy is written and listed
+    /// with the block owner (`Blocks::register_move`): a writer that then
+    /// removes the key (delete, eviction, purge, `clear`) finds the copy
+    /// there and frees it before the key's block, so a removed key never
+    /// comes back through its copy.
     fn copy_down(&self, offset: u64, shard: usize, id: u32) -> Result<Option<Move>> {
         let cell = &self.shards[shard];
         let map = cell.map.read();
