@@ -82,6 +82,12 @@ pub trait Storage: Send + Sync {
     unsafe fn view(&self, _offset: u64, _len: u64) -> Option<&[u8]> {
         None
     }
+
+    /// A named place between two storage calls where a race with another
+    /// thread is possible; the store calls it as it passes. Real storage
+    /// does nothing. A test's storage may stop the calling thread here, to
+    /// force another thread through that window (the interleaving explorer).
+    fn point(&self, _name: &'static str) {}
 }
 
 /// One mapping of the file: a window of `len` bytes from offset 0.

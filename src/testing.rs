@@ -332,6 +332,10 @@ impl Storage for FaultStorage {
         // below its end while the slice lives) is passed on unchanged.
         unsafe { self.inner.view(offset, len) }
     }
+
+    fn point(&self, name: &'static str) {
+        self.inner.point(name);
+    }
 }
 
 /// The starting contents of a file and every change made to it, in order:

@@ -97,7 +97,10 @@ impl Inner {
             // Room first: were the new entry written before the eviction, a
             // crash in between would leave one entry too many, and an open
             // evicts by write order, not by use.
-            Some(cap) if !self.indexed(key) => Some(self.make_room(cap, key)?),
+            Some(cap) if !self.indexed(key) => {
+                self.storage.point("put: room");
+                Some(self.make_room(cap, key)?)
+            }
             _ => None,
         };
         let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
@@ -527,6 +530,15 @@ impl Inner {
             return Ok(Room {
                 inner: self,
                 key: Some(key.to_vec()),
+            });
+        }
+        if self.indexed(key) {
+            // Put back by an insert that began while the key was still in
+            // the index (so held no room) and counted it when it published:
+            // a second room would count the key twice.
+            return Ok(Room {
+                inner: self,
+                key: None,
             });
         }
         let full = || self.claimed.load(Ordering::Acquire) >= cap;

@@ -391,6 +391,20 @@ fn explore(
     dir: &std::path::Path,
     cache: &mut crash::Cache,
 ) -> Result<Totals, String> {
+    explore_at(setup, ops, strategy, &[], dir, cache)
+}
+
+/// [`explore`], with the store's named `points` (see `Storage::point`) as
+/// yield points too: the windows between two storage calls that a race
+/// needs.
+fn explore_at(
+    setup: Setup,
+    ops: &[Op],
+    strategy: Strategy,
+    points: &'static [&'static str],
+    dir: &std::path::Path,
+    cache: &mut crash::Cache,
+) -> Result<Totals, String> {
     let (bytes, initial) = setup.initial();
     let keys = keys_of_interest(ops.len());
     let mut explorer = Explorer::new(strategy);
@@ -410,6 +424,7 @@ fn explore(
         let gated = Arc::new(Gated {
             inner: fs.clone(),
             sched: sched.clone(),
+            points,
         });
         let clock = Arc::new(ManualClock::new(START_MS));
         let store = setup
@@ -599,11 +614,17 @@ fn a_sample_of_triples() {
 // promises" and what the explorer found). ----------------------------------
 
 fn every_interleaving(setup: Setup, ops: &[Op]) {
+    every_interleaving_at(setup, ops, &[]);
+}
+
+/// [`every_interleaving`], with the store's named `points` as yield points.
+fn every_interleaving_at(setup: Setup, ops: &[Op], points: &'static [&'static str]) {
     let dir = scratch();
-    let t = explore(
+    let t = explore_at(
         setup,
         ops,
         Strategy::Exhaustive,
+        points,
         dir.path(),
         &mut crash::Cache::default(),
     )
@@ -672,6 +693,19 @@ fn two_inserts_of_one_new_key_at_the_cap_share_one_room() {
     // Found by the deep sample: after the delete, both overwrites insert `c`
     // anew; only one entry results, so only one entry may be evicted for it.
     every_interleaving(SETUPS[3], &[Op::Delete, Op::Overwrite, Op::Overwrite]);
+}
+
+#[test]
+fn an_insert_that_finds_its_key_gone_and_back_evicts_nothing() {
+    // Found by CI, by chance: an overwrite of `c` saw it deleted and went
+    // to make room; the other overwrite, begun before the delete, put `c`
+    // back as new meanwhile and counted it. The room then counted `c` a
+    // second time and evicted `b`. The point "put: room" forces the window.
+    every_interleaving_at(
+        SETUPS[3],
+        &[Op::Delete, Op::Overwrite, Op::Overwrite],
+        &["put: room"],
+    );
 }
 
 #[test]

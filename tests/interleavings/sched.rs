@@ -229,6 +229,9 @@ fn blocked(tid: u64) -> bool {
 pub struct Gated {
     pub inner: Arc<dyn Storage>,
     pub sched: Arc<Sched>,
+    /// The store's named points (`Storage::point`) that are yield points
+    /// too; the others are passed through.
+    pub points: &'static [&'static str],
 }
 
 impl Storage for Gated {
@@ -268,6 +271,12 @@ impl Storage for Gated {
     unsafe fn view(&self, offset: u64, len: u64) -> Option<&[u8]> {
         // SAFETY: the caller's promise is passed on unchanged.
         unsafe { self.inner.view(offset, len) }
+    }
+
+    fn point(&self, name: &'static str) {
+        if self.points.contains(&name) {
+            self.sched.yield_point(name);
+        }
     }
 }
 
