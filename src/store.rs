@@ -100,8 +100,11 @@ mod write;
 use blocks::{BlockIo, Blocks};
 pub(crate) use compact::BATCH_ENTRIES;
 pub use compact::CompactStats;
-pub use values::{Entry, Iter, PutOptions, Stats, ValueRef};
+pub use values::{Conflict, Entry, Iter, PutOptions, Stats, ValueRef};
 use values::{Expiry, ValueBytes};
+
+/// How many per-key write locks a store has (see `Inner::key_locks`).
+const KEY_LOCKS: usize = 1024;
 
 /// A persistent key-value map kept in one file.
 ///
@@ -193,6 +196,12 @@ pub(crate) struct Inner {
     /// The new keys whose inserts hold room under the entry cap
     /// (see `make_room`).
     inserting: Mutex<Vec<write::RoomSlot>>,
+    /// Per-key write locks, by key hash: every write of a key (put, delete,
+    /// touch, conditional write) holds its key's lock from its look at the
+    /// key to its publication, so that a conditional write's comparison
+    /// still holds when it publishes. Removals that are not asked for by key
+    /// (eviction, purge) do not take them: see `Inner::put_cond`.
+    key_locks: Box<[Mutex<()>]>,
     /// One compaction at a time.
     compaction: Mutex<()>,
     /// Entries compaction moves per sync.
@@ -366,6 +375,138 @@ impl Store {
     /// Removes `key`; returns whether it was present (and not expired).
     pub fn delete(&self, key: impl AsRef<[u8]>) -> Result<bool> {
         self.inner.delete(key.as_ref())
+    }
+
+    /// Writes `new` to `key` (`None` deletes it) only if the key's value is
+    /// `expected` now (`None`: absent or expired). On a mismatch it writes
+    /// nothing and returns the current value in [`Conflict`].
+    ///
+    /// Linearizable per key: no other write of the key comes between the
+    /// comparison and the write. Durable like [`put`](Self::put) and
+    /// [`delete`](Self::delete) under the store's [`SyncPolicy`]; a crash
+    /// leaves it wholly done or not at all.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let store = sfs::Store::open(dir.path().join("leases.sfs"))?;
+    /// // Take the lease only if nobody holds it.
+    /// assert!(store.compare_and_swap("lease", None, Some(b"node-1".as_slice()))?.is_ok());
+    /// // Another node tries: it learns who holds it.
+    /// let taken = store.compare_and_swap("lease", None, Some(b"node-2".as_slice()))?;
+    /// assert_eq!(taken.unwrap_err().current.as_deref(), Some(b"node-1".as_slice()));
+    /// // The holder gives it back.
+    /// assert!(store.compare_and_swap("lease", Some(b"node-1".as_slice()), None)?.is_ok());
+    /// assert!(!store.contains("lease"));
+    /// # Ok::<(), sfs::Error>(())
+    /// ```
+    pub fn compare_and_swap(
+        &self,
+        key: impl AsRef<[u8]>,
+        expected: Option<&[u8]>,
+        new: Option<&[u8]>,
+    ) -> Result<std::result::Result<(), Conflict>> {
+        self.compare_and_swap_with(key, expected, new, &PutOptions::new())
+    }
+
+    /// [`compare_and_swap`](Self::compare_and_swap), writing `new` with the
+    /// expiry and metadata of `opts` (unused when `new` is `None`).
+    pub fn compare_and_swap_with(
+        &self,
+        key: impl AsRef<[u8]>,
+        expected: Option<&[u8]>,
+        new: Option<&[u8]>,
+        opts: &PutOptions<'_>,
+    ) -> Result<std::result::Result<(), Conflict>> {
+        let key = key.as_ref();
+        let done = match new {
+            Some(v) => self.inner.put_cond(
+                key,
+                v,
+                write::Fields::Given(opts.metadata, opts.expiry),
+                Some(expected),
+            )?,
+            None => self.inner.delete_cond(key, Some(expected))?.map(|_| ()),
+        };
+        Ok(done.map_err(|current| Conflict { current }))
+    }
+
+    /// Inserts `key` only if it is absent (or expired); otherwise writes
+    /// nothing and returns the current value in [`Conflict`]. The same as
+    /// `compare_and_swap(key, None, Some(value))`.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let store = sfs::Store::open(dir.path().join("jobs.sfs"))?;
+    /// assert!(store.put_if_absent("job:7", "worker-a")?.is_ok());
+    /// assert!(store.put_if_absent("job:7", "worker-b")?.is_err());
+    /// assert_eq!(store.get("job:7")?.as_deref(), Some(b"worker-a".as_slice()));
+    /// # Ok::<(), sfs::Error>(())
+    /// ```
+    pub fn put_if_absent(
+        &self,
+        key: impl AsRef<[u8]>,
+        value: impl AsRef<[u8]>,
+    ) -> Result<std::result::Result<(), Conflict>> {
+        self.compare_and_swap(key, None, Some(value.as_ref()))
+    }
+
+    /// [`put_if_absent`](Self::put_if_absent) with a time to live: a lease
+    /// that is taken only if free, and lapses unless renewed with
+    /// [`touch`](Self::touch).
+    pub fn put_if_absent_with_ttl(
+        &self,
+        key: impl AsRef<[u8]>,
+        value: impl AsRef<[u8]>,
+        ttl: Duration,
+    ) -> Result<std::result::Result<(), Conflict>> {
+        let opts = PutOptions::new().ttl(ttl);
+        self.compare_and_swap_with(key, None, Some(value.as_ref()), &opts)
+    }
+
+    /// Atomically replaces the value of `key` with `f(current)` (`None`:
+    /// absent or expired; returning `None` deletes the key) and returns the
+    /// new value. No concurrent write is lost: when another write of the key
+    /// lands between the read and the write, `f` is called again with the
+    /// newer value, so `f` may run more than once and should have no side
+    /// effects. It runs with no lock of the store held (it may read the
+    /// store). The entry keeps its expiry and metadata; a new key gets none.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let store = sfs::Store::open(dir.path().join("counters.sfs"))?;
+    /// let bump = |v: Option<&[u8]>| {
+    ///     let n = v.map_or(0, |b| u64::from_le_bytes(b.try_into().unwrap()));
+    ///     Some((n + 1).to_le_bytes().to_vec())
+    /// };
+    /// store.update("hits", bump)?;
+    /// let now = store.update("hits", bump)?;
+    /// assert_eq!(now, Some(2u64.to_le_bytes().to_vec()));
+    /// # Ok::<(), sfs::Error>(())
+    /// ```
+    pub fn update(
+        &self,
+        key: impl AsRef<[u8]>,
+        mut f: impl FnMut(Option<&[u8]>) -> Option<Vec<u8>>,
+    ) -> Result<Option<Vec<u8>>> {
+        let key = key.as_ref();
+        let mut current = self.peek(key)?;
+        loop {
+            let new = f(current.as_deref());
+            let done = match &new {
+                Some(v) => {
+                    self.inner
+                        .put_cond(key, v, write::Fields::Kept, Some(current.as_deref()))?
+                }
+                None => self
+                    .inner
+                    .delete_cond(key, Some(current.as_deref()))?
+                    .map(|_| ()),
+            };
+            match done {
+                Ok(()) => return Ok(new),
+                Err(now) => current = now,
+            }
+        }
     }
 
     /// Number of live entries: present and not expired, as
@@ -781,6 +922,7 @@ impl Inner {
             corrupt_blocks: rec.corrupt_blocks,
             corrupt_bytes: rec.corrupt_bytes,
             inserting: Mutex::new(Vec::new()),
+            key_locks: (0..KEY_LOCKS).map(|_| Mutex::new(())).collect(),
             compaction: Mutex::new(()),
             compact_batch: opts.compact_batch,
             expired_purged: AtomicU64::new(rec.expired_freed),
@@ -820,6 +962,13 @@ impl Inner {
 
     fn note_write(&self) -> u64 {
         self.writes.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    /// The write lock of the key with this hash (see `Inner::key_locks`).
+    /// Taken after the gate, before any shard lock.
+    fn key_lock(&self, hash: u64) -> parking_lot::MutexGuard<'_, ()> {
+        // Other bits than the shard's (`shard_of` uses bits 40..46).
+        self.key_locks[(hash as usize) & (KEY_LOCKS - 1)].lock()
     }
 
     fn locate(&self, key: &[u8]) -> (u64, &ShardCell) {

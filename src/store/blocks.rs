@@ -73,13 +73,17 @@ struct HeldBlock {
 }
 
 /// A copy of an entry that compaction wrote into a lower free block and has
-/// not yet published: valid on disk, with the entry's sequence number.
+/// not yet published: valid on disk, with the entry's sequence number. Also
+/// the new block of a conditional write that expects a value (see
+/// `Inner::put_cond`), written and not yet published: a remover of its key
+/// frees it with the key's other copies.
 #[derive(Debug)]
 pub(super) struct Moving {
     pub(super) key: Vec<u8>,
     pub(super) key_hash: u64,
     /// The block copied from: pinned until the move is finished, so that no
-    /// other move in flight has the same (old, new) pair.
+    /// other move in flight has the same (old, new) pair. For a conditional
+    /// write, its sequence number with the top bit set (no offset has it).
     pub(super) old_offset: u64,
     pub(super) new_offset: u64,
     pub(super) new_len: u64,
@@ -485,6 +489,14 @@ impl Blocks {
     /// held, the copy written, the old block pinned).
     pub(super) fn register_move(&self, m: Moving) {
         self.space.lock().moves.push(m);
+    }
+
+    /// Whether a copy is still among the moves (see [`take_move`](Self::take_move)).
+    pub(super) fn has_move(&self, old_offset: u64, new_offset: u64) -> bool {
+        let sp = self.space.lock();
+        sp.moves
+            .iter()
+            .any(|m| m.new_offset == new_offset && m.old_offset == old_offset)
     }
 
     /// Takes a copy out of the moves; false when a remover of its key has

@@ -89,6 +89,39 @@ impl Inner {
         }
     }
 
+    /// The visible value of `key` (`None`: absent or expired), read while
+    /// the caller holds the shard's lock.
+    pub(super) fn visible_value(
+        &self,
+        shard: &Shard,
+        hash: u64,
+        key: &[u8],
+    ) -> Result<Option<Vec<u8>>> {
+        let Some((_, offset, h)) = self.lookup(shard, hash, key)? else {
+            return Ok(None);
+        };
+        let mut payload = vec![0u8; h.payload_len() as usize];
+        self.storage
+            .read_at(offset + h.key_offset(), &mut payload)
+            .map_err(self.io("reading an entry"))?;
+        self.check_entry(offset, &h, key, &payload)?;
+        payload.drain(..usize::from(h.key_len) + usize::from(h.meta_len));
+        Ok(Some(payload))
+    }
+
+    /// The metadata of `key`'s entry at `offset` (header `h`), checked
+    /// like a read (so that a damaged entry's bytes are never written again
+    /// under a fresh checksum); the caller holds its shard's lock.
+    pub(super) fn meta_at(&self, key: &[u8], offset: u64, h: &BlockHeader) -> Result<Vec<u8>> {
+        let mut payload = vec![0u8; h.payload_len() as usize];
+        self.storage
+            .read_at(offset + h.key_offset(), &mut payload)
+            .map_err(self.io("reading an entry"))?;
+        self.check_entry(offset, h, key, &payload)?;
+        let k = usize::from(h.key_len);
+        Ok(payload[k..k + usize::from(h.meta_len)].to_vec())
+    }
+
     pub(super) fn get_ref(&self, key: &[u8]) -> Result<Option<ValueRef<'_>>> {
         let (hash, cell) = self.locate(key);
         let shard = cell.map.read();

@@ -59,6 +59,29 @@ impl Stats {
     }
 }
 
+/// A conditional write that did not happen: the key's value was not the
+/// one expected (see [`Store::compare_and_swap`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Conflict {
+    /// The key's value when the write looked (`None`: absent or expired).
+    pub current: Option<Vec<u8>>,
+}
+
+impl std::fmt::Display for Conflict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.current {
+            None => write!(f, "the key is absent, which was not expected"),
+            Some(v) => write!(
+                f,
+                "the key holds another value than expected ({} bytes)",
+                v.len()
+            ),
+        }
+    }
+}
+
+impl std::error::Error for Conflict {}
+
 /// How to write one entry: expiry and metadata.
 ///
 /// ```

@@ -5,7 +5,7 @@
 use std::hash::BuildHasher;
 use std::sync::atomic::Ordering;
 
-use super::blocks::AllocError;
+use super::blocks::{AllocError, Moving};
 use super::*;
 
 /// What [`Inner::publish`] did with a written block.
@@ -16,6 +16,16 @@ pub(super) enum Published {
     Replaced,
     /// The index holds a copy with a later sequence number; nothing changed.
     Outranked,
+    /// A conditional write's block was freed by a remover of its key.
+    Removed,
+}
+
+/// The metadata and expiry of a write: given, or kept from the key's entry
+/// (none for a new key).
+#[derive(Clone, Copy)]
+pub(super) enum Fields<'a> {
+    Given(&'a [u8], Expiry),
+    Kept,
 }
 
 /// Room for one new key under the entry cap, held until the insert is done
@@ -68,31 +78,83 @@ impl Drop for Room<'_> {
 
 impl Inner {
     pub(super) fn put(&self, key: &[u8], value: &[u8], meta: &[u8], expiry: Expiry) -> Result<()> {
+        // Unconditional: no comparison to fail.
+        self.put_cond(key, value, Fields::Given(meta, expiry), None)
+            .map(|_| ())
+    }
+
+    /// Writes `key` (see [`Store::put`]), or, when `expect` is given, only
+    /// if the key's visible value is `expect` (`None`: absent or expired);
+    /// otherwise it writes nothing and returns the current value.
+    ///
+    /// How a conditional write stays linearizable: it holds its key's write
+    /// lock (`key_lock`) from its comparison to its publication, and every
+    /// other write of the key (put, delete, touch) takes that lock, so none
+    /// comes between. What remains are removals not asked for by key:
+    /// eviction and purge of expired entries (clear waits for the gate).
+    /// - Expecting a value: the comparison is made again, and the block
+    ///   written and registered with the block owner (as a compaction copy
+    ///   is), under the shard's read lock, which every remover takes to
+    ///   write. A remover that comes later frees the new block with the
+    ///   key's other copies (durably, as it frees them); the write then
+    ///   takes effect just after that removal, finds the key absent, and
+    ///   fails. (Taking effect before it would not do: the removal chose the
+    ///   key by its place in the least-recently-used order, or by its
+    ///   expiry, which the write would have changed.)
+    /// - Expecting absence: a removal meanwhile leaves the key absent, so the
+    ///   comparison still holds and the write is published as new.
+    pub(super) fn put_cond(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        fields: Fields<'_>,
+        expect: Option<Option<&[u8]>>,
+    ) -> Result<std::result::Result<(), Option<Vec<u8>>>> {
         self.check_writable()?;
-        for (what, len, max) in [
-            ("key", key.len(), MAX_KEY_LEN),
-            ("value", value.len(), MAX_VALUE_LEN),
-            ("metadata", meta.len(), MAX_META_LEN),
-        ] {
-            if len > max {
-                return Err(Error::TooLarge {
-                    path: self.path.clone(),
-                    what,
-                    len,
-                    max,
-                });
+        let meta_len = match fields {
+            Fields::Given(meta, _) => meta.len(),
+            Fields::Kept => 0,
+        };
+        self.check_sizes(key.len(), value.len(), meta_len)?;
+        if let Fields::Given(_, expiry) = fields {
+            let expiry_ms = self.expiry_ms(expiry);
+            if !matches!(expiry, Expiry::Never)
+                && (expiry_ms == 0 || is_expired(expiry_ms, self.clock.now_millis()))
+            {
+                // Already past: the entry would be invisible from the start.
+                return Ok(self.delete_cond(key, expect)?.map(|_| ()));
             }
         }
-        let expiry_ms = self.expiry_ms(expiry);
-        if !matches!(expiry, Expiry::Never)
-            && (expiry_ms == 0 || is_expired(expiry_ms, self.clock.now_millis()))
-        {
-            // Already past: the entry would be invisible from the start.
-            self.delete(key)?;
-            return Ok(());
+        let _gate = self.gate.read();
+        let hash = self.hasher.hash_one(key);
+        let _key = self.key_lock(hash);
+        let (hash, cell) = self.locate(key);
+        let mut kept_meta = Vec::new();
+        let (meta, expiry_ms) = match fields {
+            Fields::Given(meta, expiry) => (meta, self.expiry_ms(expiry)),
+            Fields::Kept => {
+                // Stable until this put publishes: every write of the key
+                // holds its lock; a removal makes it a new key, which keeps
+                // nothing either way.
+                let shard = cell.map.read();
+                let expiry = match self.lookup(&shard, hash, key)? {
+                    Some((_, offset, h)) => {
+                        kept_meta = self.meta_at(key, offset, &h)?;
+                        h.expiry_ms
+                    }
+                    None => 0,
+                };
+                (kept_meta.as_slice(), expiry)
+            }
+        };
+        self.check_sizes(key.len(), value.len(), meta.len())?;
+        if let Some(e) = expect {
+            let current = self.visible_value(&cell.map.read(), hash, key)?;
+            if current.as_deref() != e {
+                return Ok(Err(current));
+            }
         }
         let payload_crc = crc(self.salt, &[key, meta, value]);
-        let _gate = self.gate.read();
         let room = match self.max_entries {
             // Room first: were the new entry written before the eviction, a
             // crash in between would leave one entry too many, and an open
@@ -116,11 +178,41 @@ impl Inner {
             expiry_ms,
             payload_crc,
         };
-        if let Err(e) = self
-            .storage
-            .write_at(offset, &[&header.encode(self.salt), key, meta, value])
-        {
-            self.release(offset, len, self.hasher.hash_one(key));
+        let parts: [&[u8]; 4] = [&header.encode(self.salt), key, meta, value];
+        // A claim on the new block that a remover of the key can take (see
+        // above): the sequence number, with the top bit set.
+        let claim = matches!(expect, Some(Some(_))).then_some(seq | 1 << 63);
+        let written = match (expect, claim) {
+            (Some(e), Some(token)) => {
+                let shard = cell.map.read();
+                let current = self.visible_value(&shard, hash, key);
+                match current {
+                    Ok(c) if c.as_deref() == e => {
+                        let w = self.storage.write_at(offset, &parts);
+                        if w.is_ok() {
+                            self.blocks.register_move(Moving {
+                                key: key.to_vec(),
+                                key_hash: hash,
+                                old_offset: token,
+                                new_offset: offset,
+                                new_len: len,
+                            });
+                        }
+                        w
+                    }
+                    other => {
+                        // Removed since the first look (an eviction, a
+                        // purge): nothing written.
+                        drop(shard);
+                        self.release(offset, len, hash);
+                        return other.map(Err);
+                    }
+                }
+            }
+            _ => self.storage.write_at(offset, &parts),
+        };
+        if let Err(e) = written {
+            self.release(offset, len, hash);
             return Err(Error::io(&self.path, "writing an entry", e));
         }
         let mut generation = self.note_write();
@@ -129,6 +221,12 @@ impl Inner {
             if self.policy == SyncPolicy::Always
                 && let Err(e) = self.sync_to(generation)
             {
+                if let Some(token) = claim
+                    && !self.take_claim(cell, token, offset)
+                {
+                    // Freed by a remover of the key: nothing left to undo.
+                    return Err(e);
+                }
                 // Not durable: take it back so memory and file agree. Should
                 // even that write fail, the copy stays valid on disk with the
                 // newest sequence number: it is published, so that memory
@@ -137,19 +235,23 @@ impl Inner {
                 if self.mark_free(offset, len).is_ok() {
                     self.return_space(offset, len);
                 } else {
-                    let p = self.publish(key, (offset, len), header.seq, expiry_ms, generation)?;
+                    let p =
+                        self.publish(key, (offset, len), header.seq, expiry_ms, generation, None)?;
                     if let Published::New = p {
                         self.admit(key, room.as_ref())?;
                     }
                 }
                 return Err(e);
             }
-            match self.publish(key, (offset, len), header.seq, expiry_ms, generation)? {
+            match self.publish(key, (offset, len), header.seq, expiry_ms, generation, claim)? {
                 Published::New => {
                     self.admit(key, room.as_ref())?;
                     break;
                 }
                 Published::Replaced => break,
+                // Its remover freed the block, and synced under `Always`:
+                // this write comes after that removal, and fails.
+                Published::Removed => return Ok(Err(None)),
                 Published::Outranked => {}
             }
             // A write of this key that took its sequence number after ours
@@ -159,13 +261,15 @@ impl Inner {
             header.seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
             if let Err(e) = self.storage.write_at(offset, &[&header.encode(self.salt)]) {
                 // The block may hold the old header or a torn one: free it.
-                self.release(offset, len, self.hasher.hash_one(key));
+                if claim.is_none_or(|token| self.take_claim(cell, token, offset)) {
+                    self.release(offset, len, hash);
+                }
                 return Err(Error::io(&self.path, "writing an entry", e));
             }
             generation = self.note_write();
         }
         if self.policy == SyncPolicy::Always
-            && let Some(g) = self.unsettled(self.hasher.hash_one(key))
+            && let Some(g) = self.unsettled(hash)
         {
             // A copy of this key was freed (by a remover running beside this
             // put) with a write not yet synced; that copy may carry a later
@@ -175,7 +279,34 @@ impl Inner {
             self.sync_to(g)?;
         }
         self.maybe_sync_for_space()?;
+        Ok(Ok(()))
+    }
+
+    /// `Error::TooLarge` for a key, value or metadata beyond the format's
+    /// limits.
+    fn check_sizes(&self, key: usize, value: usize, meta: usize) -> Result<()> {
+        for (what, len, max) in [
+            ("key", key, MAX_KEY_LEN),
+            ("value", value, MAX_VALUE_LEN),
+            ("metadata", meta, MAX_META_LEN),
+        ] {
+            if len > max {
+                return Err(Error::TooLarge {
+                    path: self.path.clone(),
+                    what,
+                    len,
+                    max,
+                });
+            }
+        }
         Ok(())
+    }
+
+    /// Takes back the claim of a conditional write on its new block, under
+    /// the shard's write lock; false when a remover of the key freed it.
+    fn take_claim(&self, cell: &ShardCell, token: u64, offset: u64) -> bool {
+        let _shard = cell.map.write();
+        self.blocks.take_move(token, offset)
     }
 
     /// An expiry in milliseconds since the epoch (0 = never), clamped to
@@ -206,6 +337,7 @@ impl Inner {
         }
         let _gate = self.gate.read();
         let (hash, cell) = self.locate(key);
+        let _key = self.key_lock(hash);
         let mut shard = cell.map.write();
         let Some(id) = shard.find(hash, key) else {
             return Ok(false);
@@ -291,9 +423,21 @@ impl Inner {
         seq: u64,
         expiry_ms: u64,
         generation: u64,
+        claim: Option<u64>,
     ) -> Result<Published> {
         let (hash, cell) = self.locate(key);
         let mut shard = cell.map.write();
+        if let Some(token) = claim
+            && !self.blocks.has_move(token, offset)
+        {
+            return Ok(Published::Removed);
+        }
+        // From here on a claimed block is the key's, or released.
+        let unclaim = || {
+            if let Some(token) = claim {
+                self.blocks.take_move(token, offset);
+            }
+        };
         match shard.find(hash, key) {
             Some(id) => {
                 let old_offset = shard.slot(id).offset;
@@ -306,6 +450,7 @@ impl Inner {
                     // caller writes a newer sequence number and tries again.
                     return Ok(Published::Outranked);
                 }
+                unclaim();
                 shard.update(hash, id, offset, expiry_ms);
                 self.touch_lru(cell, id);
                 if let Ok(h) = &old {
@@ -326,6 +471,7 @@ impl Inner {
                 Ok(Published::Replaced)
             }
             None if shard.len() >= crate::index::MAX_SHARD_ENTRIES => {
+                unclaim();
                 drop(shard);
                 self.release(offset, len, hash);
                 Err(Error::TooLarge {
@@ -336,6 +482,7 @@ impl Inner {
                 })
             }
             None => {
+                unclaim();
                 let id = shard.insert(&self.hasher, hash, key, offset, expiry_ms);
                 self.touch_lru(cell, id);
                 self.entries.fetch_add(1, Ordering::AcqRel);
@@ -406,9 +553,24 @@ impl Inner {
     }
 
     pub(super) fn delete(&self, key: &[u8]) -> Result<bool> {
+        let deleted = self.delete_cond(key, None)?;
+        // Unconditional: no comparison to fail.
+        Ok(deleted.unwrap_or(false))
+    }
+
+    /// Deletes `key` (see [`Store::delete`]), or, when `expect` is given,
+    /// only if its visible value is `expect`; otherwise it changes nothing
+    /// and returns the current value. The comparison and the removal are
+    /// made under the shard's write lock.
+    pub(super) fn delete_cond(
+        &self,
+        key: &[u8],
+        expect: Option<Option<&[u8]>>,
+    ) -> Result<std::result::Result<bool, Option<Vec<u8>>>> {
         self.check_writable()?;
         let _gate = self.gate.read();
         let (hash, cell) = self.locate(key);
+        let _key = self.key_lock(hash);
         let mut shard = loop {
             self.settle_old_copies(hash)?;
             let shard = cell.map.write();
@@ -416,8 +578,14 @@ impl Inner {
                 break shard;
             }
         };
+        if let Some(e) = expect {
+            let current = self.visible_value(&shard, hash, key)?;
+            if current.as_deref() != e {
+                return Ok(Err(current));
+            }
+        }
         let Some(id) = shard.find(hash, key) else {
-            return Ok(false);
+            return Ok(Ok(false));
         };
         let slot = shard.slot(id);
         let (offset, expiry) = (slot.offset, slot.expiry);
@@ -430,7 +598,7 @@ impl Inner {
         if self.policy == SyncPolicy::Always {
             self.sync_to(self.writes.load(Ordering::Acquire))?;
         }
-        Ok(visible)
+        Ok(Ok(visible))
     }
 
     /// The write generation a sync must reach before the newest copy of the

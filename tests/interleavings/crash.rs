@@ -144,7 +144,9 @@ fn allowed_at(
         // Memory evicts by use, the open by write order: after a power loss
         // that dropped some of the writes since the last sync, any key may be
         // the one evicted (README, Guarantees).
-        let inserted = optional.iter().any(|&i| done[i].op == Op::PutNew);
+        let inserted = optional
+            .iter()
+            .any(|&i| matches!(done[i].op, Op::PutNew | Op::PutIfAbsent | Op::Update));
         if inserted {
             for a in allowed.values_mut() {
                 a.insert(None);
@@ -158,7 +160,10 @@ fn allowed_at(
 fn changed(d: &Done) -> bool {
     match d.op {
         Op::PutNew | Op::Overwrite | Op::Clear => true,
-        Op::Delete | Op::Touch | Op::TouchHeld => d.outcome == Outcome::Bool(true),
+        Op::Delete | Op::Touch | Op::TouchHeld | Op::Cas | Op::CasDelete | Op::PutIfAbsent => {
+            d.outcome == Outcome::Bool(true)
+        }
+        Op::Update => true,
         Op::Purge => d.outcome != Outcome::Count(0),
         Op::GetRefHeld | Op::Expire | Op::Compact | Op::Sync => false,
     }

@@ -74,7 +74,19 @@ pub enum Op {
     Clear,
     /// `sync()`.
     Sync,
+    /// `compare_and_swap(c, its first value, a new one)`.
+    Cas,
+    /// `compare_and_swap(c, its first value, None)`: a conditional delete.
+    CasDelete,
+    /// `put_if_absent(b)`: `b` expires with [`Op::Expire`].
+    PutIfAbsent,
+    /// `update(b, append "+")`, keeping `b`'s expiry (`"u"` if absent).
+    Update,
 }
+
+/// The conditional writes: explored against every op in their own tests
+/// (in `ALL_OPS`, they would grow every pair test).
+pub const COND_OPS: [Op; 4] = [Op::Cas, Op::CasDelete, Op::PutIfAbsent, Op::Update];
 
 pub const ALL_OPS: [Op; 11] = [
     Op::PutNew,
@@ -149,8 +161,8 @@ impl Setup {
         // compaction moves both into the hole; c is the least recently used.
         store.put(b"a", vec![1u8; 1000]).unwrap();
         m.put(b"a", &[1u8; 1000], 0, START_MS);
-        store.put(b"c", value(9, "c0", 100)).unwrap();
-        m.put(b"c", &value(9, "c0", 100), 0, START_MS);
+        store.put(b"c", c_first()).unwrap();
+        m.put(b"c", &c_first(), 0, START_MS);
         store.delete(b"a").unwrap();
         m.delete(b"a");
         store
@@ -207,6 +219,33 @@ fn run_op(op: Op, slot: usize, store: &Store, clock: &ManualClock, sched: &Sched
         }
         Op::Clear => ok(store.clear()),
         Op::Sync => ok(store.sync()),
+        Op::Cas => {
+            let new = value(slot, "cas", 300);
+            let r = store.compare_and_swap(b"c", Some(&c_first()), Some(&new));
+            Outcome::Bool(r.unwrap().is_ok())
+        }
+        Op::CasDelete => {
+            let r = store.compare_and_swap(b"c", Some(&c_first()), None);
+            Outcome::Bool(r.unwrap().is_ok())
+        }
+        Op::PutIfAbsent => {
+            let r = store.put_if_absent(b"b", value(slot, "pia", 200));
+            Outcome::Bool(r.unwrap().is_ok())
+        }
+        Op::Update => Outcome::Value(store.update(b"b", |v| Some(appended(v))).unwrap()),
+    }
+}
+
+/// `c`'s value in the setup.
+fn c_first() -> Vec<u8> {
+    value(9, "c0", 100)
+}
+
+/// What [`Op::Update`] makes of a value.
+fn appended(v: Option<&[u8]>) -> Vec<u8> {
+    match v {
+        Some(v) => [v, b"+"].concat(),
+        None => b"u".to_vec(),
     }
 }
 
@@ -233,6 +272,30 @@ pub fn model_op(op: Op, slot: usize, m: &mut Model, now: &mut i64) -> Outcome {
         Op::Clear => {
             m.clear();
             Outcome::Unit
+        }
+        Op::Cas | Op::CasDelete => {
+            let ok = m.visible(b"c", *now) == Some(&c_first());
+            if ok && op == Op::Cas {
+                m.put(b"c", &value(slot, "cas", 300), 0, *now);
+            } else if ok {
+                m.delete(b"c");
+            }
+            Outcome::Bool(ok)
+        }
+        Op::PutIfAbsent => {
+            let ok = m.visible(b"b", *now).is_none();
+            if ok {
+                m.put(b"b", &value(slot, "pia", 200), 0, *now);
+            }
+            Outcome::Bool(ok)
+        }
+        Op::Update => {
+            let (new, expiry) = match m.visible(b"b", *now) {
+                Some(v) => (appended(Some(v)), m.map[b"b".as_slice()].1),
+                None => (appended(None), 0),
+            };
+            m.put(b"b", &new, expiry, *now);
+            Outcome::Value(Some(new))
         }
     }
 }
@@ -575,6 +638,63 @@ fn every_pair_never_at_the_cap() {
     pairs_in(SETUPS[3]);
 }
 
+/// Every conditional write against every operation (and each other).
+fn conditional_pairs_in(setup: Setup) {
+    let started = Instant::now();
+    let dir = scratch();
+    let mut cache = crash::Cache::default();
+    let mut totals = Totals::default();
+    let mut failures = Vec::new();
+    let mut pairs = 0;
+    for (i, &a) in COND_OPS.iter().enumerate() {
+        for &b in ALL_OPS.iter().chain(&COND_OPS[i..]) {
+            pairs += 1;
+            match explore(setup, &[a, b], Strategy::Exhaustive, dir.path(), &mut cache) {
+                Ok(t) => {
+                    totals.schedules += t.schedules;
+                    totals.images += t.images;
+                }
+                Err(e) => failures.push(e),
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} pairs break a promise:\n\n{}",
+        failures.len(),
+        failures.join("\n\n")
+    );
+    eprintln!(
+        "{setup:?}: {pairs} pairs with a conditional write, {} schedules, {} crash images checked in {:.1?}",
+        totals.schedules,
+        totals.images,
+        started.elapsed()
+    );
+    assert!(totals.schedules > pairs);
+}
+
+#[test]
+fn conditional_writes_against_every_op_always() {
+    conditional_pairs_in(SETUPS[0]);
+    conditional_pairs_in(SETUPS[1]);
+}
+
+#[test]
+fn conditional_writes_against_every_op_never() {
+    conditional_pairs_in(SETUPS[2]);
+    conditional_pairs_in(SETUPS[3]);
+}
+
+#[test]
+fn a_conditional_write_beside_a_removal_of_its_key() {
+    // The removals that do not take the key's write lock: a purge of the
+    // expired key a `put_if_absent` replaces, an eviction of the key a
+    // `compare_and_swap` expects.
+    every_interleaving(SETUPS[2], &[Op::Expire, Op::Purge, Op::PutIfAbsent]);
+    every_interleaving(SETUPS[1], &[Op::Cas, Op::PutNew]);
+    every_interleaving(SETUPS[1], &[Op::Update, Op::PutNew]);
+}
+
 #[test]
 fn a_sample_of_triples() {
     let started = Instant::now();
@@ -585,8 +705,9 @@ fn a_sample_of_triples() {
     let mut totals = Totals::default();
     for t in 0..triples {
         let setup = SETUPS[t % SETUPS.len()];
+        let every: Vec<Op> = ALL_OPS.iter().chain(&COND_OPS).copied().collect();
         let ops: Vec<Op> = (0..3)
-            .map(|_| ALL_OPS[rng.below(ALL_OPS.len() as u64) as usize])
+            .map(|_| every[rng.below(every.len() as u64) as usize])
             .collect();
         let seed = rng.next_u64();
         let got = explore(
