@@ -194,9 +194,18 @@ pub enum Op {
     /// The process dies (nothing more is written) and the store is opened
     /// again from the file as it was.
     Crash,
+    /// `compare_and_swap(key(k), expected, value of n bytes)`, expecting
+    /// the key's value (`true`: it succeeds) or another one (it fails).
+    Cas(u8, u16, bool),
+    /// `put_if_absent(key(k), value of n bytes)`.
+    PutIfAbsent(u8, u16),
+    /// `update(key(k), append a byte)`.
+    Update(u8),
+    /// `compare_and_swap(key(k), its value, None)`.
+    CasDelete(u8),
 }
 
-const OPCODES: u8 = 13;
+const OPCODES: u8 = 17;
 
 /// A store configuration and the operations to run on it.
 #[derive(Clone, Debug, PartialEq)]
@@ -242,7 +251,15 @@ impl Scenario {
                 9 => Op::Sync,
                 10 => Op::Touch(arg8() % 16, u16::from_le_bytes([arg8(), arg8()]) % 3000),
                 11 => Op::Compact,
-                _ => Op::Crash,
+                12 => Op::Crash,
+                13 => Op::Cas(
+                    arg8() % 16,
+                    u16::from_le_bytes([arg8(), arg8()]) % 5001,
+                    arg8() % 4 != 0,
+                ),
+                14 => Op::PutIfAbsent(arg8() % 16, u16::from_le_bytes([arg8(), arg8()]) % 5001),
+                15 => Op::Update(arg8() % 16),
+                _ => Op::CasDelete(arg8() % 16),
             };
             ops.push(op);
         }
@@ -282,6 +299,10 @@ impl Scenario {
                 Op::Touch(k, t) => out.extend([10, k, le(t)[0], le(t)[1]]),
                 Op::Compact => out.push(11),
                 Op::Crash => out.push(12),
+                Op::Cas(k, n, right) => out.extend([13, k, le(n)[0], le(n)[1], u8::from(right)]),
+                Op::PutIfAbsent(k, n) => out.extend([14, k, le(n)[0], le(n)[1]]),
+                Op::Update(k) => out.extend([15, k]),
+                Op::CasDelete(k) => out.extend([16, k]),
             }
         }
         out
@@ -452,6 +473,57 @@ pub fn run(s: &Scenario, backing: Backing) {
                     model.touch(&key(k), now + i64::from(ttl), now),
                     "{when}"
                 );
+            }
+            Op::Cas(k, n, right) => {
+                version += 1;
+                let v = value(k, version, n);
+                let current = model.visible(&key(k), now).cloned();
+                let expected = match (&current, right) {
+                    (c, true) => c.clone(),
+                    (Some(_), false) => None,
+                    (None, false) => Some(b"not there".to_vec()),
+                };
+                let r = store
+                    .compare_and_swap(key(k), expected.as_deref(), Some(&v))
+                    .expect("compare_and_swap");
+                if right {
+                    assert_eq!(r, Ok(()), "{when}");
+                    model.put(&key(k), &v, 0, now);
+                } else {
+                    assert_eq!(r.map_err(|c| c.current), Err(current), "{when}");
+                }
+            }
+            Op::PutIfAbsent(k, n) => {
+                version += 1;
+                let v = value(k, version, n);
+                let r = store.put_if_absent(key(k), &v).expect("put_if_absent");
+                match model.visible(&key(k), now).cloned() {
+                    None => {
+                        assert_eq!(r, Ok(()), "{when}");
+                        model.put(&key(k), &v, 0, now);
+                    }
+                    current => assert_eq!(r.map_err(|c| c.current), Err(current), "{when}"),
+                }
+            }
+            Op::Update(k) => {
+                let new = store
+                    .update(key(k), |v| Some([v.unwrap_or(b""), b"+"].concat()))
+                    .expect("update");
+                let (mut expected, expiry) = match model.visible(&key(k), now) {
+                    Some(v) => (v.clone(), model.map[&key(k)].1),
+                    None => (Vec::new(), 0),
+                };
+                expected.push(b'+');
+                assert_eq!(new.as_ref(), Some(&expected), "{when}");
+                model.put(&key(k), &expected, expiry, now);
+            }
+            Op::CasDelete(k) => {
+                let current = model.visible(&key(k), now).cloned();
+                let r = store
+                    .compare_and_swap(key(k), current.as_deref(), None)
+                    .expect("compare_and_swap");
+                assert_eq!(r, Ok(()), "{when}");
+                model.delete(&key(k));
             }
             Op::Compact => {
                 let before = store.stats().file_len;

@@ -488,10 +488,19 @@ impl Store {
         key: impl AsRef<[u8]>,
         mut f: impl FnMut(Option<&[u8]>) -> Option<Vec<u8>>,
     ) -> Result<Option<Vec<u8>>> {
-        let key = key.as_ref();
+        self.try_update(key.as_ref(), |v| Ok(f(v)))
+    }
+
+    /// [`update`](Self::update) with an `f` that may fail: its error is
+    /// returned, and nothing is written.
+    pub(crate) fn try_update(
+        &self,
+        key: &[u8],
+        mut f: impl FnMut(Option<&[u8]>) -> Result<Option<Vec<u8>>>,
+    ) -> Result<Option<Vec<u8>>> {
         let mut current = self.peek(key)?;
         loop {
-            let new = f(current.as_deref());
+            let new = f(current.as_deref())?;
             let done = match &new {
                 Some(v) => {
                     self.inner

@@ -199,6 +199,25 @@ fn encoded_limits(e: Error) -> Error {
     }
 }
 
+/// A conditional write of a [`TypedStore`] that did not happen: the key's
+/// value was not the one expected.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TypedConflict<V> {
+    /// The key's value when the write looked (`None`: absent or expired).
+    pub current: Option<V>,
+}
+
+impl<V: std::fmt::Debug> std::fmt::Display for TypedConflict<V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.current {
+            None => write!(f, "the key is absent, which was not expected"),
+            Some(v) => write!(f, "the key holds {v:?}, not the value expected"),
+        }
+    }
+}
+
+impl<V: std::fmt::Debug> std::error::Error for TypedConflict<V> {}
+
 impl<K, V> TypedStore<K, V>
 where
     K: Serialize + DeserializeOwned,
@@ -390,6 +409,131 @@ where
     {
         self.encode("key", key)
             .is_ok_and(|k| self.store.contains(k))
+    }
+
+    /// Writes `new` to `key` (`None` deletes it) only if its value is
+    /// `expected` now (`None`: absent or expired); otherwise writes nothing
+    /// and returns the current value, decoded, in [`TypedConflict`]. See
+    /// [`Store::compare_and_swap`].
+    ///
+    /// Values are compared by their encodings: a type whose encoding is not
+    /// canonical (a `HashMap` encodes in its iteration order) may differ
+    /// from an equal value.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let owners = sfs::TypedStore::<String, u32>::open(dir.path().join("o.sfs"))?;
+    /// assert!(owners.compare_and_swap("shard-1", None, Some(&7))?.is_ok());
+    /// let lost = owners.compare_and_swap("shard-1", None, Some(&8))?;
+    /// assert_eq!(lost.unwrap_err().current, Some(7));
+    /// # Ok::<(), sfs::Error>(())
+    /// ```
+    pub fn compare_and_swap<Q, W>(
+        &self,
+        key: &Q,
+        expected: Option<&W>,
+        new: Option<&W>,
+    ) -> Result<std::result::Result<(), TypedConflict<V>>>
+    where
+        K: Borrow<Q>,
+        V: Borrow<W>,
+        Q: Serialize + ?Sized,
+        W: Serialize + ?Sized,
+    {
+        self.compare_and_swap_with(key, expected, new, &PutOptions::new())
+    }
+
+    /// [`compare_and_swap`](Self::compare_and_swap), writing `new` with the
+    /// expiry and metadata of `opts`.
+    pub fn compare_and_swap_with<Q, W>(
+        &self,
+        key: &Q,
+        expected: Option<&W>,
+        new: Option<&W>,
+        opts: &PutOptions<'_>,
+    ) -> Result<std::result::Result<(), TypedConflict<V>>>
+    where
+        K: Borrow<Q>,
+        V: Borrow<W>,
+        Q: Serialize + ?Sized,
+        W: Serialize + ?Sized,
+    {
+        let k = self.encode("key", key)?;
+        let expected = expected.map(|e| self.encode("value", e)).transpose()?;
+        let new = new.map(|n| self.encode("value", n)).transpose()?;
+        let done = self
+            .store
+            .compare_and_swap_with(&k, expected.as_deref(), new.as_deref(), opts)
+            .map_err(encoded_limits)?;
+        match done {
+            Ok(()) => Ok(Ok(())),
+            Err(c) => Ok(Err(TypedConflict {
+                current: c.current.map(|v| self.decode_value(&k, &v)).transpose()?,
+            })),
+        }
+    }
+
+    /// Inserts `key` only if it is absent (or expired); otherwise returns the
+    /// current value in [`TypedConflict`]. See [`Store::put_if_absent`].
+    pub fn put_if_absent<Q, W>(
+        &self,
+        key: &Q,
+        value: &W,
+    ) -> Result<std::result::Result<(), TypedConflict<V>>>
+    where
+        K: Borrow<Q>,
+        V: Borrow<W>,
+        Q: Serialize + ?Sized,
+        W: Serialize + ?Sized,
+    {
+        self.compare_and_swap(key, None, Some(value))
+    }
+
+    /// [`put_if_absent`](Self::put_if_absent) with a time to live.
+    pub fn put_if_absent_with_ttl<Q, W>(
+        &self,
+        key: &Q,
+        value: &W,
+        ttl: Duration,
+    ) -> Result<std::result::Result<(), TypedConflict<V>>>
+    where
+        K: Borrow<Q>,
+        V: Borrow<W>,
+        Q: Serialize + ?Sized,
+        W: Serialize + ?Sized,
+    {
+        self.compare_and_swap_with(key, None, Some(value), &PutOptions::new().ttl(ttl))
+    }
+
+    /// Atomically replaces the value of `key` with `f(current)` and returns
+    /// the new value; `f` may run more than once (see [`Store::update`]).
+    /// A current value that does not decode is [`Error::Codec`], and nothing
+    /// is written.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let hits = sfs::TypedStore::<String, u64>::open(dir.path().join("h.sfs"))?;
+    /// hits.update("/index", |n| Some(n.unwrap_or(0) + 1))?;
+    /// assert_eq!(hits.update("/index", |n| Some(n.unwrap_or(0) + 1))?, Some(2));
+    /// # Ok::<(), sfs::Error>(())
+    /// ```
+    pub fn update<Q>(&self, key: &Q, mut f: impl FnMut(Option<V>) -> Option<V>) -> Result<Option<V>>
+    where
+        K: Borrow<Q>,
+        Q: Serialize + ?Sized,
+    {
+        let k = self.encode("key", key)?;
+        let mut new_value = None;
+        self.store
+            .try_update(&k, |current| {
+                let current = current.map(|v| self.decode_value(&k, v)).transpose()?;
+                let new = f(current);
+                let bytes = new.as_ref().map(|v| self.encode("value", v)).transpose()?;
+                new_value = new;
+                Ok(bytes)
+            })
+            .map_err(encoded_limits)?;
+        Ok(new_value)
     }
 
     /// Removes `key`; returns whether it was present (and not expired).

@@ -262,3 +262,57 @@ fn concurrent_increments_are_never_lost_and_survive_a_reopen() {
         );
     }
 }
+
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, PartialEq)]
+struct Lease {
+    holder: String,
+    term: u64,
+}
+
+#[test]
+fn typed_conditional_writes_compare_encodings_and_decode_the_conflict() {
+    let dir = tempfile::tempdir().unwrap();
+    let leases = sfs::TypedStore::<String, Lease>::open(dir.path().join("t.sfs")).unwrap();
+    let a = Lease {
+        holder: "a".into(),
+        term: 1,
+    };
+    let b = Lease {
+        holder: "b".into(),
+        term: 2,
+    };
+    assert_eq!(leases.put_if_absent("db", &a).unwrap(), Ok(()));
+    let lost = leases.put_if_absent("db", &b).unwrap().unwrap_err();
+    assert_eq!(lost.current, Some(a.clone()));
+    assert!(lost.to_string().contains("holder: \"a\""), "{lost}");
+    assert!(
+        leases
+            .compare_and_swap("db", Some(&b), Some(&a))
+            .unwrap()
+            .is_err()
+    );
+    assert_eq!(
+        leases.compare_and_swap("db", Some(&a), Some(&b)).unwrap(),
+        Ok(())
+    );
+    let next = leases
+        .update("db", |l| {
+            l.map(|l| Lease {
+                term: l.term + 1,
+                ..l
+            })
+        })
+        .unwrap();
+    assert_eq!(next.map(|l| l.term), Some(3));
+    // A value that does not decode: an error naming the type, nothing written.
+    leases
+        .raw()
+        .put(leases.encode_key("db").unwrap(), [0xFF])
+        .unwrap();
+    let e = leases.update("db", |l| l).unwrap_err();
+    assert!(e.to_string().contains("Lease"), "{e}");
+    assert_eq!(
+        leases.raw().get(leases.encode_key("db").unwrap()).unwrap(),
+        Some(vec![0xFF])
+    );
+}

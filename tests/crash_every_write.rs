@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use common::Model;
 use sfs::testing::{Event, FaultStorage, MemStorage, Recording, Storage, TestRng};
-use sfs::{Clock, ManualClock, Options, Store, SyncPolicy};
+use sfs::{Clock, ManualClock, Options, PutOptions, Store, SyncPolicy};
 
 const KEYS: u8 = 10;
 const START_MS: i64 = 1_000_000;
@@ -58,6 +58,14 @@ enum Op {
     Sync,
     Touch(u8, u32),
     Compact,
+    /// `compare_and_swap(k, expected, new value)`: expecting the model's
+    /// value (`true`, it succeeds) or another one (it fails).
+    Cas(u8, u16, bool),
+    /// `compare_and_swap(k, the model's value, None)`.
+    CasDelete(u8),
+    PutIfAbsent(u8, u16, u32),
+    /// `update(k, append a byte)`.
+    Update(u8),
     Close,
 }
 
@@ -122,6 +130,13 @@ fn workload(seed: u64, policy: SyncPolicy, n: usize) -> Vec<Op> {
         Touch(6, 2000),
         Advance(400), // 3 lives on only through its renewal
         Get(3),
+        Cas(5, 300, true),       // replaces 5
+        Cas(5, 30, false),       // refused
+        PutIfAbsent(8, 40, 300), // absent: taken, with a TTL
+        PutIfAbsent(5, 40, 0),   // refused
+        Update(6),               // keeps its expiry
+        Update(7),               // absent: inserted
+        CasDelete(6),
     ];
     let mut rng = TestRng::new(seed);
     let sizes = [0u16, 12, 20, 40, 100, 300, 700, 1500, 3000];
@@ -129,7 +144,11 @@ fn workload(seed: u64, policy: SyncPolicy, n: usize) -> Vec<Op> {
         let k = rng.below(u64::from(KEYS)) as u8;
         let size = sizes[rng.below(sizes.len() as u64) as usize];
         ops.push(match rng.below(100) {
-            0..=39 => Put(k, size),
+            0..=33 => Put(k, size),
+            34..=35 => Cas(k, size, rng.below(4) != 0),
+            36 => CasDelete(k),
+            37..=38 => PutIfAbsent(k, size, rng.below(2) as u32 * (50 + rng.below(400) as u32)),
+            39 => Update(k),
             40..=49 => PutTtl(k, size, 50 + rng.below(400) as u32),
             50..=64 => Get(k),
             65..=79 => Delete(k),
@@ -205,6 +224,61 @@ fn record(ops: &[Op], policy: SyncPolicy, cap: Option<usize>) -> (Vec<Step>, Rec
                     }
                     Op::Compact => {
                         s.compact().unwrap();
+                    }
+                    Op::Cas(k, n, right) => {
+                        version += 1;
+                        let v = value(k, version, n);
+                        let current = model.visible(&key(k), now).cloned();
+                        let expected = match (&current, right) {
+                            (c, true) => c.clone(),
+                            (Some(_), false) => None,
+                            (None, false) => Some(b"not there".to_vec()),
+                        };
+                        let r = s.compare_and_swap(key(k), expected.as_deref(), Some(&v));
+                        if right {
+                            assert_eq!(r.unwrap(), Ok(()));
+                            model.put(&key(k), &v, 0, now);
+                        } else {
+                            assert_eq!(r.unwrap().unwrap_err().current, current);
+                        }
+                    }
+                    Op::CasDelete(k) => {
+                        let current = model.visible(&key(k), now).cloned();
+                        let r = s.compare_and_swap(key(k), current.as_deref(), None);
+                        assert_eq!(r.unwrap(), Ok(()));
+                        model.delete(&key(k));
+                    }
+                    Op::PutIfAbsent(k, n, ttl) => {
+                        version += 1;
+                        let v = value(k, version, n);
+                        let opts = PutOptions::new();
+                        let opts = match ttl {
+                            0 => opts,
+                            t => opts.ttl(Duration::from_millis(u64::from(t))),
+                        };
+                        let r = s.compare_and_swap_with(key(k), None, Some(&v), &opts);
+                        match model.visible(&key(k), now).cloned() {
+                            None => {
+                                assert_eq!(r.unwrap(), Ok(()));
+                                let expiry = if ttl == 0 { 0 } else { now + i64::from(ttl) };
+                                model.put(&key(k), &v, expiry as u64, now);
+                            }
+                            current => assert_eq!(r.unwrap().unwrap_err().current, current),
+                        }
+                    }
+                    Op::Update(k) => {
+                        let new = s
+                            .update(key(k), |v| Some([v.unwrap_or(b""), b"+"].concat()))
+                            .unwrap()
+                            .unwrap();
+                        let expiry = match model.visible(&key(k), now) {
+                            Some(_) => model.map[&key(k)].1,
+                            None => 0,
+                        };
+                        let mut expected = model.visible(&key(k), now).cloned().unwrap_or_default();
+                        expected.push(b'+');
+                        assert_eq!(new, expected);
+                        model.put(&key(k), &new, expiry, now);
                     }
                     Op::Open | Op::Close => unreachable!(),
                 }
@@ -482,6 +556,20 @@ fn crash_everywhere_once(policy: SyncPolicy, cap: Option<usize>, seed: u64) {
             .any(|s| matches!(s.op, Op::Purge) && s.after.map.len() < s.before.map.len()),
         "nothing purged"
     );
+    for (what, is) in [
+        (
+            "compare_and_swap",
+            (|o: &Op| matches!(o, Op::Cas(..))) as fn(&Op) -> bool,
+        ),
+        ("a conditional delete", |o| matches!(o, Op::CasDelete(..))),
+        ("put_if_absent", |o| matches!(o, Op::PutIfAbsent(..))),
+        ("update", |o| matches!(o, Op::Update(..))),
+    ] {
+        assert!(
+            steps.iter().any(|s| is(&s.op) && s.events.1 > s.events.0),
+            "no {what} wrote anything"
+        );
+    }
     let mut images = 0usize;
     for k in 0..=n {
         let label = |mode: Mode, extra: &str| {

@@ -227,3 +227,125 @@ fn acknowledged_writes_survive_kill_9() {
         started.elapsed()
     );
 }
+
+const COUNTER_CHILD: &str = "SFS_KILL9_COUNTER_CHILD";
+const COUNTER_THREADS: u64 = 4;
+
+fn counter_value(s: &Store) -> u64 {
+    s.get("counter")
+        .unwrap()
+        .map_or(0, |b| u64::from_le_bytes(b.try_into().unwrap()))
+}
+
+/// The counter child: 4 threads increment one counter with `update` (two
+/// of them) and `compare_and_swap` retries (the other two), acknowledging
+/// each increment that returned.
+fn counter_child(path: &str, policy: &str) {
+    let policy = match policy {
+        "always" => SyncPolicy::Always,
+        _ => SyncPolicy::Never,
+    };
+    let store = Options::new().sync(policy).open(path).expect("child open");
+    let out = std::sync::Mutex::new(std::io::stdout());
+    writeln!(out.lock().unwrap(), "open").unwrap();
+    std::thread::scope(|s| {
+        for t in 0..COUNTER_THREADS {
+            let (store, out) = (&store, &out);
+            s.spawn(move || {
+                let add = |v: Option<&[u8]>| {
+                    let n = v.map_or(0, |b| u64::from_le_bytes(b.try_into().unwrap()));
+                    (n + 1).to_le_bytes().to_vec()
+                };
+                loop {
+                    if t % 2 == 0 {
+                        store.update("counter", |v| Some(add(v))).unwrap();
+                    } else {
+                        loop {
+                            let seen = store.get("counter").unwrap();
+                            let next = add(seen.as_deref());
+                            if store
+                                .compare_and_swap("counter", seen.as_deref(), Some(&next))
+                                .unwrap()
+                                .is_ok()
+                            {
+                                break;
+                            }
+                        }
+                    }
+                    let mut o = out.lock().unwrap();
+                    if writeln!(o, "ack").and_then(|()| o.flush()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+}
+
+#[test]
+fn acknowledged_increments_survive_kill_9() {
+    if let (Ok(path), Ok(policy)) = (std::env::var(CHILD_PATH), std::env::var(COUNTER_CHILD)) {
+        counter_child(&path, &policy);
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("counter.sfs");
+    let exe = std::env::current_exe().unwrap();
+    let mut rng = TestRng::new(0x636f_756e);
+    let mut value = 0u64;
+    let (mut acked_total, mut in_flight_seen) = (0u64, 0u64);
+    for round in 0..24 {
+        let policy = if round % 2 == 0 { "always" } else { "never" };
+        let kill_after = rng.below(400);
+        let mut child = Command::new(&exe)
+            .args([
+                "acknowledged_increments_survive_kill_9",
+                "--exact",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD_PATH, &path)
+            .env(COUNTER_CHILD, policy)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut acked = 0u64;
+        let mut killed = false;
+        for line in lines {
+            let line = line.unwrap();
+            if line == "ack" {
+                acked += 1;
+            } else if line != "open" {
+                continue;
+            }
+            if !killed && acked >= kill_after {
+                child.kill().unwrap();
+                killed = true;
+            }
+        }
+        let status = child.wait().unwrap();
+        assert!(
+            killed && !status.success(),
+            "the child ended on its own: {status}"
+        );
+        let store = Store::open(&path).unwrap();
+        store.check_invariants().unwrap();
+        let now = counter_value(&store);
+        // Every acknowledged increment is there; at most one more per thread
+        // (done, not yet acknowledged) may be.
+        assert!(
+            now >= value + acked && now <= value + acked + COUNTER_THREADS,
+            "round {round} ({policy}): {value} before, {acked} acknowledged, {now} after"
+        );
+        in_flight_seen += now - value - acked;
+        acked_total += acked;
+        value = now;
+    }
+    assert!(acked_total > 0, "no increment was acknowledged");
+    eprintln!(
+        "24 kills, {acked_total} acknowledged increments, {in_flight_seen} done but not \
+         acknowledged; final count {value}"
+    );
+}

@@ -16,6 +16,7 @@ fn op() -> impl Strategy<Value = Op> {
         400u16..3000,
         Just(5000u16)
     ];
+    let size2 = size.clone();
     prop_oneof![
         30 => (0u8..16, size.clone()).prop_map(|(k, n)| Op::Put(k, n)),
         10 => (0u8..16, size, 1u16..3000).prop_map(|(k, n, t)| Op::PutTtl(k, n, t)),
@@ -30,6 +31,10 @@ fn op() -> impl Strategy<Value = Op> {
         5 => (0u8..16, 0u16..3000).prop_map(|(k, t)| Op::Touch(k, t)),
         2 => Just(Op::Compact),
         2 => Just(Op::Crash),
+        4 => (0u8..16, size2.clone(), any::<bool>()).prop_map(|(k, n, r)| Op::Cas(k, n, r)),
+        3 => (0u8..16, size2).prop_map(|(k, n)| Op::PutIfAbsent(k, n)),
+        3 => (0u8..16).prop_map(Op::Update),
+        2 => (0u8..16).prop_map(Op::CasDelete),
     ]
 }
 
