@@ -208,6 +208,8 @@ pub(crate) struct Inner {
     compact_batch: usize,
     expired_purged: AtomicU64,
     evictions: AtomicU64,
+    /// `fdatasync`s completed since open (`Stats::syncs`).
+    syncs: AtomicU64,
     stop: Mutex<bool>,
     stop_cv: Condvar,
     background: Mutex<BackgroundErrors>,
@@ -936,6 +938,7 @@ impl Inner {
             compact_batch: opts.compact_batch,
             expired_purged: AtomicU64::new(rec.expired_freed),
             evictions: AtomicU64::new(rec.evicted),
+            syncs: AtomicU64::new(0),
             stop: Mutex::new(false),
             stop_cv: Condvar::new(),
             background: Mutex::new(BackgroundErrors::default()),

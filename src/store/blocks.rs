@@ -30,6 +30,7 @@
 //! reader locks and never held across a call out of this module but
 //! [`BlockIo`]'s.
 
+use std::collections::HashMap;
 use std::io;
 
 use parking_lot::{Condvar, Mutex};
@@ -92,7 +93,8 @@ pub(super) struct Moving {
 /// Free space and the blocks held on their way to it.
 pub(super) struct Space {
     pub(super) free: FreeList,
-    held: Vec<HeldBlock>,
+    /// By offset: a sync frees thousands at once under `SyncPolicy::Never`.
+    held: HashMap<u64, HeldBlock>,
     held_bytes: u64,
     /// (key hash, write generation) of old copies whose free header was
     /// written, until a sync covers it. Such a key's newest copy is not freed
@@ -107,7 +109,7 @@ impl Space {
     /// Held blocks and compaction's unpublished copies: (offset, length).
     pub(super) fn held(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
         self.held
-            .iter()
+            .values()
             .map(|h| (h.offset, h.len))
             .chain(self.moves.iter().map(|m| (m.new_offset, m.new_len)))
     }
@@ -152,7 +154,7 @@ impl Blocks {
         Blocks {
             space: Mutex::new(Space {
                 free,
-                held: Vec::new(),
+                held: HashMap::new(),
                 held_bytes: 0,
                 unsynced_frees: Vec::new(),
                 moves: Vec::new(),
@@ -334,11 +336,7 @@ impl Blocks {
     pub(super) fn free_held(&self, offset: u64, before_sync: bool, io: &dyn BlockIo) -> bool {
         let (len, key_hash) = {
             let mut sp = self.space.lock();
-            let Some(h) = sp
-                .held
-                .iter_mut()
-                .find(|h| h.offset == offset && h.why != Held::Freeing)
-            else {
+            let Some(h) = sp.held.get_mut(&offset).filter(|h| h.why != Held::Freeing) else {
                 return false;
             };
             h.why = Held::Freeing;
@@ -348,15 +346,16 @@ impl Blocks {
         {
             let mut sp = self.space.lock();
             self.freed.notify_all();
-            let Some(i) = sp.held.iter().position(|h| h.offset == offset) else {
+            let Some(h) = sp.held.get_mut(&offset) else {
                 return false;
             };
             if !written {
-                sp.held[i].why = Held::Unfreed;
+                h.why = Held::Unfreed;
                 return false;
             }
-            let h = sp.held.swap_remove(i);
-            sp.held_bytes -= h.len;
+            let len = h.len;
+            sp.held.remove(&offset);
+            sp.held_bytes -= len;
             sp.unsynced_frees.push((key_hash, io.generation()));
         }
         self.return_space(offset, len, before_sync, io);
@@ -371,7 +370,7 @@ impl Blocks {
             let mut sp = self.space.lock();
             sp.unsynced_frees.retain(|f| f.1 > synced);
             sp.held
-                .iter()
+                .values()
                 .filter(|h| match h.why {
                     Held::Superseded(g) => g <= synced,
                     Held::Unfreed => true,
@@ -425,22 +424,25 @@ impl Blocks {
             let mut sp = self.space.lock();
             while sp
                 .held
-                .iter()
+                .values()
                 .any(|h| h.why == Held::Freeing && h.key_hash == hash)
             {
                 self.freed.wait(&mut sp);
             }
-            let mut held = Vec::new();
             let mut kb = vec![0u8; key.len()];
-            let mut i = 0;
-            while i < sp.held.len() {
-                let h = &sp.held[i];
-                if h.key_hash == hash && io.read_key(h.offset, &mut kb).is_ok() && kb == key {
-                    let h = sp.held.swap_remove(i);
+            let mine: Vec<u64> = sp
+                .held
+                .values()
+                .filter(|h| {
+                    h.key_hash == hash && io.read_key(h.offset, &mut kb).is_ok() && kb == key
+                })
+                .map(|h| h.offset)
+                .collect();
+            let mut held = Vec::new();
+            for offset in mine {
+                if let Some(h) = sp.held.remove(&offset) {
                     sp.held_bytes -= h.len;
                     held.push(h);
-                } else {
-                    i += 1;
                 }
             }
             let mut moves = Vec::new();
@@ -545,7 +547,7 @@ impl Blocks {
         let held: Vec<HeldBlock> = {
             let mut sp = self.space.lock();
             sp.held_bytes = 0;
-            sp.held.drain(..).collect()
+            sp.held.drain().map(|(_, h)| h).collect()
         };
         for h in held {
             self.release(h.offset, h.len, h.key_hash, false, io);
@@ -582,12 +584,16 @@ impl Blocks {
 }
 
 fn push_held(sp: &mut Space, offset: u64, len: u64, key_hash: u64, why: Held) {
-    sp.held.push(HeldBlock {
+    let before = sp.held.insert(
         offset,
-        len,
-        key_hash,
-        why,
-    });
+        HeldBlock {
+            offset,
+            len,
+            key_hash,
+            why,
+        },
+    );
+    debug_assert!(before.is_none(), "block {offset} held twice");
     sp.held_bytes += len;
 }
 

@@ -42,6 +42,7 @@ impl Inner {
             corrupt_bytes: self.corrupt_bytes,
             expired_purged: self.expired_purged.load(Ordering::Relaxed),
             evictions: self.evictions.load(Ordering::Relaxed),
+            syncs: self.syncs.load(Ordering::Relaxed),
             index_bytes,
             background_errors,
             last_background_error,

@@ -51,7 +51,10 @@ impl Inner {
             st = self.sync_state.lock();
             st.running = false;
             match &r {
-                Ok(()) => st.synced = st.synced.max(target),
+                Ok(()) => {
+                    st.synced = st.synced.max(target);
+                    self.syncs.fetch_add(1, Ordering::Relaxed);
+                }
                 Err(_) => {
                     // Every write done by now may have had its pages in the
                     // failed writeback, not only those up to `target`: a

@@ -34,6 +34,9 @@ pub struct Stats {
     pub expired_purged: u64,
     /// Entries evicted by the entry cap since open (by writes and by open).
     pub evictions: u64,
+    /// `fdatasync`s completed since open. Concurrent durable writers share
+    /// them (group commit): writes ÷ syncs is the sharing achieved.
+    pub syncs: u64,
     /// Approximate bytes of memory used by the index.
     pub index_bytes: usize,
     /// Bytes [`Store::compact`] could give back at best: all free space,

@@ -216,6 +216,7 @@ impl Inner {
             return Err(Error::io(&self.path, "writing an entry", e));
         }
         let mut generation = self.note_write();
+        self.storage.point("put: written");
         let mut header = header;
         loop {
             if self.policy == SyncPolicy::Always

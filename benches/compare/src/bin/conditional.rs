@@ -1,0 +1,193 @@
+//! Group commit and conditional writes, measured in one run (issue "Atomic
+//! batches and conditional writes", benchmarks 2 and 4):
+//!
+//! 1. Durable puts (`SyncPolicy::Always`) from 1 writer and from 4, in
+//!    alternating blocks (the disk's fdatasync latency drifts; alternating
+//!    blocks see the same disk): time per put, the 4-writer ratio, and puts
+//!    per `fdatasync` (`Stats::syncs`).
+//! 2. Compare-and-swap under contention: 4 threads increment counters
+//!    spread over 1, 16 and 1,000 keys, each with a read + CAS retry loop;
+//!    sfs (`compare_and_swap`, and `update`) against sled's
+//!    `compare_and_swap`, neither syncing per write (sfs `SyncPolicy::Never`;
+//!    sled flushes in the background), then sfs durable (`Always`).
+//!
+//! `cargo run --release --bin sfs-conditional -- [--dir DIR] [--quick]`
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use sfs::{Options, SyncPolicy};
+
+const THREADS: usize = 4;
+
+fn arg_dir() -> (std::path::PathBuf, bool) {
+    let mut dir = std::env::temp_dir();
+    let mut quick = false;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--dir" => dir = args.next().expect("--dir DIR").into(),
+            "--quick" => quick = true,
+            other => panic!("unknown argument {other}"),
+        }
+    }
+    (dir, quick)
+}
+
+fn group_commit(dir: &std::path::Path, quick: bool) {
+    let d = tempfile::tempdir_in(dir).expect("tempdir");
+    let store = Options::new()
+        .sync(SyncPolicy::Always)
+        .open(d.path().join("gc.sfs"))
+        .expect("open");
+    let (blocks, per) = if quick { (4, 40) } else { (20, 100) };
+    let value = vec![7u8; 100];
+    let next = AtomicU64::new(0);
+    let key = || format!("key-{:08}", next.fetch_add(1, Ordering::Relaxed));
+    let (mut t1, mut t4, mut s1, mut s4) = (0f64, 0f64, 0u64, 0u64);
+    for _ in 0..blocks {
+        let syncs = store.stats().syncs;
+        let t = Instant::now();
+        for _ in 0..per {
+            store.put(key(), &value).expect("put");
+        }
+        t1 += t.elapsed().as_nanos() as f64;
+        s1 += store.stats().syncs - syncs;
+        let syncs = store.stats().syncs;
+        let t = Instant::now();
+        std::thread::scope(|s| {
+            for _ in 0..THREADS {
+                s.spawn(|| {
+                    for _ in 0..per / THREADS {
+                        store.put(key(), &value).expect("put");
+                    }
+                });
+            }
+        });
+        t4 += t.elapsed().as_nanos() as f64;
+        s4 += store.stats().syncs - syncs;
+    }
+    let n = (blocks * per) as f64;
+    println!("## Group commit: durable puts, 1 writer vs {THREADS}, alternating blocks\n");
+    println!("| writers | µs per put | puts per fdatasync |");
+    println!("|---:|---:|---:|");
+    println!("| 1 | {:.1} | {:.2} |", t1 / n / 1e3, n / s1 as f64);
+    println!("| {THREADS} | {:.1} | {:.2} |", t4 / n / 1e3, n / s4 as f64);
+    println!(
+        "\nratio, {THREADS} writers ÷ 1 (time per put): **{:.2}** (goal ≤ 0.35; ideal 0.25)\n",
+        t4 / t1
+    );
+}
+
+fn counter(v: Option<&[u8]>) -> u64 {
+    v.map_or(0, |b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+}
+
+/// Runs `per` increments on each of `THREADS` threads, thread `t`'s `i`-th
+/// on key `(i * THREADS + t) % keys`; returns increments per second.
+fn contended(per: usize, keys: usize, inc: impl Fn(&[u8]) + Sync) -> f64 {
+    let names: Vec<Vec<u8>> = (0..keys)
+        .map(|k| format!("ctr-{k:05}").into_bytes())
+        .collect();
+    let t = Instant::now();
+    std::thread::scope(|s| {
+        for th in 0..THREADS {
+            let (names, inc) = (&names, &inc);
+            s.spawn(move || {
+                for i in 0..per {
+                    inc(&names[(i * THREADS + th) % keys]);
+                }
+            });
+        }
+    });
+    (per * THREADS) as f64 / t.elapsed().as_secs_f64()
+}
+
+fn cas_contention(dir: &std::path::Path, quick: bool) {
+    let per = if quick { 2_000 } else { 20_000 };
+    println!("## Compare-and-swap under contention: {THREADS} threads incrementing\n");
+    println!(
+        "| keys | sfs CAS loop (Never) | sfs `update` (Never) | sled CAS loop | sfs ÷ sled | sfs CAS loop (Always) |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|");
+    for keys in [1usize, 16, 1000] {
+        let d = tempfile::tempdir_in(dir).expect("tempdir");
+        let store = Options::new()
+            .sync(SyncPolicy::Never)
+            .open(d.path().join("cas.sfs"))
+            .expect("open");
+        let sfs_cas = contended(per, keys, |k| {
+            loop {
+                let seen = store.get(k).expect("get");
+                let next = (counter(seen.as_deref()) + 1).to_le_bytes();
+                if store
+                    .compare_and_swap(k, seen.as_deref(), Some(&next))
+                    .expect("cas")
+                    .is_ok()
+                {
+                    break;
+                }
+            }
+        });
+        let total: u64 = (0..keys)
+            .map(|k| counter(store.get(format!("ctr-{k:05}")).expect("get").as_deref()))
+            .sum();
+        assert_eq!(total, (per * THREADS) as u64, "lost increments");
+        let sfs_update = contended(per, keys, |k| {
+            store
+                .update(k, |v| Some((counter(v) + 1).to_le_bytes().to_vec()))
+                .expect("update");
+        });
+        drop(store);
+        let db = sled::Config::new()
+            .path(d.path().join("sled"))
+            .open()
+            .expect("sled");
+        let sled_cas = contended(per, keys, |k| {
+            loop {
+                let seen = db.get(k).expect("get");
+                let next = (counter(seen.as_deref()) + 1).to_le_bytes();
+                if db
+                    .compare_and_swap(k, seen.as_deref(), Some(&next[..]))
+                    .expect("cas")
+                    .is_ok()
+                {
+                    break;
+                }
+            }
+        });
+        drop(db);
+        let durable = Options::new()
+            .sync(SyncPolicy::Always)
+            .open(d.path().join("cas-always.sfs"))
+            .expect("open");
+        let sfs_always = contended(per / 100, keys, |k| {
+            loop {
+                let seen = durable.get(k).expect("get");
+                let next = (counter(seen.as_deref()) + 1).to_le_bytes();
+                if durable
+                    .compare_and_swap(k, seen.as_deref(), Some(&next))
+                    .expect("cas")
+                    .is_ok()
+                {
+                    break;
+                }
+            }
+        });
+        println!(
+            "| {keys} | {:.0}/s | {:.0}/s | {:.0}/s | **{:.2}** | {:.0}/s |",
+            sfs_cas,
+            sfs_update,
+            sled_cas,
+            sfs_cas / sled_cas,
+            sfs_always
+        );
+    }
+    println!();
+}
+
+fn main() {
+    let (dir, quick) = arg_dir();
+    group_commit(&dir, quick);
+    cas_contention(&dir, quick);
+}

@@ -1,0 +1,97 @@
+//! Group commit by design: durable writers whose writes are in the page
+//! cache when a sync starts are covered by it, and wait for it instead of
+//! syncing again (`Store::sync_to`'s leader and followers).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use parking_lot::{Condvar, Mutex};
+use sfs::testing::{MemStorage, Storage};
+use sfs::{Options, SyncPolicy};
+
+/// A storage whose first sync after `arm` waits until `writers` puts have
+/// written their entries (the store's point "put: written"), and that
+/// counts syncs.
+struct HeldSync {
+    inner: MemStorage,
+    armed: Mutex<bool>,
+    written: Mutex<usize>,
+    changed: Condvar,
+    writers: usize,
+    syncs: AtomicUsize,
+}
+
+impl Storage for HeldSync {
+    fn len(&self) -> u64 {
+        self.inner.len()
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        self.inner.read_at(offset, buf)
+    }
+    fn write_at(&self, offset: u64, parts: &[&[u8]]) -> std::io::Result<()> {
+        self.inner.write_at(offset, parts)
+    }
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        self.inner.set_len(len)
+    }
+    fn sync(&self) -> std::io::Result<()> {
+        if std::mem::take(&mut *self.armed.lock()) {
+            let mut w = self.written.lock();
+            while *w < self.writers {
+                self.changed.wait(&mut w);
+            }
+        }
+        self.syncs.fetch_add(1, Ordering::SeqCst);
+        self.inner.sync()
+    }
+    fn point(&self, name: &'static str) {
+        if name == "put: written" {
+            *self.written.lock() += 1;
+            self.changed.notify_all();
+        }
+    }
+}
+
+#[test]
+fn writers_that_wrote_during_a_sync_share_the_next_one() {
+    for writers in [2usize, 4, 8] {
+        let storage = Arc::new(HeldSync {
+            inner: MemStorage::new(),
+            armed: Mutex::new(false),
+            written: Mutex::new(0),
+            changed: Condvar::new(),
+            writers,
+            syncs: AtomicUsize::new(0),
+        });
+        let store = Options::new()
+            .sync(SyncPolicy::Always)
+            .auto_compact(None)
+            .open_on("gc.sfs", storage.clone() as Arc<dyn Storage>)
+            .unwrap();
+        let before = storage.syncs.load(Ordering::SeqCst);
+        let counted = store.stats().syncs;
+        *storage.written.lock() = 0;
+        *storage.armed.lock() = true;
+        // The first writer's sync is held until every writer has written:
+        // the others then wait for it, and the next sync covers them all.
+        std::thread::scope(|s| {
+            for w in 0..writers {
+                let store = &store;
+                s.spawn(move || store.put(format!("key-{w}"), [w as u8; 100]).unwrap());
+            }
+        });
+        let syncs = storage.syncs.load(Ordering::SeqCst) - before;
+        assert_eq!(
+            syncs, 2,
+            "{writers} durable puts: one sync for the first, one shared by the rest"
+        );
+        assert_eq!(
+            (store.stats().syncs - counted) as usize,
+            syncs,
+            "Stats::syncs"
+        );
+        for w in 0..writers {
+            assert!(store.contains(format!("key-{w}")));
+        }
+    }
+}
