@@ -87,9 +87,10 @@ impl Inner {
             .map_err(|e| e.to_string())?
             .map_err(|e| format!("{e:?}"))?;
         let mut indexed: HashMap<u64, Vec<u8>> = HashMap::new();
-        for s in &shards {
+        for (i, s) in shards.iter().enumerate() {
+            s.check_heap().map_err(|e| format!("shard {i}: {e}"))?;
             for (_, slot) in s.iter() {
-                indexed.insert(slot.offset, slot.key.as_bytes().to_vec());
+                indexed.insert(slot.offset(), slot.key.as_bytes().to_vec());
             }
         }
         let mut disk_free: Vec<(u64, u64)> = Vec::new();

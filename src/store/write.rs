@@ -211,8 +211,8 @@ impl Inner {
             return Ok(false);
         };
         let slot = shard.slot(id);
-        let offset = slot.offset;
-        if is_expired(slot.expiry, now) {
+        let offset = slot.offset();
+        if is_expired(slot.expiry(), now) {
             return Ok(false);
         }
         let h = self.header_at(offset)?;
@@ -296,7 +296,7 @@ impl Inner {
         let mut shard = cell.map.write();
         match shard.find(hash, key) {
             Some(id) => {
-                let old_offset = shard.slot(id).offset;
+                let old_offset = shard.slot(id).offset();
                 let old = self.header_at(old_offset);
                 if let Ok(h) = &old
                     && h.seq > seq
@@ -420,7 +420,7 @@ impl Inner {
             return Ok(false);
         };
         let slot = shard.slot(id);
-        let (offset, expiry) = (slot.offset, slot.expiry);
+        let (offset, expiry) = (slot.offset(), slot.expiry());
         let visible = expiry == 0 || !is_expired(expiry, self.clock.now_millis());
         let freed = self.unindex(&mut shard, cell, hash, id, offset)?;
         drop(shard);
@@ -633,7 +633,7 @@ impl Inner {
                 continue; // used or removed meanwhile: look again
             }
             let slot = shard.slot(id);
-            let offset = slot.offset;
+            let offset = slot.offset();
             let hash = self.hasher.hash_one(slot.key.as_bytes());
             if let Some(g) = self.unsettled(hash) {
                 drop(shard);
@@ -680,7 +680,7 @@ impl Inner {
                         break;
                     }
                     let slot = shard.slot(id);
-                    let offset = slot.offset;
+                    let offset = slot.offset();
                     let hash = self.hasher.hash_one(slot.key.as_bytes());
                     if let Some(g) = self.unsettled(hash) {
                         wait = Some(wait.unwrap_or(0).max(g));
@@ -746,7 +746,7 @@ impl Inner {
             // returned when their readers drop.
             let mut freed = Vec::new();
             for (shard, cell) in shards.iter_mut().zip(self.shards.iter()) {
-                let live: Vec<(u32, u64)> = shard.iter().map(|(id, s)| (id, s.offset)).collect();
+                let live: Vec<(u32, u64)> = shard.iter().map(|(id, s)| (id, s.offset())).collect();
                 for (id, offset) in live {
                     let hash = self.hasher.hash_one(shard.slot(id).key.as_bytes());
                     if let Some(l) = self.unindex(shard, cell, hash, id, offset)? {
