@@ -129,6 +129,9 @@ impl Setup {
             .sync(self.policy)
             .clock(clock.clone())
             .auto_compact(None)
+            // Sweeps run as `Op::Sweep`, on an operation thread the
+            // scheduler controls, never on the background thread.
+            .active_expiry(None)
             .compact_batch(1);
         if let Some(c) = self.cap {
             o = o.max_entries(c);
