@@ -219,8 +219,13 @@ impl Options {
     /// otherwise; it looks at the clock at least once per delay, so that a
     /// [`ManualClock`](crate::ManualClock) moved by hand, or a wall clock
     /// that jumps, is followed within one more delay. The delay is a goal,
-    /// not a hard limit: a removal waits for the disk like any write. Must
-    /// be non-zero.
+    /// not a hard limit: a removal waits for the disk like any write, and a
+    /// mass expiry adds the time its removal takes (about 3 µs per entry:
+    /// see BENCHMARKS.md). Must be non-zero.
+    ///
+    /// Tests on a [`ManualClock`](crate::ManualClock) that count what
+    /// [`Store::purge_expired`] removes, or look for expired entries in the
+    /// file, should turn it off: the thread may remove them first.
     ///
     /// ```
     /// use std::time::Duration;

@@ -288,8 +288,10 @@ impl Store {
     }
 
     /// Inserts or overwrites `key`, expiring `ttl` from now (by the store's
-    /// clock). After that it is invisible, and its space is reclaimed by
-    /// [`purge_expired`](Self::purge_expired) or the next open.
+    /// clock). After that it is invisible, and it is removed (its space
+    /// reclaimed, [`Event::Expired`](crate::Event::Expired) reported) by
+    /// active expiry within [`Options::active_expiry`] of that time, by
+    /// [`purge_expired`](Self::purge_expired), or by the next open.
     pub fn put_with_ttl(
         &self,
         key: impl AsRef<[u8]>,

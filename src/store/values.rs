@@ -9,7 +9,8 @@ use super::*;
 #[derive(Clone, Debug, Default, PartialEq)]
 #[non_exhaustive]
 pub struct Stats {
-    /// Entries in the index (expired ones count until purged).
+    /// Entries in the index (expired ones count until they are removed:
+    /// by active expiry, `purge_expired` or an open).
     pub entries: usize,
     /// Length of the file in bytes.
     pub file_len: u64,
