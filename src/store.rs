@@ -431,6 +431,23 @@ impl Store {
 
     /// [`subscribe`](Self::subscribe) with a queue of `capacity` items
     /// (at least 1).
+    ///
+    /// ```
+    /// use sfs::Event;
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let store = sfs::Store::open(dir.path().join("q.sfs"))?;
+    /// let slow = store.subscribe_with_capacity(2);
+    /// for k in [b"a", b"b", b"c", b"d"] {
+    ///     store.put(k, b"v")?;
+    ///     store.delete(k)?; // never waits for the full queue
+    /// }
+    /// assert_eq!(slow.dropped(), 2);
+    /// assert_eq!(slow.try_recv(), Some(Event::Deleted { key: b"a".to_vec() }));
+    /// assert_eq!(slow.try_recv(), Some(Event::Deleted { key: b"b".to_vec() }));
+    /// assert_eq!(slow.try_recv(), Some(Event::Lagged { missed: 2 }));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn subscribe_with_capacity(&self, capacity: usize) -> Subscriber {
         self.inner.hub.subscribe(capacity)
     }

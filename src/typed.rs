@@ -273,6 +273,12 @@ where
         self.store.subscribe()
     }
 
+    /// [`subscribe`](Self::subscribe) with a queue of `capacity` items (see
+    /// [`Store::subscribe_with_capacity`]).
+    pub fn subscribe_with_capacity(&self, capacity: usize) -> crate::Subscriber {
+        self.store.subscribe_with_capacity(capacity)
+    }
+
     fn put_raw<Q, W>(&self, key: &Q, value: &W, opts: &PutOptions<'_>) -> Result<()>
     where
         K: Borrow<Q>,
