@@ -167,6 +167,11 @@ impl Inner {
             }
             generation = self.note_write();
         }
+        if expiry_ms != 0 {
+            // Published: the background thread must know of it even if a
+            // sync below fails.
+            self.note_expiry(expiry_ms);
+        }
         if self.policy == SyncPolicy::Always
             && let Some(g) = self.unsettled(self.hasher.hash_one(key))
         {
@@ -178,9 +183,6 @@ impl Inner {
             self.sync_to(g)?;
         }
         self.maybe_sync_for_space()?;
-        if expiry_ms != 0 {
-            self.note_expiry(expiry_ms);
-        }
         Ok(())
     }
 
