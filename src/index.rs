@@ -6,10 +6,12 @@
 //! slot id and the block's offset, so an entry costs about 55 bytes plus its
 //! key when the key is longer than 22 bytes. A read finds the offset in the
 //! table and checks the key in the block it reads anyway, without touching
-//! the slot: one dependent cache miss fewer. This module holds no locks of its own and does no I/O: the store
+//! the slot: one dependent cache miss fewer. The entries that have an expiry
+//! are also in a per-shard binary heap of slot ids ordered by expiry (4 bytes
+//! each; the slot keeps its heap position in spare bits), so the expired ones
+//! are found without a scan. This module holds no locks of its own and does no I/O: the store
 //! wraps each shard in a `RwLock` and each LRU list in a `Mutex`.
 
-use std::collections::BTreeSet;
 use std::hash::BuildHasher;
 
 use hashbrown::HashTable;
@@ -82,18 +84,72 @@ impl CompactKey {
     }
 }
 
-/// One index entry.
+/// One index entry: its key, its block's offset, its expiry, and its place
+/// in the shard's expiry heap, in 40 bytes.
+///
+/// The offset (below 2^43) and the expiry (below 2^48, the format's limit)
+/// each take the low 48 bits of a word; the heap position (24 bits) is split
+/// over the two words' top 16 bits, so that the expiry order costs no
+/// bytes in the slot.
 pub struct Slot {
     /// The key.
     pub key: CompactKey,
-    /// Offset of the entry's block; [`VACANT`] for an unused slot.
-    pub offset: u64,
-    /// Expiry in milliseconds since the epoch, 0 for never.
-    pub expiry: u64,
+    /// Offset (low 48 bits; [`VACANT`] for an unused slot), heap position's
+    /// low 16 bits (top 16).
+    off: u64,
+    /// Expiry (low 48 bits; 0 for never), heap position's high 8 bits
+    /// (bits 48..56).
+    exp: u64,
 }
 
 /// `Slot::offset` of an unused slot.
-pub const VACANT: u64 = u64::MAX;
+pub const VACANT: u64 = LOW48;
+
+const LOW48: u64 = (1 << 48) - 1;
+/// Heap position of a slot that is not in the heap (no expiry, or vacant).
+const NO_POS: u32 = (1 << 24) - 1;
+
+impl Slot {
+    fn new(key: CompactKey, offset: u64, expiry: u64) -> Slot {
+        let mut s = Slot {
+            key,
+            off: 0,
+            exp: 0,
+        };
+        s.set(offset, expiry);
+        s.set_pos(NO_POS);
+        s
+    }
+
+    /// Offset of the entry's block; [`VACANT`] for an unused slot.
+    pub fn offset(&self) -> u64 {
+        self.off & LOW48
+    }
+
+    /// Expiry in milliseconds since the epoch, 0 for never.
+    pub fn expiry(&self) -> u64 {
+        self.exp & LOW48
+    }
+
+    fn set(&mut self, offset: u64, expiry: u64) {
+        debug_assert!(offset <= LOW48 && expiry <= LOW48);
+        self.off = (self.off & !LOW48) | (offset & LOW48);
+        self.exp = (self.exp & !LOW48) | expiry.min(LOW48);
+    }
+
+    fn pos(&self) -> u32 {
+        ((self.off >> 48) | ((self.exp >> 48) << 16)) as u32
+    }
+
+    fn set_pos(&mut self, pos: u32) {
+        let pos = u64::from(pos);
+        self.off = (self.off & LOW48) | ((pos & 0xffff) << 48);
+        self.exp = (self.exp & LOW48) | ((pos >> 16) << 48);
+    }
+}
+
+const _: () = assert!(std::mem::size_of::<Slot>() == 40);
+const _: () = assert!(MAX_FILE_LEN < VACANT);
 
 const CHUNK: usize = 1024;
 /// "No slot" in the LRU links.
@@ -106,8 +162,11 @@ pub struct Shard {
     /// The slab, in chunks of [`CHUNK`] so that growing never copies it.
     chunks: Vec<Vec<Slot>>,
     vacant: Vec<u32>,
-    /// (expiry, slot id) of every entry that has an expiry.
-    expiries: BTreeSet<(u64, u32)>,
+    /// The ids of the entries that have an expiry, as a binary min-heap by
+    /// expiry; each slot knows its position (see [`Slot`]), so an entry's
+    /// expiry moves or leaves in O(log n) and the order costs 4 bytes per
+    /// entry with an expiry.
+    heap: Vec<u32>,
     heap_key_bytes: usize,
 }
 
@@ -128,7 +187,7 @@ impl Shard {
         self.chunks
             .get(id as usize / CHUNK)?
             .get(id as usize % CHUNK)
-            .filter(|s| s.offset != VACANT)
+            .filter(|s| s.offset() != VACANT)
     }
 
     fn slot_mut(&mut self, id: u32) -> &mut Slot {
@@ -217,11 +276,7 @@ impl Shard {
 
     /// Puts a slot in the slab (not in the table); returns its id.
     fn new_slot(&mut self, key: CompactKey, offset: u64, expiry: u64) -> u32 {
-        let slot = Slot {
-            key,
-            offset,
-            expiry,
-        };
+        let slot = Slot::new(key, offset, expiry);
         self.heap_key_bytes += slot.key.heap_len();
         let id = match self.vacant.pop() {
             Some(id) => {
@@ -239,7 +294,7 @@ impl Shard {
             }
         };
         if expiry != 0 {
-            self.expiries.insert((expiry, id));
+            self.heap_push(id);
         }
         id
     }
@@ -260,16 +315,13 @@ impl Shard {
             debug_assert!(false, "slot {id} is in the table");
         }
         let slot = self.slot_mut(id);
-        let (old_off, old_exp) = (slot.offset, slot.expiry);
-        slot.offset = offset;
-        slot.expiry = expiry;
-        if old_exp != expiry {
-            if old_exp != 0 {
-                self.expiries.remove(&(old_exp, id));
-            }
-            if expiry != 0 {
-                self.expiries.insert((expiry, id));
-            }
+        let (old_off, old_exp) = (slot.offset(), slot.expiry());
+        slot.set(offset, expiry);
+        match (old_exp, expiry) {
+            (a, b) if a == b => {}
+            (0, _) => self.heap_push(id),
+            (_, 0) => self.heap_remove(id),
+            _ => self.heap_fix(id),
         }
         old_off
     }
@@ -279,15 +331,14 @@ impl Shard {
         let found = self.table.find_entry(hash, |&e| id_of(e) == id);
         let entry = found.unwrap_or_else(|_| unreachable!("slot {id} is in the table"));
         entry.remove();
-        let slot = self.slot_mut(id);
-        let (offset, expiry) = (slot.offset, slot.expiry);
-        let key = std::mem::replace(&mut slot.key, CompactKey::Inline(0, [0; INLINE_KEY]));
-        slot.offset = VACANT;
-        slot.expiry = 0;
-        self.heap_key_bytes -= key.heap_len();
-        if expiry != 0 {
-            self.expiries.remove(&(expiry, id));
+        if self.slot(id).expiry() != 0 {
+            self.heap_remove(id);
         }
+        let slot = self.slot_mut(id);
+        let offset = slot.offset();
+        let key = std::mem::replace(&mut slot.key, CompactKey::Inline(0, [0; INLINE_KEY]));
+        slot.set(VACANT, 0);
+        self.heap_key_bytes -= key.heap_len();
         self.vacant.push(id);
         offset
     }
@@ -303,33 +354,178 @@ impl Shard {
             .iter()
             .flatten()
             .enumerate()
-            .filter(|(_, s)| s.offset != VACANT)
+            .filter(|(_, s)| s.offset() != VACANT)
             .map(|(i, s)| (i as u32, s))
     }
 
-    /// Slot ids of entries whose expiry is at or before `now_ms`, oldest first.
+    /// Slot ids of up to `limit` entries whose expiry is at or before
+    /// `now_ms`, in no particular order. Visits only those entries (and the
+    /// heap nodes right below them): the cost is proportional to the
+    /// entries that expired, not to the shard.
     pub fn expired(&self, now_ms: i64, limit: usize) -> Vec<u32> {
-        if now_ms <= 0 {
-            return Vec::new();
-        }
-        self.expiries
-            .range(..=(now_ms as u64, u32::MAX))
-            .take(limit)
-            .map(|&(_, id)| id)
-            .collect()
+        let mut out = Vec::new();
+        self.walk_expired(now_ms, |id| {
+            out.push(id);
+            out.len() < limit
+        });
+        out
     }
 
     /// How many entries have expired at `now_ms`.
     pub fn count_expired(&self, now_ms: i64) -> usize {
+        let mut n = 0;
+        self.walk_expired(now_ms, |_| {
+            n += 1;
+            true
+        });
+        n
+    }
+
+    /// Calls `f` with each entry expired at `now_ms` until it returns false.
+    fn walk_expired(&self, now_ms: i64, mut f: impl FnMut(u32) -> bool) {
         if now_ms <= 0 {
-            return 0;
+            return;
         }
-        self.expiries.range(..=(now_ms as u64, u32::MAX)).count()
+        let now = now_ms as u64;
+        // The heap property: below a node that has not expired, none has.
+        let mut stack = vec![0usize];
+        while let Some(i) = stack.pop() {
+            let Some(&id) = self.heap.get(i) else {
+                continue;
+            };
+            if self.slot(id).expiry() > now {
+                continue;
+            }
+            if !f(id) {
+                return;
+            }
+            stack.push(2 * i + 2);
+            stack.push(2 * i + 1);
+        }
     }
 
     /// The earliest expiry in the shard.
     pub fn earliest_expiry(&self) -> Option<u64> {
-        self.expiries.first().map(|&(e, _)| e)
+        self.heap.first().map(|&id| self.slot(id).expiry())
+    }
+
+    /// Adds slot `id` (which has an expiry) to the heap.
+    fn heap_push(&mut self, id: u32) {
+        let i = self.heap.len();
+        self.heap.push(id);
+        self.slot_mut(id).set_pos(i as u32);
+        self.sift_up(i);
+    }
+
+    /// Takes slot `id` out of the heap.
+    fn heap_remove(&mut self, id: u32) {
+        let i = self.slot(id).pos() as usize;
+        debug_assert_eq!(self.heap.get(i), Some(&id), "slot {id} is in the heap");
+        if self.heap.get(i) != Some(&id) {
+            return;
+        }
+        self.slot_mut(id).set_pos(NO_POS);
+        let last = self.heap.pop().unwrap_or(id);
+        if i < self.heap.len() {
+            self.place(i, last);
+            self.sift_down(i);
+            self.sift_up(i);
+        }
+        // Give memory back when the heap shrank a lot (after a mass expiry).
+        if self.heap.capacity() > 64 && self.heap.capacity() > 4 * self.heap.len() {
+            self.heap.shrink_to(2 * self.heap.len());
+        }
+    }
+
+    /// Restores the heap order after slot `id`'s expiry changed.
+    fn heap_fix(&mut self, id: u32) {
+        let i = self.slot(id).pos() as usize;
+        debug_assert_eq!(self.heap.get(i), Some(&id), "slot {id} is in the heap");
+        let i = self.sift_up(i);
+        self.sift_down(i);
+    }
+
+    fn place(&mut self, i: usize, id: u32) {
+        self.heap[i] = id;
+        self.slot_mut(id).set_pos(i as u32);
+    }
+
+    fn key_at(&self, i: usize) -> u64 {
+        self.slot(self.heap[i]).expiry()
+    }
+
+    /// Moves the node at `i` up to its place; returns where it went.
+    fn sift_up(&mut self, mut i: usize) -> usize {
+        let id = self.heap[i];
+        let k = self.slot(id).expiry();
+        while i > 0 {
+            let parent = (i - 1) / 2;
+            if self.key_at(parent) <= k {
+                break;
+            }
+            let p = self.heap[parent];
+            self.place(i, p);
+            i = parent;
+        }
+        self.place(i, id);
+        i
+    }
+
+    /// Moves the node at `i` down to its place.
+    fn sift_down(&mut self, mut i: usize) {
+        let id = self.heap[i];
+        let k = self.slot(id).expiry();
+        let n = self.heap.len();
+        loop {
+            let l = 2 * i + 1;
+            if l >= n {
+                break;
+            }
+            let r = l + 1;
+            let c = if r < n && self.key_at(r) < self.key_at(l) {
+                r
+            } else {
+                l
+            };
+            if self.key_at(c) >= k {
+                break;
+            }
+            let cid = self.heap[c];
+            self.place(i, cid);
+            i = c;
+        }
+        self.place(i, id);
+    }
+
+    /// Checks the heap: every entry with an expiry is in it once, at the
+    /// position its slot records, and no parent expires after its children.
+    #[cfg(any(test, feature = "testing"))]
+    pub fn check_heap(&self) -> Result<(), String> {
+        for (i, &id) in self.heap.iter().enumerate() {
+            let slot = self
+                .get(id)
+                .ok_or(format!("heap node {i}: slot {id} is vacant"))?;
+            if slot.pos() as usize != i {
+                return Err(format!(
+                    "slot {id} says heap position {}, is at {i}",
+                    slot.pos()
+                ));
+            }
+            if slot.expiry() == 0 {
+                return Err(format!("slot {id} has no expiry but is in the heap"));
+            }
+            if i > 0 && self.key_at((i - 1) / 2) > slot.expiry() {
+                return Err(format!("heap node {i} expires before its parent"));
+            }
+        }
+        let with_expiry = self.iter().filter(|(_, s)| s.expiry() != 0).count();
+        if with_expiry != self.heap.len() {
+            return Err(format!(
+                "{with_expiry} entries have an expiry, the heap holds {}",
+                self.heap.len()
+            ));
+        }
+        Ok(())
     }
 
     /// Bytes of memory the shard uses (an estimate of its heap footprint).
@@ -337,8 +533,7 @@ impl Shard {
         let table = self.table.capacity() * (std::mem::size_of::<u64>() + 1);
         let slots = self.chunks.len() * CHUNK * std::mem::size_of::<Slot>();
         let vacant = self.vacant.capacity() * 4;
-        // A BTreeSet node holds up to 11 entries of 16 bytes; count ~1.5x.
-        let expiries = self.expiries.len() * 24;
+        let expiries = self.heap.capacity() * 4;
         table + slots + vacant + expiries + self.heap_key_bytes
     }
 }
@@ -497,7 +692,7 @@ mod tests {
         assert_eq!(s.len(), 3000);
         for (i, k) in keys.iter().enumerate() {
             let id = s.find(h.hash_one(k), k).unwrap();
-            assert_eq!(s.slot(id).offset, i as u64 * 8);
+            assert_eq!(s.slot(id).offset(), i as u64 * 8);
         }
         assert!(s.find(h.hash_one(b"nope"), b"nope").is_none());
         // Expiry bookkeeping.
@@ -522,6 +717,64 @@ mod tests {
         }
         let id = s.insert(&h, h.hash_one(b"new"), b"new", 8, 0);
         assert!((id as usize) < 3000, "a vacant slot was reused");
+    }
+
+    #[test]
+    fn the_expiry_heap_follows_inserts_renewals_and_removals() {
+        let h = KeyHasher::default();
+        let mut s = Shard::default();
+        let mut rng = 0x9e37_79b9_u64;
+        let mut next = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        let mut keys: Vec<Vec<u8>> = Vec::new();
+        for step in 0..20_000u64 {
+            let r = next();
+            match r % 4 {
+                0 | 1 => {
+                    let k = format!("k{step}").into_bytes();
+                    let exp = if r % 8 < 6 { 1 + next() % 1000 } else { 0 };
+                    s.insert(&h, h.hash_one(&k), &k, step * 8, exp);
+                    keys.push(k);
+                }
+                2 if !keys.is_empty() => {
+                    let k = &keys[(next() % keys.len() as u64) as usize];
+                    let id = s.find(h.hash_one(k), k).unwrap();
+                    let exp = if r % 16 < 12 { 1 + next() % 1000 } else { 0 };
+                    s.update(h.hash_one(k), id, step * 8, exp);
+                }
+                _ if !keys.is_empty() => {
+                    let k = keys.swap_remove((next() % keys.len() as u64) as usize);
+                    let id = s.find(h.hash_one(&k), &k).unwrap();
+                    s.remove(h.hash_one(&k), id);
+                }
+                _ => {}
+            }
+            if step % 997 == 0 {
+                s.check_heap().unwrap();
+                let now = (next() % 1000) as i64;
+                let mut got = s.expired(now, usize::MAX);
+                got.sort_unstable();
+                let mut want: Vec<u32> = s
+                    .iter()
+                    .filter(|(_, sl)| sl.expiry() != 0 && sl.expiry() <= now as u64)
+                    .map(|(id, _)| id)
+                    .collect();
+                want.sort_unstable();
+                assert_eq!(got, want, "expired at {now}");
+                assert_eq!(s.count_expired(now), want.len());
+                let min = s
+                    .iter()
+                    .map(|(_, sl)| sl.expiry())
+                    .filter(|&e| e != 0)
+                    .min();
+                assert_eq!(s.earliest_expiry(), min);
+            }
+        }
+        s.check_heap().unwrap();
     }
 
     #[test]

@@ -39,7 +39,8 @@
 //!   [`ValueRef`], [`Iter`], [`Stats`], [`CompactStats`], [`TypedEntry`],
 //!   [`TypedValueRef`], [`PutOptions`]); [`Error`] and [`Result`]; and the
 //!   [`Clock`] that judges expiry ([`SystemClock`], [`ManualClock`] for
-//!   tests).
+//!   tests); what happened to keys, for whoever subscribes ([`Event`],
+//!   [`Subscriber`]).
 //! - [`inspect`]: read-only access to a store file for tools that look
 //!   inside one (the `sfs-dump` package is one): a [`inspect::Source`] to
 //!   read from, the [`inspect::Walker`] over its blocks (the same parser the
@@ -67,6 +68,7 @@
 mod alloc;
 mod clock;
 mod error;
+mod events;
 mod filelock;
 #[cfg(feature = "testing")]
 #[doc(hidden)]
@@ -91,6 +93,7 @@ pub mod fuzzing;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{Error, LockHolder, Result};
+pub use events::{Event, Subscriber};
 pub use options::{AutoCompact, Options, SyncPolicy};
 pub use store::{CompactStats, Conflict, Entry, Iter, PutOptions, Stats, Store, ValueRef};
 pub use typed::{TypedConflict, TypedEntry, TypedStore, TypedValueRef};

@@ -34,6 +34,12 @@ pub enum SyncPolicy {
     Periodic(Duration),
 }
 
+/// The default delay of active expiry (see [`Options::active_expiry`]).
+pub const DEFAULT_EXPIRY_DELAY: Duration = Duration::from_secs(1);
+
+/// The default capacity of a subscriber's queue (see [`Options::event_capacity`]).
+pub const DEFAULT_EVENT_CAPACITY: usize = 4096;
+
 /// When the store compacts itself in the background (see
 /// [`Store::compact`]): a thread checks every `check_every` whether free space
 /// is at least `min_free_bytes` and at least `min_free_ratio` of the file.
@@ -84,6 +90,8 @@ pub struct Options {
     pub(crate) verify_checksums: bool,
     pub(crate) auto_compact: Option<AutoCompact>,
     pub(crate) compact_batch: usize,
+    pub(crate) active_expiry: Option<Duration>,
+    pub(crate) event_capacity: usize,
     #[cfg(feature = "testing")]
     pub(crate) storage: Option<Arc<dyn crate::io::Storage>>,
     #[cfg(feature = "testing")]
@@ -106,6 +114,8 @@ impl fmt::Debug for Options {
             .field("read_only", &self.read_only)
             .field("verify_checksums", &self.verify_checksums)
             .field("auto_compact", &self.auto_compact)
+            .field("active_expiry", &self.active_expiry)
+            .field("event_capacity", &self.event_capacity)
             .finish_non_exhaustive()
     }
 }
@@ -114,7 +124,8 @@ impl Options {
     /// The defaults: unbounded, fragmentation factor 0.75,
     /// [`SyncPolicy::Always`], the system clock, create when missing,
     /// read-write, checksums verified on every read, automatic compaction
-    /// with [`AutoCompact::default`].
+    /// with [`AutoCompact::default`], active expiry within 1 second, event
+    /// queues of 4,096 items.
     pub fn new() -> Options {
         Options {
             max_entries: None,
@@ -126,6 +137,8 @@ impl Options {
             verify_checksums: true,
             auto_compact: Some(AutoCompact::default()),
             compact_batch: crate::store::BATCH_ENTRIES,
+            active_expiry: Some(DEFAULT_EXPIRY_DELAY),
+            event_capacity: DEFAULT_EVENT_CAPACITY,
             #[cfg(feature = "testing")]
             storage: None,
             #[cfg(feature = "testing")]
@@ -189,6 +202,56 @@ impl Options {
     /// [`Store::compact`] is called. Default: `Some(AutoCompact::default())`.
     pub fn auto_compact(mut self, auto: Option<AutoCompact>) -> Options {
         self.auto_compact = auto;
+        self
+    }
+
+    /// Active expiry: how soon after its expiry an entry leaves the index and
+    /// its block returns to free space, with no call from the program; `None`
+    /// leaves expired entries (invisible already) until
+    /// [`Store::purge_expired`], an insert at the entry cap, or the next open.
+    /// Default 1 second.
+    ///
+    /// The background thread sleeps until the earliest expiry in the store
+    /// plus this delay (it is woken when a write brings that moment closer),
+    /// then removes every entry expired by then, a few dozen at a time per
+    /// index shard, as `purge_expired` does. It costs nothing while no entry
+    /// has an expiry, and work proportional to the entries that expire
+    /// otherwise; it looks at the clock at least once per delay, so that a
+    /// [`ManualClock`](crate::ManualClock) moved by hand, or a wall clock
+    /// that jumps, is followed within one more delay. The delay is a goal,
+    /// not a hard limit: a removal waits for the disk like any write, and a
+    /// mass expiry adds the time its removal takes (about 3 µs per entry:
+    /// see BENCHMARKS.md). Must be non-zero.
+    ///
+    /// Tests on a [`ManualClock`](crate::ManualClock) that count what
+    /// [`Store::purge_expired`] removes, or look for expired entries in the
+    /// file, should turn it off: the thread may remove them first.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let store = sfs::Options::new()
+    ///     .active_expiry(Some(Duration::from_millis(100)))
+    ///     .open(dir.path().join("leases.sfs"))?;
+    /// store.put_with_ttl(b"lease", b"node-7", Duration::from_millis(50))?;
+    /// let started = std::time::Instant::now();
+    /// while store.stats().entries > 0 && started.elapsed() < Duration::from_secs(10) {
+    ///     std::thread::sleep(Duration::from_millis(10));
+    /// }
+    /// assert_eq!(store.stats().entries, 0); // removed by the background thread
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn active_expiry(mut self, delay: Option<Duration>) -> Options {
+        self.active_expiry = delay;
+        self
+    }
+
+    /// How many items the queue of a subscriber made by
+    /// [`Store::subscribe`] holds before events are dropped (see
+    /// [`Subscriber`](crate::Subscriber)). At least 1; default 4,096.
+    pub fn event_capacity(mut self, capacity: usize) -> Options {
+        self.event_capacity = capacity;
         self
     }
 
@@ -282,6 +345,16 @@ impl Options {
                     "auto-compaction needs a free ratio in (0, 1] and a non-zero interval, got {} and {:?}",
                     a.min_free_ratio, a.check_every
                 ),
+            });
+        }
+        if self.active_expiry.is_some_and(|d| d.is_zero()) {
+            return Err(Error::InvalidOptions {
+                reason: "active expiry needs a non-zero delay (or None to turn it off)".into(),
+            });
+        }
+        if self.event_capacity == 0 {
+            return Err(Error::InvalidOptions {
+                reason: "the event queue capacity must be at least 1".into(),
             });
         }
         if let SyncPolicy::Periodic(d) = self.sync

@@ -130,7 +130,7 @@ pub(crate) fn recover(
     // Takes an entry out of the index; its block becomes free space.
     let mut drop_entry = |shards: &mut [Shard], s: usize, id: u32| {
         let slot = shards[s].slot(id);
-        let (offset, len) = (slot.offset, meta[s][id as usize].1);
+        let (offset, len) = (slot.offset(), meta[s][id as usize].1);
         let hash = hasher.hash_one(slot.key.as_bytes());
         shards[s].remove(hash, id);
         reclaims.push(Reclaim {
@@ -527,7 +527,7 @@ fn build_shard(hasher: &KeyHasher, found: Vec<Found>) -> io::Result<Built> {
             }
             Ok(id) => {
                 let (old_seq, old_len) = meta[id as usize];
-                let old_off = shard.slot(id).offset;
+                let old_off = shard.slot(id).offset();
                 if (f.seq, std::cmp::Reverse(f.offset)) > (old_seq, std::cmp::Reverse(old_off)) {
                     shard.update(f.hash, id, f.offset, f.expiry);
                     meta[id as usize] = (f.seq, f.len);

@@ -76,6 +76,7 @@ use parking_lot::{Condvar, Mutex, RwLock};
 
 use crate::clock::{Clock, millis_to_system_time, system_time_to_millis};
 use crate::error::{Error, Result};
+use crate::events::{Hub, Notes, Subscriber};
 use crate::filelock::FileLock;
 use crate::format::{
     BlockHeader, EXPIRY_WORD_OFFSET, FILE_HEADER_LEN, FORMAT_VERSION, FileHeader, HeaderError,
@@ -92,6 +93,7 @@ mod blocks;
 mod check;
 mod compact;
 mod durability;
+mod expiry;
 mod read;
 mod readers;
 mod values;
@@ -213,6 +215,18 @@ pub(crate) struct Inner {
     stop: Mutex<bool>,
     stop_cv: Condvar,
     background: Mutex<BackgroundErrors>,
+    /// Subscribers' queues (see `events`).
+    hub: Hub,
+    /// Capacity of the queue `Store::subscribe` makes.
+    event_capacity: usize,
+    /// Active expiry's delay (None: off; always None when read-only).
+    expiry_delay: Option<Duration>,
+    /// When (by the store's clock, ms) the background thread means to sweep
+    /// next; `i64::MAX` for not planned. A write of an expiry that makes it
+    /// due sooner lowers it and wakes the thread.
+    next_sweep_ms: std::sync::atomic::AtomicI64,
+    /// Delays between expiry and removal of the latest removals.
+    expiry_delays: Mutex<expiry::DelayRing>,
     /// Set by `Store::shutdown`: writes are refused.
     closed: std::sync::atomic::AtomicBool,
 }
@@ -255,7 +269,8 @@ impl Store {
             _ => None,
         };
         let auto = opts.auto_compact;
-        let maintenance = if !opts.read_only && (sync_every.is_some() || auto.is_some()) {
+        let sweeps = inner.expiry_delay.is_some();
+        let maintenance = if !opts.read_only && (sync_every.is_some() || auto.is_some() || sweeps) {
             let i = Arc::clone(&inner);
             let spawn = std::thread::Builder::new()
                 .name("sfs-maintenance".into())
@@ -284,8 +299,10 @@ impl Store {
     }
 
     /// Inserts or overwrites `key`, expiring `ttl` from now (by the store's
-    /// clock). After that it is invisible, and its space is reclaimed by
-    /// [`purge_expired`](Self::purge_expired) or the next open.
+    /// clock). After that it is invisible, and it is removed (its space
+    /// reclaimed, [`Event::Expired`](crate::Event::Expired) reported) by
+    /// active expiry within [`Options::active_expiry`] of that time, by
+    /// [`purge_expired`](Self::purge_expired), or by the next open.
     pub fn put_with_ttl(
         &self,
         key: impl AsRef<[u8]>,
@@ -534,9 +551,66 @@ impl Store {
         self.len() == 0
     }
 
-    /// Removes expired entries and reclaims their space; returns how many.
+    /// Removes expired entries and reclaims their space now; returns how
+    /// many. With active expiry on (the default, see
+    /// [`Options::active_expiry`]) the background thread does the same
+    /// shortly after each expiry; this is for programs that want it done at
+    /// once. Each removed entry is reported as [`Event::Expired`](crate::Event::Expired).
     pub fn purge_expired(&self) -> Result<usize> {
         self.inner.purge()
+    }
+
+    /// Subscribes to what happens to keys: expiries, evictions, deletes and
+    /// clears (see [`Event`](crate::Event) for what is reported, and
+    /// [`Subscriber`] for the queue). The queue holds
+    /// [`Options::event_capacity`] items; the store never waits for it.
+    ///
+    /// ```
+    /// let dir = tempfile::tempdir()?;
+    /// let store = sfs::Options::new().max_entries(1).open(dir.path().join("s.sfs"))?;
+    /// let events = store.subscribe();
+    /// store.put(b"a", b"1")?;
+    /// store.put(b"b", b"2")?; // over the cap: `a` is evicted
+    /// store.delete(b"b")?;
+    /// assert_eq!(events.try_recv(), Some(sfs::Event::Evicted { key: b"a".to_vec() }));
+    /// assert_eq!(events.try_recv(), Some(sfs::Event::Deleted { key: b"b".to_vec() }));
+    /// assert_eq!(events.try_recv(), None);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn subscribe(&self) -> Subscriber {
+        self.inner.hub.subscribe(self.inner.event_capacity)
+    }
+
+    /// [`subscribe`](Self::subscribe) with a queue of `capacity` items
+    /// (at least 1).
+    ///
+    /// ```
+    /// use sfs::Event;
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let store = sfs::Store::open(dir.path().join("q.sfs"))?;
+    /// let slow = store.subscribe_with_capacity(2);
+    /// for k in [b"a", b"b", b"c", b"d"] {
+    ///     store.put(k, b"v")?;
+    ///     store.delete(k)?; // never waits for the full queue
+    /// }
+    /// assert_eq!(slow.dropped(), 2);
+    /// assert_eq!(slow.try_recv(), Some(Event::Deleted { key: b"a".to_vec() }));
+    /// assert_eq!(slow.try_recv(), Some(Event::Deleted { key: b"b".to_vec() }));
+    /// assert_eq!(slow.try_recv(), Some(Event::Lagged { missed: 2 }));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn subscribe_with_capacity(&self, capacity: usize) -> Subscriber {
+        self.inner.hub.subscribe(capacity)
+    }
+
+    /// Runs one pass of active expiry now, at the clock's present time, as
+    /// the background thread does (test seam: drives the sweep
+    /// deterministically). Returns how many entries it removed.
+    #[cfg(any(test, feature = "testing"))]
+    #[doc(hidden)]
+    pub fn sweep_expired_now(&self) -> Result<usize> {
+        self.inner.sweep()
     }
 
     /// Removes everything: the file goes back to its header. Waits for reads
@@ -687,6 +761,7 @@ impl Store {
         }
         let background = self.inner.take_background_error();
         let synced = self.inner.sync_everything();
+        self.inner.hub.close();
         background.and(synced)
     }
 
@@ -942,6 +1017,11 @@ impl Inner {
             stop: Mutex::new(false),
             stop_cv: Condvar::new(),
             background: Mutex::new(BackgroundErrors::default()),
+            hub: Hub::new(),
+            event_capacity: opts.event_capacity,
+            expiry_delay: opts.active_expiry.filter(|_| !opts.read_only),
+            next_sweep_ms: std::sync::atomic::AtomicI64::new(i64::MAX),
+            expiry_delays: Mutex::new(expiry::DelayRing::default()),
             closed: std::sync::atomic::AtomicBool::new(false),
         })
     }

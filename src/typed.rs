@@ -260,9 +260,42 @@ where
         decode_as(self.store.path(), &what, bytes)
     }
 
-    fn decode_key(&self, key: &[u8]) -> Result<K> {
+    /// The key whose encoding is `key`: the inverse of
+    /// [`encode_key`](Self::encode_key), for keys met as bytes, such as
+    /// those of the [`Event`](crate::Event)s of [`subscribe`](Self::subscribe).
+    ///
+    /// ```
+    /// use std::{sync::Arc, time::Duration};
+    /// use sfs::{Event, ManualClock, Options, TypedStore};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let clock = Arc::new(ManualClock::new(0));
+    /// let sessions: TypedStore<String, u64> =
+    ///     Options::new().clock(clock.clone()).open_typed(dir.path().join("s.sfs"))?;
+    /// let events = sessions.subscribe();
+    /// sessions.put_with_ttl("alice", &7, Duration::from_secs(30))?;
+    /// clock.advance(Duration::from_secs(31));
+    /// sessions.purge_expired()?;
+    /// let Some(Event::Expired { key, .. }) = events.try_recv() else { panic!() };
+    /// assert_eq!(sessions.decode_key(&key)?, "alice");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn decode_key(&self, key: &[u8]) -> Result<K> {
         let what = format!("the key {}", describe_key(key));
         decode_as(self.store.path(), &what, key)
+    }
+
+    /// Subscribes to what happens to keys (see [`Store::subscribe`]); the
+    /// events carry encoded keys: [`decode_key`](Self::decode_key) gives
+    /// them back as `K`.
+    pub fn subscribe(&self) -> crate::Subscriber {
+        self.store.subscribe()
+    }
+
+    /// [`subscribe`](Self::subscribe) with a queue of `capacity` items (see
+    /// [`Store::subscribe_with_capacity`]).
+    pub fn subscribe_with_capacity(&self, capacity: usize) -> crate::Subscriber {
+        self.store.subscribe_with_capacity(capacity)
     }
 
     fn put_raw<Q, W>(&self, key: &Q, value: &W, opts: &PutOptions<'_>) -> Result<()>

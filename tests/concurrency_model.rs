@@ -256,7 +256,11 @@ fn run(policy: SyncPolicy, cap: Option<usize>, workers: u64, ops: usize, rounds:
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c.sfs");
     let clock = Arc::new(ManualClock::new(1_000_000));
-    let mut opts = Options::new().sync(policy).clock(clock.clone());
+    // No background sweep: the model removes expired entries at purges only.
+    let mut opts = Options::new()
+        .sync(policy)
+        .clock(clock.clone())
+        .active_expiry(None);
     if let Some(c) = cap {
         opts = opts.max_entries(c);
     }

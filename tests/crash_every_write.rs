@@ -170,7 +170,11 @@ fn workload(seed: u64, policy: SyncPolicy, n: usize) -> Vec<Op> {
 fn record(ops: &[Op], policy: SyncPolicy, cap: Option<usize>) -> (Vec<Step>, Recording) {
     let fs = Arc::new(FaultStorage::new());
     let clock = Arc::new(ManualClock::new(START_MS));
-    let mut opts = Options::new().sync(policy).clock(clock.clone());
+    // No background sweep: its writes would land in the recording.
+    let mut opts = Options::new()
+        .sync(policy)
+        .clock(clock.clone())
+        .active_expiry(None);
     if let Some(c) = cap {
         opts = opts.max_entries(c);
     }
@@ -443,7 +447,10 @@ fn check_image(
     clean: bool,
 ) -> Result<(), String> {
     let clock = Arc::new(ManualClock::new(now));
-    let mut opts = Options::new().sync(SyncPolicy::Always).clock(clock.clone());
+    let mut opts = Options::new()
+        .sync(SyncPolicy::Always)
+        .clock(clock.clone())
+        .active_expiry(None);
     if let Some(c) = cap {
         opts = opts.max_entries(c);
     }

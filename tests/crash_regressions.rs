@@ -152,7 +152,7 @@ fn a_removal_cut_short_by_power_loss_never_brings_back_an_older_copy_under_alway
     let clock = Arc::new(sfs::ManualClock::new(1_000_000));
     for removal in ["delete", "purge", "evict"] {
         let (fs, opts, s) = store(SyncPolicy::Always, Some(2));
-        let opts = opts.clock(clock.clone());
+        let opts = opts.clock(clock.clone()).active_expiry(None);
         drop(s);
         let s = opts
             .open_on("r.sfs", fs.clone() as Arc<dyn Storage>)

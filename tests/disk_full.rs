@@ -472,7 +472,11 @@ enum Fault {
 fn run_with_fault(policy: SyncPolicy, ops: &[Op], fault: Option<Fault>) -> (u64, u64, u64) {
     let fs = Arc::new(FaultStorage::new());
     let clock = Arc::new(ManualClock::new(1_000_000));
-    let opts = Options::new().sync(policy).clock(clock.clone());
+    // No background sweep: the faults are counted for the workload's calls.
+    let opts = Options::new()
+        .sync(policy)
+        .clock(clock.clone())
+        .active_expiry(None);
     let s = opts
         .open_on("f.sfs", fs.clone() as Arc<dyn Storage>)
         .unwrap();

@@ -26,7 +26,12 @@ fn sfs_dump(path: &Path, args: &[&str]) -> Output {
 /// `u64` keys beside it.
 fn typed_store(dir: &Path) -> PathBuf {
     let path = dir.join("sessions.sfs");
-    let store = Options::new().sync(SyncPolicy::Never).open(&path).unwrap();
+    // The expired entry must stay in the file: no background sweep.
+    let store = Options::new()
+        .sync(SyncPolicy::Never)
+        .active_expiry(None)
+        .open(&path)
+        .unwrap();
     let sessions: TypedStore<String, String> = TypedStore::from_store(store);
     for i in 0..6 {
         sessions

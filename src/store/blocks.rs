@@ -96,11 +96,13 @@ pub(super) struct Space {
     /// By offset: a sync frees thousands at once under `SyncPolicy::Never`.
     held: HashMap<u64, HeldBlock>,
     held_bytes: u64,
-    /// (key hash, write generation) of old copies whose free header was
-    /// written, until a sync covers it. Such a key's newest copy is not freed
-    /// before that sync, or a power loss could keep the newest copy's free
-    /// header and not the old copy's, and the old value would come back.
-    unsynced_frees: Vec<(u64, u64)>,
+    /// Key hash → the newest write generation of a free header written for
+    /// one of its copies, until a sync covers it. Such a key's newest copy is
+    /// not freed before that sync, or a power loss could keep the newest
+    /// copy's free header and not the old copy's, and the old value would
+    /// come back. A map, not a list: under `SyncPolicy::Never` it holds every
+    /// removal since the last sync, and a mass expiry looks up each key.
+    unsynced_frees: HashMap<u64, u64>,
     moves: Vec<Moving>,
 }
 
@@ -156,7 +158,7 @@ impl Blocks {
                 free,
                 held: HashMap::new(),
                 held_bytes: 0,
-                unsynced_frees: Vec::new(),
+                unsynced_frees: HashMap::new(),
                 moves: Vec::new(),
             }),
             freed: Condvar::new(),
@@ -356,7 +358,7 @@ impl Blocks {
             let len = h.len;
             sp.held.remove(&offset);
             sp.held_bytes -= len;
-            sp.unsynced_frees.push((key_hash, io.generation()));
+            note_unsynced(&mut sp.unsynced_frees, key_hash, io.generation());
         }
         self.return_space(offset, len, before_sync, io);
         true
@@ -368,7 +370,7 @@ impl Blocks {
     pub(super) fn after_sync(&self, synced: u64, io: &dyn BlockIo) {
         let ready: Vec<u64> = {
             let mut sp = self.space.lock();
-            sp.unsynced_frees.retain(|f| f.1 > synced);
+            sp.unsynced_frees.retain(|_, g| *g > synced);
             sp.held
                 .values()
                 .filter(|h| match h.why {
@@ -387,12 +389,7 @@ impl Blocks {
     /// The write generation a sync must reach before the newest copy of the
     /// key with this hash may be freed (see `Space::unsynced_frees`).
     pub(super) fn unsettled(&self, hash: u64) -> Option<u64> {
-        let sp = self.space.lock();
-        sp.unsynced_frees
-            .iter()
-            .filter(|f| f.0 == hash)
-            .map(|f| f.1)
-            .max()
+        self.space.lock().unsynced_frees.get(&hash).copied()
     }
 
     /// Records that a copy of the key with this hash was freed by a write
@@ -401,12 +398,12 @@ impl Blocks {
     /// and under `SyncPolicy::Always` a put of the key does not return
     /// before a sync covers it (the freed copy may outrank the put's).
     pub(super) fn freed_unsynced(&self, hash: u64, generation: u64) {
-        self.space.lock().unsynced_frees.push((hash, generation));
+        note_unsynced(&mut self.space.lock().unsynced_frees, hash, generation);
     }
 
     /// The newest such generation of any key.
     pub(super) fn any_unsettled(&self) -> Option<u64> {
-        self.space.lock().unsynced_frees.iter().map(|f| f.1).max()
+        self.space.lock().unsynced_frees.values().copied().max()
     }
 
     /// Frees every held copy and compaction copy of `key`, which is leaving
@@ -623,6 +620,13 @@ fn write_split_headers(a: &Allocation, before_sync: bool, io: &dyn BlockIo) -> i
         io.write_free_header(a.offset, a.len, before_sync)?;
     }
     Ok(())
+}
+
+/// Records a free header written by `generation` for a copy of the key
+/// with this hash (keeping the newest generation per key).
+fn note_unsynced(map: &mut std::collections::HashMap<u64, u64>, hash: u64, generation: u64) {
+    let g = map.entry(hash).or_insert(generation);
+    *g = (*g).max(generation);
 }
 
 #[cfg(test)]

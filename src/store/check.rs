@@ -28,7 +28,14 @@ impl Inner {
         let (free_blocks, free_bytes, largest_free_block, held) = self
             .blocks
             .with_free(|f, held| (f.free_blocks(), f.free_bytes(), f.largest(), held));
+        let events = self.hub.counts();
+        let delays = self.expiry_delays.lock().summary();
         Stats {
+            expiry_delay_p50: delays.map(|d| d.0),
+            expiry_delay_max: delays.map(|d| d.1),
+            events_delivered: events.delivered,
+            events_dropped: events.dropped,
+            subscribers: events.subscribers,
             entries: self.entries.load(Ordering::Relaxed),
             file_len: self.storage.len(),
             live_bytes: self.live_bytes.load(Ordering::Relaxed),
@@ -88,9 +95,10 @@ impl Inner {
             .map_err(|e| e.to_string())?
             .map_err(|e| format!("{e:?}"))?;
         let mut indexed: HashMap<u64, Vec<u8>> = HashMap::new();
-        for s in &shards {
+        for (i, s) in shards.iter().enumerate() {
+            s.check_heap().map_err(|e| format!("shard {i}: {e}"))?;
             for (_, slot) in s.iter() {
-                indexed.insert(slot.offset, slot.key.as_bytes().to_vec());
+                indexed.insert(slot.offset(), slot.key.as_bytes().to_vec());
             }
         }
         let mut disk_free: Vec<(u64, u64)> = Vec::new();

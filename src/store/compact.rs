@@ -79,7 +79,7 @@ impl Inner {
                 cell.map
                     .read()
                     .iter()
-                    .map(|(id, slot)| (slot.offset, s, id)),
+                    .map(|(id, slot)| (slot.offset(), s, id)),
             );
         }
         live.sort_unstable_by_key(|&(offset, _, _)| std::cmp::Reverse(offset));
@@ -160,13 +160,13 @@ impl Inner {
         let Some(slot) = map.get(id) else {
             return Ok(None);
         };
-        if slot.offset != offset || is_expired(slot.expiry, self.clock.now_millis()) {
+        if slot.offset() != offset || is_expired(slot.expiry(), self.clock.now_millis()) {
             return Ok(None);
         }
         let Ok(h) = self.header_at(offset) else {
             return Ok(None); // damaged: leave it for the next open
         };
-        let (expiry, key) = (slot.expiry, slot.key.as_bytes().to_vec());
+        let (expiry, key) = (slot.expiry(), slot.key.as_bytes().to_vec());
         let key_hash = self.hasher.hash_one(&key);
         let need = entry_block_len(
             usize::from(h.key_len),
@@ -243,7 +243,7 @@ impl Inner {
             }
             let unchanged = map
                 .get(m.id)
-                .is_some_and(|slot| slot.offset == m.old_offset && slot.expiry == m.expiry)
+                .is_some_and(|slot| slot.offset() == m.old_offset && slot.expiry() == m.expiry)
                 && self
                     .header_at(m.old_offset)
                     .is_ok_and(|h| h.seq == m.seq && h.expiry_ms == m.expiry);

@@ -1,6 +1,6 @@
 //! Durability: group commit (`sync_to`), freeing old copies once a sync
 //! covers their replacements, and the background thread (periodic sync,
-//! automatic compaction).
+//! automatic compaction, active expiry's sweeps).
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -94,32 +94,40 @@ impl Inner {
         self.sync_to(self.writes.load(Ordering::Acquire))
     }
 
-    /// The background thread: syncs every `sync_every` (SyncPolicy::Periodic)
-    /// and checks the auto-compaction thresholds, until the store closes.
-    /// A task that fails or panics is recorded (see `record_background`) and
-    /// the thread carries on; an interval too long to add to the clock never
-    /// comes round.
+    /// The background thread: syncs every `sync_every` (SyncPolicy::Periodic),
+    /// checks the auto-compaction thresholds, and sweeps expired entries
+    /// when the earliest expiry plus the delay of active expiry comes (see
+    /// `plan_sweep`), until the store closes. A task that fails or panics is
+    /// recorded (see `record_background`) and the thread carries on; an
+    /// interval too long to add to the clock never comes round.
     pub(super) fn maintenance_loop(&self, sync_every: Option<Duration>, auto: Option<AutoCompact>) {
         use std::time::Instant;
         let after = |d: Duration| Instant::now().checked_add(d);
         let mut next_sync = sync_every.and_then(after);
         let mut next_check = auto.and_then(|a| after(a.check_every));
+        // After a failed sweep, the next waits one delay (no busy retries).
+        let mut sweep_after: Option<Instant> = None;
         let mut stop = self.stop.lock();
         loop {
-            let wake = match (next_sync, next_check) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
-            match wake {
-                Some(w) => {
-                    while !*stop && Instant::now() < w {
-                        self.stop_cv.wait_until(&mut stop, w);
+            // Planned with `stop` held: a write that makes a sweep due
+            // sooner notifies under `stop`, so it cannot be missed.
+            let next_sweep = self
+                .plan_sweep()
+                .map(|t| sweep_after.map_or(t, |a| t.max(a)));
+            let wake = [next_sync, next_check, next_sweep]
+                .into_iter()
+                .flatten()
+                .min();
+            if !*stop {
+                // One wait: a wake-up re-plans (a write brought the sweep
+                // closer); each task below runs only when it is due.
+                match wake {
+                    Some(w) => {
+                        if Instant::now() < w {
+                            self.stop_cv.wait_until(&mut stop, w);
+                        }
                     }
-                }
-                None => {
-                    while !*stop {
-                        self.stop_cv.wait(&mut stop);
-                    }
+                    None => self.stop_cv.wait(&mut stop),
                 }
             }
             if *stop {
@@ -147,18 +155,28 @@ impl Inner {
                 });
                 next_check = after(a.check_every);
             }
+            if self.sweep_due() && sweep_after.is_none_or(|a| now >= a) {
+                let swept =
+                    self.run_background("removing expired entries", || self.sweep().map(drop));
+                sweep_after = match (swept, self.expiry_delay) {
+                    (false, Some(d)) => after(d),
+                    _ => None,
+                };
+            }
             stop = self.stop.lock();
         }
     }
 
     /// Runs one background task, recording its error or panic.
-    fn run_background(&self, task: &'static str, f: impl FnOnce() -> Result<()>) {
+    /// Returns whether it succeeded.
+    fn run_background(&self, task: &'static str, f: impl FnOnce() -> Result<()>) -> bool {
         let reason = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
-            Ok(Ok(())) => return,
+            Ok(Ok(())) => return true,
             Ok(Err(e)) => e.to_string(),
             Err(panic) => format!("panicked: {}", panic_message(&*panic)),
         };
         self.record_background(task, reason);
+        false
     }
 
     /// Records a failure of the background thread: counted and kept for

@@ -163,7 +163,7 @@ impl Inner {
         match shard.find(hash, key) {
             None => false,
             Some(id) => {
-                let e = shard.slot(id).expiry;
+                let e = shard.slot(id).expiry();
                 e == 0 || !is_expired(e, self.clock.now_millis())
             }
         }
@@ -177,7 +177,7 @@ impl Inner {
             out.extend(
                 shard
                     .iter()
-                    .filter(|(_, s)| !is_expired(s.expiry, now))
+                    .filter(|(_, s)| !is_expired(s.expiry(), now))
                     .map(|(_, s)| s.key.as_bytes().to_vec()),
             );
         }

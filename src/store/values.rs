@@ -9,7 +9,8 @@ use super::*;
 #[derive(Clone, Debug, Default, PartialEq)]
 #[non_exhaustive]
 pub struct Stats {
-    /// Entries in the index (expired ones count until purged).
+    /// Entries in the index (expired ones count until they are removed:
+    /// by active expiry, `purge_expired` or an open).
     pub entries: usize,
     /// Length of the file in bytes.
     pub file_len: u64,
@@ -30,8 +31,21 @@ pub struct Stats {
     pub corrupt_blocks: u64,
     /// Bytes in those damaged blocks.
     pub corrupt_bytes: u64,
-    /// Expired entries removed since open (by `purge_expired` and by open).
+    /// Expired entries removed since open: by active expiry,
+    /// `purge_expired`, inserts at the entry cap, and by the open itself
+    /// (`delete`s of expired keys are not counted).
     pub expired_purged: u64,
+    /// The median delay between the expiry of an entry and its removal, over
+    /// the latest 256 removals of expired entries (`None` before the first).
+    pub expiry_delay_p50: Option<Duration>,
+    /// The largest such delay over the same removals.
+    pub expiry_delay_max: Option<Duration>,
+    /// Events queued for subscribers since open (see [`Store::subscribe`]).
+    pub events_delivered: u64,
+    /// Events dropped since open because a subscriber's queue was full.
+    pub events_dropped: u64,
+    /// Subscribers alive now.
+    pub subscribers: usize,
     /// Entries evicted by the entry cap since open (by writes and by open).
     pub evictions: u64,
     /// `fdatasync`s completed since open. Concurrent durable writers share

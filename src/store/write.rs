@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 
 use super::blocks::{AllocError, Moving};
 use super::*;
+use crate::events::Event;
 
 /// What [`Inner::publish`] did with a written block.
 pub(super) enum Published {
@@ -125,6 +126,8 @@ impl Inner {
                 return Ok(self.delete_cond(key, expect)?.map(|_| ()));
             }
         }
+        // Before the gate: its events are handed over after the gate is let go.
+        let mut notes = Notes::new(&self.hub);
         let _gate = self.gate.read();
         let hash = self.hasher.hash_one(key);
         let _key = self.key_lock(hash);
@@ -161,7 +164,7 @@ impl Inner {
             // evicts by write order, not by use.
             Some(cap) if !self.indexed(key) => {
                 self.storage.point("put: room");
-                Some(self.make_room(cap, key)?)
+                Some(self.make_room(cap, key, &mut notes)?)
             }
             _ => None,
         };
@@ -239,14 +242,14 @@ impl Inner {
                     let p =
                         self.publish(key, (offset, len), header.seq, expiry_ms, generation, None)?;
                     if let Published::New = p {
-                        self.admit(key, room.as_ref())?;
+                        self.admit(key, room.as_ref(), &mut notes)?;
                     }
                 }
                 return Err(e);
             }
             match self.publish(key, (offset, len), header.seq, expiry_ms, generation, claim)? {
                 Published::New => {
-                    self.admit(key, room.as_ref())?;
+                    self.admit(key, room.as_ref(), &mut notes)?;
                     break;
                 }
                 Published::Replaced => break,
@@ -268,6 +271,11 @@ impl Inner {
                 return Err(Error::io(&self.path, "writing an entry", e));
             }
             generation = self.note_write();
+        }
+        if expiry_ms != 0 {
+            // Published: the background thread must know of it even if a
+            // sync below fails.
+            self.note_expiry(expiry_ms);
         }
         if self.policy == SyncPolicy::Always
             && let Some(g) = self.unsettled(hash)
@@ -344,8 +352,8 @@ impl Inner {
             return Ok(false);
         };
         let slot = shard.slot(id);
-        let offset = slot.offset;
-        if is_expired(slot.expiry, now) {
+        let offset = slot.offset();
+        if is_expired(slot.expiry(), now) {
             return Ok(false);
         }
         let h = self.header_at(offset)?;
@@ -359,6 +367,7 @@ impl Inner {
             shard.update(hash, id, offset, expiry_ms);
             self.touch_lru(cell, id);
             drop(shard);
+            self.note_expiry(expiry_ms);
             if self.policy == SyncPolicy::Always {
                 self.sync_to(generation)?;
             }
@@ -413,6 +422,7 @@ impl Inner {
         self.live_bytes.fetch_add(new_len, Ordering::Relaxed);
         self.live_bytes.fetch_sub(h.block_len, Ordering::Relaxed);
         self.supersede(offset);
+        self.note_expiry(expiry_ms);
         synced.map(|()| true)
     }
 
@@ -441,7 +451,7 @@ impl Inner {
         };
         match shard.find(hash, key) {
             Some(id) => {
-                let old_offset = shard.slot(id).offset;
+                let old_offset = shard.slot(id).offset();
                 let old = self.header_at(old_offset);
                 if let Ok(h) = &old
                     && h.seq > seq
@@ -569,6 +579,7 @@ impl Inner {
         expect: Option<Option<&[u8]>>,
     ) -> Result<std::result::Result<bool, Option<Vec<u8>>>> {
         self.check_writable()?;
+        let mut notes = Notes::new(&self.hub);
         let _gate = self.gate.read();
         let (hash, cell) = self.locate(key);
         let _key = self.key_lock(hash);
@@ -589,10 +600,17 @@ impl Inner {
             return Ok(Ok(false));
         };
         let slot = shard.slot(id);
-        let (offset, expiry) = (slot.offset, slot.expiry);
+        let (offset, expiry) = (slot.offset(), slot.expiry());
         let visible = expiry == 0 || !is_expired(expiry, self.clock.now_millis());
         let freed = self.unindex(&mut shard, cell, hash, id, offset)?;
         drop(shard);
+        notes.add(|| match visible {
+            true => Event::Deleted { key: key.to_vec() },
+            false => Event::Expired {
+                key: key.to_vec(),
+                expired_at: millis_to_system_time(expiry),
+            },
+        });
         if let Some(len) = freed {
             self.return_space(offset, len);
         }
@@ -691,7 +709,12 @@ impl Inner {
     /// entry is in the index, so that concurrent inserts never count the same
     /// room twice. Under `SyncPolicy::Always` the removals are durable when it
     /// returns. Call it with the gate read-locked.
-    pub(super) fn make_room(&self, cap: usize, key: &[u8]) -> Result<Room<'_>> {
+    pub(super) fn make_room(
+        &self,
+        cap: usize,
+        key: &[u8],
+        notes: &mut Notes<'_>,
+    ) -> Result<Room<'_>> {
         let mut inserting = self.inserting.lock();
         if let Some(slot) = inserting.iter_mut().find(|s| s.key == key) {
             // Another insert of this key holds room: one entry, one room.
@@ -713,10 +736,10 @@ impl Inner {
         let full = || self.claimed.load(Ordering::Acquire) >= cap;
         let mut removed = false;
         if full() {
-            removed |= self.purge_held(self.clock.now_millis())? > 0;
+            removed |= self.purge_held(self.clock.now_millis(), notes)? > 0;
         }
         while full() {
-            if !self.evict_one()? {
+            if !self.evict_one(notes)? {
                 break;
             }
             removed = true;
@@ -743,7 +766,7 @@ impl Inner {
     /// was in the index when its put began, and was removed meanwhile), it
     /// takes the room another insert of the key holds, if one does, and is
     /// otherwise counted anew, evicting down to the cap if need be.
-    fn admit(&self, key: &[u8], room: Option<&Room<'_>>) -> Result<()> {
+    fn admit(&self, key: &[u8], room: Option<&Room<'_>>, notes: &mut Notes<'_>) -> Result<()> {
         if let Some(r) = room.filter(|r| r.holds()) {
             r.used();
             return Ok(());
@@ -755,7 +778,7 @@ impl Inner {
         }
         self.claimed.fetch_add(1, Ordering::AcqRel);
         match self.max_entries {
-            Some(cap) => self.evict_down_to(cap, &mut inserting),
+            Some(cap) => self.evict_down_to(cap, &mut inserting, notes),
             None => Ok(()),
         }
     }
@@ -765,10 +788,15 @@ impl Inner {
     /// two threads never both act on one look at the count. Under
     /// `SyncPolicy::Always` the evictions are durable when it returns.
     /// The caller holds `inserting` (passed in as proof).
-    fn evict_down_to(&self, n: usize, _cap: &mut Vec<RoomSlot>) -> Result<()> {
+    fn evict_down_to(
+        &self,
+        n: usize,
+        _cap: &mut Vec<RoomSlot>,
+        notes: &mut Notes<'_>,
+    ) -> Result<()> {
         let mut evicted = false;
         while self.claimed.load(Ordering::Acquire) > n {
-            if !self.evict_one()? {
+            if !self.evict_one(notes)? {
                 break;
             }
             evicted = true;
@@ -781,7 +809,7 @@ impl Inner {
 
     /// Evicts the least recently used entry of the whole store. Returns false
     /// when there is none.
-    pub(super) fn evict_one(&self) -> Result<bool> {
+    pub(super) fn evict_one(&self, notes: &mut Notes<'_>) -> Result<bool> {
         loop {
             let (s, stamp) = self
                 .lru_oldest
@@ -802,93 +830,30 @@ impl Inner {
                 continue; // used or removed meanwhile: look again
             }
             let slot = shard.slot(id);
-            let offset = slot.offset;
+            let offset = slot.offset();
             let hash = self.hasher.hash_one(slot.key.as_bytes());
             if let Some(g) = self.unsettled(hash) {
                 drop(shard);
                 self.sync_to(g)?;
                 continue;
             }
+            let key = notes.on().then(|| slot.key.as_bytes().to_vec());
             let freed = self.unindex(&mut shard, cell, hash, id, offset)?;
             drop(shard);
             if let Some(len) = freed {
                 self.return_space(offset, len);
+            }
+            if let Some(key) = key {
+                notes.add(|| Event::Evicted { key });
             }
             self.evictions.fetch_add(1, Ordering::Relaxed);
             return Ok(true);
         }
     }
 
-    pub(super) fn purge(&self) -> Result<usize> {
-        self.check_writable()?;
-        let _gate = self.gate.read();
-        self.purge_held(self.clock.now_millis())
-    }
-
-    /// Removes the entries expired at `now`; the caller holds the gate.
-    pub(super) fn purge_held(&self, now: i64) -> Result<usize> {
-        let mut purged = 0usize;
-        for cell in self.shards.iter() {
-            if cell
-                .map
-                .read()
-                .earliest_expiry()
-                .is_none_or(|e| !is_expired(e, now))
-            {
-                continue;
-            }
-            // Entries whose old copies' free headers need a sync first are
-            // left for another pass after that sync.
-            let mut wait = Some(0);
-            while let Some(g) = wait.take() {
-                let mut result = if g > 0 { self.sync_to(g) } else { Ok(()) };
-                let mut shard = cell.map.write();
-                let mut freed = Vec::new();
-                for id in shard.expired(now, usize::MAX) {
-                    if result.is_err() {
-                        break;
-                    }
-                    let slot = shard.slot(id);
-                    let offset = slot.offset;
-                    let hash = self.hasher.hash_one(slot.key.as_bytes());
-                    if let Some(g) = self.unsettled(hash) {
-                        wait = Some(wait.unwrap_or(0).max(g));
-                        continue;
-                    }
-                    match self.unindex(&mut shard, cell, hash, id, offset) {
-                        Ok(len) => {
-                            purged += 1;
-                            if let Some(l) = len {
-                                freed.push((offset, l));
-                            }
-                        }
-                        Err(e) => {
-                            result = Err(e);
-                            break;
-                        }
-                    }
-                }
-                drop(shard);
-                for (o, l) in freed {
-                    self.return_space(o, l);
-                }
-                if let Err(e) = result {
-                    self.expired_purged
-                        .fetch_add(purged as u64, Ordering::Relaxed);
-                    return Err(e);
-                }
-            }
-        }
-        self.expired_purged
-            .fetch_add(purged as u64, Ordering::Relaxed);
-        if purged > 0 && self.policy == SyncPolicy::Always {
-            self.sync_to(self.writes.load(Ordering::Acquire))?;
-        }
-        Ok(purged)
-    }
-
     pub(super) fn clear(&self) -> Result<()> {
         self.check_writable()?;
+        let mut notes = Notes::new(&self.hub);
         let _gate = self.gate.write();
         // No writer runs now: settle every old copy before freeing entries.
         if let Some(g) = self.blocks.any_unsettled() {
@@ -915,7 +880,7 @@ impl Inner {
             // returned when their readers drop.
             let mut freed = Vec::new();
             for (shard, cell) in shards.iter_mut().zip(self.shards.iter()) {
-                let live: Vec<(u32, u64)> = shard.iter().map(|(id, s)| (id, s.offset)).collect();
+                let live: Vec<(u32, u64)> = shard.iter().map(|(id, s)| (id, s.offset())).collect();
                 for (id, offset) in live {
                     let hash = self.hasher.hash_one(shard.slot(id).key.as_bytes());
                     if let Some(l) = self.unindex(shard, cell, hash, id, offset)? {
@@ -929,6 +894,7 @@ impl Inner {
             }
             self.blocks.release_all_held(&self.bio());
         }
+        notes.add(|| Event::Cleared);
         // Under every policy, before the gate lets any write reuse the space:
         // were a power loss to drop the cut of the file and keep a later
         // write over a key's newest copy, an older copy of it further on

@@ -19,9 +19,14 @@ impl TempStore {
         TempStore { dir, path }
     }
 
-    /// Options for fast tests: no fdatasync, a manual clock.
+    /// Options for fast tests: no fdatasync, a manual clock, and no active
+    /// expiry (tests count what `purge_expired` removes; a background sweep
+    /// following the manual clock would race them: `tests/expiry.rs` tests it).
     pub fn options(&self, clock: &Arc<ManualClock>) -> Options {
-        Options::new().sync(SyncPolicy::Never).clock(clock.clone())
+        Options::new()
+            .sync(SyncPolicy::Never)
+            .clock(clock.clone())
+            .active_expiry(None)
     }
 
     pub fn open(&self, clock: &Arc<ManualClock>) -> Store {

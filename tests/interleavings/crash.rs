@@ -20,7 +20,7 @@ use sfs::{ManualClock, SyncPolicy};
 use crate::common::look_read_only;
 
 use super::{
-    Contents, Done, Op, Outcome, START_MS, Setup, model_contents, model_op, serial_orders, show,
+    Contents, Done, Op, Outcome, Setup, model_contents, model_op, serial_orders, show,
     store_contents,
 };
 
@@ -45,7 +45,7 @@ pub fn check_all(
     let n = rec.events.len();
     let mut opened = 0;
     for k in from..=n {
-        let (process, now) = allowed_at(k, n, done, initial, keys, false, setup.policy);
+        let (process, now) = allowed_at(k, n, done, initial, keys, false, setup);
         let mut images: Vec<(Vec<u8>, &Allowed, String)> =
             vec![(rec.after(k), &process, "process crash".into())];
         if k < n {
@@ -55,7 +55,7 @@ pub fn check_all(
         }
         let power;
         if rec.durable_prefix(k) < k {
-            power = allowed_at(k, n, done, initial, keys, true, setup.policy).0;
+            power = allowed_at(k, n, done, initial, keys, true, setup).0;
             for seed in [0, 2, 3] {
                 images.push((
                     rec.power_loss(k, seed),
@@ -88,8 +88,9 @@ fn allowed_at(
     initial: &Model,
     keys: &[Vec<u8>],
     power: bool,
-    policy: SyncPolicy,
+    setup: Setup,
 ) -> (Allowed, i64) {
+    let policy = setup.policy;
     // Returned before the crash: its last event came before event k, or
     // every operation is over.
     let returned = |d: &Done| k == n || d.events.1 < k;
@@ -111,9 +112,9 @@ fn allowed_at(
         .filter(|&i| started(&done[i]) && !required.contains(&i))
         .collect();
     let now = if done.iter().any(|d| d.op == Op::Expire && started(d)) {
-        START_MS + super::EXPIRE_MS
+        setup.start_ms() + super::EXPIRE_MS
     } else {
-        START_MS
+        setup.start_ms()
     };
     let mut allowed = Allowed::new();
     for mask in 0..(1u32 << optional.len()) {
@@ -127,7 +128,7 @@ fn allowed_at(
         );
         for order in serial_orders(done, &ops) {
             let mut m = initial.clone();
-            let mut t = START_MS;
+            let mut t = setup.start_ms();
             for &i in &order {
                 model_op(done[i].op, i, &mut m, &mut t);
             }
@@ -160,11 +161,16 @@ fn allowed_at(
 fn changed(d: &Done) -> bool {
     match d.op {
         Op::PutNew | Op::Overwrite | Op::Clear => true,
-        Op::Delete | Op::Touch | Op::TouchHeld | Op::Cas | Op::CasDelete | Op::PutIfAbsent => {
-            d.outcome == Outcome::Bool(true)
-        }
+        Op::Delete
+        | Op::Touch
+        | Op::TouchHeld
+        | Op::RenewB
+        | Op::Cas
+        | Op::CasDelete
+        | Op::PutIfAbsent => d.outcome == Outcome::Bool(true),
         Op::Update => true,
-        Op::Purge => d.outcome != Outcome::Count(0),
+        // A sweep's crash images are a purge's.
+        Op::Purge | Op::Sweep => d.outcome != Outcome::Count(0),
         Op::GetRefHeld | Op::Expire | Op::Compact | Op::Sync => false,
     }
 }
