@@ -897,7 +897,11 @@ fn sweep_pairs_in(setup: Setup) {
     let setup = late(setup);
     let mut schedules = 0;
     let mut failures = Vec::new();
-    for &b in ALL_OPS.iter().chain(&[Op::Sweep, Op::RenewB]) {
+    for &b in ALL_OPS
+        .iter()
+        .chain(&[Op::Sweep, Op::RenewB])
+        .chain(&COND_OPS)
+    {
         match explore(
             setup,
             &[Op::Sweep, b],
