@@ -92,7 +92,10 @@ pub mod fuzzing;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{Error, LockHolder, Result};
 pub use options::{AutoCompact, Options, SyncPolicy};
-pub use store::{CompactStats, Entry, Iter, PutOptions, Stats, Store, ValueRef};
+pub use store::{
+    BackupCancel, BackupOptions, BackupPhase, BackupProgress, BackupReport, CompactStats, Entry,
+    IfBehind, Iter, PutOptions, Stats, Store, ValueRef,
+};
 pub use typed::{TypedEntry, TypedStore, TypedValueRef};
 
 /// The README's examples, run as doc tests so they stay true.
