@@ -792,6 +792,7 @@ impl Copier<'_> {
             self.copy_key(key, now_ms)?;
             self.tick(false)?;
         }
+        self.check_cancel()?;
         // Still under the gate: nothing changes after `now_ms` is taken.
         inner.backups.stop();
         drop(gate);
@@ -924,12 +925,7 @@ impl Copier<'_> {
     /// [`REPORT_EVERY`] entries (outside the pause) report progress and keep
     /// to the bandwidth limit.
     fn tick(&mut self, outside_pause: bool) -> Result<()> {
-        if self.opts.cancel.as_ref().is_some_and(BackupCancel::is_cancelled) {
-            return Err(Error::BackupCancelled {
-                path: self.inner.path.clone(),
-                destination: self.destination.clone(),
-            });
-        }
+        self.check_cancel()?;
         if self.out.buf.len() >= BUFFER {
             self.out.flush()?;
         }
@@ -943,6 +939,17 @@ impl Copier<'_> {
         Ok(())
     }
 
+    /// [`Error::BackupCancelled`] once the token is cancelled.
+    fn check_cancel(&self) -> Result<()> {
+        if self.opts.cancel.as_ref().is_some_and(BackupCancel::is_cancelled) {
+            return Err(Error::BackupCancelled {
+                path: self.inner.path.clone(),
+                destination: self.destination.clone(),
+            });
+        }
+        Ok(())
+    }
+
     /// Sleeps while the copy is ahead of the bandwidth limit (checking the
     /// cancel token every 50 ms).
     fn throttle(&self) -> Result<()> {
@@ -951,12 +958,7 @@ impl Copier<'_> {
         };
         let due = Duration::from_secs_f64(self.bytes_copied as f64 / bw as f64);
         while self.started.elapsed() < due {
-            if self.opts.cancel.as_ref().is_some_and(BackupCancel::is_cancelled) {
-                return Err(Error::BackupCancelled {
-                    path: self.inner.path.clone(),
-                    destination: self.destination.clone(),
-                });
-            }
+            self.check_cancel()?;
             let left = due.saturating_sub(self.started.elapsed());
             std::thread::sleep(left.min(Duration::from_millis(50)));
         }
@@ -1025,6 +1027,7 @@ impl Copier<'_> {
 
     /// Renames the synced copy into place and syncs the directory.
     fn place(&mut self, dest: &Path) -> Result<()> {
+        self.check_cancel()?;
         std::fs::rename(&self.out.path, dest)
             .map_err(self.out.io("renaming the backup into place"))?;
         self.out.placed = true;
@@ -1034,6 +1037,7 @@ impl Copier<'_> {
 
     /// Streams the finished copy to `w`; the scratch file is then removed.
     fn stream(&mut self, w: &mut dyn Write, len: u64) -> Result<()> {
+        self.check_cancel()?;
         let mut chunk = vec![0u8; CHUNK];
         let mut done = 0u64;
         while done < len {
