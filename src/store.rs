@@ -540,7 +540,11 @@ impl Store {
     /// changed faster than the copy could follow, under
     /// [`IfBehind::GiveUp`]), [`Error::InvalidOptions`] (`path` is the
     /// store's own file), [`Error::Io`] naming the destination.
-    pub fn backup_with(&self, path: impl AsRef<Path>, opts: &BackupOptions) -> Result<BackupReport> {
+    pub fn backup_with(
+        &self,
+        path: impl AsRef<Path>,
+        opts: &BackupOptions,
+    ) -> Result<BackupReport> {
         self.inner
             .backup(backup::Destination::Path(path.as_ref()), opts)
     }
@@ -560,7 +564,11 @@ impl Store {
     /// assert_eq!(bytes.len() as u64, report.file_len);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    pub fn backup_to(&self, w: &mut dyn std::io::Write, opts: &BackupOptions) -> Result<BackupReport> {
+    pub fn backup_to(
+        &self,
+        w: &mut dyn std::io::Write,
+        opts: &BackupOptions,
+    ) -> Result<BackupReport> {
         self.inner.backup(backup::Destination::Writer(w), opts)
     }
 

@@ -557,10 +557,10 @@ impl Inner {
                 (scratch, Some(p.to_path_buf()))
             }
             Destination::Writer(_) => {
-                let name = self.path.file_name().map_or_else(
-                    || "store".into(),
-                    |n| n.to_string_lossy().into_owned(),
-                );
+                let name = self
+                    .path
+                    .file_name()
+                    .map_or_else(|| "store".into(), |n| n.to_string_lossy().into_owned());
                 let path = sibling(&self.path, &format!(".{name}.sfs-backup-stream.tmp"));
                 (Scratch::create(path.clone(), path)?, None)
             }
@@ -774,6 +774,7 @@ impl Copier<'_> {
     /// past `allowed`.
     fn final_round(&mut self, allowed: Duration) -> Result<Final> {
         let inner = self.inner;
+        inner.storage.point("backup: final round");
         let gate = inner.gate.write();
         let paused = Instant::now();
         inner.storage.point("backup: pause");
@@ -812,9 +813,7 @@ impl Copier<'_> {
             (slot.offset, slot.expiry)
         });
         let copied = match found {
-            Some((offset, expiry)) if !is_expired(expiry, now) => {
-                self.copy_locked(&key, offset)?
-            }
+            Some((offset, expiry)) if !is_expired(expiry, now) => self.copy_locked(&key, offset)?,
             _ => None,
         };
         drop(map);
@@ -852,7 +851,11 @@ impl Copier<'_> {
             usize::from(h.meta_len),
             h.value_len as usize,
         );
-        let header = BlockHeader { block_len: len, ..h }.encode(inner.salt);
+        let header = BlockHeader {
+            block_len: len,
+            ..h
+        }
+        .encode(inner.salt);
         let start = self.out.end();
         let payload_len = h.payload_len();
         let src = offset + h.key_offset();
@@ -941,7 +944,12 @@ impl Copier<'_> {
 
     /// [`Error::BackupCancelled`] once the token is cancelled.
     fn check_cancel(&self) -> Result<()> {
-        if self.opts.cancel.as_ref().is_some_and(BackupCancel::is_cancelled) {
+        if self
+            .opts
+            .cancel
+            .as_ref()
+            .is_some_and(BackupCancel::is_cancelled)
+        {
             return Err(Error::BackupCancelled {
                 path: self.inner.path.clone(),
                 destination: self.destination.clone(),
@@ -973,7 +981,10 @@ impl Copier<'_> {
             BackupPhase::Copying => left_in_round + self.inner.backups.pending(),
             _ => 0,
         };
-        let avg = self.bytes_copied.checked_div(self.entries_copied).unwrap_or(0);
+        let avg = self
+            .bytes_copied
+            .checked_div(self.entries_copied)
+            .unwrap_or(0);
         f(&BackupProgress {
             phase,
             round: self.round,

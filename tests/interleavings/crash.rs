@@ -160,7 +160,7 @@ fn changed(d: &Done) -> bool {
         Op::PutNew | Op::Overwrite | Op::Clear => true,
         Op::Delete | Op::Touch | Op::TouchHeld => d.outcome == Outcome::Bool(true),
         Op::Purge => d.outcome != Outcome::Count(0),
-        Op::GetRefHeld | Op::Expire | Op::Compact | Op::Sync => false,
+        Op::GetRefHeld | Op::Expire | Op::Compact | Op::Sync | Op::Backup => false,
     }
 }
 
