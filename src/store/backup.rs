@@ -28,6 +28,7 @@
 //! callback) runs, and writes nothing to the store's file.
 
 use std::fs::{File, OpenOptions};
+use std::hash::BuildHasher;
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -46,7 +47,6 @@ use crate::format::{
 
 /// Keys, hashed with a per-process random seed.
 type KeySet = hashbrown::HashSet<Box<[u8]>, foldhash::fast::RandomState>;
-type KeyMap<V> = hashbrown::HashMap<Box<[u8]>, V, foldhash::fast::RandomState>;
 
 /// A progress callback (see [`BackupOptions::on_progress`]).
 type ProgressFn = dyn Fn(&BackupProgress) + Send + Sync;
@@ -425,6 +425,22 @@ impl Scratch {
         self.flushed + self.buf.len() as u64
     }
 
+    /// Whether the entry copied at `offset` holds `key`. An entry is wholly
+    /// in the buffer or wholly written out.
+    fn holds_key(&self, offset: u64, key: &[u8]) -> bool {
+        let n = BLOCK_HEADER_LEN as usize + key.len();
+        let holds = |b: &[u8]| {
+            usize::from(u16::from_le_bytes([b[6], b[7]])) == key.len() && &b[n - key.len()..] == key
+        };
+        if offset >= self.flushed {
+            let at = (offset - self.flushed) as usize;
+            self.buf.get(at..at + n).is_some_and(holds)
+        } else {
+            let mut b = vec![0u8; n];
+            self.file.read_exact_at(&mut b, offset).is_ok() && holds(&b)
+        }
+    }
+
     fn flush(&mut self) -> Result<()> {
         if !self.buf.is_empty() {
             let written = self.file.write_all_at(&self.buf, self.flushed);
@@ -508,6 +524,74 @@ struct Placed {
     expiry_ms: u64,
 }
 
+/// One key's copy: where it is, and its key's hash (the store's hasher).
+#[derive(Clone, Copy)]
+struct Placement {
+    at: Placed,
+    hash: u64,
+    live: bool,
+}
+
+/// Where each key's copy is in the scratch file. The keys are not kept in
+/// memory a second time: the table maps a key's hash to its placement, and a
+/// match is confirmed by comparing the key in the scratch file (which only
+/// a key copied twice, or a hash collision, ever needs).
+#[derive(Default)]
+struct Placements {
+    all: Vec<Placement>,
+    table: hashbrown::HashTable<u32>,
+    live: u64,
+}
+
+impl Placements {
+    /// Sets where `key` (of hash `hash`) is in the copy (`None`: not in it);
+    /// returns the length of the copy it replaces, if any.
+    fn set(&mut self, out: &Scratch, hash: u64, key: &[u8], at: Option<Placed>) -> Option<u64> {
+        let all = &self.all;
+        let found = self.table.find_entry(hash, |&i| {
+            let p = &all[i as usize];
+            p.hash == hash && out.holds_key(p.at.offset, key)
+        });
+        match (found, at) {
+            (Ok(e), Some(at)) => {
+                let p = &mut self.all[*e.get() as usize];
+                let old = p.at.len;
+                p.at = at;
+                Some(old)
+            }
+            (Ok(e), None) => {
+                let (i, _) = e.remove();
+                let p = &mut self.all[i as usize];
+                p.live = false;
+                self.live -= 1;
+                Some(p.at.len)
+            }
+            (Err(_), Some(at)) => {
+                let i = self.all.len() as u32;
+                self.all.push(Placement {
+                    at,
+                    hash,
+                    live: true,
+                });
+                let all = &self.all;
+                self.table.insert_unique(hash, i, |&j| all[j as usize].hash);
+                self.live += 1;
+                None
+            }
+            (Err(_), None) => None,
+        }
+    }
+
+    fn clear(&mut self) {
+        *self = Placements::default();
+    }
+
+    /// The live copies.
+    fn live(&self) -> impl Iterator<Item = &Placed> {
+        self.all.iter().filter(|p| p.live).map(|p| &p.at)
+    }
+}
+
 /// What the final round did.
 enum Final {
     /// Done: the clock at the pause.
@@ -522,7 +606,7 @@ struct Copier<'a> {
     opts: &'a BackupOptions,
     destination: Option<PathBuf>,
     out: Scratch,
-    placed: KeyMap<Placed>,
+    placed: Placements,
     /// Bytes in the scratch file no longer in `placed` (holes).
     dead_bytes: u64,
     round: u32,
@@ -540,6 +624,9 @@ struct Copier<'a> {
     round_left: u64,
     /// Entries looked at (copied or not), for the periodic work of `tick`.
     ticks: u64,
+    /// The clock, read at most every [`REPORT_EVERY`] entries outside the
+    /// pause: an entry expired by then is expired at the pause too.
+    now_ms: i64,
 }
 
 impl Inner {
@@ -572,7 +659,7 @@ impl Inner {
             opts,
             destination,
             out: scratch,
-            placed: KeyMap::with_hasher(foldhash::fast::RandomState::default()),
+            placed: Placements::default(),
             dead_bytes: 0,
             round: 0,
             entries_copied: 0,
@@ -584,6 +671,7 @@ impl Inner {
             stretch: Instant::now(),
             round_left: 0,
             ticks: 0,
+            now_ms: self.clock.now_millis(),
         };
         let (now_ms, pause) = c.copy_in_rounds()?;
         drop(tracking);
@@ -593,7 +681,7 @@ impl Inner {
             Destination::Writer(w) => c.stream(w, file_len)?,
         }
         let report = BackupReport {
-            entries: c.placed.len() as u64,
+            entries: c.placed.live,
             file_len,
             rounds: c.round,
             recopied_entries: c.recopied,
@@ -723,23 +811,24 @@ impl Copier<'_> {
         all.sort_unstable();
         self.round_left = all.len() as u64;
         self.stretch = Instant::now();
+        self.placed.all.reserve(all.len());
+        self.placed.table.reserve(all.len(), |_| 0);
         for (_, s, id) in all {
             inner.storage.point("backup: copy");
             self.round_left -= 1;
-            let now = inner.clock.now_millis();
             let map = inner.shards[s as usize].map.read();
             // The slot may hold another key by now, or none: whatever it
             // holds now is copied; keys that left it were noted.
             let Some(slot) = map.get(id) else {
                 continue;
             };
-            if is_expired(slot.expiry, now) {
+            if is_expired(slot.expiry, self.now_ms) {
                 continue; // and stays expired: the pause comes later
             }
-            let key: Box<[u8]> = slot.key.as_bytes().into();
-            let copied = self.copy_locked(&key, slot.offset)?;
+            let key = slot.key.as_bytes();
+            let copied = self.copy_locked(key, slot.offset)?;
+            self.record(inner.hasher.hash_one(key), key, copied);
             drop(map);
-            self.record(key, copied);
             self.tick(true)?;
         }
         Ok(())
@@ -749,12 +838,13 @@ impl Copier<'_> {
     fn recopy_round(&mut self) -> Result<()> {
         let changes = self.inner.backups.take();
         self.stretch = Instant::now();
+        self.now_ms = self.inner.clock.now_millis();
         self.apply_clear(changes.cleared);
         self.round_left = changes.keys.len() as u64;
         for key in changes.keys {
             self.inner.storage.point("backup: copy");
             self.round_left -= 1;
-            self.copy_key(key, self.inner.clock.now_millis())?;
+            self.copy_key(&key, self.now_ms)?;
             self.tick(true)?;
         }
         Ok(())
@@ -790,7 +880,7 @@ impl Copier<'_> {
                 drop(gate);
                 return Ok(Final::Overran);
             }
-            self.copy_key(key, now_ms)?;
+            self.copy_key(&key, now_ms)?;
             self.tick(false)?;
         }
         self.check_cancel()?;
@@ -804,31 +894,27 @@ impl Copier<'_> {
 
     /// Copies `key` as the index has it now (or forgets it if it is gone or
     /// expired at `now`).
-    fn copy_key(&mut self, key: Box<[u8]>, now: i64) -> Result<()> {
+    fn copy_key(&mut self, key: &[u8], now: i64) -> Result<()> {
         let inner = self.inner;
-        let (hash, cell) = inner.locate(&key);
+        let (hash, cell) = inner.locate(key);
         let map = cell.map.read();
-        let found = map.find(hash, &key).map(|id| {
+        let found = map.find(hash, key).map(|id| {
             let slot = map.slot(id);
             (slot.offset, slot.expiry)
         });
         let copied = match found {
-            Some((offset, expiry)) if !is_expired(expiry, now) => self.copy_locked(&key, offset)?,
+            Some((offset, expiry)) if !is_expired(expiry, now) => self.copy_locked(key, offset)?,
             _ => None,
         };
         drop(map);
-        self.record(key, copied);
+        self.record(hash, key, copied);
         Ok(())
     }
 
     /// Notes where `key` now is in the copy (`None`: not in it).
-    fn record(&mut self, key: Box<[u8]>, copied: Option<Placed>) {
-        let old = match copied {
-            Some(p) => self.placed.insert(key, p),
-            None => self.placed.remove(&key),
-        };
-        if let Some(old) = old {
-            self.dead_bytes += old.len;
+    fn record(&mut self, hash: u64, key: &[u8], copied: Option<Placed>) {
+        if let Some(old) = self.placed.set(&self.out, hash, key, copied) {
+            self.dead_bytes += old;
             self.recopied += u64::from(copied.is_some());
         }
     }
@@ -924,21 +1010,36 @@ impl Copier<'_> {
         Ok(key_ok && hasher.finalize() == want)
     }
 
-    /// After each entry: cancel, write out a full buffer, and every
-    /// [`REPORT_EVERY`] entries (outside the pause) report progress and keep
-    /// to the bandwidth limit.
+    /// After each entry with no store lock held: [`step`](Self::step), and
+    /// every [`REPORT_EVERY`] entries (outside the pause)
+    /// [`periodic`](Self::periodic).
     fn tick(&mut self, outside_pause: bool) -> Result<()> {
+        self.step()?;
+        self.ticks += 1;
+        if outside_pause && self.ticks.is_multiple_of(REPORT_EVERY) {
+            self.periodic()?;
+        }
+        Ok(())
+    }
+
+    /// After each entry (a store lock may be held): cancel, and write out a
+    /// full buffer.
+    fn step(&mut self) -> Result<()> {
         self.check_cancel()?;
         if self.out.buf.len() >= BUFFER {
             self.out.flush()?;
         }
-        self.ticks += 1;
-        if outside_pause && self.ticks.is_multiple_of(REPORT_EVERY) {
-            self.busy += self.stretch.elapsed();
-            self.report(BackupPhase::Copying, self.round_left);
-            self.throttle()?;
-            self.stretch = Instant::now();
-        }
+        Ok(())
+    }
+
+    /// Every [`REPORT_EVERY`] entries outside the pause, with no store lock
+    /// held: the clock, progress, the bandwidth limit.
+    fn periodic(&mut self) -> Result<()> {
+        self.now_ms = self.inner.clock.now_millis();
+        self.busy += self.stretch.elapsed();
+        self.report(BackupPhase::Copying, self.round_left);
+        self.throttle()?;
+        self.stretch = Instant::now();
         Ok(())
     }
 
@@ -1001,29 +1102,24 @@ impl Copier<'_> {
     /// cuts and syncs the copy. Returns its length.
     fn finish(&mut self, now_ms: i64) -> Result<u64> {
         self.report(BackupPhase::Finishing, 0);
-        let before = self.placed.len();
-        let mut dropped = 0u64;
-        self.placed.retain(|_, p| {
-            let keep = !is_expired(p.expiry_ms, now_ms);
-            if !keep {
-                dropped += p.len;
+        for p in self.placed.all.iter_mut().filter(|p| p.live) {
+            if is_expired(p.at.expiry_ms, now_ms) {
+                p.live = false;
+                self.placed.live -= 1;
+                self.dead_bytes += p.at.len;
             }
-            keep
-        });
-        debug_assert!(self.placed.len() <= before);
-        self.dead_bytes += dropped;
+        }
         let end = if self.dead_bytes == 0 {
             self.out.flush()?;
             self.out.end()
         } else {
-            let mut live: Vec<(u64, u64)> =
-                self.placed.values().map(|p| (p.offset, p.len)).collect();
+            let mut live: Vec<(u64, u64)> = self.placed.live().map(|p| (p.offset, p.len)).collect();
             live.sort_unstable();
             self.out.close_holes(&live, FILE_HEADER_LEN)?
         };
         debug_assert_eq!(
             end,
-            FILE_HEADER_LEN + self.placed.values().map(|p| p.len).sum::<u64>()
+            FILE_HEADER_LEN + self.placed.live().map(|p| p.len).sum::<u64>()
         );
         self.out
             .file
