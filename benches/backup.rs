@@ -22,8 +22,8 @@ use support::{key, value};
 
 const N: u64 = 1_000_000;
 const WRITERS: usize = 4;
-/// The next new key a writer inserts.
-static NEXT: AtomicU64 = AtomicU64::new(N);
+/// Keeps the keys of each run's writers apart from the last run's.
+static NEXT: AtomicU64 = AtomicU64::new(0);
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -60,10 +60,12 @@ struct Writers {
 }
 
 /// Runs 4 writers while `during` runs, or for `for_at_least` when it
-/// returns at once. They insert new keys (`SyncPolicy::Never`): no write of
-/// theirs waits for an `fdatasync`, so their longest put shows the backup's
-/// pause rather than the disk's sync latency (overwrites would sync on
-/// their own once old copies pile up).
+/// returns at once, as fast as they can. Each inserts new keys of its own
+/// and deletes each 1000 writes later, so the store keeps its size
+/// (`SyncPolicy::Never`): no write of theirs waits for an `fdatasync`, so
+/// their longest write shows the backup's pause rather than the disk's
+/// sync latency (overwrites would sync on their own once old copies of
+/// overwritten entries pile up).
 fn with_writers(store: &Arc<Store>, for_at_least: Duration, during: impl FnOnce()) -> Writers {
     let stop = Arc::new(AtomicBool::new(false));
     let ops = Arc::new(AtomicU64::new(0));
@@ -80,10 +82,14 @@ fn with_writers(store: &Arc<Store>, for_at_least: Duration, during: impl FnOnce(
             );
             std::thread::spawn(move || {
                 let (mut n, mut worst) = (0u64, 0u64);
+                let base =
+                    N + (w as u64 + 1) * (1 << 40) + NEXT.fetch_add(1 << 32, Ordering::Relaxed);
                 while !stop.load(Ordering::Relaxed) {
-                    let k = key(NEXT.fetch_add(1, Ordering::Relaxed));
                     let t = Instant::now();
-                    store.put(k, &v).expect("put");
+                    store.put(key(base + n), &v).expect("put");
+                    if n >= 1000 {
+                        store.delete(key(base + n - 1000)).expect("delete");
+                    }
                     worst = worst.max(t.elapsed().as_nanos() as u64);
                     n += 1;
                 }
@@ -184,7 +190,7 @@ fn main() {
         during_s.push(busy.secs);
         rounds.push(f64::from(report.rounds));
         println!(
-            "  run: backup {:.3} s, {} rounds, {} recopied, pause {:.2} ms; writers {:.0} puts/s during vs {:.0} without; longest put {:.2} ms during vs {:.2} ms without",
+            "  run: backup {:.3} s, {} rounds, {} recopied, pause {:.2} ms; writers {:.0} writes/s during vs {:.0} without; longest write {:.2} ms during vs {:.2} ms without",
             busy.secs,
             report.rounds,
             report.recopied_entries,
@@ -196,7 +202,7 @@ fn main() {
         );
     }
     println!(
-        "with {WRITERS} writers (medians): backup {:.3} s in {} rounds; pause {:.2} ms; longest put {:.2} ms (without a backup: {:.2} ms); throughput during the backup {:.2} x without",
+        "with {WRITERS} writers (medians): backup {:.3} s in {} rounds; pause {:.2} ms; longest write {:.2} ms (without a backup: {:.2} ms); throughput during the backup {:.2} x without",
         median(during_s),
         median(rounds),
         median(pause),

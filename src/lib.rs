@@ -37,9 +37,11 @@
 //!   [`TypedStore`] (serde types, bincode-encoded), opened with [`Options`]
 //!   ([`SyncPolicy`], [`AutoCompact`]); what they return ([`Entry`],
 //!   [`ValueRef`], [`Iter`], [`Stats`], [`CompactStats`], [`TypedEntry`],
-//!   [`TypedValueRef`], [`PutOptions`]); [`Error`] and [`Result`]; and the
+//!   [`TypedValueRef`], [`PutOptions`]); [`Error`] and [`Result`]; the
 //!   [`Clock`] that judges expiry ([`SystemClock`], [`ManualClock`] for
-//!   tests).
+//!   tests); and live backups ([`Store::backup`], [`BackupOptions`],
+//!   [`IfBehind`], [`BackupCancel`], [`BackupProgress`], [`BackupPhase`],
+//!   [`BackupReport`]).
 //! - [`inspect`]: read-only access to a store file for tools that look
 //!   inside one (the `sfs-dump` package is one): a [`inspect::Source`] to
 //!   read from, the [`inspect::Walker`] over its blocks (the same parser the

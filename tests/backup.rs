@@ -463,19 +463,38 @@ fn filled(t: &common::TempStore, clock: &Arc<ManualClock>, n: u32) -> (Store, Co
 #[test]
 fn a_cancelled_backup_leaves_the_store_unchanged_and_nothing_behind() {
     let mut rng = TestRng::new(3);
+    // How many named points a backup of the store passes (rounds, batches
+    // of entries, the final round, the pause): a cancel at each is a cancel
+    // at a moment of the backup.
+    let points = {
+        let t = common::TempStore::new();
+        let (store, _) = filled(&t, &common::clock(), 3000);
+        store.close().unwrap();
+        let n = Arc::new(AtomicU64::new(0));
+        let seen = n.clone();
+        let store = open_hooked(&t.path, t.options(&common::clock()), move |_| {
+            seen.fetch_add(1, Ordering::SeqCst);
+        });
+        store.backup(t.dir.path().join("copy.sfs")).unwrap();
+        n.load(Ordering::SeqCst)
+    };
+    assert!(points > 10, "{points} points");
     for round in 0..12 {
         let t = common::TempStore::new();
         let clock = common::clock();
         let (store, expected) = filled(&t, &clock, 3000);
         store.close().unwrap();
-        // Cancelled at a random entry of a random round, or in the pause.
+        // Cancelled at a random point of the backup: in the first round,
+        // before the final one, or in the pause.
         let cancel = BackupCancel::new();
-        let at = rng.below(3100); // 3002 points: a round, 3000 entries, the pause
+        let at = match round {
+            0 => points - 1, // the pause
+            _ => rng.below(points),
+        };
         let seen = Arc::new(AtomicU64::new(0));
         let (c, s) = (cancel.clone(), seen.clone());
-        let store = open_hooked(&t.path, t.options(&clock), move |name| {
-            let n = s.fetch_add(1, Ordering::SeqCst);
-            if n == at || (name == "backup: pause" && at >= 3000) {
+        let store = open_hooked(&t.path, t.options(&clock), move |_| {
+            if s.fetch_add(1, Ordering::SeqCst) == at {
                 c.cancel();
             }
         });
