@@ -176,6 +176,13 @@ impl BackupOptions {
     /// starts once what is left is expected to take no longer; should it run
     /// past the budget anyway, it is abandoned at once (the writers go on)
     /// and the backup goes back to copying in rounds. Readers never wait.
+    ///
+    /// The budget counts from when every write in flight has finished (the
+    /// round cannot start before): a write that arrives meanwhile waits for
+    /// those too, which adds the length of the longest write in flight (an
+    /// `fdatasync` under [`SyncPolicy::Always`](crate::SyncPolicy::Always);
+    /// on a machine with fewer cores than busy threads, the time until the
+    /// writer in flight is scheduled again).
     pub fn pause_budget(mut self, budget: Duration) -> BackupOptions {
         self.pause_budget = budget;
         self
@@ -273,8 +280,9 @@ pub struct BackupReport {
     /// Damaged entries met and left out (the store never serves them either;
     /// `sfs-dump STORE --check` lists them).
     pub damaged_entries: u64,
-    /// How long the writers waited in the final round (from when the last
-    /// write in flight finished).
+    /// How long new writes were held back by the final round: from when it
+    /// asked the writers to stop (the writes in flight then finish first)
+    /// to when it let them go.
     pub pause: Duration,
     /// The whole backup, from start to the copy in place.
     pub duration: Duration,
@@ -882,6 +890,8 @@ impl Copier<'_> {
     fn final_round(&mut self, allowed: Duration) -> Result<Final> {
         let inner = self.inner;
         inner.storage.point("backup: final round");
+        // New writes wait from here; the writes in flight finish first.
+        let asked = Instant::now();
         let gate = inner.gate.write();
         let paused = Instant::now();
         inner.storage.point("backup: pause");
@@ -904,7 +914,7 @@ impl Copier<'_> {
         // Still under the gate: nothing changes after `now_ms` is taken.
         inner.backups.stop();
         drop(gate);
-        let pause = paused.elapsed();
+        let pause = asked.elapsed();
         self.busy += self.stretch.elapsed();
         Ok(Final::Done { now_ms, pause })
     }
