@@ -120,6 +120,41 @@ pub enum Error {
         /// What failed.
         reason: String,
     },
+    /// A backup was cancelled through its
+    /// [`BackupCancel`](crate::BackupCancel) token. The store is unchanged
+    /// and nothing was left under the destination's name.
+    BackupCancelled {
+        /// The store file.
+        path: PathBuf,
+        /// The backup's destination (`None` for a writer).
+        destination: Option<PathBuf>,
+    },
+    /// A backup could not keep up with the writers: after its rounds, what
+    /// changed since the last one would still have paused them for longer
+    /// than allowed (see [`IfBehind`](crate::IfBehind)). The store is
+    /// unchanged and nothing was left under the destination's name.
+    BackupBehind {
+        /// The store file.
+        path: PathBuf,
+        /// The backup's destination (`None` for a writer).
+        destination: Option<PathBuf>,
+        /// Rounds run.
+        rounds: u32,
+        /// Entries changed and not yet copied again.
+        pending_entries: u64,
+        /// How long copying them was expected to pause the writers.
+        expected_pause: std::time::Duration,
+        /// The longest pause allowed.
+        allowed_pause: std::time::Duration,
+    },
+}
+
+/// A backup's destination as a message shows it.
+fn shown_destination(d: &Option<PathBuf>) -> String {
+    match d {
+        Some(p) => format!("to {}", ShownPath(p)),
+        None => "to a writer".into(),
+    }
 }
 
 /// Who holds the lock on a store file that an open found locked (see
@@ -224,7 +259,9 @@ impl Error {
             | Error::ReadOnly { path }
             | Error::Closed { path }
             | Error::Background { path, .. }
-            | Error::Codec { path, .. } => Some(path),
+            | Error::Codec { path, .. }
+            | Error::BackupCancelled { path, .. }
+            | Error::BackupBehind { path, .. } => Some(path),
             Error::InvalidOptions { .. } => None,
         }
     }
@@ -311,6 +348,27 @@ impl fmt::Display for Error {
             ),
             Error::InvalidOptions { reason } => write!(f, "invalid options: {reason}"),
             Error::Codec { reason, .. } => f.write_str(reason),
+            Error::BackupCancelled { destination, .. } => write!(
+                f,
+                "backup {} cancelled; the store is unchanged and nothing was left under that name",
+                shown_destination(destination)
+            ),
+            Error::BackupBehind {
+                destination,
+                rounds,
+                pending_entries,
+                expected_pause,
+                allowed_pause,
+                ..
+            } => write!(
+                f,
+                "backup {} could not keep up with the writers: after {rounds} rounds, \
+                 {pending_entries} entries changed since the last one would pause the writers \
+                 for about {expected_pause:?}, over the {allowed_pause:?} allowed; the store is \
+                 unchanged and nothing was left under that name. Allow a longer pause \
+                 (IfBehind::PauseUpTo) or more rounds, or back up when fewer writes come in",
+                shown_destination(destination)
+            ),
         }
     }
 }
@@ -336,7 +394,8 @@ impl From<Error> for io::Error {
                 io::ErrorKind::InvalidInput
             }
             Error::ReadOnly { .. } | Error::Closed { .. } => io::ErrorKind::PermissionDenied,
-            Error::Background { .. } => io::ErrorKind::Other,
+            Error::Background { .. } | Error::BackupCancelled { .. } => io::ErrorKind::Other,
+            Error::BackupBehind { .. } => io::ErrorKind::TimedOut,
         };
         io::Error::new(kind, e)
     }

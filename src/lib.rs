@@ -37,10 +37,12 @@
 //!   [`TypedStore`] (serde types, bincode-encoded), opened with [`Options`]
 //!   ([`SyncPolicy`], [`AutoCompact`]); what they return ([`Entry`],
 //!   [`ValueRef`], [`Iter`], [`Stats`], [`CompactStats`], [`TypedEntry`],
-//!   [`TypedValueRef`], [`PutOptions`]); [`Error`] and [`Result`]; and the
+//!   [`TypedValueRef`], [`PutOptions`]); [`Error`] and [`Result`]; the
 //!   [`Clock`] that judges expiry ([`SystemClock`], [`ManualClock`] for
 //!   tests); what happened to keys, for whoever subscribes ([`Event`],
-//!   [`Subscriber`]).
+//!   [`Subscriber`]); and live backups ([`Store::backup`], [`BackupOptions`],
+//!   [`IfBehind`], [`BackupCancel`], [`BackupProgress`], [`BackupPhase`],
+//!   [`BackupReport`]).
 //! - [`inspect`]: read-only access to a store file for tools that look
 //!   inside one (the `sfs-dump` package is one): a [`inspect::Source`] to
 //!   read from, the [`inspect::Walker`] over its blocks (the same parser the
@@ -95,7 +97,10 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{Error, LockHolder, Result};
 pub use events::{Event, Subscriber};
 pub use options::{AutoCompact, Options, SyncPolicy};
-pub use store::{CompactStats, Conflict, Entry, Iter, PutOptions, Stats, Store, ValueRef};
+pub use store::{
+    BackupCancel, BackupOptions, BackupPhase, BackupProgress, BackupReport, CompactStats, Conflict,
+    Entry, IfBehind, Iter, PutOptions, Stats, Store, ValueRef,
+};
 pub use typed::{TypedConflict, TypedEntry, TypedStore, TypedValueRef};
 
 /// The README's examples, run as doc tests so they stay true.

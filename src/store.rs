@@ -89,6 +89,7 @@ use crate::io::{FileStorage, Storage};
 use crate::options::{AutoCompact, Options, SyncPolicy};
 use crate::recovery::{StorageSource, recover};
 
+mod backup;
 mod blocks;
 mod check;
 mod compact;
@@ -99,6 +100,9 @@ mod readers;
 mod values;
 mod write;
 
+pub use backup::{
+    BackupCancel, BackupOptions, BackupPhase, BackupProgress, BackupReport, IfBehind,
+};
 use blocks::{BlockIo, Blocks};
 pub(crate) use compact::BATCH_ENTRIES;
 pub use compact::CompactStats;
@@ -229,6 +233,8 @@ pub(crate) struct Inner {
     expiry_delays: Mutex<expiry::DelayRing>,
     /// Set by `Store::shutdown`: writes are refused.
     closed: std::sync::atomic::AtomicBool,
+    /// Keys changed while a backup runs (see `backup`).
+    backups: backup::Tracker,
 }
 
 pub(crate) fn random_salt() -> u32 {
@@ -720,6 +726,78 @@ impl Store {
         self.inner.compact()
     }
 
+    /// Writes a compacted copy of the store to `path` while it serves reads
+    /// and writes, with [`BackupOptions::default`]: see
+    /// [`backup_with`](Self::backup_with).
+    ///
+    /// ```
+    /// let dir = tempfile::tempdir()?;
+    /// let store = sfs::Store::open(dir.path().join("data.sfs"))?;
+    /// store.put(b"user:1", b"alice")?;
+    /// store.backup(dir.path().join("backup.sfs"))?;
+    /// // Restoring is opening the copy.
+    /// let copy = sfs::Store::open(dir.path().join("backup.sfs"))?;
+    /// assert_eq!(copy.get(b"user:1")?.as_deref(), Some(&b"alice"[..]));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn backup(&self, path: impl AsRef<Path>) -> Result<BackupReport> {
+        self.backup_with(path, &BackupOptions::new())
+    }
+
+    /// Writes a copy of the store to `path` while it serves reads and
+    /// writes. The copy is a store file holding exactly the store's contents
+    /// at one moment, the final pause (writes that returned before it are
+    /// in, writes begun after it are not; entries expired by then are left
+    /// out), with metadata and expiries, and with no free space inside. It
+    /// opens as any store, and with an entry cap derives the
+    /// least-recently-used order a reopen of this store would.
+    ///
+    /// The copy is made in rounds while writers carry on; writers wait only
+    /// for the final round, for at most the pause budget (see
+    /// [`BackupOptions`]). It is built under a temporary name in the
+    /// destination's directory (`.NAME.sfs-backup.tmp`), synced, renamed to
+    /// `path` (replacing a file there) and the directory synced: a
+    /// cancelled or failed backup, or a crash, leaves no file under `path`
+    /// (a temporary file left by a crash is reused by the next backup to the
+    /// same destination). The store itself is never written. One backup
+    /// runs at a time; a second waits.
+    ///
+    /// Errors: [`Error::BackupCancelled`], [`Error::BackupBehind`] (the store
+    /// changed faster than the copy could follow, under
+    /// [`IfBehind::GiveUp`]), [`Error::InvalidOptions`] (`path` is the
+    /// store's own file), [`Error::Io`] naming the destination.
+    pub fn backup_with(
+        &self,
+        path: impl AsRef<Path>,
+        opts: &BackupOptions,
+    ) -> Result<BackupReport> {
+        self.inner
+            .backup(backup::Destination::Path(path.as_ref()), opts)
+    }
+
+    /// Like [`backup_with`](Self::backup_with), to any writer (a socket, a
+    /// compressor, an object store upload). The copy is built in a
+    /// temporary file next to the store (`.NAME.sfs-backup-stream.tmp`,
+    /// removed afterwards), then written to `w` in one pass: a failure
+    /// leaves `w` with part of a copy, which the caller discards.
+    ///
+    /// ```
+    /// let dir = tempfile::tempdir()?;
+    /// let store = sfs::Store::open(dir.path().join("data.sfs"))?;
+    /// store.put(b"k", b"v")?;
+    /// let mut bytes = Vec::new();
+    /// let report = store.backup_to(&mut bytes, &sfs::BackupOptions::new())?;
+    /// assert_eq!(bytes.len() as u64, report.file_len);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn backup_to(
+        &self,
+        w: &mut dyn std::io::Write,
+        opts: &BackupOptions,
+    ) -> Result<BackupReport> {
+        self.inner.backup(backup::Destination::Writer(w), opts)
+    }
+
     /// Syncs, stops the background thread, releases the file lock, and
     /// reports any error the final sync met. Dropping a store does the same
     /// but cannot report errors.
@@ -1023,6 +1101,7 @@ impl Inner {
             next_sweep_ms: std::sync::atomic::AtomicI64::new(i64::MAX),
             expiry_delays: Mutex::new(expiry::DelayRing::default()),
             closed: std::sync::atomic::AtomicBool::new(false),
+            backups: backup::Tracker::new(),
         })
     }
 

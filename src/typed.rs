@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result, describe_key};
 use crate::options::Options;
-use crate::store::{CompactStats, PutOptions, Stats, Store, ValueRef};
+use crate::store::{BackupOptions, BackupReport, CompactStats, PutOptions, Stats, Store, ValueRef};
 
 /// A store of serde types.
 ///
@@ -664,6 +664,30 @@ where
     /// [`Store::compact`]).
     pub fn compact(&self) -> Result<CompactStats> {
         self.store.compact()
+    }
+
+    /// Writes a compacted copy of the store to `path` while it serves (see
+    /// [`Store::backup`]); the copy opens as a `TypedStore<K, V>` too.
+    pub fn backup(&self, path: impl AsRef<Path>) -> Result<BackupReport> {
+        self.store.backup(path)
+    }
+
+    /// [`backup`](Self::backup) with options (see [`Store::backup_with`]).
+    pub fn backup_with(
+        &self,
+        path: impl AsRef<Path>,
+        opts: &BackupOptions,
+    ) -> Result<BackupReport> {
+        self.store.backup_with(path, opts)
+    }
+
+    /// [`backup`](Self::backup) to any writer (see [`Store::backup_to`]).
+    pub fn backup_to(
+        &self,
+        w: &mut dyn std::io::Write,
+        opts: &BackupOptions,
+    ) -> Result<BackupReport> {
+        self.store.backup_to(w, opts)
     }
 
     /// Numbers about the store.

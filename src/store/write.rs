@@ -365,6 +365,7 @@ impl Inner {
                 .map_err(self.io("renewing an expiry"))?;
             let generation = self.note_write();
             shard.update(hash, id, offset, expiry_ms);
+            self.backups.note(key);
             self.touch_lru(cell, id);
             drop(shard);
             self.note_expiry(expiry_ms);
@@ -416,6 +417,7 @@ impl Inner {
         // number, and memory must say what a fresh open would find (the
         // error leaves it open whether the renewal happened).
         shard.update(hash, id, new_offset, expiry_ms);
+        self.backups.note(key);
         self.touch_lru(cell, id);
         self.retire(offset, h.block_len, hash, generation);
         drop(shard);
@@ -463,6 +465,7 @@ impl Inner {
                 }
                 unclaim();
                 shard.update(hash, id, offset, expiry_ms);
+                self.backups.note(key);
                 self.touch_lru(cell, id);
                 if let Ok(h) = &old {
                     self.retire(old_offset, h.block_len, hash, generation);
@@ -495,6 +498,7 @@ impl Inner {
             None => {
                 unclaim();
                 let id = shard.insert(&self.hasher, hash, key, offset, expiry_ms);
+                self.backups.note(key);
                 self.touch_lru(cell, id);
                 self.entries.fetch_add(1, Ordering::AcqRel);
                 self.live_bytes.fetch_add(len, Ordering::Relaxed);
@@ -662,6 +666,7 @@ impl Inner {
             Err(_) => None,
         };
         shard.remove(hash, id);
+        self.backups.note(key.as_bytes());
         if self.max_entries.is_some() {
             let mut lru = cell.lru.lock();
             lru.remove(id);
@@ -865,6 +870,7 @@ impl Inner {
             self.blocks
                 .reset(FILE_HEADER_LEN, || self.bio().set_len(FILE_HEADER_LEN))
                 .map_err(self.io("truncating the file"))?;
+            self.backups.note_cleared();
             for (shard, cell) in shards.iter_mut().zip(self.shards.iter()) {
                 shard.clear();
                 let mut lru = cell.lru.lock();

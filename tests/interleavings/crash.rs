@@ -171,7 +171,7 @@ fn changed(d: &Done) -> bool {
         Op::Update => true,
         // A sweep's crash images are a purge's.
         Op::Purge | Op::Sweep => d.outcome != Outcome::Count(0),
-        Op::GetRefHeld | Op::Expire | Op::Compact | Op::Sync => false,
+        Op::GetRefHeld | Op::Expire | Op::Compact | Op::Sync | Op::Backup => false,
     }
 }
 

@@ -88,6 +88,12 @@ pub enum Op {
     Sweep,
     /// `touch(b)`: a renewal of the entry that expires.
     RenewB,
+    /// `backup()` to a file of its own, in rounds (no pause budget, so a
+    /// key changed during a round is copied again in the next); its outcome
+    /// is what the copy holds, and it takes effect at its final pause (its
+    /// span is that tick). Not in [`ALL_OPS`]: explored against each
+    /// writer by tests of its own.
+    Backup,
 }
 
 /// The conditional writes: explored against every op in their own tests
@@ -115,6 +121,8 @@ pub enum Outcome {
     Bool(bool),
     Count(usize),
     Value(Option<Vec<u8>>),
+    /// What a backup's copy holds (the keys of interest of three threads).
+    Copy(Contents),
 }
 
 /// The keys the explorer looks at after each schedule and crash.
@@ -201,8 +209,51 @@ impl Setup {
     }
 }
 
-/// Runs `op` as thread `slot` would, on the store.
-fn run_op(op: Op, slot: usize, store: &Store, clock: &ManualClock, sched: &Sched) -> Outcome {
+/// The keys a backup's copy is read for (those of up to three threads).
+fn copy_keys() -> Vec<Vec<u8>> {
+    keys_of_interest(3)
+}
+
+/// Backs `store` up to `dest` in rounds, checks the copy as `sfs-dump
+/// --check` would (no damage, no free space) and returns what it holds.
+fn backup(store: &Store, dest: &std::path::Path) -> Contents {
+    let opts = sfs::BackupOptions::new()
+        .pause_budget(Duration::ZERO)
+        .max_rounds(2)
+        .if_behind(sfs::IfBehind::PauseUpTo(Duration::from_secs(60)));
+    let report = store
+        .backup_with(dest, &opts)
+        .unwrap_or_else(|e| panic!("Backup failed: {e}"));
+    let bytes = std::fs::read(dest).unwrap();
+    assert_eq!(bytes.len() as u64, report.file_len);
+    let scan = sfs::inspect::report::Report::scan(
+        &bytes[..],
+        sfs::inspect::report::ScanOptions::at(START_MS),
+    );
+    let scan = scan.unwrap().expect("a store file");
+    let found = scan.check(&bytes[..]).unwrap();
+    assert_eq!(found.problems_total + found.notes_total, 0, "{found:?}");
+    assert_eq!(scan.summary.free_bytes, 0, "{:?}", scan.summary);
+    // Opened at the start time, nothing in it reads as expired: the copy
+    // shows what it holds, with expiries.
+    let clock = Arc::new(ManualClock::new(START_MS));
+    let copy = Options::new()
+        .read_only(true)
+        .clock(clock)
+        .open(dest)
+        .unwrap();
+    store_contents(&copy, &copy_keys()).unwrap_or_else(|e| panic!("the copy: {e}"))
+}
+
+/// Runs `op` as thread `slot` would, on the store (a backup goes to `dir`).
+fn run_op(
+    op: Op,
+    slot: usize,
+    store: &Store,
+    clock: &ManualClock,
+    sched: &Sched,
+    dir: &std::path::Path,
+) -> Outcome {
     let ok = |r: sfs::Result<()>| {
         r.unwrap_or_else(|e| panic!("{op:?} failed: {e}"));
         Outcome::Unit
@@ -236,6 +287,7 @@ fn run_op(op: Op, slot: usize, store: &Store, clock: &ManualClock, sched: &Sched
         }
         Op::Clear => ok(store.clear()),
         Op::Sync => ok(store.sync()),
+        Op::Backup => Outcome::Copy(backup(store, &dir.join(format!("backup-{slot}.sfs")))),
         Op::Sweep => Outcome::Count(store.sweep_expired_now().unwrap()),
         Op::RenewB => Outcome::Bool(store.touch(b"b", touch_ttl).unwrap()),
         Op::Cas => {
@@ -318,6 +370,7 @@ pub fn model_op(op: Op, slot: usize, m: &mut Model, now: &mut i64) -> Outcome {
             m.put(b"b", &new, expiry, *now);
             Outcome::Value(Some(new))
         }
+        Op::Backup => Outcome::Copy(model_contents(m, *now, &copy_keys())),
     }
 }
 
@@ -510,11 +563,12 @@ fn explore_at(
             inner: fs.clone(),
             sched: sched.clone(),
             points,
+            backup_paused_at: std::sync::Mutex::new(None),
         });
         let clock = Arc::new(ManualClock::new(START_MS));
         let store = setup
             .options(&clock)
-            .open_on("explore.sfs", gated as Arc<dyn Storage>)
+            .open_on("explore.sfs", gated.clone() as Arc<dyn Storage>)
             .unwrap();
         clock.set(setup.start_ms());
         let opened = fs.event_count();
@@ -523,17 +577,28 @@ fn explore_at(
                 .iter()
                 .enumerate()
                 .map(|(slot, &op)| {
-                    let (store, clock, sched, fs) = (&store, &clock, &sched, &fs);
+                    let (store, clock, sched, fs, gated) = (&store, &clock, &sched, &fs, &gated);
                     s.spawn(move || {
                         let start = sched.enter(slot);
                         let e0 = fs.event_count();
-                        let outcome = run_op(op, slot, store, clock, sched);
+                        let outcome = run_op(op, slot, store, clock, sched, dir);
                         let e1 = fs.event_count();
                         let end = sched.leave();
+                        // A backup takes effect at its final pause: the
+                        // writes that returned before it must be in the
+                        // copy, those begun after it must not.
+                        let span = match op {
+                            Op::Backup => {
+                                let at = gated.backup_paused_at.lock().unwrap();
+                                let at = at.expect("the backup paused the writers");
+                                Span { start: at, end: at }
+                            }
+                            _ => Span { start, end },
+                        };
                         Done {
                             op,
                             outcome,
-                            span: Span { start, end },
+                            span,
                             events: (e0, e1),
                         }
                     })
@@ -969,4 +1034,107 @@ fn an_entry_swept_while_compaction_copies_it_stays_gone() {
 #[test]
 fn a_sweep_beside_an_expiry_and_a_clear() {
     every_interleaving(SETUPS[3], &[Op::Expire, Op::Sweep, Op::Clear]);
+}
+
+// ---- Backup: its rounds, the changed keys it copies again and its pause,
+// against every kind of write. `Backup` is not in `ALL_OPS` (each op there
+// multiplies the pair tests); these explore it with every writer, stopping
+// it at each round, before each entry it copies and inside the pause. ---
+
+const BACKUP_POINTS: &[&str] = &[
+    "backup: round",
+    "backup: copy",
+    "backup: final round",
+    "backup: pause",
+];
+/// Without the point before each entry: for the writers with many storage
+/// calls (an overwrite, a compaction), whose every interleaving with each
+/// entry's copy would take minutes in every setup.
+const BACKUP_ROUND_POINTS: &[&str] = &["backup: round", "backup: final round", "backup: pause"];
+
+fn backup_beside(ops: &[Op]) {
+    backup_beside_at(ops, BACKUP_POINTS, &SETUPS);
+}
+
+/// Every interleaving of a backup beside `ops`, stopping the backup at
+/// `points`, in each of `setups`.
+fn backup_beside_at(ops: &[Op], points: &'static [&'static str], setups: &[Setup]) {
+    let started = Instant::now();
+    let mut all = vec![Op::Backup];
+    all.extend_from_slice(ops);
+    let dir = scratch();
+    let mut totals = Totals::default();
+    for &setup in setups {
+        let t = explore_at(
+            setup,
+            &all,
+            Strategy::Exhaustive,
+            points,
+            dir.path(),
+            &mut crash::Cache::default(),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            t.schedules > 1,
+            "{setup:?} {all:?}: {} schedules",
+            t.schedules
+        );
+        totals.schedules += t.schedules;
+        totals.images += t.images;
+    }
+    eprintln!(
+        "Backup beside {ops:?} ({} points, {} setups): {} schedules, {} crash images checked in {:.1?}",
+        points.len(),
+        setups.len(),
+        totals.schedules,
+        totals.images,
+        started.elapsed()
+    );
+}
+
+#[test]
+fn a_backup_beside_an_overwrite_holds_the_value_at_its_pause() {
+    backup_beside_at(&[Op::Overwrite], BACKUP_POINTS, &SETUPS[..1]);
+    backup_beside_at(&[Op::Overwrite], BACKUP_ROUND_POINTS, &SETUPS[1..]);
+}
+
+#[test]
+fn a_backup_beside_a_new_put_holds_the_store_at_its_pause() {
+    backup_beside(&[Op::PutNew]);
+}
+
+#[test]
+fn a_backup_beside_a_delete_holds_the_store_at_its_pause() {
+    backup_beside(&[Op::Delete]);
+}
+
+#[test]
+fn a_backup_beside_a_touch_holds_the_expiry_at_its_pause() {
+    backup_beside(&[Op::Touch]);
+}
+
+#[test]
+fn a_backup_beside_an_expiry_and_a_purge_leaves_out_what_expired_by_its_pause() {
+    backup_beside(&[Op::Expire]);
+    backup_beside(&[Op::Expire, Op::Purge]);
+}
+
+#[test]
+fn a_backup_beside_a_compaction_copies_each_entry_once() {
+    backup_beside_at(&[Op::Compact], BACKUP_POINTS, &SETUPS[..1]);
+    backup_beside_at(&[Op::Compact], BACKUP_ROUND_POINTS, &SETUPS[1..]);
+}
+
+#[test]
+fn a_backup_beside_a_clear_holds_the_store_before_or_after_it() {
+    backup_beside(&[Op::Clear]);
+}
+
+#[test]
+fn a_backup_beside_conditional_writes_and_a_sweep_holds_the_store_at_its_pause() {
+    backup_beside_at(&[Op::Cas], BACKUP_POINTS, &SETUPS);
+    backup_beside_at(&[Op::CasDelete], BACKUP_POINTS, &SETUPS);
+    backup_beside_at(&[Op::Expire, Op::PutIfAbsent], BACKUP_ROUND_POINTS, &SETUPS);
+    backup_beside_at(&[Op::Update], BACKUP_POINTS, &SETUPS);
+    backup_beside_at(&[Op::Expire, Op::Sweep], BACKUP_POINTS, &SETUPS);
 }

@@ -103,6 +103,12 @@ impl Sched {
         self.st.lock().unwrap().tick
     }
 
+    /// The logical clock now. Exact on an operation thread: no other
+    /// thread is let through a yield point while it runs.
+    pub fn tick(&self) -> u64 {
+        self.st.lock().unwrap().tick
+    }
+
     /// Called last on an operation thread. Returns the end tick.
     pub fn leave(&self) -> u64 {
         let slot = SLOT.with(|s| s.take()).expect("an operation thread");
@@ -232,6 +238,9 @@ pub struct Gated {
     /// The store's named points (`Storage::point`) that are yield points
     /// too; the others are passed through.
     pub points: &'static [&'static str],
+    /// The tick at which a backup last paused the writers (its final
+    /// round, where it takes effect: see `Op::Backup`).
+    pub backup_paused_at: Mutex<Option<u64>>,
 }
 
 impl Storage for Gated {
@@ -276,6 +285,11 @@ impl Storage for Gated {
     fn point(&self, name: &'static str) {
         if self.points.contains(&name) {
             self.sched.yield_point(name);
+        }
+        if name == "backup: pause" {
+            // Writers are stopped from here to the end of the backup, which
+            // passes no yield point after this one.
+            *self.backup_paused_at.lock().unwrap() = Some(self.sched.tick());
         }
     }
 }

@@ -1,0 +1,784 @@
+//! `Store::backup`: a compacted copy holding exactly the store's contents at
+//! the final pause, taken while writers and readers carry on; cancel and
+//! destination failures leave nothing behind; a kill -9 during a backup
+//! leaves the destination absent or whole.
+
+#[path = "common/mod.rs"]
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use sfs::inspect::report::{Report, ScanOptions};
+use sfs::testing::{FileStorage, Storage, TestRng};
+use sfs::{
+    BackupCancel, BackupOptions, BackupPhase, Error, IfBehind, ManualClock, Options, PutOptions,
+    Store, SyncPolicy,
+};
+
+/// Key → (value, metadata, expiry ms).
+type Contents = BTreeMap<Vec<u8>, (Vec<u8>, Vec<u8>, u64)>;
+
+fn ms(t: Option<SystemTime>) -> u64 {
+    t.map_or(0, |t| {
+        t.duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
+    })
+}
+
+fn contents(s: &Store) -> Contents {
+    let mut c = Contents::new();
+    for k in s.keys() {
+        if let Some(e) = s.get_entry(&k).unwrap() {
+            c.insert(k, (e.value, e.metadata, ms(e.expires_at)));
+        }
+    }
+    c
+}
+
+/// A store's storage with a hook at its named points (`Storage::point`):
+/// the seam that tells a test where a backup is.
+struct Hooked {
+    inner: Arc<dyn Storage>,
+    hook: Box<dyn Fn(&'static str) + Send + Sync>,
+}
+
+impl Storage for Hooked {
+    fn len(&self) -> u64 {
+        self.inner.len()
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        self.inner.read_at(offset, buf)
+    }
+    fn write_at(&self, offset: u64, parts: &[&[u8]]) -> std::io::Result<()> {
+        self.inner.write_at(offset, parts)
+    }
+    fn write_at_before_sync(&self, offset: u64, parts: &[&[u8]]) -> std::io::Result<()> {
+        self.inner.write_at_before_sync(offset, parts)
+    }
+    fn write_word(&self, offset: u64, word: u64) -> std::io::Result<()> {
+        self.inner.write_word(offset, word)
+    }
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        self.inner.set_len(len)
+    }
+    fn sync(&self) -> std::io::Result<()> {
+        self.inner.sync()
+    }
+    unsafe fn view(&self, offset: u64, len: u64) -> Option<&[u8]> {
+        // SAFETY: the caller's promise is passed on unchanged.
+        unsafe { self.inner.view(offset, len) }
+    }
+    fn point(&self, name: &'static str) {
+        (self.hook)(name)
+    }
+}
+
+/// Opens the store file at `path` with a hook at its named points.
+fn open_hooked(
+    path: &Path,
+    opts: Options,
+    hook: impl Fn(&'static str) + Send + Sync + 'static,
+) -> Store {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .unwrap();
+    let storage = Arc::new(Hooked {
+        inner: Arc::new(FileStorage::new(file, true).unwrap()),
+        hook: Box::new(hook),
+    });
+    opts.open_on(path, storage).unwrap()
+}
+
+/// Checks the copy at `path` as `sfs-dump --check` would (no problem, no
+/// free space, nothing expired at `now`) and returns what it holds.
+fn check_copy(path: &Path, now: i64, len: u64) -> Contents {
+    let bytes = std::fs::read(path).unwrap();
+    assert_eq!(bytes.len() as u64, len, "the report's length");
+    let report = Report::scan(&bytes[..], ScanOptions::at(now))
+        .unwrap()
+        .expect("a store file");
+    let found = report.check(&bytes[..]).unwrap();
+    assert_eq!(found.problems_total, 0, "{:?}", found.problems);
+    assert_eq!(found.notes_total, 0, "{:?}", found.notes);
+    let s = &report.summary;
+    assert_eq!(s.format_version, 1);
+    assert_eq!((s.free_blocks, s.free_bytes), (0, 0), "compacted: {s:?}");
+    assert_eq!(s.expired_entries, 0, "{s:?}");
+    let clock = Arc::new(ManualClock::new(now));
+    let copy = Options::new()
+        .read_only(true)
+        .clock(clock)
+        .open(path)
+        .unwrap();
+    assert_eq!(copy.stats().free_bytes, 0);
+    let c = contents(&copy);
+    assert_eq!(c.len() as u64, s.live_entries);
+    c
+}
+
+/// No file under the destination's name, and no temporary file beside it.
+fn nothing_left(dir: &Path, dest: &str) {
+    let names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(dest) || n.contains("sfs-backup"))
+        .collect();
+    assert!(names.is_empty(), "left behind: {names:?}");
+}
+
+fn value_of(tag: &str, len: usize) -> Vec<u8> {
+    let mut v = tag.as_bytes().to_vec();
+    v.resize(len.max(tag.len()), b'.');
+    v
+}
+
+#[test]
+fn a_backup_holds_every_entry_with_metadata_and_expiry_and_no_free_space() {
+    let t = common::TempStore::new();
+    let clock = common::clock();
+    let store = t.open(&clock);
+    let mut rng = TestRng::new(7);
+    for i in 0..3000u32 {
+        let k = format!("key-{i:05}");
+        let v = value_of(&k, rng.below(3000) as usize);
+        match i % 5 {
+            0 => store
+                .put_with(
+                    &k,
+                    &v,
+                    &PutOptions::new().metadata(format!("m{i}").as_bytes()),
+                )
+                .unwrap(),
+            1 => store
+                .put_with_ttl(&k, &v, Duration::from_secs(1 + u64::from(i % 7)))
+                .unwrap(),
+            _ => store.put(&k, &v).unwrap(),
+        }
+    }
+    for i in (0..3000u32).step_by(3) {
+        store.delete(format!("key-{i:05}")).unwrap(); // holes
+    }
+    clock.advance(Duration::from_secs(4)); // some TTLs have passed, unpurged
+    let expected = contents(&store);
+    assert!(store.stats().free_bytes > 0 && store.stats().entries > expected.len());
+    let dest = t.dir.path().join("copy.sfs");
+    let report = store.backup(&dest).unwrap();
+    assert_eq!(report.entries as usize, expected.len());
+    assert_eq!(report.damaged_entries, 0);
+    let got = check_copy(&dest, clock.now_millis_for_tests(), report.file_len);
+    assert_eq!(got, expected);
+    // Restore: the copy opens read-write as a store like any other.
+    let restored = Options::new().clock(clock.clone()).open(&dest).unwrap();
+    restored.check_invariants().unwrap();
+    assert_eq!(contents(&restored), expected);
+    restored.put(b"after", b"restore").unwrap();
+}
+
+/// `ManualClock::now_millis` through the `Clock` trait.
+trait Now {
+    fn now_millis_for_tests(&self) -> i64;
+}
+
+impl Now for Arc<ManualClock> {
+    fn now_millis_for_tests(&self) -> i64 {
+        sfs::Clock::now_millis(&**self)
+    }
+}
+
+#[test]
+fn a_backup_keeps_the_eviction_order_a_reopen_would_have() {
+    let t = common::TempStore::new();
+    let clock = common::clock();
+    let cap = 50;
+    let opts = t.options(&clock).max_entries(cap);
+    let store = opts.open(&t.path).unwrap();
+    let mut rng = TestRng::new(11);
+    for i in 0..400u32 {
+        let k = format!("k{}", rng.below(80));
+        store.put(&k, value_of(&format!("{k}-{i}"), 40)).unwrap();
+        if i % 9 == 0 {
+            store.touch(&k, Duration::from_secs(3600)).unwrap();
+        }
+    }
+    let dest = t.dir.path().join("copy.sfs");
+    let report = store.backup(&dest).unwrap();
+    assert_eq!(report.entries as usize, cap);
+    let before = contents(&store);
+    store.close().unwrap();
+    // The store reopened and the copy opened, with the cap: the same
+    // contents (read in opens of their own: a read is a use), and new
+    // inserts evict the same keys in the same order.
+    for p in [&t.path, &dest] {
+        assert_eq!(contents(&opts.open(p).unwrap()), before);
+    }
+    let a = opts.open(&t.path).unwrap();
+    let b = opts.open(&dest).unwrap();
+    for i in 0..cap {
+        let k = format!("new{i}");
+        a.put(&k, b"x").unwrap();
+        b.put(&k, b"x").unwrap();
+        assert_eq!(
+            common::sorted_keys(&a),
+            common::sorted_keys(&b),
+            "insert {i}"
+        );
+    }
+}
+
+/// One write of a writer thread, with the ticks at which it started and
+/// returned.
+#[derive(Clone, Debug)]
+struct Logged {
+    key: Vec<u8>,
+    /// `None`: a delete.
+    put: Option<(Vec<u8>, Vec<u8>, u64)>,
+    start: u64,
+    end: u64,
+}
+
+fn run_with_writers(opts: BackupOptions, seed: u64) {
+    const WRITERS: usize = 4;
+    const KEYS: u64 = 300;
+    let t = common::TempStore::new();
+    let clock = common::clock();
+    let tick = Arc::new(AtomicU64::new(0));
+    let pauses = Arc::new(Mutex::new(Vec::new()));
+    let (tk, ps) = (tick.clone(), pauses.clone());
+    let store = Arc::new(open_hooked(&t.path, t.options(&clock), move |name| {
+        if name == "backup: pause" {
+            // Writers are stopped here: every write has returned or waits.
+            ps.lock().unwrap().push(tk.fetch_add(1, Ordering::SeqCst));
+        }
+    }));
+    // The store before the writers start: theirs keys, plus expired ones.
+    let mut start = Contents::new();
+    for w in 0..WRITERS {
+        for k in 0..KEYS {
+            let key = format!("w{w}-{k:03}").into_bytes();
+            let v = value_of(&format!("w{w}-{k:03}-init"), 700);
+            store.put(&key, &v).unwrap();
+            start.insert(key, (v, Vec::new(), 0));
+        }
+    }
+    for k in 0..200 {
+        store
+            .put_with_ttl(format!("gone-{k}"), b"x", Duration::from_secs(1))
+            .unwrap();
+    }
+    clock.advance(Duration::from_secs(2));
+    let expiry = (clock.now_millis_for_tests() + 3_600_000) as u64;
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Arc::new(AtomicUsize::new(0));
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let (store, tick, stop, started) =
+                (store.clone(), tick.clone(), stop.clone(), started.clone());
+            std::thread::spawn(move || {
+                let mut rng = TestRng::new(seed * 31 + w as u64);
+                let mut log = Vec::new();
+                let mut i = 0u64;
+                while !stop.load(Ordering::SeqCst) {
+                    let key = format!("w{w}-{:03}", rng.below(KEYS)).into_bytes();
+                    let v = value_of(
+                        &format!("{}-{i}", String::from_utf8_lossy(&key)),
+                        rng.below(2000) as usize,
+                    );
+                    let s = tick.fetch_add(1, Ordering::SeqCst);
+                    let put = match rng.below(10) {
+                        0 | 1 => {
+                            store.delete(&key).unwrap();
+                            None
+                        }
+                        2 => {
+                            let m = format!("meta-{i}").into_bytes();
+                            store
+                                .put_with(&key, &v, &PutOptions::new().metadata(&m))
+                                .unwrap();
+                            Some((v, m, 0))
+                        }
+                        3 => {
+                            store
+                                .put_with_expiry(
+                                    &key,
+                                    &v,
+                                    UNIX_EPOCH + Duration::from_millis(expiry),
+                                )
+                                .unwrap();
+                            Some((v, Vec::new(), expiry))
+                        }
+                        _ => {
+                            store.put(&key, &v).unwrap();
+                            Some((v, Vec::new(), 0))
+                        }
+                    };
+                    let e = tick.fetch_add(1, Ordering::SeqCst);
+                    log.push(Logged {
+                        key,
+                        put,
+                        start: s,
+                        end: e,
+                    });
+                    if i == 50 {
+                        started.fetch_add(1, Ordering::SeqCst);
+                    }
+                    i += 1;
+                }
+                log
+            })
+        })
+        .collect();
+    let readers: Vec<_> = (0..4)
+        .map(|r| {
+            let (store, stop) = (store.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut rng = TestRng::new(seed * 77 + r);
+                let mut reads = 0u64;
+                while !stop.load(Ordering::SeqCst) {
+                    let key = format!("w{}-{:03}", rng.below(WRITERS as u64), rng.below(KEYS));
+                    if let Some(v) = store.get(&key).unwrap() {
+                        assert!(
+                            v.starts_with(key.as_bytes()),
+                            "{key}: a whole value of its own"
+                        );
+                    }
+                    reads += 1;
+                }
+                reads
+            })
+        })
+        .collect();
+    while started.load(Ordering::SeqCst) < WRITERS {
+        std::thread::yield_now();
+    }
+    let dest = t.dir.path().join("copy.sfs");
+    let phases = Arc::new(Mutex::new(Vec::new()));
+    let ph = phases.clone();
+    let opts = opts.on_progress(move |p| ph.lock().unwrap().push(p.clone()));
+    let report = store.backup_with(&dest, &opts).unwrap();
+    stop.store(true, Ordering::SeqCst);
+    let logs: Vec<Vec<Logged>> = writers.into_iter().map(|h| h.join().unwrap()).collect();
+    for r in readers {
+        assert!(r.join().unwrap() > 0);
+    }
+    let pause = *pauses.lock().unwrap().last().expect("a pause");
+    let got = check_copy(&dest, clock.now_millis_for_tests(), report.file_len);
+    // Per writer: the writes that returned before the pause are in, those
+    // begun after it are not; the one in flight at the pause (at most one:
+    // each writer waits for its own) may be either.
+    let mut in_flight_applied = 0;
+    for (w, log) in logs.iter().enumerate() {
+        let prefix = format!("w{w}-").into_bytes();
+        let mine: Contents = got
+            .iter()
+            .filter(|(k, _)| k.starts_with(&prefix))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let mut model: Contents = start
+            .iter()
+            .filter(|(k, _)| k.starts_with(&prefix))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let apply = |m: &mut Contents, l: &Logged| match &l.put {
+            Some(p) => drop(m.insert(l.key.clone(), p.clone())),
+            None => drop(m.remove(&l.key)),
+        };
+        let done = log.iter().take_while(|l| l.end < pause).count();
+        assert!(log[done..].iter().skip(1).all(|l| l.start > pause));
+        for l in &log[..done] {
+            apply(&mut model, l);
+        }
+        if mine == model {
+            continue;
+        }
+        let next = log.get(done).filter(|l| l.start < pause);
+        let Some(next) = next else {
+            panic!("writer {w}: the copy does not hold the writes acknowledged before the pause");
+        };
+        apply(&mut model, next);
+        assert!(
+            mine == model,
+            "writer {w}: the copy is not the state at the pause"
+        );
+        in_flight_applied += 1;
+    }
+    assert_eq!(got.keys().filter(|k| k.starts_with(b"gone-")).count(), 0);
+    assert_eq!(got.len(), report.entries as usize);
+    let phases = phases.lock().unwrap();
+    assert_eq!(phases.last().map(|p| p.phase), Some(BackupPhase::Done));
+    assert!(
+        phases
+            .windows(2)
+            .all(|p| p[0].entries_copied <= p[1].entries_copied)
+    );
+    eprintln!(
+        "{} rounds, {} recopied, pause {:?}, {} writes, {in_flight_applied} in flight at the pause and in",
+        report.rounds,
+        report.recopied_entries,
+        report.pause,
+        logs.iter().map(Vec::len).sum::<usize>()
+    );
+    store.check_invariants().unwrap();
+}
+
+#[test]
+fn a_backup_beside_four_writers_and_four_readers_equals_the_store_at_the_pause() {
+    for seed in 0..3 {
+        run_with_writers(BackupOptions::new(), seed);
+    }
+}
+
+#[test]
+fn a_backup_in_several_rounds_equals_the_store_at_the_pause() {
+    // No pause budget: every round that leaves a changed key is followed by
+    // another, up to five; then the writers wait for what is left.
+    for seed in 0..3 {
+        let opts = BackupOptions::new()
+            .pause_budget(Duration::ZERO)
+            .max_rounds(5)
+            .if_behind(IfBehind::PauseUpTo(Duration::from_secs(30)));
+        run_with_writers(opts, 10 + seed);
+    }
+}
+
+/// A store of `n` entries and its contents.
+fn filled(t: &common::TempStore, clock: &Arc<ManualClock>, n: u32) -> (Store, Contents) {
+    let store = t.open(clock);
+    for i in 0..n {
+        let k = format!("key-{i:05}");
+        store.put(&k, value_of(&k, 200)).unwrap();
+    }
+    let c = contents(&store);
+    (store, c)
+}
+
+#[test]
+fn a_cancelled_backup_leaves_the_store_unchanged_and_nothing_behind() {
+    let mut rng = TestRng::new(3);
+    // How many named points a backup of the store passes (rounds, batches
+    // of entries, the final round, the pause): a cancel at each is a cancel
+    // at a moment of the backup.
+    let points = {
+        let t = common::TempStore::new();
+        let (store, _) = filled(&t, &common::clock(), 3000);
+        store.close().unwrap();
+        let n = Arc::new(AtomicU64::new(0));
+        let seen = n.clone();
+        let store = open_hooked(&t.path, t.options(&common::clock()), move |_| {
+            seen.fetch_add(1, Ordering::SeqCst);
+        });
+        store.backup(t.dir.path().join("copy.sfs")).unwrap();
+        n.load(Ordering::SeqCst)
+    };
+    assert!(points > 10, "{points} points");
+    for round in 0..12 {
+        let t = common::TempStore::new();
+        let clock = common::clock();
+        let (store, expected) = filled(&t, &clock, 3000);
+        store.close().unwrap();
+        // Cancelled at a random point of the backup: in the first round,
+        // before the final one, or in the pause.
+        let cancel = BackupCancel::new();
+        let at = match round {
+            0 => points - 1, // the pause
+            _ => rng.below(points),
+        };
+        let seen = Arc::new(AtomicU64::new(0));
+        let (c, s) = (cancel.clone(), seen.clone());
+        let store = open_hooked(&t.path, t.options(&clock), move |_| {
+            if s.fetch_add(1, Ordering::SeqCst) == at {
+                c.cancel();
+            }
+        });
+        let opts = BackupOptions::new().cancel_token(cancel);
+        let dest = t.dir.path().join("copy.sfs");
+        let r = store.backup_with(&dest, &opts);
+        assert!(
+            matches!(r, Err(Error::BackupCancelled { .. })),
+            "round {round}, cancel at {at}: {r:?}"
+        );
+        let msg = r.unwrap_err().to_string();
+        assert!(
+            msg.contains("copy.sfs") && msg.contains("cancelled"),
+            "{msg}"
+        );
+        nothing_left(t.dir.path(), "copy.sfs");
+        store.check_invariants().unwrap();
+        assert_eq!(contents(&store), expected);
+        // It keeps serving, and backs up once not cancelled.
+        store.put(b"after", b"cancel").unwrap();
+        let report = store.backup(&dest).unwrap();
+        assert_eq!(report.entries as usize, expected.len() + 1);
+    }
+}
+
+#[test]
+fn a_progress_callback_may_cancel() {
+    let t = common::TempStore::new();
+    let clock = common::clock();
+    let (store, expected) = filled(&t, &clock, 5000);
+    let cancel = BackupCancel::new();
+    let c = cancel.clone();
+    let opts = BackupOptions::new()
+        .cancel_token(cancel)
+        .on_progress(move |p| {
+            if p.entries_copied >= 2048 {
+                c.cancel();
+            }
+        });
+    let dest = t.dir.path().join("copy.sfs");
+    let r = store.backup_with(&dest, &opts);
+    assert!(matches!(r, Err(Error::BackupCancelled { .. })), "{r:?}");
+    nothing_left(t.dir.path(), "copy.sfs");
+    assert_eq!(contents(&store), expected);
+}
+
+/// A writer that fails after `left` bytes.
+struct FailingWriter {
+    left: usize,
+    got: Vec<u8>,
+}
+
+impl Write for FailingWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.left == 0 {
+            return Err(std::io::Error::other("the disk is gone"));
+        }
+        let n = buf.len().min(self.left);
+        self.left -= n;
+        self.got.extend_from_slice(&buf[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn a_destination_that_fails_leaves_the_store_unchanged_and_nothing_behind() {
+    let t = common::TempStore::new();
+    let clock = common::clock();
+    let (store, expected) = filled(&t, &clock, 3000);
+    let store_dir: Vec<_> = std::fs::read_dir(t.dir.path()).unwrap().collect();
+    // A writer that fails part way.
+    for left in [0, 100, 500_000] {
+        let mut w = FailingWriter {
+            left,
+            got: Vec::new(),
+        };
+        let r = store.backup_to(&mut w, &BackupOptions::new());
+        let Err(Error::Io { action, .. }) = &r else {
+            panic!("{r:?}");
+        };
+        assert!(action.contains("writer"), "{action}");
+        assert_eq!(
+            std::fs::read_dir(t.dir.path()).unwrap().count(),
+            store_dir.len(),
+            "the stream's temporary file is removed"
+        );
+    }
+    // A directory where the copy should go: the rename fails at the end.
+    let dest = t.dir.path().join("taken");
+    std::fs::create_dir(&dest).unwrap();
+    std::fs::write(dest.join("inside"), b"x").unwrap();
+    let r = store.backup(&dest);
+    let Err(e @ Error::Io { .. }) = &r else {
+        panic!("{r:?}");
+    };
+    assert!(e.to_string().contains("taken"), "{e}");
+    assert!(dest.join("inside").exists());
+    nothing_left(t.dir.path(), "sfs-backup");
+    // A directory that does not exist.
+    let r = store.backup(t.dir.path().join("no/such/dir/copy.sfs"));
+    assert!(matches!(r, Err(Error::Io { .. })), "{r:?}");
+    // The store's own file.
+    let r = store.backup(&t.path);
+    assert!(matches!(r, Err(Error::InvalidOptions { .. })), "{r:?}");
+    store.check_invariants().unwrap();
+    assert_eq!(contents(&store), expected);
+    store.put(b"still", b"serving").unwrap();
+    // And to a writer that works: the same bytes a file gets.
+    let mut bytes = Vec::new();
+    let report = store.backup_to(&mut bytes, &BackupOptions::new()).unwrap();
+    assert_eq!(bytes.len() as u64, report.file_len);
+    let file = t.dir.path().join("copy.sfs");
+    std::fs::write(&file, &bytes).unwrap();
+    let got = check_copy(&file, clock.now_millis_for_tests(), report.file_len);
+    assert_eq!(got.len(), expected.len() + 1);
+}
+
+#[test]
+fn a_backup_that_cannot_keep_up_gives_up_or_pauses_longer_as_asked() {
+    let t = common::TempStore::new();
+    let clock = common::clock();
+    let (store, _) = filled(&t, &clock, 500);
+    let store = Arc::new(store);
+    // After each round, a write comes in: with no pause budget, there is
+    // always something left to copy. (The callback runs under no lock of
+    // the store, so it may write to it.)
+    let s = store.clone();
+    let n = Arc::new(AtomicU64::new(0));
+    let writes = move |p: &sfs::BackupProgress| {
+        if p.phase == BackupPhase::Copying {
+            let i = n.fetch_add(1, Ordering::SeqCst);
+            s.put(format!("key-{:05}", i % 500), b"new").unwrap();
+        }
+    };
+    let dest = t.dir.path().join("copy.sfs");
+    let give_up = BackupOptions::new()
+        .pause_budget(Duration::ZERO)
+        .max_rounds(3)
+        .on_progress(writes);
+    let r = store.backup_with(&dest, &give_up);
+    let Err(e @ Error::BackupBehind { rounds: 3, .. }) = &r else {
+        panic!("{r:?}");
+    };
+    assert!(e.to_string().contains("could not keep up"), "{e}");
+    nothing_left(t.dir.path(), "copy.sfs");
+    let longer = give_up.if_behind(IfBehind::PauseUpTo(Duration::from_secs(60)));
+    let report = store.backup_with(&dest, &longer).unwrap();
+    assert_eq!(report.rounds, 4);
+    assert!(report.recopied_entries > 0);
+    let got = check_copy(&dest, clock.now_millis_for_tests(), report.file_len);
+    assert_eq!(got, contents(&store));
+}
+
+#[test]
+fn a_bandwidth_limit_slows_the_copy_down() {
+    let t = common::TempStore::new();
+    let clock = common::clock();
+    let (store, _) = filled(&t, &clock, 4000); // about 1 MB of blocks
+    let dest = t.dir.path().join("copy.sfs");
+    let started = std::time::Instant::now();
+    let report = store
+        .backup_with(&dest, &BackupOptions::new().bandwidth(4 << 20))
+        .unwrap();
+    // A lower bound only: the limit makes the copy wait, never hurry.
+    let floor = report.file_len as f64 / f64::from(4u32 << 20);
+    assert!(
+        started.elapsed().as_secs_f64() >= floor * 0.7,
+        "{:?} for {} bytes",
+        started.elapsed(),
+        report.file_len
+    );
+}
+
+const CHILD_PATH: &str = "SFS_BACKUP_KILL9_PATH";
+
+/// The child of the kill -9 test: a writer thread and backups in a loop.
+fn child(path: &str) {
+    let store = Arc::new(
+        Options::new()
+            .sync(SyncPolicy::Never)
+            .open(path)
+            .expect("child open"),
+    );
+    let s = store.clone();
+    std::thread::spawn(move || {
+        for i in 0u64.. {
+            let k = format!("key-{:05}", i % 4000);
+            s.put(&k, value_of(&format!("{k}-{i}"), 300)).unwrap();
+        }
+    });
+    let dest = Path::new(path).with_file_name("copy.sfs");
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "ready").unwrap();
+    out.flush().unwrap();
+    loop {
+        store.backup(&dest).unwrap();
+        if writeln!(out, "done").and_then(|()| out.flush()).is_err() {
+            return;
+        }
+    }
+}
+
+#[test]
+fn a_kill_9_during_a_backup_leaves_the_destination_absent_or_whole() {
+    if let Ok(path) = std::env::var(CHILD_PATH) {
+        child(&path);
+        return;
+    }
+    let t = common::TempStore::new();
+    let clock = common::clock();
+    let (store, _) = filled(&t, &clock, 4000);
+    store.close().unwrap();
+    let dest: PathBuf = t.dir.path().join("copy.sfs");
+    let exe = std::env::current_exe().unwrap();
+    let mut rng = TestRng::new(0x6b39);
+    let (mut whole, mut absent) = (0, 0);
+    for round in 0..8 {
+        if rng.below(2) == 0 && dest.exists() {
+            std::fs::remove_file(&dest).unwrap();
+        }
+        let mut child = Command::new(&exe)
+            .args([
+                "a_kill_9_during_a_backup_leaves_the_destination_absent_or_whole",
+                "--exact",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD_PATH, &t.path)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let backups = rng.below(3);
+        let mut done = 0;
+        for line in lines.by_ref() {
+            match line.unwrap().as_str() {
+                "ready" if backups == 0 => break,
+                "done" => {
+                    done += 1;
+                    if done >= backups {
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+        // Somewhere inside the next backup.
+        std::thread::sleep(Duration::from_micros(rng.below(6_000)));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        drop(lines);
+        // The store reopens as after any crash.
+        let store = Options::new().open(&t.path).unwrap();
+        store.check_invariants().unwrap();
+        // The destination: absent (when no backup finished this round and
+        // the file was removed before), or a whole copy.
+        if dest.exists() {
+            let got = check_copy(
+                &dest,
+                clock.now_millis_for_tests(),
+                std::fs::metadata(&dest).unwrap().len(),
+            );
+            assert_eq!(got.len(), 4000, "round {round}");
+            for (k, (v, _, _)) in &got {
+                assert!(v.starts_with(k), "round {round}: a whole value of its own");
+            }
+            whole += 1;
+        } else {
+            assert_eq!(done, 0, "round {round}: a finished backup's copy is gone");
+            absent += 1;
+        }
+        // A temporary file a crash left is reused by the next backup.
+        store.backup(&dest).unwrap();
+        let left: Vec<_> = std::fs::read_dir(t.dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .filter(|n| n.to_string_lossy().contains("sfs-backup"))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+        store.close().unwrap();
+    }
+    eprintln!("8 kills: destination whole {whole} times, absent {absent} times");
+}
