@@ -112,6 +112,36 @@ fn child(path: &str, seed: u64) {
     }
 }
 
+/// Reads the child's lines until its stdout closes, counting those `is_ack`
+/// says are acknowledgements, and SIGKILLs it (`Child::kill`, on Unix) once
+/// it has opened the store and sent `kill_after` of them. Returns the count,
+/// after checking that the child did not end on its own.
+fn kill_after_acks(
+    child: &mut std::process::Child,
+    lines: impl Iterator<Item = std::io::Result<String>>,
+    kill_after: u64,
+    mut is_ack: impl FnMut(&str) -> bool,
+) -> u64 {
+    let mut acked = 0u64;
+    let mut killed = false;
+    for line in lines {
+        let line = line.unwrap();
+        if is_ack(&line) {
+            acked += 1;
+        } else if line != "open" {
+            continue; // the test harness's own lines
+        }
+        if !killed && acked >= kill_after {
+            // A second kill (after an early one) finds it gone: `Ok`.
+            child.kill().unwrap();
+            killed = true;
+        }
+    }
+    let status = child.wait().unwrap();
+    assert!(!status.success(), "the child ended on its own: {status}");
+    acked
+}
+
 /// What the reopened store holds, with metadata.
 fn contents(s: &Store) -> Model {
     (0..KEYS)
@@ -156,33 +186,20 @@ fn acknowledged_writes_survive_kill_9() {
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let mut acked = 0u64;
-        let mut killed = false;
+        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
         if kill_after == 0 && rng.below(2) == 0 {
             // Before the child has even opened the store, or while it does.
             child.kill().unwrap();
-            killed = true;
         }
-        for line in lines.by_ref() {
-            let line = line.unwrap();
-            if let Some(i) = line.strip_prefix("ack ") {
-                assert_eq!(i.parse::<u64>().unwrap(), acked, "acks in order");
-                acked += 1;
-            } else if line != "open" {
-                continue; // the test harness's own lines
-            }
-            if !killed && acked >= kill_after {
-                // `Child::kill` sends SIGKILL on Unix.
-                child.kill().unwrap();
-                killed = true;
-            }
-        }
-        let status = child.wait().unwrap();
-        assert!(
-            killed && !status.success(),
-            "the child ended on its own: {status}"
-        );
+        let mut expected = 0u64;
+        let acked = kill_after_acks(&mut child, lines, kill_after, |line| {
+            let Some(i) = line.strip_prefix("ack ") else {
+                return false;
+            };
+            assert_eq!(i.parse::<u64>().unwrap(), expected, "acks in order");
+            expected += 1;
+            true
+        });
         // Operations 0..acked returned; operation `acked` may have been in
         // flight; none after it had started.
         let mut done = model.clone();
@@ -311,25 +328,7 @@ fn acknowledged_increments_survive_kill_9() {
             .spawn()
             .unwrap();
         let lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let mut acked = 0u64;
-        let mut killed = false;
-        for line in lines {
-            let line = line.unwrap();
-            if line == "ack" {
-                acked += 1;
-            } else if line != "open" {
-                continue;
-            }
-            if !killed && acked >= kill_after {
-                child.kill().unwrap();
-                killed = true;
-            }
-        }
-        let status = child.wait().unwrap();
-        assert!(
-            killed && !status.success(),
-            "the child ended on its own: {status}"
-        );
+        let acked = kill_after_acks(&mut child, lines, kill_after, |line| line == "ack");
         let store = Store::open(&path).unwrap();
         store.check_invariants().unwrap();
         let now = counter_value(&store);

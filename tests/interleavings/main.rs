@@ -681,25 +681,28 @@ fn deep() -> bool {
     std::env::var_os("SFS_EXPLORE_DEEP").is_some_and(|v| v != "0")
 }
 
-fn pairs_in(setup: Setup) {
+/// Explores every interleaving of each pair in `pairs` in `setup`, panics
+/// listing every pair that broke a promise, prints what it checked (as
+/// `what`), and checks that each pair had more than one schedule.
+fn explore_pairs(setup: Setup, what: &str, pairs: impl IntoIterator<Item = (Op, Op)>) {
     let started = Instant::now();
     let dir = scratch();
     let mut cache = crash::Cache::default();
     let mut totals = Totals::default();
     let mut failures = Vec::new();
+    let mut n = 0;
     let only = std::env::var("SFS_EXPLORE_ONLY").ok();
-    for (i, &a) in ALL_OPS.iter().enumerate() {
-        for &b in &ALL_OPS[i..] {
-            if only.as_deref().is_some_and(|o| o != format!("{a:?},{b:?}")) {
-                continue;
+    for (a, b) in pairs {
+        if only.as_deref().is_some_and(|o| o != format!("{a:?},{b:?}")) {
+            continue;
+        }
+        n += 1;
+        match explore(setup, &[a, b], Strategy::Exhaustive, dir.path(), &mut cache) {
+            Ok(t) => {
+                totals.schedules += t.schedules;
+                totals.images += t.images;
             }
-            match explore(setup, &[a, b], Strategy::Exhaustive, dir.path(), &mut cache) {
-                Ok(t) => {
-                    totals.schedules += t.schedules;
-                    totals.images += t.images;
-                }
-                Err(e) => failures.push(e),
-            }
+            Err(e) => failures.push(e),
         }
     }
     assert!(
@@ -709,13 +712,25 @@ fn pairs_in(setup: Setup) {
         failures.join("\n\n")
     );
     eprintln!(
-        "{setup:?}: {} pairs, {} schedules, {} crash images checked in {:.1?}",
-        ALL_OPS.len() * (ALL_OPS.len() + 1) / 2,
+        "{setup:?}: {n} pairs ({what}), {} schedules, {} crash images checked in {:.1?}",
         totals.schedules,
         totals.images,
         started.elapsed()
     );
-    assert!(totals.schedules > ALL_OPS.len() * ALL_OPS.len() / 2);
+    assert!(
+        totals.schedules > n,
+        "{n} pairs, {} schedules",
+        totals.schedules
+    );
+}
+
+/// Every pair of `ALL_OPS`.
+fn pairs_in(setup: Setup) {
+    let pairs = ALL_OPS
+        .iter()
+        .enumerate()
+        .flat_map(|(i, &a)| ALL_OPS[i..].iter().map(move |&b| (a, b)));
+    explore_pairs(setup, "every operation", pairs);
 }
 
 #[test]
@@ -740,37 +755,11 @@ fn every_pair_never_at_the_cap() {
 
 /// Every conditional write against every operation (and each other).
 fn conditional_pairs_in(setup: Setup) {
-    let started = Instant::now();
-    let dir = scratch();
-    let mut cache = crash::Cache::default();
-    let mut totals = Totals::default();
-    let mut failures = Vec::new();
-    let mut pairs = 0;
-    for (i, &a) in COND_OPS.iter().enumerate() {
-        for &b in ALL_OPS.iter().chain(&COND_OPS[i..]) {
-            pairs += 1;
-            match explore(setup, &[a, b], Strategy::Exhaustive, dir.path(), &mut cache) {
-                Ok(t) => {
-                    totals.schedules += t.schedules;
-                    totals.images += t.images;
-                }
-                Err(e) => failures.push(e),
-            }
-        }
-    }
-    assert!(
-        failures.is_empty(),
-        "{} pairs break a promise:\n\n{}",
-        failures.len(),
-        failures.join("\n\n")
-    );
-    eprintln!(
-        "{setup:?}: {pairs} pairs with a conditional write, {} schedules, {} crash images checked in {:.1?}",
-        totals.schedules,
-        totals.images,
-        started.elapsed()
-    );
-    assert!(totals.schedules > pairs);
+    let pairs = COND_OPS
+        .iter()
+        .enumerate()
+        .flat_map(|(i, &a)| ALL_OPS.iter().chain(&COND_OPS[i..]).map(move |&b| (a, b)));
+    explore_pairs(setup, "a conditional write", pairs);
 }
 
 #[test]
@@ -956,40 +945,11 @@ fn an_overwrite_between_a_renewal_of_a_held_entry_and_a_delete_survives_power_lo
 /// expired when the schedule starts, so that the sweep removes it beside
 /// the other operation.
 fn sweep_pairs_in(setup: Setup) {
-    let started = Instant::now();
-    let dir = scratch();
-    let mut cache = crash::Cache::default();
-    let setup = late(setup);
-    let mut schedules = 0;
-    let mut failures = Vec::new();
-    for &b in ALL_OPS
+    let others = ALL_OPS
         .iter()
         .chain(&[Op::Sweep, Op::RenewB])
-        .chain(&COND_OPS)
-    {
-        match explore(
-            setup,
-            &[Op::Sweep, b],
-            Strategy::Exhaustive,
-            dir.path(),
-            &mut cache,
-        ) {
-            Ok(t) => schedules += t.schedules,
-            Err(e) => failures.push(e),
-        }
-    }
-    assert!(
-        failures.is_empty(),
-        "{} pairs break a promise:\n\n{}",
-        failures.len(),
-        failures.join("\n\n")
-    );
-    eprintln!(
-        "{setup:?}: the sweep beside {} operations, {schedules} schedules in {:.1?}",
-        ALL_OPS.len() + 2,
-        started.elapsed()
-    );
-    assert!(schedules > ALL_OPS.len() + 2);
+        .chain(&COND_OPS);
+    explore_pairs(late(setup), "the sweep", others.map(|&b| (Op::Sweep, b)));
 }
 
 #[test]
