@@ -717,6 +717,7 @@ pub fn entry(data: &[u8]) {
         seq: u64::from(salt),
         expiry_ms: expiry,
         payload_crc: crc(salt, &[key, meta, value]),
+        pending: false,
     };
     let mut file = FileHeader {
         version: FORMAT_VERSION,

@@ -79,7 +79,7 @@ use crate::error::{Error, Result};
 use crate::events::{Hub, Notes, Subscriber};
 use crate::filelock::FileLock;
 use crate::format::{
-    BlockHeader, EXPIRY_WORD_OFFSET, FILE_HEADER_LEN, FORMAT_VERSION, FileHeader, HeaderError,
+    BlockHeader, EXPIRY_WORD_OFFSET, FILE_HEADER_LEN, FIRST_FORMAT_VERSION, FORMAT_VERSION, FileHeader, HeaderError,
     Kind, MAX_EXPIRY_MS, MAX_KEY_LEN, MAX_META_LEN, MAX_VALUE_LEN, crc, entry_block_len,
     expiry_word, is_expired,
 };
@@ -911,7 +911,7 @@ impl Inner {
         let fresh = storage.is_empty() || unfinished_file(&*storage);
         let header = if fresh {
             let h = FileHeader {
-                version: FORMAT_VERSION,
+                version: FIRST_FORMAT_VERSION,
                 salt: opts.new_salt(),
                 created_ms: now.max(0) as u64,
             };

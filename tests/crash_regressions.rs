@@ -211,6 +211,7 @@ fn file_with_a_gap(gap: usize) -> Vec<u8> {
             seq: i as u64 + 1,
             expiry_ms: 0,
             payload_crc: crc(salt, &[&k[..], &v[..]]),
+            pending: false,
         };
         let at = f.len();
         f.extend_from_slice(&h.encode(salt));

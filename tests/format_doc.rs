@@ -47,6 +47,7 @@ fn entry_example_matches_the_encoder() {
         seq: 1,
         expiry_ms: 0,
         payload_crc: crc(SALT, &[k, b"", v]),
+        pending: false,
     };
     let mut b = h.encode(SALT).to_vec();
     b.extend_from_slice(k);

@@ -36,6 +36,7 @@ use std::io;
 use super::{BlockKind, Source, Walker, read_file_header};
 use crate::format::{FILE_HEADER_LEN, FileHeader, HeaderError};
 
+mod batches;
 mod lookup;
 mod map;
 mod problem;
@@ -174,6 +175,17 @@ pub struct Summary {
     pub max_seq: u64,
     /// The longest block or region (for laying out columns).
     pub largest_block: u64,
+    /// Commit records of atomic batches (counted as free: an open frees
+    /// them once their batch is settled).
+    pub commit_records: u64,
+    /// Of those, the complete ones: batches that committed and are not yet
+    /// settled (their pending members count as entries).
+    pub unsettled_batches: u64,
+    /// Batch members still pending (their expiry word not yet settled).
+    pub pending_entries: u64,
+    /// Of those, the members of batches that did not commit (counted as
+    /// free).
+    pub uncommitted_entries: u64,
 }
 
 impl Summary {
@@ -339,6 +351,7 @@ pub struct Report {
     pub map: Option<Map>,
     now_ms: i64,
     copies: Copies,
+    batches: batches::ReportBatches,
 }
 
 impl Report {
@@ -368,6 +381,7 @@ impl Report {
             map: (opts.map_cells > 0).then(|| Map::new(file_len, opts.map_cells)),
             now_ms: opts.now_ms,
             copies: Copies::new(),
+            batches: batches::ReportBatches::default(),
             header,
         };
         if let Some(map) = &mut report.map {
@@ -390,8 +404,18 @@ impl Report {
             let state = match block.kind {
                 BlockKind::Entry(h) => {
                     report.summary.max_seq = report.summary.max_seq.max(h.seq);
+                    if h.pending {
+                        report.summary.pending_entries += 1;
+                        report.batches.pending(offset, len, &h, opts.now_ms);
+                    }
                     hashes.push(report.copies.short_hash(walker.key()));
                     live_or_expired(h.is_expired(opts.now_ms))
+                }
+                BlockKind::Commit(_, ref c) => {
+                    report.summary.max_seq = report.summary.max_seq.max(c.last_seq());
+                    report.summary.commit_records += 1;
+                    report.batches.commit(offset, c.clone());
+                    State::Free
                 }
                 BlockKind::Free => State::Free,
                 BlockKind::Unwritten => {
@@ -410,6 +434,18 @@ impl Report {
                 map.tally(offset, len, CellState::of(state), false);
             }
         }
+        // Batches: which commit records are complete; the pending members of
+        // the others are not entries but free space.
+        for (offset, len, was) in report.batches.resolve(&mut src, fields)? {
+            report.summary.remove(was, len);
+            report.summary.add(State::Free, len);
+            report.summary.uncommitted_entries += 1;
+            if let Some(map) = &mut report.map {
+                map.tally(offset, len, CellState::of(was), true);
+                map.tally(offset, len, CellState::Free, false);
+            }
+        }
+        report.summary.unsettled_batches = report.batches.complete_count();
         hashes.sort_unstable();
         report.copies.repeated = hashes
             .windows(2)
@@ -427,6 +463,9 @@ impl Report {
             let BlockKind::Entry(h) = block.kind else {
                 continue;
             };
+            if report.batches.uncommitted(block.offset) {
+                continue;
+            }
             let short = report.copies.short_hash(walker.key());
             if !report.copies.repeated.contains(&short) {
                 continue;

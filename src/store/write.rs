@@ -180,6 +180,7 @@ impl Inner {
             seq,
             expiry_ms,
             payload_crc,
+            pending: false,
         };
         let parts: [&[u8]; 4] = [&header.encode(self.salt), key, meta, value];
         // A claim on the new block that a remover of the key can take (see

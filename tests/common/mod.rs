@@ -103,6 +103,7 @@ impl FileBuilder {
             seq,
             expiry_ms,
             payload_crc: crc(SALT, &[key, meta, value]),
+            pending: false,
         };
         self.bytes.extend_from_slice(&h.encode(SALT));
         self.bytes.extend_from_slice(key);
