@@ -406,6 +406,9 @@ impl EntryTable {
         };
         let key = row.key().map(|k| show_key(self.key_format, k, KEY_COLUMN));
         let note = match (&row.kind, key) {
+            (RowKind::Entry { header, .. }, Some(k)) if header.pending => {
+                format!("{k}  (batch member, pending)")
+            }
             (RowKind::Entry { .. }, Some(k)) => k,
             (
                 RowKind::Superseded {
@@ -426,6 +429,24 @@ impl EntryTable {
             (RowKind::CorruptEntry { .. }, Some(k)) => {
                 format!("{k}?  (payload checksum mismatch: contents untrusted)")
             }
+            (RowKind::Uncommitted { .. }, Some(k)) => {
+                format!("{k}  (member of a batch that did not commit)")
+            }
+            (
+                RowKind::Commit {
+                    record, complete, ..
+                },
+                _,
+            ) => format!(
+                "(commit record: {} members, {} deletes, {})",
+                record.members,
+                record.tombstones.len(),
+                if *complete {
+                    "complete: the next open settles it"
+                } else {
+                    "incomplete: the batch did not commit"
+                }
+            ),
             (RowKind::Unwritten, _) => "(zeros: space never written)".to_string(),
             (RowKind::Damaged(e), _) => format!(
                 "({e}: no valid block in these {} bytes)",
