@@ -183,6 +183,15 @@ impl FileHeader {
             let version = u32_at(b, 8);
             let stored = u32_at(b, 60);
             let computed = crc(0, &[&b[0..60]]);
+            if stored != computed && upgrade_cut_short(b, stored) {
+                // A crash between the two word writes of an upgrade to
+                // version 2: no batch was written yet, it is version 1.
+                return Ok(FileHeader {
+                    version: FIRST_FORMAT_VERSION,
+                    salt: u32_at(b, 16),
+                    created_ms: u64_at(b, 24),
+                });
+            }
             if stored != computed {
                 return Err(HeaderError::Corrupt(format!(
                     "file header checksum mismatch (stored {stored:#010x}, computed {computed:#010x}; version field reads {version})"
@@ -238,6 +247,22 @@ pub fn is_unfinished_file(file: &[u8]) -> bool {
         60.. => file[i] == crc_so_far[i - 60],
         _ => !fixed(i) || file[i] == template[i],
     })
+}
+
+/// Whether a header whose checksum fails is one an upgrade from version 1 to
+/// version 2 left half done: its version field is 1 or 2 and its checksum
+/// is that of the same header with the other of the two versions (the
+/// upgrade rewrites the version and the checksum with two atomic 8-byte
+/// stores, and a power loss may keep either without the other).
+fn upgrade_cut_short(b: &[u8], stored: u32) -> bool {
+    let version = u32_at(b, 8);
+    if !(version == 1 || version == 2) || u32_at(b, 12) != FILE_HEADER_LEN as u32 {
+        return false;
+    }
+    let mut other = [0u8; 60];
+    other.copy_from_slice(&b[..60]);
+    other[8..12].copy_from_slice(&(3 - version).to_le_bytes());
+    crc(0, &[&other]) == stored
 }
 
 /// Whether `bytes` hold a store's file header whose magic is damaged: the
@@ -639,7 +664,7 @@ mod tests {
     #[test]
     fn a_file_header_cut_short_at_creation_is_recognised() {
         let h = FileHeader {
-            version: FORMAT_VERSION,
+            version: FIRST_FORMAT_VERSION,
             salt: 0xdead_beef,
             created_ms: 1_700_000_000_000,
         }
@@ -775,12 +800,12 @@ mod tests {
             created_ms: 1,
         }
         .encode();
-        b[8..12].copy_from_slice(&2u32.to_le_bytes());
+        b[8..12].copy_from_slice(&3u32.to_le_bytes());
         let c = crc(0, &[&b[0..60]]);
         b[60..64].copy_from_slice(&c.to_le_bytes());
         assert_eq!(
             FileHeader::decode(&b),
-            Err(HeaderError::UnsupportedVersion(2))
+            Err(HeaderError::UnsupportedVersion(3))
         );
     }
 
@@ -974,6 +999,31 @@ mod tests {
                 let d = w ^ (flip << (8 * byte));
                 assert_eq!(decode_expiry_word(d ^ PENDING << 48, 5, 77), None);
             }
+        }
+    }
+
+    #[test]
+    fn an_upgrade_cut_short_reads_as_version_1() {
+        let v1 = FileHeader {
+            version: 1,
+            salt: 0x1234,
+            created_ms: 5,
+        }
+        .encode();
+        let v2 = FileHeader {
+            version: 2,
+            ..FileHeader::decode(&v1).unwrap()
+        }
+        .encode();
+        assert_eq!(FileHeader::decode(&v2).unwrap().version, 2);
+        // Either word without the other.
+        for (first, second) in [(8..16, 56..64), (56..64, 8..16)] {
+            let mut b = v1;
+            b[first.clone()].copy_from_slice(&v2[first]);
+            let h = FileHeader::decode(&b).unwrap();
+            assert_eq!((h.version, h.salt, h.created_ms), (1, 0x1234, 5));
+            b[second.clone()].copy_from_slice(&v2[second]);
+            assert_eq!(FileHeader::decode(&b).unwrap().version, 2);
         }
     }
 

@@ -89,6 +89,7 @@ use crate::io::{FileStorage, Storage};
 use crate::options::{AutoCompact, Options, SyncPolicy};
 use crate::recovery::{StorageSource, recover};
 
+mod batch;
 mod blocks;
 mod check;
 mod compact;
@@ -99,6 +100,7 @@ mod readers;
 mod values;
 mod write;
 
+pub use batch::Batch;
 use blocks::{BlockIo, Blocks};
 pub(crate) use compact::BATCH_ENTRIES;
 pub use compact::CompactStats;
@@ -229,6 +231,9 @@ pub(crate) struct Inner {
     expiry_delays: Mutex<expiry::DelayRing>,
     /// Set by `Store::shutdown`: writes are refused.
     closed: std::sync::atomic::AtomicBool,
+    /// The file header as on disk (its version becomes 2 with the first
+    /// batch: see `batch`).
+    file_header: Mutex<FileHeader>,
 }
 
 pub(crate) fn random_salt() -> u32 {
@@ -389,6 +394,31 @@ impl Store {
     /// Whether `key` is present and not expired.
     pub fn contains(&self, key: impl AsRef<[u8]>) -> bool {
         self.inner.contains(key.as_ref())
+    }
+
+    /// Applies a [`Batch`] of puts, deletes and touches: after a crash
+    /// (of the process or of the machine) all of it or none of it is there.
+    /// It costs one `fdatasync` whatever its size, under every
+    /// [`SyncPolicy`] (settling a batch must wait for it): a batch is
+    /// durable when `apply` returns. The first batch of a file also upgrades
+    /// it to format version 2 (one more sync, once).
+    ///
+    /// Atomic for readers key by key: each key switches from its old state
+    /// to its new one in a single step, and the keys switch one after
+    /// another in the order they first appear in the batch. A reader that
+    /// reads several of them while the batch is applied may see some new and
+    /// some old; once it sees a key new, every key before it in the batch is
+    /// new too. Other writes of the batch's keys (single or conditional
+    /// writes, other batches) wait for the whole batch: they happen wholly
+    /// before or wholly after it.
+    ///
+    /// An operation beyond the format's limits (`Error::TooLarge`) fails the
+    /// whole batch before anything is written. An empty batch does nothing.
+    /// Under an entry cap, room is made for the batch's new keys first, as
+    /// for single puts; a batch of more new keys than the cap evicts some of
+    /// its own keys once applied.
+    pub fn apply(&self, batch: &Batch) -> Result<()> {
+        self.inner.apply(batch)
     }
 
     /// Removes `key`; returns whether it was present (and not expired).
@@ -1023,6 +1053,7 @@ impl Inner {
             next_sweep_ms: std::sync::atomic::AtomicI64::new(i64::MAX),
             expiry_delays: Mutex::new(expiry::DelayRing::default()),
             closed: std::sync::atomic::AtomicBool::new(false),
+            file_header: Mutex::new(header),
         })
     }
 

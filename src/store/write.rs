@@ -294,7 +294,7 @@ impl Inner {
 
     /// `Error::TooLarge` for a key, value or metadata beyond the format's
     /// limits.
-    fn check_sizes(&self, key: usize, value: usize, meta: usize) -> Result<()> {
+    pub(super) fn check_sizes(&self, key: usize, value: usize, meta: usize) -> Result<()> {
         for (what, len, max) in [
             ("key", key, MAX_KEY_LEN),
             ("value", value, MAX_VALUE_LEN),
@@ -652,6 +652,20 @@ impl Inner {
         // would bring an older value back.
         let key = shard.slot(id).key.clone();
         self.release_superseded_copies(hash, key.as_bytes())?;
+        self.unindex_newest(shard, cell, hash, id, offset)
+    }
+
+    /// The second half of [`unindex`](Self::unindex): frees the key's
+    /// indexed copy and takes it out of the index, its older copies being
+    /// freed already (or outranked by a batch's tombstone).
+    pub(super) fn unindex_newest(
+        &self,
+        shard: &mut Shard,
+        cell: &ShardCell,
+        hash: u64,
+        id: u32,
+        offset: u64,
+    ) -> Result<Option<u64>> {
         let len = match self.header_at(offset) {
             Ok(h) => {
                 self.mark_free(offset, h.block_len)
@@ -767,7 +781,7 @@ impl Inner {
     /// was in the index when its put began, and was removed meanwhile), it
     /// takes the room another insert of the key holds, if one does, and is
     /// otherwise counted anew, evicting down to the cap if need be.
-    fn admit(&self, key: &[u8], room: Option<&Room<'_>>, notes: &mut Notes<'_>) -> Result<()> {
+    pub(super) fn admit(&self, key: &[u8], room: Option<&Room<'_>>, notes: &mut Notes<'_>) -> Result<()> {
         if let Some(r) = room.filter(|r| r.holds()) {
             r.used();
             return Ok(());
