@@ -96,7 +96,7 @@ pub use error::{Error, LockHolder, Result};
 pub use events::{Event, Subscriber};
 pub use options::{AutoCompact, Options, SyncPolicy};
 pub use store::{Batch, CompactStats, Conflict, Entry, Iter, PutOptions, Stats, Store, ValueRef};
-pub use typed::{TypedConflict, TypedEntry, TypedStore, TypedValueRef};
+pub use typed::{TypedBatch, TypedConflict, TypedEntry, TypedStore, TypedValueRef};
 
 /// The README's examples, run as doc tests so they stay true.
 #[cfg(doctest)]

@@ -427,3 +427,28 @@ fn a_batch_makes_room_under_the_entry_cap_first() {
     let s = t.options(&c).max_entries(4).open(&t.path).unwrap();
     assert_eq!(s.len(), 4);
 }
+
+#[test]
+fn a_typed_batch_applies_whole_and_a_value_that_cannot_be_encoded_fails_it() {
+    let t = TempStore::new();
+    let c = clock();
+    let s = t.options(&c).open_typed::<String, i64>(&t.path).unwrap();
+    s.put("alice", &100).unwrap();
+    let mut b = sfs::TypedBatch::new();
+    b.put("alice", &70).put("bob", &30).delete("carol");
+    s.apply(&b).unwrap();
+    assert_eq!((s.get("alice").unwrap(), s.get("bob").unwrap()), (Some(70), Some(30)));
+    // A value whose encoding fails.
+    #[derive(serde::Deserialize)]
+    struct Bad;
+    impl serde::Serialize for Bad {
+        fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+            Err(serde::ser::Error::custom("no"))
+        }
+    }
+    let raw: sfs::TypedStore<String, Bad> = sfs::TypedStore::from_store(s.into_raw());
+    let mut b = sfs::TypedBatch::<String, Bad>::new();
+    b.put("x", &Bad).delete("alice");
+    assert!(matches!(raw.apply(&b), Err(Error::Codec { .. })));
+    assert!(raw.raw().contains(raw.encode_key("alice").unwrap()));
+}
