@@ -93,6 +93,101 @@ impl Model {
         v
     }
 
+    /// An atomic batch (`Store::apply`) of `ops`, folded per key in order and
+    /// applied key by key in the order each key first appears, after room
+    /// is made under the cap for its new keys (as the store does).
+    /// Returns false, changing nothing, for a batch of more keys than the
+    /// cap (the store refuses it).
+    pub fn apply_batch(&mut self, ops: &[BatchOp], now: i64) -> bool {
+        enum A {
+            Put(Vec<u8>, u64),
+            Delete,
+            Touch(i64),
+            Expire,
+        }
+        let mut order: Vec<Vec<u8>> = Vec::new();
+        let mut acts: HashMap<Vec<u8>, A> = HashMap::new();
+        for op in ops {
+            let (k, next) = match op {
+                BatchOp::Put(k, _, e) if *e != 0 && *e as i64 <= now => (k, A::Delete),
+                BatchOp::Put(k, v, e) => (k, A::Put(v.clone(), *e)),
+                BatchOp::Delete(k) => (k, A::Delete),
+                BatchOp::Touch(k, e) => {
+                    let past = *e <= now;
+                    let next = match acts.get(k) {
+                        Some(A::Put(_, _)) if past => A::Delete,
+                        Some(A::Put(v, _)) => A::Put(v.clone(), *e as u64),
+                        Some(A::Delete) => A::Delete,
+                        Some(A::Expire) => A::Expire,
+                        Some(A::Touch(_)) | None if past => A::Expire,
+                        Some(A::Touch(_)) | None => A::Touch(*e),
+                    };
+                    (k, next)
+                }
+            };
+            if !acts.contains_key(k) {
+                order.push(k.clone());
+            }
+            acts.insert(k.clone(), next);
+        }
+        if let Some(cap) = self.cap {
+            if order.len() > cap {
+                return false;
+            }
+            for k in &order {
+                if self.map.contains_key(k) {
+                    self.mark_used(k);
+                }
+            }
+            let mut reserved: Vec<Vec<u8>> = Vec::new();
+            let mut made = true;
+            while made {
+                made = false;
+                for k in &order {
+                    if matches!(acts[k], A::Put(..))
+                        && !self.map.contains_key(k)
+                        && !reserved.contains(k)
+                    {
+                        if self.map.len() + reserved.len() >= cap {
+                            self.purge(now);
+                        }
+                        while self.map.len() + reserved.len() >= cap && !self.used.is_empty() {
+                            let oldest = self
+                                .used
+                                .iter()
+                                .min_by_key(|&(_, &t)| t)
+                                .map(|(k, _)| k.clone())
+                                .expect("entries");
+                            self.delete(&oldest);
+                        }
+                        reserved.push(k.clone());
+                        made = true;
+                    }
+                }
+            }
+        }
+        for k in &order {
+            match &acts[k] {
+                A::Put(v, e) => self.put(k, v, *e, now),
+                A::Delete => {
+                    self.delete(k);
+                }
+                A::Touch(e) => {
+                    if self.touch(k, *e, now) {
+                        // A new copy: a write, for the order after a reopen.
+                        self.written.insert(k.clone(), self.tick);
+                    }
+                }
+                A::Expire => {
+                    if self.visible(k, now).is_some() {
+                        self.delete(k);
+                    }
+                }
+            }
+        }
+        true
+    }
+
     /// Renews a visible key's expiry (at or before `now`: it expires now).
     /// Returns whether the key was visible.
     pub fn touch(&mut self, k: &[u8], expiry: i64, now: i64) -> bool {
@@ -162,6 +257,18 @@ impl Model {
         v.sort();
         v
     }
+}
+
+/// One operation of a batch, for [`Model::apply_batch`]: keys, values and
+/// expiries (ms since the epoch) as written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BatchOp {
+    /// A put (expiry 0: never).
+    Put(Vec<u8>, Vec<u8>, u64),
+    /// A delete.
+    Delete(Vec<u8>),
+    /// A touch to this expiry.
+    Touch(Vec<u8>, i64),
 }
 
 /// One step of a scenario.

@@ -29,8 +29,8 @@ use crate::format::{ALIGN, BLOCK_HEADER_LEN, BLOCK_MAGIC};
 // FORMAT.md, as plain data), and why it refuses one. Writing them is the
 // store's business: their codecs are not public.
 pub use crate::format::{
-    BlockHeader, BlockHeaderError, CommitRecord, FILE_HEADER_LEN, FIRST_FORMAT_VERSION, FORMAT_VERSION,
-    FileHeader, HeaderError, Kind,
+    BlockHeader, BlockHeaderError, CommitRecord, FILE_HEADER_LEN, FIRST_FORMAT_VERSION,
+    FORMAT_VERSION, FileHeader, HeaderError, Kind,
 };
 
 /// Random access to the bytes of a file: a [`FileSource`], or any byte

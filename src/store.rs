@@ -79,9 +79,9 @@ use crate::error::{Error, Result};
 use crate::events::{Hub, Notes, Subscriber};
 use crate::filelock::FileLock;
 use crate::format::{
-    BlockHeader, EXPIRY_WORD_OFFSET, FILE_HEADER_LEN, FIRST_FORMAT_VERSION, FORMAT_VERSION, FileHeader, HeaderError,
-    Kind, MAX_EXPIRY_MS, MAX_KEY_LEN, MAX_META_LEN, MAX_VALUE_LEN, crc, entry_block_len,
-    expiry_word, is_expired,
+    BlockHeader, EXPIRY_WORD_OFFSET, FILE_HEADER_LEN, FIRST_FORMAT_VERSION, FORMAT_VERSION,
+    FileHeader, HeaderError, Kind, MAX_EXPIRY_MS, MAX_KEY_LEN, MAX_META_LEN, MAX_VALUE_LEN, crc,
+    entry_block_len, expiry_word, is_expired,
 };
 use crate::index::{KeyHasher, LruList, Shard, shard_of};
 use crate::inspect::read_file_header;

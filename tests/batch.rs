@@ -29,10 +29,17 @@ fn a_batch_puts_deletes_and_touches_and_survives_a_reopen() {
     let s = t.open(&c);
     s.put("old", "1").unwrap();
     s.put("gone", "x").unwrap();
-    s.put_with_ttl("lease", "me", Duration::from_secs(10)).unwrap();
+    s.put_with_ttl("lease", "me", Duration::from_secs(10))
+        .unwrap();
     let mut b = Batch::new();
     b.put("new", "2")
-        .put_with("meta", "v", &PutOptions::new().metadata(b"m").ttl(Duration::from_secs(60)))
+        .put_with(
+            "meta",
+            "v",
+            &PutOptions::new()
+                .metadata(b"m")
+                .ttl(Duration::from_secs(60)),
+        )
         .put("old", "3")
         .delete("gone")
         .delete("never-there")
@@ -46,7 +53,10 @@ fn a_batch_puts_deletes_and_touches_and_survives_a_reopen() {
         assert_eq!(s.get("old").unwrap().as_deref(), Some(&b"3"[..]));
         assert!(!s.contains("gone") && !s.contains("never-there") && !s.contains("absent"));
         let e = s.get_entry("meta").unwrap().unwrap();
-        assert_eq!((e.value.as_slice(), e.metadata.as_slice()), (&b"v"[..], &b"m"[..]));
+        assert_eq!(
+            (e.value.as_slice(), e.metadata.as_slice()),
+            (&b"v"[..], &b"m"[..])
+        );
         let at = |secs: u64| Some(UNIX_EPOCH + Duration::from_millis(1_000_000 + secs * 1000));
         assert_eq!(e.expires_at, at(60));
         assert_eq!(s.get_entry("lease").unwrap().unwrap().expires_at, at(100));
@@ -80,7 +90,9 @@ fn operations_on_one_key_apply_in_order() {
     // d: put then touch: the put with the touch's expiry.
     b.put("d", "4").touch("d", Duration::from_secs(7));
     // e: delete then touch: absent (a touch of an absent key does nothing).
-    b.put("e", "5").delete("e").touch("e", Duration::from_secs(7));
+    b.put("e", "5")
+        .delete("e")
+        .touch("e", Duration::from_secs(7));
     // f: put then a touch into the past: absent.
     b.put("f", "6").touch("f", Duration::ZERO);
     s.apply(&b).unwrap();
@@ -94,7 +106,10 @@ fn operations_on_one_key_apply_in_order() {
         Some(UNIX_EPOCH + Duration::from_millis(1_000_000 + 7_000))
     );
     assert!(!s.contains("e") && !s.contains("f"));
-    assert_eq!(sorted_keys(&s), vec![b"a".to_vec(), b"c".to_vec(), b"d".to_vec()]);
+    assert_eq!(
+        sorted_keys(&s),
+        vec![b"a".to_vec(), b"c".to_vec(), b"d".to_vec()]
+    );
     s.check_invariants().unwrap();
 }
 
@@ -140,7 +155,13 @@ fn a_batch_with_an_entry_too_large_fails_whole_and_writes_nothing() {
     let mut b = Batch::new();
     b.put("a", "1")
         .put_with("b", "v", &PutOptions::new().metadata(&[0u8; 70_000]));
-    assert!(matches!(s.apply(&b), Err(Error::TooLarge { what: "metadata", .. })));
+    assert!(matches!(
+        s.apply(&b),
+        Err(Error::TooLarge {
+            what: "metadata",
+            ..
+        })
+    ));
     assert!(!s.contains("a"));
     assert!(s.contains("keep"));
     s.sync().unwrap();
@@ -256,7 +277,10 @@ fn an_open_settles_a_batch_a_crash_left_unsettled() {
     s.check_invariants().unwrap();
     drop(s);
     let after = mem.bytes();
-    assert!(!after.windows(6).any(|w| w == b"sfsBC\0"), "a commit record remains");
+    assert!(
+        !after.windows(6).any(|w| w == b"sfsBC\0"),
+        "a commit record remains"
+    );
     let s = Options::new()
         .active_expiry(None)
         .open_on("again.sfs", mem as Arc<dyn Storage>)
@@ -421,7 +445,12 @@ fn a_batch_makes_room_under_the_entry_cap_first() {
     // The least recently used went: k1 and k2.
     assert_eq!(
         sorted_keys(&s),
-        vec![b"k0".to_vec(), b"k3".to_vec(), b"n1".to_vec(), b"n2".to_vec()]
+        vec![
+            b"k0".to_vec(),
+            b"k3".to_vec(),
+            b"n1".to_vec(),
+            b"n2".to_vec()
+        ]
     );
     s.close().unwrap();
     let s = t.options(&c).max_entries(4).open(&t.path).unwrap();
@@ -437,7 +466,10 @@ fn a_typed_batch_applies_whole_and_a_value_that_cannot_be_encoded_fails_it() {
     let mut b = sfs::TypedBatch::new();
     b.put("alice", &70).put("bob", &30).delete("carol");
     s.apply(&b).unwrap();
-    assert_eq!((s.get("alice").unwrap(), s.get("bob").unwrap()), (Some(70), Some(30)));
+    assert_eq!(
+        (s.get("alice").unwrap(), s.get("bob").unwrap()),
+        (Some(70), Some(30))
+    );
     // A value whose encoding fails.
     #[derive(serde::Deserialize)]
     struct Bad;

@@ -44,8 +44,7 @@ use crate::error::{Error, Result};
 use crate::events::{Event, Notes};
 use crate::format::{
     BlockHeader, CommitRecord, EXPIRY_WORD_OFFSET, FILE_HEADER_LEN, FORMAT_VERSION, Kind,
-    MAX_VALUE_LEN, crc, entry_block_len, expiry_word, is_expired, member_digest,
-    stored_header_crc,
+    MAX_VALUE_LEN, crc, entry_block_len, expiry_word, is_expired, member_digest, stored_header_crc,
 };
 use crate::store::values::{Expiry, PutOptions};
 
@@ -57,7 +56,10 @@ use crate::store::values::{Expiry, PutOptions};
 /// Operations on the same key apply in the order given, as if one after
 /// another: the key ends in the state the last one leaves (a put then a
 /// touch is the put with the touch's expiry; a put then a delete deletes;
-/// a touch of a key the batch deleted, or of an absent key, does nothing).
+/// a touch of a key the batch deleted, or of an absent or expired key,
+/// does nothing; a touch into the past deletes the key if it is there).
+/// The keys are written, and switch for readers, in the order each first
+/// appears in the batch.
 ///
 /// ```
 /// use std::time::Duration;
@@ -154,7 +156,8 @@ impl Batch {
     /// Renews the expiry of `key` to `at`, if it is present; a time already
     /// past deletes it.
     pub fn touch_until(&mut self, key: impl AsRef<[u8]>, at: SystemTime) -> &mut Batch {
-        self.ops.push(Op::Touch(key.as_ref().to_vec(), Expiry::At(at)));
+        self.ops
+            .push(Op::Touch(key.as_ref().to_vec(), Expiry::At(at)));
         self
     }
 
@@ -184,6 +187,8 @@ enum Action<'b> {
     Delete,
     /// Renew the key if it is present when the batch applies.
     Touch(u64),
+    /// Delete the key if it is present (a touch into the past).
+    Expire,
 }
 
 /// A member to write: a put, or a touch's new copy.
@@ -217,6 +222,16 @@ impl Inner {
         let actions = self.fold(batch);
         if actions.is_empty() {
             return Ok(());
+        }
+        if let Some(cap) = self.max_entries
+            && actions.len() > cap
+        {
+            return Err(Error::TooLarge {
+                path: self.path.clone(),
+                what: "batch (more keys than the entry cap)",
+                len: actions.len(),
+                max: cap,
+            });
         }
         let mut notes = Notes::new(&self.hub);
         let _gate = self.gate.read();
@@ -262,6 +277,12 @@ impl Inner {
                         });
                     }
                 }
+                Action::Expire => {
+                    if self.contains(key) {
+                        steps.push(Step::Delete(tombstones.len()));
+                        tombstones.push(key);
+                    }
+                }
                 Action::Delete => {
                     if self.indexed(key) {
                         steps.push(Step::Delete(tombstones.len()));
@@ -285,13 +306,30 @@ impl Inner {
             });
         }
         // Room under the entry cap for the new keys, before anything is
-        // written (as a put makes it).
+        // written (as a put makes it). The batch's present keys are marked
+        // used first, so that the room is never made by evicting one of
+        // them (its eviction would be durable before the batch is).
         let mut rooms = HashMap::new();
         if let Some(cap) = self.max_entries {
-            for m in &members {
-                if !self.indexed(m.key) {
-                    self.storage.point("batch: room");
-                    rooms.insert(m.key, self.make_room(cap, m.key, &mut notes)?);
+            for (key, _) in &actions {
+                let (hash, cell) = self.locate(key);
+                let shard = cell.map.read();
+                if let Some(id) = shard.find(hash, key) {
+                    self.touch_lru(cell, id);
+                }
+            }
+            // Until no member is left without room: making room purges
+            // expired entries, which may take a member's key out of the
+            // index (it is then a new key too).
+            let mut made = true;
+            while made {
+                made = false;
+                for m in &members {
+                    if !rooms.contains_key(m.key) && !self.indexed(m.key) {
+                        self.storage.point("batch: room");
+                        rooms.insert(m.key, self.make_room(cap, m.key, &mut notes)?);
+                        made = true;
+                    }
                 }
             }
         }
@@ -400,13 +438,16 @@ impl Inner {
                     let ms = self.expiry_ms(*expiry);
                     let before = at.get(key).map(|&i| &actions[i].1);
                     match before {
-                        _ if past(*expiry, ms) => Action::Delete,
+                        Some(Action::Put { .. }) if past(*expiry, ms) => Action::Delete,
                         Some(Action::Put { value, meta, .. }) => Action::Put {
                             value,
                             meta,
                             expiry_ms: ms,
                         },
                         Some(Action::Delete) => Action::Delete,
+                        // Renewed, then expired: deleted if it was there.
+                        Some(Action::Expire) => Action::Expire,
+                        Some(Action::Touch(_)) | None if past(*expiry, ms) => Action::Expire,
                         Some(Action::Touch(_)) | None => Action::Touch(ms),
                     }
                 }
@@ -522,7 +563,8 @@ impl Inner {
                     let m = &members[i];
                     let (offset, len) = written[i];
                     let seq = first_seq + i as u64;
-                    let p = self.publish(m.key, (offset, len), seq, m.expiry_ms, generation, None)?;
+                    let p =
+                        self.publish(m.key, (offset, len), seq, m.expiry_ms, generation, None)?;
                     match p {
                         Published::New => self.admit(m.key, rooms.get(m.key), notes)?,
                         Published::Replaced | Published::Removed => {}

@@ -781,7 +781,12 @@ impl Inner {
     /// was in the index when its put began, and was removed meanwhile), it
     /// takes the room another insert of the key holds, if one does, and is
     /// otherwise counted anew, evicting down to the cap if need be.
-    pub(super) fn admit(&self, key: &[u8], room: Option<&Room<'_>>, notes: &mut Notes<'_>) -> Result<()> {
+    pub(super) fn admit(
+        &self,
+        key: &[u8],
+        room: Option<&Room<'_>>,
+        notes: &mut Notes<'_>,
+    ) -> Result<()> {
         if let Some(r) = room.filter(|r| r.holds()) {
             r.used();
             return Ok(());

@@ -76,7 +76,10 @@ impl ReportBatches {
         for p in &self.pending {
             if claimed(p.seq) {
                 src.read_at(p.offset, &mut hb)?;
-                by_seq.insert(p.seq, (stored_header_crc(&hb), p.payload_crc, Some(p.offset)));
+                by_seq.insert(
+                    p.seq,
+                    (stored_header_crc(&hb), p.payload_crc, Some(p.offset)),
+                );
             }
         }
         let missing = self.commits.iter().any(|(_, c)| {
