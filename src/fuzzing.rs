@@ -311,6 +311,19 @@ pub enum Op {
     Update(u8),
     /// `compare_and_swap(key(k), its value, None)`.
     CasDelete(u8),
+    /// `apply` of a batch of these (opcode 17).
+    Batch(Vec<BatchItem>),
+}
+
+/// One operation of a scenario's batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BatchItem {
+    /// `put(key(k), value of n bytes)`.
+    Put(u8, u16),
+    /// `delete(key(k))`.
+    Delete(u8),
+    /// `touch(key(k), ttl ms)`.
+    Touch(u8, u16),
 }
 
 const OPCODES: u8 = 17;
@@ -342,6 +355,22 @@ impl Scenario {
         let mut ops = Vec::new();
         while let Some(code) = byte() {
             let mut arg8 = || byte().unwrap_or(0);
+            if code == OPCODES {
+                let n = arg8() % 8;
+                let items = (0..n)
+                    .map(|_| {
+                        let (kind, k) = (arg8() % 3, arg8() % 16);
+                        let n = u16::from_le_bytes([arg8(), arg8()]);
+                        match kind {
+                            0 => BatchItem::Put(k, n % 5001),
+                            1 => BatchItem::Delete(k),
+                            _ => BatchItem::Touch(k, n % 3000),
+                        }
+                    })
+                    .collect();
+                ops.push(Op::Batch(items));
+                continue;
+            }
             let op = match code % OPCODES {
                 0 => Op::Put(arg8() % 16, u16::from_le_bytes([arg8(), arg8()]) % 5001),
                 1 => Op::PutTtl(
@@ -411,6 +440,17 @@ impl Scenario {
                 Op::PutIfAbsent(k, n) => out.extend([14, k, le(n)[0], le(n)[1]]),
                 Op::Update(k) => out.extend([15, k]),
                 Op::CasDelete(k) => out.extend([16, k]),
+                Op::Batch(ref items) => {
+                    out.extend([OPCODES, items.len() as u8]);
+                    for item in items {
+                        let (kind, k, n) = match *item {
+                            BatchItem::Put(k, n) => (0, k, n),
+                            BatchItem::Delete(k) => (1, k, 0),
+                            BatchItem::Touch(k, t) => (2, k, t),
+                        };
+                        out.extend([kind, k, le(n)[0], le(n)[1]]);
+                    }
+                }
             }
         }
         out
@@ -641,6 +681,34 @@ pub fn run(s: &Scenario, backing: Backing) {
                     .expect("compare_and_swap");
                 assert_eq!(r, Ok(()), "{when}");
                 model.delete(&key(k));
+            }
+            Op::Batch(ref items) => {
+                let mut b = crate::Batch::new();
+                let mut ops = Vec::new();
+                for item in items {
+                    match *item {
+                        BatchItem::Put(k, n) => {
+                            version += 1;
+                            let v = value(k, version, n);
+                            b.put(key(k), &v);
+                            ops.push(BatchOp::Put(key(k), v, 0));
+                        }
+                        BatchItem::Delete(k) => {
+                            b.delete(key(k));
+                            ops.push(BatchOp::Delete(key(k)));
+                        }
+                        BatchItem::Touch(k, t) => {
+                            b.touch(key(k), Duration::from_millis(u64::from(t)));
+                            ops.push(BatchOp::Touch(key(k), now + i64::from(t)));
+                        }
+                    }
+                }
+                let r = store.apply(&b);
+                if model.apply_batch(&ops, now) {
+                    r.unwrap_or_else(|e| panic!("{when}: {e}"));
+                } else {
+                    assert!(matches!(r, Err(Error::TooLarge { .. })), "{when}: {r:?}");
+                }
             }
             Op::Compact => {
                 let before = store.stats().file_len;
