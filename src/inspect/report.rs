@@ -277,6 +277,9 @@ pub(super) struct Newest {
     pub(super) seq: u64,
     pub(super) len: u64,
     pub(super) expired: bool,
+    /// A tombstone of a complete, unsettled batch (at `offset`, its commit
+    /// record): the key is deleted, unless a later copy exists.
+    pub(super) tombstone: bool,
 }
 
 /// Which keys have more than one copy, and where the newest copy of each of
@@ -446,6 +449,12 @@ impl Report {
             }
         }
         report.summary.unsettled_batches = report.batches.complete_count();
+        // A complete batch's tombstone is a copy of its key too: the newest
+        // when no later copy exists (the key is deleted).
+        let tombstones = report.batches.tombstones();
+        for (_, _, key) in &tombstones {
+            hashes.push(report.copies.short_hash(key));
+        }
         hashes.sort_unstable();
         report.copies.repeated = hashes
             .windows(2)
@@ -455,6 +464,20 @@ impl Report {
         drop(hashes);
         if report.copies.repeated.is_empty() {
             return Ok(Ok(report));
+        }
+        for (offset, seq, key) in tombstones {
+            let short = report.copies.short_hash(&key);
+            if report.copies.repeated.contains(&short) {
+                let hash = report.copies.long_hash(short, &key);
+                let t = Newest {
+                    offset,
+                    seq,
+                    len: 0,
+                    expired: false,
+                    tombstone: true,
+                };
+                report.copies.newest.insert(hash, t);
+            }
         }
         // Second walk, over the keys that may have several copies: the
         // newest copy wins, the others become free.
@@ -475,6 +498,7 @@ impl Report {
                 seq: h.seq,
                 len: block.len,
                 expired: h.is_expired(opts.now_ms),
+                tombstone: false,
             };
             let hash = report.copies.long_hash(short, walker.key());
             let older = match report.copies.newest.entry(hash) {
@@ -497,6 +521,10 @@ impl Report {
     /// A copy counted as live or expired turns out to be older than another:
     /// it becomes free.
     fn supersede(&mut self, old: Newest) {
+        if old.tombstone {
+            // A tombstone outranked by a later copy: no block of its own.
+            return;
+        }
         let was = live_or_expired(old.expired);
         self.summary.remove(was, old.len);
         self.summary.add(State::Free, old.len);

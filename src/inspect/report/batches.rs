@@ -56,6 +56,16 @@ impl ReportBatches {
         self.complete.contains(&offset)
     }
 
+    /// The tombstones of complete batches: (commit record offset, sequence
+    /// number, key).
+    pub(super) fn tombstones(&self) -> Vec<(u64, u64, Vec<u8>)> {
+        self.commits
+            .iter()
+            .filter(|(o, _)| self.complete.contains(o))
+            .flat_map(|(o, c)| c.tombstones.iter().map(move |(s, k)| (*o, *s, k.clone())))
+            .collect()
+    }
+
     pub(super) fn complete_count(&self) -> u64 {
         self.complete.len() as u64
     }

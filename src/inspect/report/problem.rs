@@ -209,6 +209,20 @@ pub(super) fn superseded_problem(
     key: &[u8],
     n: &Newest,
 ) -> Problem {
+    if n.tombstone {
+        return Problem {
+            offset,
+            len,
+            kind: ProblemKind::Superseded,
+            reason: format!(
+                "older copy of key {} (seq {}), deleted by the batch whose commit record is at offset {} (seq {}); the store frees it at open",
+                quote_key(key),
+                h.seq,
+                n.offset,
+                n.seq
+            ),
+        };
+    }
     if n.seq == h.seq {
         return Problem {
             offset,
