@@ -96,8 +96,9 @@ impl Model {
     /// An atomic batch (`Store::apply`) of `ops`, folded per key in order and
     /// applied key by key in the order each key first appears, after room
     /// is made under the cap for its new keys (as the store does).
-    /// Returns false, changing nothing, for a batch of more keys than the
-    /// cap (the store refuses it).
+    /// Returns false for a batch the store refuses: one whose new keys
+    /// need more room than the cap leaves beside its other keys (expired
+    /// entries may have been purged by then, as in the store).
     pub fn apply_batch(&mut self, ops: &[BatchOp], now: i64) -> bool {
         enum A {
             Put(Vec<u8>, u64),
@@ -130,44 +131,75 @@ impl Model {
             }
             acts.insert(k.clone(), next);
         }
+        let mut reserved: Vec<Vec<u8>> = Vec::new();
         if let Some(cap) = self.cap {
-            if order.len() > cap {
-                return false;
-            }
+            // As the store does: the batch's present keys are marked used;
+            // room is made for its new keys, counting the keys it deletes,
+            // by evicting other keys only (or the batch is refused).
             for k in &order {
                 if self.map.contains_key(k) {
                     self.mark_used(k);
                 }
             }
-            let mut reserved: Vec<Vec<u8>> = Vec::new();
-            let mut made = true;
-            while made {
-                made = false;
-                for k in &order {
-                    if matches!(acts[k], A::Put(..))
-                        && !self.map.contains_key(k)
-                        && !reserved.contains(k)
-                    {
-                        if self.map.len() + reserved.len() >= cap {
-                            self.purge(now);
-                        }
-                        while self.map.len() + reserved.len() >= cap && !self.used.is_empty() {
-                            let oldest = self
-                                .used
-                                .iter()
-                                .min_by_key(|&(_, &t)| t)
-                                .map(|(k, _)| k.clone())
-                                .expect("entries");
-                            self.delete(&oldest);
-                        }
-                        reserved.push(k.clone());
-                        made = true;
-                    }
+            loop {
+                let new: Vec<Vec<u8>> = order
+                    .iter()
+                    .filter(|k| {
+                        matches!(acts[*k], A::Put(..) | A::Touch(_))
+                            && !self.map.contains_key(*k)
+                            && !reserved.contains(k)
+                    })
+                    .cloned()
+                    .collect();
+                // A touch of a key that is not there writes nothing.
+                let new: Vec<Vec<u8>> = new
+                    .into_iter()
+                    .filter(|k| matches!(acts[k], A::Put(..)))
+                    .collect();
+                if new.is_empty() {
+                    break;
                 }
+                let frees = |m: &Model| {
+                    order
+                        .iter()
+                        .filter(|k| match acts[*k] {
+                            A::Delete => m.map.contains_key(*k),
+                            A::Expire => m.visible(k, now).is_some(),
+                            _ => false,
+                        })
+                        .count()
+                };
+                let excess = |m: &Model| {
+                    (m.map.len() + reserved.len() + new.len()).saturating_sub(cap + frees(m))
+                };
+                if excess(self) > 0 {
+                    self.purge(now);
+                }
+                let present = order.iter().filter(|k| self.map.contains_key(*k)).count();
+                if excess(self) > self.map.len() - present {
+                    return false;
+                }
+                while excess(self) > 0 {
+                    let oldest = self
+                        .used
+                        .iter()
+                        .min_by_key(|&(_, &t)| t)
+                        .map(|(k, _)| k.clone())
+                        .expect("entries");
+                    self.delete(&oldest);
+                }
+                reserved.extend(new);
             }
         }
         for k in &order {
             match &acts[k] {
+                // Its room is made: no eviction now (the batch's deletes,
+                // later in it, bring the count back under the cap).
+                A::Put(v, e) if reserved.contains(k) && !(*e != 0 && *e as i64 <= now) => {
+                    self.map.insert(k.clone(), (v.clone(), *e));
+                    self.mark_used(k);
+                    self.written.insert(k.clone(), self.tick);
+                }
                 A::Put(v, e) => self.put(k, v, *e, now),
                 A::Delete => {
                     self.delete(k);

@@ -223,16 +223,6 @@ impl Inner {
         if actions.is_empty() {
             return Ok(());
         }
-        if let Some(cap) = self.max_entries
-            && actions.len() > cap
-        {
-            return Err(Error::TooLarge {
-                path: self.path.clone(),
-                what: "batch (more keys than the entry cap)",
-                len: actions.len(),
-                max: cap,
-            });
-        }
         let mut notes = Notes::new(&self.hub);
         let _gate = self.gate.read();
         let mut stripes: Vec<usize> = actions
@@ -318,18 +308,22 @@ impl Inner {
                     self.touch_lru(cell, id);
                 }
             }
+            let named: Vec<&[u8]> = actions.iter().map(|(k, _)| *k).collect();
             // Until no member is left without room: making room purges
             // expired entries, which may take a member's key out of the
             // index (it is then a new key too).
-            let mut made = true;
-            while made {
-                made = false;
-                for m in &members {
-                    if !rooms.contains_key(m.key) && !self.indexed(m.key) {
-                        self.storage.point("batch: room");
-                        rooms.insert(m.key, self.make_room(cap, m.key, &mut notes)?);
-                        made = true;
-                    }
+            loop {
+                let new: Vec<&[u8]> = members
+                    .iter()
+                    .map(|m| m.key)
+                    .filter(|k| !rooms.contains_key(*k) && !self.indexed(k))
+                    .collect();
+                if new.is_empty() {
+                    break;
+                }
+                self.storage.point("batch: room");
+                for (k, room) in self.make_batch_room(cap, &new, &named, &tombstones, &mut notes)? {
+                    rooms.insert(k, room);
                 }
             }
         }
@@ -540,7 +534,7 @@ impl Inner {
         steps: &[Step],
         (first_seq, commit): (u64, (u64, u64)),
         generation: u64,
-        rooms: &HashMap<&[u8], super::write::Room<'_>>,
+        rooms: &HashMap<Vec<u8>, super::write::Room<'_>>,
         notes: &mut Notes<'_>,
     ) -> Result<()> {
         let mut failed = None;

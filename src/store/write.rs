@@ -776,6 +776,81 @@ impl Inner {
         Ok(room)
     }
 
+    /// Room under the entry cap for a batch's `new` keys (see
+    /// [`make_room`](Self::make_room)), counting that the batch will delete
+    /// the present keys among `deleted`: only the excess is evicted, and
+    /// never a key the batch names (`named`, marked used by the caller, so
+    /// the others go first). A batch that would need to evict one of its own
+    /// keys is refused before anything is removed. Expired entries are
+    /// purged first (which may make a member's key new: the caller asks
+    /// again for those).
+    pub(super) fn make_batch_room(
+        &self,
+        cap: usize,
+        new: &[&[u8]],
+        named: &[&[u8]],
+        deleted: &[&[u8]],
+        notes: &mut Notes<'_>,
+    ) -> Result<Vec<(Vec<u8>, Room<'_>)>> {
+        let mut inserting = self.inserting.lock();
+        let mut rooms = Vec::new();
+        let mut claim = Vec::new();
+        for &k in new {
+            if let Some(slot) = inserting.iter_mut().find(|s| s.key == k) {
+                slot.holders += 1;
+                let room = Room {
+                    inner: self,
+                    key: Some(k.to_vec()),
+                };
+                rooms.push((k.to_vec(), room));
+            } else if !self.indexed(k) {
+                claim.push(k);
+            }
+        }
+        let excess = || {
+            let frees = deleted.iter().filter(|k| self.indexed(k)).count();
+            (self.claimed.load(Ordering::Acquire) + claim.len()).saturating_sub(cap + frees)
+        };
+        let mut removed = false;
+        if excess() > 0 {
+            removed |= self.purge_held(self.clock.now_millis(), notes)? > 0;
+        }
+        let present = named.iter().filter(|k| self.indexed(k)).count();
+        let others = self.entries.load(Ordering::Acquire).saturating_sub(present);
+        if excess() > others {
+            return Err(Error::TooLarge {
+                path: self.path.clone(),
+                what: "batch (its new keys need more room than the entry cap leaves beside its other keys)",
+                len: claim.len(),
+                max: cap,
+            });
+        }
+        while excess() > 0 {
+            if !self.evict_one(notes)? {
+                break;
+            }
+            removed = true;
+        }
+        for k in claim {
+            self.claimed.fetch_add(1, Ordering::AcqRel);
+            inserting.push(RoomSlot {
+                key: k.to_vec(),
+                holders: 1,
+                used: false,
+            });
+            let room = Room {
+                inner: self,
+                key: Some(k.to_vec()),
+            };
+            rooms.push((k.to_vec(), room));
+        }
+        drop(inserting);
+        if removed && self.policy == SyncPolicy::Always {
+            self.sync_to(self.writes.load(Ordering::Acquire))?;
+        }
+        Ok(rooms)
+    }
+
     /// Counts a key that `publish` has just put in the index as new. With
     /// room held for it (`make_room`), the room is its place now. Without (it
     /// was in the index when its put began, and was removed meanwhile), it
