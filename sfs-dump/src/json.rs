@@ -110,6 +110,18 @@ pub(super) fn json_report<S: Source>(
     for (name, value) in &fields {
         doc.field(name, value)?;
     }
+    // Batches exist from format version 2 on: the fields are absent for a
+    // version-1 file (its output is unchanged).
+    if s.format_version >= 2 {
+        for (name, value) in [
+            ("commit_records", json!(s.commit_records)),
+            ("unsettled_batches", json!(s.unsettled_batches)),
+            ("pending_entries", json!(s.pending_entries)),
+            ("uncommitted_entries", json!(s.uncommitted_entries)),
+        ] {
+            doc.field(name, &value)?;
+        }
+    }
     if req.map
         && let Some(map) = &report.map
     {

@@ -183,6 +183,18 @@ fn write_free_notes(out: &mut dyn Write, s: &Summary) -> io::Result<()> {
             size_both(s.unwritten_bytes)
         )?;
     }
+    if s.commit_records > 0 || s.pending_entries > 0 {
+        writeln!(
+            out,
+            "batches: {} commit record{} ({} complete, not yet settled: the store settles them at open); {} pending member{}, {} of batches that did not commit (free)",
+            thousands(s.commit_records),
+            plural(s.commit_records),
+            thousands(s.unsettled_batches),
+            thousands(s.pending_entries),
+            plural(s.pending_entries),
+            thousands(s.uncommitted_entries)
+        )?;
+    }
     Ok(())
 }
 
