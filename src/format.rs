@@ -299,7 +299,7 @@ pub struct BlockHeader {
     /// CRC of key ‖ metadata ‖ value, seeded with the salt.
     pub payload_crc: u32,
     /// A member of an atomic batch not yet settled: its expiry word's check
-    /// bits are XORed with [`PENDING`], and it is valid only through its
+    /// bits are XORed with `PENDING` (`0xB47C`), and it is valid only through its
     /// batch's complete commit record (FORMAT.md, "Batches").
     pub pending: bool,
 }
@@ -483,7 +483,7 @@ pub struct CommitRecord {
     pub first_seq: u64,
     /// How many members.
     pub members: u32,
-    /// [`member_digest`] of the members in sequence order.
+    /// The member digest (FORMAT.md, "Batches") of the members in sequence order.
     pub digest: u32,
     /// The deleted keys, with their sequence numbers (after the members').
     pub tombstones: Vec<(u64, Vec<u8>)>,

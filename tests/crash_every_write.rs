@@ -514,8 +514,11 @@ fn batch_synced_at(step: &Step, rec: &Recording) -> Option<usize> {
 /// visible state differs before and after it, with their states after.
 /// (Keys it evicted to make room are not its effects: evictions come
 /// first, as for a single put.)
+/// A key's visible state: (value, expiry), or absent.
+type KeyState = Option<(Vec<u8>, u64)>;
+
 struct Joint {
-    changed: Vec<(u8, Option<(Vec<u8>, u64)>)>,
+    changed: Vec<(u8, KeyState)>,
     /// Whether every changed key must be old or every one new (otherwise,
     /// under `Never` after a power loss, the keys' old states may be older
     /// still: only the keys it puts are checked, all there or none).
@@ -547,7 +550,7 @@ fn joint_for(step: &Step, now: i64, strict: bool) -> Option<Joint> {
 }
 
 /// The all-or-nothing check of a batch in flight.
-fn check_joint(j: &Joint, got: &BTreeMap<u8, Option<(Vec<u8>, u64)>>) -> Result<(), String> {
+fn check_joint(j: &Joint, got: &BTreeMap<u8, KeyState>) -> Result<(), String> {
     let new: Vec<bool> = j.changed.iter().map(|(k, a)| &got[k] == a).collect();
     let puts: Vec<bool> = j
         .changed

@@ -29,6 +29,9 @@ use super::{
 /// allowed set alone would not catch half a batch).
 type Whole = BTreeSet<Contents>;
 
+/// A batch's keys and the states they may be in together.
+type Together = Option<(Vec<Vec<u8>>, Whole)>;
+
 /// Images already checked against the same allowed states.
 #[derive(Default)]
 pub struct Cache(HashSet<u64>);
@@ -51,7 +54,7 @@ pub fn check_all(
     let mut opened = 0;
     for k in from..=n {
         let (process, now, whole) = allowed_at(k, n, done, initial, keys, false, setup);
-        let mut images: Vec<(Vec<u8>, &Allowed, &Option<(Vec<Vec<u8>>, Whole)>, String)> =
+        let mut images: Vec<(Vec<u8>, &Allowed, &Together, String)> =
             vec![(rec.after(k), &process, &whole, "process crash".into())];
         if k < n {
             for keep in rec.tear_points(k) {
@@ -100,7 +103,7 @@ fn allowed_at(
     keys: &[Vec<u8>],
     power: bool,
     setup: Setup,
-) -> (Allowed, i64, Option<(Vec<Vec<u8>>, Whole)>) {
+) -> (Allowed, i64, Together) {
     let policy = setup.policy;
     // Returned before the crash: its last event came before event k, or
     // every operation is over.
