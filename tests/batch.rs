@@ -484,3 +484,26 @@ fn a_typed_batch_applies_whole_and_a_value_that_cannot_be_encoded_fails_it() {
     assert!(matches!(raw.apply(&b), Err(Error::Codec { .. })));
     assert!(raw.raw().contains(raw.encode_key("alice").unwrap()));
 }
+
+#[test]
+fn damage_to_an_unsettled_commit_record_costs_the_batch_and_nothing_else() {
+    let image = unsettled_image();
+    let at = image
+        .windows(5)
+        .position(|w| w == b"sfsBC")
+        .expect("the commit record");
+    // One byte of its payload (the digest).
+    let mut bytes = image.clone();
+    bytes[at + 48 + 8] ^= 0x01;
+    let mem = Arc::new(MemStorage::with_bytes(bytes));
+    let s = Options::new()
+        .active_expiry(None)
+        .open_on("damaged.sfs", mem as Arc<dyn Storage>)
+        .unwrap();
+    // The batch is gone whole: a and b as before it, c never written.
+    assert_eq!(s.get("a").unwrap().as_deref(), Some(&b"old"[..]));
+    assert_eq!(s.get("b").unwrap().as_deref(), Some(&b"old"[..]));
+    assert!(!s.contains("c"));
+    assert_eq!(s.stats().corrupt_blocks, 1, "the record is the damage");
+    s.check_invariants().unwrap();
+}
