@@ -67,3 +67,23 @@ fn json_reports_the_batches_as_the_open_decides() {
         );
     }
 }
+
+#[test]
+fn key_lookup_follows_the_batch_rules() {
+    // Uncommitted: the pending copy is not the value.
+    assert_eq!(
+        dump("uncommitted.sfs", &["--key", "alpha"]),
+        (0, "one".into())
+    );
+    assert_eq!(dump("uncommitted.sfs", &["--key", "zeta"]).0, 1);
+    // Committed and unsettled: the pending copy is; a tombstone deletes.
+    assert_eq!(
+        dump("unsettled.sfs", &["--key", "alpha"]),
+        (0, "one, rewritten by a batch".into())
+    );
+    assert_eq!(dump("unsettled.sfs", &["--key", "gone"]).0, 1);
+    assert_eq!(
+        dump("settled.sfs", &["--key", "alpha"]),
+        (0, "one, rewritten by a batch".into())
+    );
+}
