@@ -3,7 +3,8 @@
 //!
 //! This file holds the public `Store`, its state (`Inner`) and opening; the
 //! rest is in submodules of one concern each: `read`, `write` (puts,
-//! deletes, eviction under the cap, purge, clear), `blocks` (the one owner of
+//! deletes, eviction under the cap, purge, clear), `batch` (atomic batches:
+//! members written pending, a commit record, one sync, settling), `blocks` (the one owner of
 //! every block outside the index: the free list, old copies held until a
 //! sync, reader pins, compaction's copies in flight), `durability` (group
 //! commit, the background thread), `compact`, `readers` (the reader-lock
@@ -61,6 +62,12 @@
 //! - An insert over the entry cap makes room before it writes (and under
 //!   `Always` syncs the eviction first): the open evicts by write order, not
 //!   by use, so it must never find one entry too many.
+//! - A batch's members are written pending and count only through its
+//!   commit record; once synced they are settled (their expiry words
+//!   rewritten) before any is published, and their keys are listed as
+//!   unsettled until a sync covers that, so no remover frees a member while
+//!   the record still vouches for pending ones; the record itself is held
+//!   until that sync (see `batch`).
 //! - A free header that cannot be written leaves its block held, still
 //!   valid, never in the free list; a split writes both halves' headers, so
 //!   no header on disk ever claims more than its block.
