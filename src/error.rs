@@ -40,7 +40,8 @@ pub enum Error {
         path: PathBuf,
         /// The version found in the file.
         found: u32,
-        /// The version this build reads and writes.
+        /// The newest version this build reads and writes (it reads every
+        /// version from 1 up to this one).
         supported: u32,
     },
     /// Damage that cannot be skipped safely (a broken file header), or a
@@ -325,7 +326,7 @@ impl fmt::Display for Error {
                 found, supported, ..
             } => write!(
                 f,
-                "store format version {found} is not supported by this build (it reads version {supported}); the file was left untouched"
+                "store format version {found} is not supported by this build (it reads versions 1 to {supported}); the file was left untouched"
             ),
             Error::Corrupt { offset, reason, .. } => {
                 write!(f, "corrupt at offset {offset}: {reason}")

@@ -28,8 +28,17 @@ macro_rules! codec_fn {
 /// The first eight bytes of every store file (PNG-style: a high byte, the name,
 /// then CR LF, ^Z, LF so that text-mode transfers are detected).
 pub const MAGIC: [u8; 8] = *b"\x89SFS\r\n\x1a\n";
-/// The format version this build writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The newest format version this build reads and writes (2: files that
+/// hold atomic batches). It also reads and writes version 1; a new file is
+/// created as version [`FIRST_FORMAT_VERSION`] and becomes version 2 when its
+/// first batch is written (FORMAT.md, "Format versions").
+pub const FORMAT_VERSION: u32 = 2;
+/// The version a new file is created with, and the oldest this build opens.
+pub const FIRST_FORMAT_VERSION: u32 = 1;
+/// XORed into the check bits of a batch member's expiry word while its batch
+/// is not settled (FORMAT.md, "Batches"): a reader that does not know of
+/// batches (format version 1) sees the word's check fail.
+pub const PENDING: u64 = 0xB47C;
 /// Length of the file header; the first block starts here.
 pub const FILE_HEADER_LEN: u64 = 64;
 /// Length of a block header.
@@ -60,16 +69,20 @@ pub enum Kind {
     Entry,
     /// Unused space.
     Free,
+    /// The commit record of an atomic batch (format version 2).
+    Commit,
 }
 
 impl Kind {
     const ENTRY: u8 = b'E';
     const FREE: u8 = b'F';
+    const COMMIT: u8 = b'C';
 
     fn to_byte(self) -> u8 {
         match self {
             Kind::Entry => Self::ENTRY,
             Kind::Free => Self::FREE,
+            Kind::Commit => Self::COMMIT,
         }
     }
 
@@ -77,6 +90,7 @@ impl Kind {
         match b {
             Self::ENTRY => Some(Kind::Entry),
             Self::FREE => Some(Kind::Free),
+            Self::COMMIT => Some(Kind::Commit),
             _ => None,
         }
     }
@@ -169,12 +183,21 @@ impl FileHeader {
             let version = u32_at(b, 8);
             let stored = u32_at(b, 60);
             let computed = crc(0, &[&b[0..60]]);
+            if stored != computed && upgrade_cut_short(b, stored) {
+                // A crash between the two word writes of an upgrade to
+                // version 2: no batch was written yet, it is version 1.
+                return Ok(FileHeader {
+                    version: FIRST_FORMAT_VERSION,
+                    salt: u32_at(b, 16),
+                    created_ms: u64_at(b, 24),
+                });
+            }
             if stored != computed {
                 return Err(HeaderError::Corrupt(format!(
                     "file header checksum mismatch (stored {stored:#010x}, computed {computed:#010x}; version field reads {version})"
                 )));
             }
-            if version != FORMAT_VERSION {
+            if !(FIRST_FORMAT_VERSION..=FORMAT_VERSION).contains(&version) {
                 return Err(HeaderError::UnsupportedVersion(version));
             }
             let header_len = u32_at(b, 12);
@@ -211,7 +234,7 @@ pub fn is_unfinished_file(file: &[u8]) -> bool {
     // Bytes a version-1 header always holds: magic, version, header length,
     // flags and the reserved area. Salt, creation time and checksum vary.
     let template = FileHeader {
-        version: FORMAT_VERSION,
+        version: FIRST_FORMAT_VERSION,
         salt: 0,
         created_ms: 0,
     }
@@ -224,6 +247,22 @@ pub fn is_unfinished_file(file: &[u8]) -> bool {
         60.. => file[i] == crc_so_far[i - 60],
         _ => !fixed(i) || file[i] == template[i],
     })
+}
+
+/// Whether a header whose checksum fails is one an upgrade from version 1 to
+/// version 2 left half done: its version field is 1 or 2 and its checksum
+/// is that of the same header with the other of the two versions (the
+/// upgrade rewrites the version and the checksum with two atomic 8-byte
+/// stores, and a power loss may keep either without the other).
+fn upgrade_cut_short(b: &[u8], stored: u32) -> bool {
+    let version = u32_at(b, 8);
+    if !(version == 1 || version == 2) || u32_at(b, 12) != FILE_HEADER_LEN as u32 {
+        return false;
+    }
+    let mut other = [0u8; 60];
+    other.copy_from_slice(&b[..60]);
+    other[8..12].copy_from_slice(&(3 - version).to_le_bytes());
+    crc(0, &[&other]) == stored
 }
 
 /// Whether `bytes` hold a store's file header whose magic is damaged: the
@@ -259,6 +298,10 @@ pub struct BlockHeader {
     pub expiry_ms: u64,
     /// CRC of key ‖ metadata ‖ value, seeded with the salt.
     pub payload_crc: u32,
+    /// A member of an atomic batch not yet settled: its expiry word's check
+    /// bits are XORed with `PENDING` (`0xB47C`), and it is valid only through its
+    /// batch's complete commit record (FORMAT.md, "Batches").
+    pub pending: bool,
 }
 
 /// Why bytes at a block position are not a valid block header.
@@ -310,6 +353,7 @@ impl BlockHeader {
                 seq: 0,
                 expiry_ms: 0,
                 payload_crc: 0,
+                pending: false,
             }
         }
     }
@@ -357,7 +401,11 @@ impl BlockHeader {
             b[20..22].copy_from_slice(&self.meta_len.to_le_bytes());
             // 22..24: reserved, zero.
             b[24..32].copy_from_slice(&self.seq.to_le_bytes());
-            b[32..40].copy_from_slice(&expiry_word(self.expiry_ms, salt, self.seq).to_le_bytes());
+            let mut word = expiry_word(self.expiry_ms, salt, self.seq);
+            if self.pending {
+                word ^= PENDING << 48;
+            }
+            b[32..40].copy_from_slice(&word.to_le_bytes());
             b[40..44].copy_from_slice(&self.payload_crc.to_le_bytes());
             let c = header_crc(&b, salt);
             b[44..48].copy_from_slice(&c.to_le_bytes());
@@ -388,9 +436,17 @@ impl BlockHeader {
             if u32_at(b, 44) != header_crc(b, salt) {
                 return Err(BlockHeaderError::BadChecksum);
             }
-            let expiry_ms = decode_expiry_word(u64_at(b, 32), salt, u64_at(b, 24))
-                .ok_or(BlockHeaderError::BadExpiry)?;
             let kind = Kind::from_byte(b[4]).ok_or(BlockHeaderError::BadKind)?;
+            let (word, seq) = (u64_at(b, 32), u64_at(b, 24));
+            let (expiry_ms, pending) = match decode_expiry_word(word, salt, seq) {
+                Some(e) => (e, false),
+                None if kind == Kind::Entry => (
+                    decode_expiry_word(word ^ PENDING << 48, salt, seq)
+                        .ok_or(BlockHeaderError::BadExpiry)?,
+                    true,
+                ),
+                None => return Err(BlockHeaderError::BadExpiry),
+            };
             let h = BlockHeader {
                 kind,
                 key_len: u16::from_le_bytes([b[6], b[7]]),
@@ -400,6 +456,7 @@ impl BlockHeader {
                 seq: u64_at(b, 24),
                 expiry_ms,
                 payload_crc: u32_at(b, 40),
+                pending,
             };
             if h.block_len < MIN_BLOCK_LEN || !h.block_len.is_multiple_of(ALIGN) {
                 return Err(BlockHeaderError::BadLength);
@@ -407,12 +464,134 @@ impl BlockHeader {
             if h.block_len > file_len - pos {
                 return Err(BlockHeaderError::PastEnd);
             }
-            if h.kind == Kind::Entry && h.used_len() > h.block_len {
+            if h.kind != Kind::Free && h.used_len() > h.block_len {
                 return Err(BlockHeaderError::FieldsOverflow);
             }
             Ok(h)
         }
     }
+}
+
+/// The commit record of an atomic batch (a block of kind [`Kind::Commit`],
+/// FORMAT.md "Batches"): its members are the entries with sequence numbers
+/// `first_seq .. first_seq + members`, written pending; it makes them valid
+/// when all are found and their checksums give `digest`. Its tombstones are
+/// the keys the batch deletes, each with its own sequence number.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CommitRecord {
+    /// The first member's sequence number (the block header's `seq`).
+    pub first_seq: u64,
+    /// How many members.
+    pub members: u32,
+    /// The member digest (FORMAT.md, "Batches") of the members in sequence order.
+    pub digest: u32,
+    /// The deleted keys, with their sequence numbers (after the members').
+    pub tombstones: Vec<(u64, Vec<u8>)>,
+}
+
+/// Bytes of a commit record's payload before its tombstones.
+pub const COMMIT_FIXED_LEN: usize = 16;
+
+impl CommitRecord {
+    /// The highest sequence number the batch used (`first_seq - 1` for a
+    /// batch of nothing).
+    pub fn last_seq(&self) -> u64 {
+        let tomb = self.tombstones.iter().map(|t| t.0).max().unwrap_or(0);
+        (self.first_seq + u64::from(self.members))
+            .saturating_sub(1)
+            .max(tomb)
+    }
+
+    /// Whether sequence number `seq` is one of the members'.
+    pub fn has_member(&self, seq: u64) -> bool {
+        seq >= self.first_seq && seq - self.first_seq < u64::from(self.members)
+    }
+
+    codec_fn! {
+        /// The payload: member count, tombstone count, digest, reserved
+        /// (four `u32`), then each tombstone as sequence number (`u64`), key
+        /// length (`u16`) and key.
+        fn encode_payload(&self) -> Vec<u8> {
+            let keys: usize = self.tombstones.iter().map(|t| 10 + t.1.len()).sum();
+            let mut b = Vec::with_capacity(COMMIT_FIXED_LEN + keys);
+            b.extend_from_slice(&self.members.to_le_bytes());
+            b.extend_from_slice(&(self.tombstones.len() as u32).to_le_bytes());
+            b.extend_from_slice(&self.digest.to_le_bytes());
+            b.extend_from_slice(&0u32.to_le_bytes());
+            for (seq, key) in &self.tombstones {
+                b.extend_from_slice(&seq.to_le_bytes());
+                b.extend_from_slice(&(key.len() as u16).to_le_bytes());
+                b.extend_from_slice(key);
+            }
+            b
+        }
+    }
+
+    codec_fn! {
+        /// The block header of a commit record with this payload.
+        fn header(&self, salt: u32, payload: &[u8]) -> BlockHeader {
+            BlockHeader {
+                kind: Kind::Commit,
+                block_len: align_up(BLOCK_HEADER_LEN + payload.len() as u64),
+                key_len: 0,
+                meta_len: 0,
+                value_len: payload.len() as u32,
+                seq: self.first_seq,
+                expiry_ms: 0,
+                payload_crc: crc(salt, &[payload]),
+                pending: false,
+            }
+        }
+    }
+
+    /// Decodes a commit record's payload (already checked by its CRC); `None`
+    /// if its counts do not fit its length.
+    pub fn decode_payload(first_seq: u64, b: &[u8]) -> Option<CommitRecord> {
+        let fixed = b.get(..COMMIT_FIXED_LEN)?;
+        let members = u32_at(fixed, 0);
+        let count = u32_at(fixed, 4) as usize;
+        let digest = u32_at(fixed, 8);
+        let mut tombstones = Vec::new();
+        let mut at = COMMIT_FIXED_LEN;
+        for _ in 0..count {
+            let head = b.get(at..at + 10)?;
+            let seq = u64_at(head, 0);
+            let len = usize::from(u16::from_le_bytes([head[8], head[9]]));
+            let key = b.get(at + 10..at + 10 + len)?;
+            tombstones.push((seq, key.to_vec()));
+            at += 10 + len;
+        }
+        (at == b.len()).then_some(CommitRecord {
+            first_seq,
+            members,
+            digest,
+            tombstones,
+        })
+    }
+}
+
+/// The digest a commit record holds: a CRC seeded with the salt over, for
+/// each member in sequence order, its header CRC and payload CRC (each
+/// little-endian). Both are independent of the expiry word, so a member
+/// gives the same digest pending or settled.
+pub fn member_digest(salt: u32, members: impl IntoIterator<Item = (u32, u32)>) -> u32 {
+    let mut h = crc32fast::Hasher::new_with_initial(salt);
+    for (hc, pc) in members {
+        h.update(&hc.to_le_bytes());
+        h.update(&pc.to_le_bytes());
+    }
+    h.finalize()
+}
+
+/// The header CRC stored in an encoded block header (bytes 44..48).
+pub fn stored_header_crc(encoded: &[u8]) -> u32 {
+    u32_at(encoded, 44)
+}
+
+/// The expiry word of a settled entry: what settling writes over a batch
+/// member's pending word (see [`PENDING`]).
+pub fn settled_word(expiry_ms: u64, salt: u32, seq: u64) -> u64 {
+    expiry_word(expiry_ms, salt, seq)
 }
 
 /// The header checksum: bytes 0..32 and 40..44, that is every field but the
@@ -469,6 +648,7 @@ pub(crate) fn test_entry_block(salt: u32, key: &[u8], value: &[u8], seq: u64) ->
         seq,
         expiry_ms: 0,
         payload_crc: crc(salt, &[key, value]),
+        pending: false,
     };
     let mut b = h.encode(salt).to_vec();
     b.extend_from_slice(key);
@@ -484,7 +664,7 @@ mod tests {
     #[test]
     fn a_file_header_cut_short_at_creation_is_recognised() {
         let h = FileHeader {
-            version: FORMAT_VERSION,
+            version: FIRST_FORMAT_VERSION,
             salt: 0xdead_beef,
             created_ms: 1_700_000_000_000,
         }
@@ -523,6 +703,7 @@ mod tests {
             seq: 7,
             expiry_ms: 123,
             payload_crc: crc(salt, &[key, meta, value]),
+            pending: false,
         }
     }
 
@@ -619,12 +800,12 @@ mod tests {
             created_ms: 1,
         }
         .encode();
-        b[8..12].copy_from_slice(&2u32.to_le_bytes());
+        b[8..12].copy_from_slice(&3u32.to_le_bytes());
         let c = crc(0, &[&b[0..60]]);
         b[60..64].copy_from_slice(&c.to_le_bytes());
         assert_eq!(
             FileHeader::decode(&b),
-            Err(HeaderError::UnsupportedVersion(2))
+            Err(HeaderError::UnsupportedVersion(3))
         );
     }
 
@@ -788,6 +969,82 @@ mod tests {
         assert!(is_expired(10, 10));
         assert!(!is_expired(11, 10));
         assert!(!is_expired(5, -3));
+    }
+
+    #[test]
+    fn a_pending_entry_decodes_as_pending_and_a_settled_word_settles_it() {
+        let mut h = entry(b"key", b"", b"value", 9);
+        h.pending = true;
+        let mut b = h.encode(9);
+        assert_eq!(BlockHeader::decode(&b, 9, 64, 1 << 20), Ok(h));
+        let w = settled_word(h.expiry_ms, 9, h.seq);
+        b[32..40].copy_from_slice(&w.to_le_bytes());
+        let d = BlockHeader::decode(&b, 9, 64, 1 << 20).unwrap();
+        assert!(!d.pending);
+        assert_eq!(stored_header_crc(&b), stored_header_crc(&h.encode(9)));
+        // A free or commit header never passes as pending.
+        let mut f = BlockHeader::free(48);
+        f.pending = true;
+        assert_eq!(
+            BlockHeader::decode(&f.encode(9), 9, 64, 1 << 20),
+            Err(BlockHeaderError::BadExpiry)
+        );
+    }
+
+    #[test]
+    fn a_single_damaged_byte_never_makes_a_word_pending() {
+        let w = expiry_word(1_700_000_000_000, 5, 77);
+        for byte in 0..8 {
+            for flip in 1..=255u64 {
+                let d = w ^ (flip << (8 * byte));
+                assert_eq!(decode_expiry_word(d ^ PENDING << 48, 5, 77), None);
+            }
+        }
+    }
+
+    #[test]
+    fn an_upgrade_cut_short_reads_as_version_1() {
+        let v1 = FileHeader {
+            version: 1,
+            salt: 0x1234,
+            created_ms: 5,
+        }
+        .encode();
+        let v2 = FileHeader {
+            version: 2,
+            ..FileHeader::decode(&v1).unwrap()
+        }
+        .encode();
+        assert_eq!(FileHeader::decode(&v2).unwrap().version, 2);
+        // Either word without the other.
+        for (first, second) in [(8..16, 56..64), (56..64, 8..16)] {
+            let mut b = v1;
+            b[first.clone()].copy_from_slice(&v2[first]);
+            let h = FileHeader::decode(&b).unwrap();
+            assert_eq!((h.version, h.salt, h.created_ms), (1, 0x1234, 5));
+            b[second.clone()].copy_from_slice(&v2[second]);
+            assert_eq!(FileHeader::decode(&b).unwrap().version, 2);
+        }
+    }
+
+    #[test]
+    fn a_commit_record_round_trips() {
+        let c = CommitRecord {
+            first_seq: 10,
+            members: 3,
+            digest: 0xabcd,
+            tombstones: vec![(13, b"gone".to_vec()), (14, Vec::new())],
+        };
+        let p = c.encode_payload();
+        assert_eq!(CommitRecord::decode_payload(10, &p), Some(c.clone()));
+        assert_eq!(c.last_seq(), 14);
+        assert!(c.has_member(12) && !c.has_member(13) && !c.has_member(9));
+        for cut in 0..p.len() {
+            assert_eq!(CommitRecord::decode_payload(10, &p[..cut]), None);
+        }
+        let h = c.header(3, &p);
+        let b = h.encode(3);
+        assert_eq!(BlockHeader::decode(&b, 3, 64, 1 << 20), Ok(h));
     }
 
     #[test]

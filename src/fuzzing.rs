@@ -93,6 +93,133 @@ impl Model {
         v
     }
 
+    /// An atomic batch (`Store::apply`) of `ops`, folded per key in order and
+    /// applied key by key in the order each key first appears, after room
+    /// is made under the cap for its new keys (as the store does).
+    /// Returns false for a batch the store refuses: one whose new keys
+    /// need more room than the cap leaves beside its other keys (expired
+    /// entries may have been purged by then, as in the store).
+    pub fn apply_batch(&mut self, ops: &[BatchOp], now: i64) -> bool {
+        enum A {
+            Put(Vec<u8>, u64),
+            Delete,
+            Touch(i64),
+            Expire,
+        }
+        let mut order: Vec<Vec<u8>> = Vec::new();
+        let mut acts: HashMap<Vec<u8>, A> = HashMap::new();
+        for op in ops {
+            let (k, next) = match op {
+                BatchOp::Put(k, _, e) if *e != 0 && *e as i64 <= now => (k, A::Delete),
+                BatchOp::Put(k, v, e) => (k, A::Put(v.clone(), *e)),
+                BatchOp::Delete(k) => (k, A::Delete),
+                BatchOp::Touch(k, e) => {
+                    let past = *e <= now;
+                    let next = match acts.get(k) {
+                        Some(A::Put(_, _)) if past => A::Delete,
+                        Some(A::Put(v, _)) => A::Put(v.clone(), *e as u64),
+                        Some(A::Delete) => A::Delete,
+                        Some(A::Expire) => A::Expire,
+                        Some(A::Touch(_)) | None if past => A::Expire,
+                        Some(A::Touch(_)) | None => A::Touch(*e),
+                    };
+                    (k, next)
+                }
+            };
+            if !acts.contains_key(k) {
+                order.push(k.clone());
+            }
+            acts.insert(k.clone(), next);
+        }
+        let mut reserved: Vec<Vec<u8>> = Vec::new();
+        if let Some(cap) = self.cap {
+            // As the store does: the batch's present keys are marked used;
+            // room is made for its new keys, counting the keys it deletes,
+            // by evicting other keys only (or the batch is refused).
+            for k in &order {
+                if self.map.contains_key(k) {
+                    self.mark_used(k);
+                }
+            }
+            loop {
+                let new: Vec<Vec<u8>> = order
+                    .iter()
+                    .filter(|k| {
+                        matches!(acts[*k], A::Put(..) | A::Touch(_))
+                            && !self.map.contains_key(*k)
+                            && !reserved.contains(k)
+                    })
+                    .cloned()
+                    .collect();
+                // A touch of a key that is not there writes nothing.
+                let new: Vec<Vec<u8>> = new
+                    .into_iter()
+                    .filter(|k| matches!(acts[k], A::Put(..)))
+                    .collect();
+                if new.is_empty() {
+                    break;
+                }
+                let frees = |m: &Model| {
+                    order
+                        .iter()
+                        .filter(|k| match acts[*k] {
+                            A::Delete => m.map.contains_key(*k),
+                            A::Expire => m.visible(k, now).is_some(),
+                            _ => false,
+                        })
+                        .count()
+                };
+                let excess = |m: &Model| {
+                    (m.map.len() + reserved.len() + new.len()).saturating_sub(cap + frees(m))
+                };
+                if excess(self) > 0 {
+                    self.purge(now);
+                }
+                let present = order.iter().filter(|k| self.map.contains_key(*k)).count();
+                if excess(self) > self.map.len() - present {
+                    return false;
+                }
+                while excess(self) > 0 {
+                    let oldest = self
+                        .used
+                        .iter()
+                        .min_by_key(|&(_, &t)| t)
+                        .map(|(k, _)| k.clone())
+                        .expect("entries");
+                    self.delete(&oldest);
+                }
+                reserved.extend(new);
+            }
+        }
+        for k in &order {
+            match &acts[k] {
+                // Its room is made: no eviction now (the batch's deletes,
+                // later in it, bring the count back under the cap).
+                A::Put(v, e) if reserved.contains(k) && !(*e != 0 && *e as i64 <= now) => {
+                    self.map.insert(k.clone(), (v.clone(), *e));
+                    self.mark_used(k);
+                    self.written.insert(k.clone(), self.tick);
+                }
+                A::Put(v, e) => self.put(k, v, *e, now),
+                A::Delete => {
+                    self.delete(k);
+                }
+                A::Touch(e) => {
+                    if self.touch(k, *e, now) {
+                        // A new copy: a write, for the order after a reopen.
+                        self.written.insert(k.clone(), self.tick);
+                    }
+                }
+                A::Expire => {
+                    if self.visible(k, now).is_some() {
+                        self.delete(k);
+                    }
+                }
+            }
+        }
+        true
+    }
+
     /// Renews a visible key's expiry (at or before `now`: it expires now).
     /// Returns whether the key was visible.
     pub fn touch(&mut self, k: &[u8], expiry: i64, now: i64) -> bool {
@@ -164,6 +291,18 @@ impl Model {
     }
 }
 
+/// One operation of a batch, for [`Model::apply_batch`]: keys, values and
+/// expiries (ms since the epoch) as written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BatchOp {
+    /// A put (expiry 0: never).
+    Put(Vec<u8>, Vec<u8>, u64),
+    /// A delete.
+    Delete(Vec<u8>),
+    /// A touch to this expiry.
+    Touch(Vec<u8>, i64),
+}
+
 /// One step of a scenario.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Op {
@@ -204,6 +343,19 @@ pub enum Op {
     Update(u8),
     /// `compare_and_swap(key(k), its value, None)`.
     CasDelete(u8),
+    /// `apply` of a batch of these (opcode 17).
+    Batch(Vec<BatchItem>),
+}
+
+/// One operation of a scenario's batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BatchItem {
+    /// `put(key(k), value of n bytes)`.
+    Put(u8, u16),
+    /// `delete(key(k))`.
+    Delete(u8),
+    /// `touch(key(k), ttl ms)`.
+    Touch(u8, u16),
 }
 
 const OPCODES: u8 = 17;
@@ -235,6 +387,22 @@ impl Scenario {
         let mut ops = Vec::new();
         while let Some(code) = byte() {
             let mut arg8 = || byte().unwrap_or(0);
+            if code == OPCODES {
+                let n = arg8() % 8;
+                let items = (0..n)
+                    .map(|_| {
+                        let (kind, k) = (arg8() % 3, arg8() % 16);
+                        let n = u16::from_le_bytes([arg8(), arg8()]);
+                        match kind {
+                            0 => BatchItem::Put(k, n % 5001),
+                            1 => BatchItem::Delete(k),
+                            _ => BatchItem::Touch(k, n % 3000),
+                        }
+                    })
+                    .collect();
+                ops.push(Op::Batch(items));
+                continue;
+            }
             let op = match code % OPCODES {
                 0 => Op::Put(arg8() % 16, u16::from_le_bytes([arg8(), arg8()]) % 5001),
                 1 => Op::PutTtl(
@@ -304,6 +472,17 @@ impl Scenario {
                 Op::PutIfAbsent(k, n) => out.extend([14, k, le(n)[0], le(n)[1]]),
                 Op::Update(k) => out.extend([15, k]),
                 Op::CasDelete(k) => out.extend([16, k]),
+                Op::Batch(ref items) => {
+                    out.extend([OPCODES, items.len() as u8]);
+                    for item in items {
+                        let (kind, k, n) = match *item {
+                            BatchItem::Put(k, n) => (0, k, n),
+                            BatchItem::Delete(k) => (1, k, 0),
+                            BatchItem::Touch(k, t) => (2, k, t),
+                        };
+                        out.extend([kind, k, le(n)[0], le(n)[1]]);
+                    }
+                }
             }
         }
         out
@@ -535,6 +714,34 @@ pub fn run(s: &Scenario, backing: Backing) {
                 assert_eq!(r, Ok(()), "{when}");
                 model.delete(&key(k));
             }
+            Op::Batch(ref items) => {
+                let mut b = crate::Batch::new();
+                let mut ops = Vec::new();
+                for item in items {
+                    match *item {
+                        BatchItem::Put(k, n) => {
+                            version += 1;
+                            let v = value(k, version, n);
+                            b.put(key(k), &v);
+                            ops.push(BatchOp::Put(key(k), v, 0));
+                        }
+                        BatchItem::Delete(k) => {
+                            b.delete(key(k));
+                            ops.push(BatchOp::Delete(key(k)));
+                        }
+                        BatchItem::Touch(k, t) => {
+                            b.touch(key(k), Duration::from_millis(u64::from(t)));
+                            ops.push(BatchOp::Touch(key(k), now + i64::from(t)));
+                        }
+                    }
+                }
+                let r = store.apply(&b);
+                if model.apply_batch(&ops, now) {
+                    r.unwrap_or_else(|e| panic!("{when}: {e}"));
+                } else {
+                    assert!(matches!(r, Err(Error::TooLarge { .. })), "{when}: {r:?}");
+                }
+            }
             Op::Compact => {
                 let before = store.stats().file_len;
                 let c = store.compact().expect("compact");
@@ -717,6 +924,7 @@ pub fn entry(data: &[u8]) {
         seq: u64::from(salt),
         expiry_ms: expiry,
         payload_crc: crc(salt, &[key, meta, value]),
+        pending: false,
     };
     let mut file = FileHeader {
         version: FORMAT_VERSION,

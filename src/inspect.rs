@@ -29,7 +29,8 @@ use crate::format::{ALIGN, BLOCK_HEADER_LEN, BLOCK_MAGIC};
 // FORMAT.md, as plain data), and why it refuses one. Writing them is the
 // store's business: their codecs are not public.
 pub use crate::format::{
-    BlockHeader, BlockHeaderError, FILE_HEADER_LEN, FORMAT_VERSION, FileHeader, HeaderError, Kind,
+    BlockHeader, BlockHeaderError, CommitRecord, FILE_HEADER_LEN, FIRST_FORMAT_VERSION,
+    FORMAT_VERSION, FileHeader, HeaderError, Kind,
 };
 
 /// Random access to the bytes of a file: a [`FileSource`], or any byte
@@ -177,8 +178,14 @@ pub enum BlockKind {
     /// Zero bytes where a block should start, up to the next valid entry or
     /// the end of the file: space that was reserved but never written. Free.
     Unwritten,
-    /// An entry whose header is valid but whose payload checksum is not: its
-    /// extent is known, its contents are not to be trusted.
+    /// The commit record of an atomic batch (format version 2), with a valid
+    /// payload. Whether it is *complete* (all its members found, their
+    /// digest matching) is decided over the whole file: see
+    /// `report::Report` and FORMAT.md, "Batches".
+    Commit(BlockHeader, CommitRecord),
+    /// An entry (or commit record) whose header is valid but whose payload
+    /// checksum is not: its extent is known, its contents are not to be
+    /// trusted.
     CorruptEntry(BlockHeader),
     /// Bytes without a valid block header, up to the next valid entry header
     /// or the end of the file.
@@ -328,6 +335,17 @@ impl<S: Source> Walker<S> {
                 len: h.block_len,
                 kind: BlockKind::Free,
             },
+            Ok(h) if h.kind == Kind::Commit => {
+                let kind = match self.commit_payload(pos, &h)? {
+                    Some(c) => BlockKind::Commit(h, c),
+                    None => BlockKind::CorruptEntry(h),
+                };
+                Block {
+                    offset: pos,
+                    len: h.block_len,
+                    kind,
+                }
+            }
             Ok(h) => {
                 let ok = self.check_payload(pos, &h)?;
                 let kind = if ok {
@@ -369,6 +387,19 @@ impl<S: Source> Walker<S> {
     }
 
     /// Reads the key into `self.key` and checks the payload checksum.
+    /// The record of a commit block, `None` when its payload checksum or its
+    /// counts are wrong. Its payload is read whole (the deleted keys of one
+    /// batch; the header's checksum and length were checked first, so the
+    /// read is within the file).
+    fn commit_payload(&mut self, pos: u64, h: &BlockHeader) -> io::Result<Option<CommitRecord>> {
+        let mut payload = vec![0u8; h.payload_len() as usize];
+        self.src.read_at(pos + BLOCK_HEADER_LEN, &mut payload)?;
+        if crate::format::crc(self.header.salt, &[&payload]) != h.payload_crc {
+            return Ok(None);
+        }
+        Ok(CommitRecord::decode_payload(h.seq, &payload))
+    }
+
     fn check_payload(&mut self, pos: u64, h: &BlockHeader) -> io::Result<bool> {
         let salt = self.header.salt;
         let mut crc = crc32fast::Hasher::new_with_initial(salt);
@@ -412,8 +443,8 @@ impl<S: Source> Walker<S> {
                 let hdr = &self.buf[i..n.min(i + BLOCK_HEADER_LEN as usize)];
                 if hdr.len() == BLOCK_HEADER_LEN as usize
                     && hdr[0..4] == BLOCK_MAGIC
-                    && hdr[4] == b'E'
-                    && matches!(BlockHeader::decode(hdr, self.header.salt, candidate, self.len), Ok(h) if h.kind == Kind::Entry)
+                    && (hdr[4] == b'E' || hdr[4] == b'C')
+                    && matches!(BlockHeader::decode(hdr, self.header.salt, candidate, self.len), Ok(h) if h.kind != Kind::Free)
                 {
                     zero = zero && self.buf[..i].iter().all(|&b| b == 0);
                     return Ok((candidate, zero));

@@ -98,10 +98,10 @@ pub use error::{Error, LockHolder, Result};
 pub use events::{Event, Subscriber};
 pub use options::{AutoCompact, Options, SyncPolicy};
 pub use store::{
-    BackupCancel, BackupOptions, BackupPhase, BackupProgress, BackupReport, CompactStats, Conflict,
-    Entry, IfBehind, Iter, PutOptions, Stats, Store, ValueRef,
+    BackupCancel, BackupOptions, BackupPhase, BackupProgress, BackupReport, Batch, CompactStats,
+    Conflict, Entry, IfBehind, Iter, PutOptions, Stats, Store, ValueRef,
 };
-pub use typed::{TypedConflict, TypedEntry, TypedStore, TypedValueRef};
+pub use typed::{TypedBatch, TypedConflict, TypedEntry, TypedStore, TypedValueRef};
 
 /// The README's examples, run as doc tests so they stay true.
 #[cfg(doctest)]

@@ -24,6 +24,10 @@ use crate::index::{CompactKey, KeyHasher, LruList, SHARDS, Shard, shard_of};
 use crate::inspect::{Block, BlockKind, Source, Walker};
 use crate::io::Storage;
 
+mod batches;
+
+use batches::Batches;
+
 /// A [`Storage`] read as a [`Source`].
 pub(crate) struct StorageSource<'a>(pub &'a dyn Storage);
 
@@ -108,12 +112,18 @@ pub(crate) fn recover(
     // parallel (see `build_shard`). A large file is walked in two halves on
     // two threads (see `walk`).
     let Walked {
-        found,
+        mut found,
         mut reclaims,
         max_seq,
         corrupt_blocks,
         corrupt_bytes,
+        batches,
     } = walk(storage, header, hasher, SPLIT_WALK_BYTES)?;
+    // Batches: the members of complete ones join the entries, the rest of
+    // the pending entries and the incomplete commit records are free space.
+    let settled = batches.resolve(&mut found, &mut reclaims, salt, |o, b| {
+        storage.read_at(o, b)
+    })?;
     let built = build_shards(hasher, found)?;
     let mut shards: Vec<Shard> = Vec::with_capacity(SHARDS);
     // Per shard, per slot id: (seq, block_len) of the copy in the index.
@@ -142,6 +152,17 @@ pub(crate) fn recover(
         entries -= 1;
         live_bytes -= len;
     };
+    // A key whose newest copy is older than a complete batch's tombstone of
+    // it is absent.
+    for (seq, key) in &settled.tombstones {
+        let hash = hasher.hash_one(key);
+        let s = shard_of(hash);
+        if let Some(id) = shards[s].find(hash, key)
+            && meta[s][id as usize].0 < *seq
+        {
+            drop_entry(&mut shards, s, id);
+        }
+    }
     for s in 0..shards.len() {
         for id in shards[s].expired(now_ms, usize::MAX) {
             drop_entry(&mut shards, s, id);
@@ -177,9 +198,23 @@ pub(crate) fn recover(
         }
     };
 
-    let plan = plan_space(reclaims, file_len);
+    if !write {
+        // In memory only: a complete batch's commit record is free space.
+        reclaims.extend(settled.commits.iter().map(|&(offset, len)| Reclaim {
+            offset,
+            len,
+            entry: true,
+            free: false,
+        }));
+    }
+    let mut plan = plan_space(reclaims, file_len);
     if write {
-        plan.apply(storage, salt)?;
+        // Settling (FORMAT.md, "Batches"): the members' words and the
+        // tombstoned copies' free headers are made durable before the
+        // commit records go.
+        settled.write_words(storage)?;
+        plan.apply(storage, salt, !settled.commits.is_empty())?;
+        settled.free_commits(storage, salt, &mut plan.free)?;
     }
     let free = plan.free;
     debug_assert!(!write || free.end() == storage.len());
@@ -269,9 +304,9 @@ fn plan_space(mut reclaims: Vec<Reclaim>, file_len: u64) -> SpacePlan {
 impl SpacePlan {
     /// Writes the plan: entry headers first, then the runs' headers (which
     /// may cover them), crumbs zeroed, the tail cut; one sync if anything
-    /// was written.
-    fn apply(&self, storage: &dyn Storage, salt: u32) -> io::Result<()> {
-        let mut wrote = false;
+    /// was written (or `sync` asks for one: other writes came before).
+    fn apply(&self, storage: &dyn Storage, salt: u32, sync: bool) -> io::Result<()> {
+        let mut wrote = sync;
         for &(o, l) in self.entry_headers.iter().chain(&self.run_headers) {
             storage.write_at(o, &[&BlockHeader::free(l).encode(salt)])?;
             wrote = true;
@@ -305,6 +340,8 @@ struct Walked {
     max_seq: u64,
     corrupt_blocks: u64,
     corrupt_bytes: u64,
+    /// Pending batch members and commit records (format version 2).
+    batches: Batches,
 }
 
 impl Walked {
@@ -325,6 +362,25 @@ impl Walked {
             free,
         };
         match block.kind {
+            BlockKind::Commit(_, ref c) => {
+                self.max_seq = self.max_seq.max(c.last_seq());
+                self.batches.commit(offset, len, c.clone());
+            }
+            BlockKind::Entry(h) if h.pending => {
+                self.max_seq = self.max_seq.max(h.seq);
+                let hash = hasher.hash_one(key);
+                self.batches.pending(
+                    Found {
+                        key: CompactKey::new(key),
+                        hash,
+                        offset,
+                        len,
+                        seq: h.seq,
+                        expiry: h.expiry_ms,
+                    },
+                    &h,
+                );
+            }
             BlockKind::Entry(h) => {
                 self.max_seq = self.max_seq.max(h.seq);
                 let hash = hasher.hash_one(key);
@@ -359,6 +415,7 @@ impl Walked {
             mine.extend(theirs);
         }
         self.reclaims.extend(later.reclaims);
+        self.batches.append(later.batches);
         self.max_seq = self.max_seq.max(later.max_seq);
         self.corrupt_blocks += later.corrupt_blocks;
         self.corrupt_bytes += later.corrupt_bytes;
@@ -633,7 +690,7 @@ mod tests {
             ],
             1000,
         );
-        p.apply(&mem, SALT).unwrap();
+        p.apply(&mem, SALT, false).unwrap();
         let b = mem.bytes();
         assert_eq!(b.len(), 896, "tail cut");
         let h = BlockHeader::decode(&b[64..112], SALT, 64, 896).unwrap();

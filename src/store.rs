@@ -3,7 +3,8 @@
 //!
 //! This file holds the public `Store`, its state (`Inner`) and opening; the
 //! rest is in submodules of one concern each: `read`, `write` (puts,
-//! deletes, eviction under the cap, purge, clear), `blocks` (the one owner of
+//! deletes, eviction under the cap, purge, clear), `batch` (atomic batches:
+//! members written pending, a commit record, one sync, settling), `blocks` (the one owner of
 //! every block outside the index: the free list, old copies held until a
 //! sync, reader pins, compaction's copies in flight), `durability` (group
 //! commit, the background thread), `compact`, `readers` (the reader-lock
@@ -61,6 +62,12 @@
 //! - An insert over the entry cap makes room before it writes (and under
 //!   `Always` syncs the eviction first): the open evicts by write order, not
 //!   by use, so it must never find one entry too many.
+//! - A batch's members are written pending and count only through its
+//!   commit record; once synced they are settled (their expiry words
+//!   rewritten) before any is published, and their keys are listed as
+//!   unsettled until a sync covers that, so no remover frees a member while
+//!   the record still vouches for pending ones; the record itself is held
+//!   until that sync (see `batch`).
 //! - A free header that cannot be written leaves its block held, still
 //!   valid, never in the free list; a split writes both halves' headers, so
 //!   no header on disk ever claims more than its block.
@@ -79,9 +86,9 @@ use crate::error::{Error, Result};
 use crate::events::{Hub, Notes, Subscriber};
 use crate::filelock::FileLock;
 use crate::format::{
-    BlockHeader, EXPIRY_WORD_OFFSET, FILE_HEADER_LEN, FORMAT_VERSION, FileHeader, HeaderError,
-    Kind, MAX_EXPIRY_MS, MAX_KEY_LEN, MAX_META_LEN, MAX_VALUE_LEN, crc, entry_block_len,
-    expiry_word, is_expired,
+    BlockHeader, EXPIRY_WORD_OFFSET, FILE_HEADER_LEN, FIRST_FORMAT_VERSION, FORMAT_VERSION,
+    FileHeader, HeaderError, Kind, MAX_EXPIRY_MS, MAX_KEY_LEN, MAX_META_LEN, MAX_VALUE_LEN, crc,
+    entry_block_len, expiry_word, is_expired,
 };
 use crate::index::{KeyHasher, LruList, Shard, shard_of};
 use crate::inspect::read_file_header;
@@ -90,6 +97,7 @@ use crate::options::{AutoCompact, Options, SyncPolicy};
 use crate::recovery::{StorageSource, recover};
 
 mod backup;
+mod batch;
 mod blocks;
 mod check;
 mod compact;
@@ -103,6 +111,7 @@ mod write;
 pub use backup::{
     BackupCancel, BackupOptions, BackupPhase, BackupProgress, BackupReport, IfBehind,
 };
+pub use batch::Batch;
 use blocks::{BlockIo, Blocks};
 pub(crate) use compact::BATCH_ENTRIES;
 pub use compact::CompactStats;
@@ -235,6 +244,9 @@ pub(crate) struct Inner {
     closed: std::sync::atomic::AtomicBool,
     /// Keys changed while a backup runs (see `backup`).
     backups: backup::Tracker,
+    /// The file header as on disk (its version becomes 2 with the first
+    /// batch: see `batch`).
+    file_header: Mutex<FileHeader>,
 }
 
 pub(crate) fn random_salt() -> u32 {
@@ -395,6 +407,31 @@ impl Store {
     /// Whether `key` is present and not expired.
     pub fn contains(&self, key: impl AsRef<[u8]>) -> bool {
         self.inner.contains(key.as_ref())
+    }
+
+    /// Applies a [`Batch`] of puts, deletes and touches: after a crash
+    /// (of the process or of the machine) all of it or none of it is there.
+    /// It costs one `fdatasync` whatever its size, under every
+    /// [`SyncPolicy`] (settling a batch must wait for it): a batch is
+    /// durable when `apply` returns. The first batch of a file also upgrades
+    /// it to format version 2 (one more sync, once).
+    ///
+    /// Atomic for readers key by key: each key switches from its old state
+    /// to its new one in a single step, and the keys switch one after
+    /// another in the order they first appear in the batch. A reader that
+    /// reads several of them while the batch is applied may see some new and
+    /// some old; once it sees a key new, every key before it in the batch is
+    /// new too. Other writes of the batch's keys (single or conditional
+    /// writes, other batches) wait for the whole batch: they happen wholly
+    /// before or wholly after it.
+    ///
+    /// An operation beyond the format's limits (`Error::TooLarge`) fails the
+    /// whole batch before anything is written. An empty batch does nothing.
+    /// Under an entry cap, room is made for the batch's new keys first, as
+    /// for single puts; a batch of more new keys than the cap evicts some of
+    /// its own keys once applied.
+    pub fn apply(&self, batch: &Batch) -> Result<()> {
+        self.inner.apply(batch)
     }
 
     /// Removes `key`; returns whether it was present (and not expired).
@@ -989,7 +1026,7 @@ impl Inner {
         let fresh = storage.is_empty() || unfinished_file(&*storage);
         let header = if fresh {
             let h = FileHeader {
-                version: FORMAT_VERSION,
+                version: FIRST_FORMAT_VERSION,
                 salt: opts.new_salt(),
                 created_ms: now.max(0) as u64,
             };
@@ -1102,6 +1139,7 @@ impl Inner {
             expiry_delays: Mutex::new(expiry::DelayRing::default()),
             closed: std::sync::atomic::AtomicBool::new(false),
             backups: backup::Tracker::new(),
+            file_header: Mutex::new(header),
         })
     }
 

@@ -218,6 +218,148 @@ impl<V: std::fmt::Debug> std::fmt::Display for TypedConflict<V> {
 
 impl<V: std::fmt::Debug> std::error::Error for TypedConflict<V> {}
 
+/// A [`Batch`](crate::Batch) of a [`TypedStore`]: keys and values are
+/// encoded as they are added; one that cannot be encoded makes
+/// [`TypedStore::apply`] fail with [`Error::Codec`] before anything is
+/// written.
+///
+/// ```
+/// let dir = tempfile::tempdir()?;
+/// let accounts: sfs::TypedStore<String, i64> = sfs::TypedStore::open(dir.path().join("a.sfs"))?;
+/// accounts.put("alice", &100)?;
+/// let mut transfer = sfs::TypedBatch::new();
+/// transfer.put("alice", &70).put("bob", &30);
+/// accounts.apply(&transfer)?; // both or neither, after a crash too
+/// assert_eq!(accounts.get("bob")?, Some(30));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct TypedBatch<K, V> {
+    raw: crate::Batch,
+    /// The first encoding failure, reported by `apply`.
+    error: Option<String>,
+    _types: PhantomData<fn(K, V)>,
+}
+
+impl<K, V> Default for TypedBatch<K, V> {
+    fn default() -> Self {
+        TypedBatch {
+            raw: crate::Batch::new(),
+            error: None,
+            _types: PhantomData,
+        }
+    }
+}
+
+impl<K, V> std::fmt::Debug for TypedBatch<K, V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TypedBatch")
+            .field("len", &self.raw.len())
+            .field("error", &self.error)
+            .finish()
+    }
+}
+
+impl<K: Serialize, V: Serialize> TypedBatch<K, V> {
+    /// An empty batch.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn encoded<T: Serialize + ?Sized>(&mut self, what: &str, t: &T) -> Option<Vec<u8>> {
+        match bincode::serde::encode_to_vec(t, config()) {
+            Ok(b) => Some(b),
+            Err(e) => {
+                self.error.get_or_insert_with(|| {
+                    format!("cannot encode the {what} (a `{}`): {e}", type_name::<T>())
+                });
+                None
+            }
+        }
+    }
+
+    /// Puts `key` with the expiry and metadata of `opts`.
+    pub fn put_with<Q, W>(&mut self, key: &Q, value: &W, opts: &PutOptions<'_>) -> &mut Self
+    where
+        K: Borrow<Q>,
+        V: Borrow<W>,
+        Q: Serialize + ?Sized,
+        W: Serialize + ?Sized,
+    {
+        if let (Some(k), Some(v)) = (self.encoded("key", key), self.encoded("value", value)) {
+            self.raw.put_with(k, v, opts);
+        }
+        self
+    }
+
+    /// Puts `key`.
+    pub fn put<Q, W>(&mut self, key: &Q, value: &W) -> &mut Self
+    where
+        K: Borrow<Q>,
+        V: Borrow<W>,
+        Q: Serialize + ?Sized,
+        W: Serialize + ?Sized,
+    {
+        self.put_with(key, value, &PutOptions::new())
+    }
+
+    /// Puts `key`, expiring `ttl` after the batch is applied.
+    pub fn put_with_ttl<Q, W>(&mut self, key: &Q, value: &W, ttl: Duration) -> &mut Self
+    where
+        K: Borrow<Q>,
+        V: Borrow<W>,
+        Q: Serialize + ?Sized,
+        W: Serialize + ?Sized,
+    {
+        self.put_with(key, value, &PutOptions::new().ttl(ttl))
+    }
+
+    /// Deletes `key`.
+    pub fn delete<Q>(&mut self, key: &Q) -> &mut Self
+    where
+        K: Borrow<Q>,
+        Q: Serialize + ?Sized,
+    {
+        if let Some(k) = self.encoded("key", key) {
+            self.raw.delete(k);
+        }
+        self
+    }
+
+    /// Renews the expiry of `key` to `ttl` after the batch is applied.
+    pub fn touch<Q>(&mut self, key: &Q, ttl: Duration) -> &mut Self
+    where
+        K: Borrow<Q>,
+        Q: Serialize + ?Sized,
+    {
+        if let Some(k) = self.encoded("key", key) {
+            self.raw.touch(k, ttl);
+        }
+        self
+    }
+
+    /// Renews the expiry of `key` to `at`.
+    pub fn touch_until<Q>(&mut self, key: &Q, at: SystemTime) -> &mut Self
+    where
+        K: Borrow<Q>,
+        Q: Serialize + ?Sized,
+    {
+        if let Some(k) = self.encoded("key", key) {
+            self.raw.touch_until(k, at);
+        }
+        self
+    }
+
+    /// How many operations were added.
+    pub fn len(&self) -> usize {
+        self.raw.len()
+    }
+
+    /// Whether no operation was added.
+    pub fn is_empty(&self) -> bool {
+        self.raw.is_empty()
+    }
+}
+
 impl<K, V> TypedStore<K, V>
 where
     K: Serialize + DeserializeOwned,
@@ -567,6 +709,18 @@ where
             })
             .map_err(encoded_limits)?;
         Ok(new_value)
+    }
+
+    /// Applies a [`TypedBatch`]: see [`Store::apply`]. The limits apply to
+    /// the encoded keys and values.
+    pub fn apply(&self, batch: &TypedBatch<K, V>) -> Result<()> {
+        if let Some(reason) = &batch.error {
+            return Err(Error::Codec {
+                path: self.store.path().to_path_buf(),
+                reason: reason.clone(),
+            });
+        }
+        self.store.apply(&batch.raw).map_err(encoded_limits)
     }
 
     /// Removes `key`; returns whether it was present (and not expired).

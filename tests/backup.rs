@@ -782,3 +782,24 @@ fn a_kill_9_during_a_backup_leaves_the_destination_absent_or_whole() {
     }
     eprintln!("8 kills: destination whole {whole} times, absent {absent} times");
 }
+
+#[test]
+fn a_backup_of_a_store_that_applied_batches_is_a_version_1_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = sfs::Store::open(dir.path().join("s.sfs")).unwrap();
+    store.put("a", "1").unwrap();
+    let mut batch = sfs::Batch::new();
+    batch.put("b", "2").put("c", "3").delete("a");
+    store.apply(&batch).unwrap();
+    // The store's own file became version 2 with its first batch.
+    assert_eq!(std::fs::read(dir.path().join("s.sfs")).unwrap()[8], 2);
+    let copy = dir.path().join("copy.sfs");
+    store.backup(&copy).unwrap();
+    // The copy holds no batch machinery: version 1, which every release opens.
+    assert_eq!(std::fs::read(&copy).unwrap()[8], 1);
+    let c = sfs::Store::open(&copy).unwrap();
+    assert_eq!(c.get("a").unwrap(), None);
+    assert_eq!(c.get("b").unwrap().as_deref(), Some(b"2".as_slice()));
+    assert_eq!(c.get("c").unwrap().as_deref(), Some(b"3".as_slice()));
+    assert_eq!(c.len(), 2);
+}

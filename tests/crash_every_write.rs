@@ -23,8 +23,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::Model;
+use sfs::fuzzing::BatchOp;
 use sfs::testing::{Event, FaultStorage, MemStorage, Recording, Storage, TestRng};
-use sfs::{Clock, ManualClock, Options, PutOptions, Store, SyncPolicy};
+use sfs::{Batch, Clock, ManualClock, Options, PutOptions, Store, SyncPolicy};
+
+macro_rules! ensure {
+    ($cond:expr, $($fmt:tt)*) => {
+        if !$cond {
+            return Err(format!($($fmt)*));
+        }
+    };
+}
 
 const KEYS: u8 = 10;
 const START_MS: i64 = 1_000_000;
@@ -66,7 +75,34 @@ enum Op {
     PutIfAbsent(u8, u16, u32),
     /// `update(k, append a byte)`.
     Update(u8),
+    /// `apply` of a batch of these.
+    Batch(Vec<Item>),
     Close,
+}
+
+/// One operation of a batch.
+#[derive(Clone, Debug)]
+enum Item {
+    Put(u8, u16),
+    PutTtl(u8, u16, u32),
+    Delete(u8),
+    Touch(u8, u32),
+}
+
+/// A random batch of up to `n` operations on random keys.
+fn random_batch(rng: &mut TestRng, n: u64, sizes: &[u16]) -> Vec<Item> {
+    (0..rng.below(n + 1))
+        .map(|_| {
+            let k = rng.below(u64::from(KEYS)) as u8;
+            let size = sizes[rng.below(sizes.len() as u64) as usize];
+            match rng.below(10) {
+                0..=4 => Item::Put(k, size),
+                5 => Item::PutTtl(k, size, 50 + rng.below(400) as u32),
+                6..=7 => Item::Delete(k),
+                _ => Item::Touch(k, rng.below(600) as u32),
+            }
+        })
+        .collect()
 }
 
 /// One operation of the workload with the model before and after it and the
@@ -137,6 +173,26 @@ fn workload(seed: u64, policy: SyncPolicy, n: usize) -> Vec<Op> {
         Update(6),               // keeps its expiry
         Update(7),               // absent: inserted
         CasDelete(6),
+        Batch(vec![]),                  // empty: nothing written
+        Batch(vec![Item::Put(1, 100)]), // the first: the file becomes version 2
+        Batch(vec![
+            Item::Put(2, 300),
+            Item::Delete(1),
+            Item::Put(9, 40),
+            Item::Touch(8, 900),
+        ]),
+        Batch(vec![
+            Item::Put(3, 20),
+            Item::Put(3, 1500),
+            Item::Delete(7),
+            Item::PutTtl(4, 50, 200),
+            Item::Put(0, 0),
+            Item::Touch(3, 700),
+            Item::Put(5, 3000),
+            Item::Delete(2),
+        ]),
+        Put(9, 30),
+        Delete(5),
     ];
     let mut rng = TestRng::new(seed);
     let sizes = [0u16, 12, 20, 40, 100, 300, 700, 1500, 3000];
@@ -157,6 +213,7 @@ fn workload(seed: u64, policy: SyncPolicy, n: usize) -> Vec<Op> {
             86..=88 => Advance(rng.below(300) as u32),
             89..=91 => Touch(k, rng.below(600) as u32),
             92..=93 => Compact,
+            94..=95 => Batch(random_batch(&mut rng, 8, &sizes)),
             _ if policy != SyncPolicy::Always => Sync,
             _ => Get(k),
         });
@@ -284,9 +341,53 @@ fn record(ops: &[Op], policy: SyncPolicy, cap: Option<usize>) -> (Vec<Step>, Rec
                         assert_eq!(new, expected);
                         model.put(&key(k), &new, expiry, now);
                     }
+                    Op::Batch(ref items) => {
+                        let mut b = Batch::new();
+                        let mut ops = Vec::new();
+                        let ms = |t: u32| Duration::from_millis(u64::from(t));
+                        for item in items {
+                            match *item {
+                                Item::Put(k, n) | Item::PutTtl(k, n, _) => {
+                                    version += 1;
+                                    let v = value(k, version, n);
+                                    let ttl = match *item {
+                                        Item::PutTtl(_, _, t) => t,
+                                        _ => 0,
+                                    };
+                                    if ttl == 0 {
+                                        b.put(key(k), &v);
+                                        ops.push(BatchOp::Put(key(k), v, 0));
+                                    } else {
+                                        b.put_with_ttl(key(k), &v, ms(ttl));
+                                        let e = (now + i64::from(ttl)) as u64;
+                                        ops.push(BatchOp::Put(key(k), v, e));
+                                    }
+                                }
+                                Item::Delete(k) => {
+                                    b.delete(key(k));
+                                    ops.push(BatchOp::Delete(key(k)));
+                                }
+                                Item::Touch(k, t) => {
+                                    b.touch(key(k), ms(t));
+                                    ops.push(BatchOp::Touch(key(k), now + i64::from(t)));
+                                }
+                            }
+                        }
+                        let applied = s.apply(&b);
+                        if model.apply_batch(&ops, now) {
+                            applied.unwrap();
+                        } else {
+                            assert!(matches!(applied, Err(sfs::Error::TooLarge { .. })));
+                        }
+                    }
                     Op::Open | Op::Close => unreachable!(),
                 }
                 s.check_invariants().unwrap();
+                for k in 0..KEYS {
+                    let now = clock.now_millis();
+                    let want = model.visible(&key(k), now).cloned();
+                    assert_eq!(s.peek(key(k)).unwrap(), want, "key {k} after {op:?}");
+                }
                 assert_eq!(s.len(), model.live_len(clock.now_millis()), "{op:?}");
                 assert_eq!(s.stats().entries, model.map.len(), "{op:?}");
             }
@@ -359,7 +460,9 @@ fn allowed_after(
         // The step that had started when that sync completed (the flusher's
         // syncs may also fall between two steps).
         let base = steps.iter().rposition(|s| s.events.0 < d).unwrap_or(0);
-        if d == 0 || d <= steps[base].events.1 {
+        // A batch whose own sync completed is acknowledged-to-be: durable.
+        let batch_durable = batch_synced_at(&steps[base], rec).is_some_and(|j| j < d);
+        if (d == 0 || d <= steps[base].events.1) && !batch_durable {
             allow(&mut allowed, &steps[base].before, now);
         }
         let last = current.or(done).unwrap_or(0);
@@ -393,6 +496,94 @@ fn allowed_after(
     (allowed, now)
 }
 
+/// The event index of a batch step's own sync: the first sync after its
+/// commit record was written (`None` for other steps, or a batch that wrote
+/// nothing).
+fn batch_synced_at(step: &Step, rec: &Recording) -> Option<usize> {
+    if !matches!(step.op, Op::Batch(_)) {
+        return None;
+    }
+    let range = step.events.0..step.events.1;
+    let commit = range.clone().find(|&i| {
+        matches!(&rec.events[i], Event::Write { bytes, .. } if bytes.len() >= 5 && &bytes[..5] == b"sfsBC")
+    })?;
+    (commit..range.end).find(|&i| rec.events[i] == Event::Sync)
+}
+
+/// What a batch in flight at a crash changes: the keys it names whose
+/// visible state differs before and after it, with their states after.
+/// (Keys it evicted to make room are not its effects: evictions come
+/// first, as for a single put.)
+/// A key's visible state: (value, expiry), or absent.
+type KeyState = Option<(Vec<u8>, u64)>;
+
+struct Joint {
+    changed: Vec<(u8, KeyState)>,
+    /// Whether every changed key must be old or every one new (otherwise,
+    /// under `Never` after a power loss, the keys' old states may be older
+    /// still: only the keys it puts are checked, all there or none).
+    strict: bool,
+}
+
+fn joint_for(step: &Step, now: i64, strict: bool) -> Option<Joint> {
+    let Op::Batch(items) = &step.op else {
+        return None;
+    };
+    let state = |m: &Model, k: u8| {
+        m.visible(&key(k), now)
+            .map(|v| (v.clone(), m.map[&key(k)].1))
+    };
+    let mut named: Vec<u8> = items
+        .iter()
+        .map(|i| match *i {
+            Item::Put(k, _) | Item::PutTtl(k, _, _) | Item::Delete(k) | Item::Touch(k, _) => k,
+        })
+        .collect();
+    named.sort_unstable();
+    named.dedup();
+    let changed = named
+        .into_iter()
+        .filter(|&k| state(&step.before, k) != state(&step.after, k))
+        .map(|k| (k, state(&step.after, k)))
+        .collect();
+    Some(Joint { changed, strict })
+}
+
+/// The all-or-nothing check of a batch in flight.
+fn check_joint(j: &Joint, got: &BTreeMap<u8, KeyState>) -> Result<(), String> {
+    let new: Vec<bool> = j.changed.iter().map(|(k, a)| &got[k] == a).collect();
+    let puts: Vec<bool> = j
+        .changed
+        .iter()
+        .zip(&new)
+        .filter(|((_, a), _)| a.is_some())
+        .map(|(_, &n)| n)
+        .collect();
+    let all_puts = !puts.is_empty() && puts.iter().all(|&n| n);
+    ensure!(
+        puts.iter().all(|&n| n) || puts.iter().all(|&n| !n),
+        "half a batch: {:?}",
+        j.changed
+            .iter()
+            .zip(&new)
+            .map(|((k, _), n)| (k, n))
+            .collect::<Vec<_>>()
+    );
+    if all_puts || j.strict {
+        let all = new.iter().all(|&n| n);
+        ensure!(
+            all || !(all_puts || (j.strict && new.iter().any(|&n| n))),
+            "half a batch: {:?}",
+            j.changed
+                .iter()
+                .zip(&new)
+                .map(|((k, _), n)| (k, n))
+                .collect::<Vec<_>>()
+        );
+    }
+    Ok(())
+}
+
 /// The live contents of a store, sorted.
 fn contents(s: &Store) -> Vec<(Vec<u8>, Vec<u8>)> {
     let mut v: Vec<_> = s.iter().map(|r| r.unwrap()).collect();
@@ -421,14 +612,6 @@ fn describe(bytes: &[u8]) -> String {
     }
 }
 
-macro_rules! ensure {
-    ($cond:expr, $($fmt:tt)*) => {
-        if !$cond {
-            return Err(format!($($fmt)*));
-        }
-    };
-}
-
 fn show(v: &Option<(Vec<u8>, u64)>) -> Option<String> {
     v.as_ref().map(|(v, e)| {
         format!(
@@ -445,6 +628,7 @@ fn check_image(
     now: i64,
     cap: Option<usize>,
     clean: bool,
+    joint: Option<&Joint>,
 ) -> Result<(), String> {
     let clock = Arc::new(ManualClock::new(now));
     let mut opts = Options::new()
@@ -467,6 +651,7 @@ fn check_image(
         !clean || damage == 0,
         "{damage} damaged blocks without a torn write"
     );
+    let mut seen = BTreeMap::new();
     for k in 0..KEYS {
         let got = store
             .get_entry(key(k))
@@ -484,6 +669,10 @@ fn check_image(
             show(&got),
             ok.iter().map(show).collect::<Vec<_>>()
         );
+        seen.insert(k, got);
+    }
+    if let Some(j) = joint {
+        check_joint(j, &seen)?;
     }
     let live = contents(&store);
     ensure!(
@@ -539,6 +728,33 @@ fn crash_everywhere_once(policy: SyncPolicy, cap: Option<usize>, seed: u64) {
     let ops = workload(seed, policy, 200);
     let (steps, rec) = record(&ops, policy, cap);
     let n = rec.events.len();
+    if std::env::var("SFS_CRASH_TRACE").is_ok() {
+        for (i, s) in steps.iter().enumerate() {
+            let syncs: Vec<usize> = (s.events.0..s.events.1)
+                .filter(|&e| rec.events[e] == Event::Sync)
+                .collect();
+            let mut keys: Vec<u8> = (0..KEYS)
+                .filter(|&k| s.after.map.contains_key(&key(k)))
+                .collect();
+            keys.sort_unstable();
+            eprintln!(
+                "step {i} {:?} events {:?} syncs {syncs:?} keys after {keys:?}",
+                s.op, s.events
+            );
+            for e in s.events.0..s.events.1 {
+                if let Event::Write { offset, bytes, .. } = &rec.events[e] {
+                    let what = if bytes.len() >= 5 && &bytes[..4] == b"sfsB" {
+                        bytes[4] as char
+                    } else {
+                        '?'
+                    };
+                    eprintln!("    event {e}: write {offset} len {} {what}", bytes.len());
+                } else {
+                    eprintln!("    event {e}: {:?}", rec.events[e]);
+                }
+            }
+        }
+    }
     // The workload did what it is meant to exercise.
     let shrinks = rec
         .events
@@ -571,6 +787,7 @@ fn crash_everywhere_once(policy: SyncPolicy, cap: Option<usize>, seed: u64) {
         ("a conditional delete", |o| matches!(o, Op::CasDelete(..))),
         ("put_if_absent", |o| matches!(o, Op::PutIfAbsent(..))),
         ("update", |o| matches!(o, Op::Update(..))),
+        ("a batch", |o| matches!(o, Op::Batch(..))),
     ] {
         assert!(
             steps.iter().any(|s| is(&s.op) && s.events.1 > s.events.0),
@@ -590,8 +807,21 @@ fn crash_everywhere_once(policy: SyncPolicy, cap: Option<usize>, seed: u64) {
         };
         let run = |bytes: Vec<u8>, mode: Mode, extra: &str| {
             let (allowed, now) = allowed_after(&steps, &rec, k, mode, policy, cap);
+            let in_flight = steps.iter().find(|s| match mode {
+                Mode::Torn => s.events.0 <= k && k < s.events.1,
+                _ => s.events.0 < k && k < s.events.1,
+            });
+            let strict = !(mode == Mode::Power && policy != SyncPolicy::Always);
+            let joint = in_flight.and_then(|s| joint_for(s, now, strict));
             let shown = describe(&bytes);
-            if let Err(msg) = check_image(bytes, &allowed, now, cap, mode == Mode::Process) {
+            if let Err(msg) = check_image(
+                bytes,
+                &allowed,
+                now,
+                cap,
+                mode == Mode::Process,
+                joint.as_ref(),
+            ) {
                 panic!("{}: {msg}\n  file holds: {shown}", label(mode, extra));
             }
         };

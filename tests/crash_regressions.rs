@@ -192,10 +192,10 @@ fn a_removal_cut_short_by_power_loss_never_brings_back_an_older_copy_under_alway
 /// as a power loss that kept a new entry but not the free header behind it
 /// can leave.
 fn file_with_a_gap(gap: usize) -> Vec<u8> {
-    use sfs::format::{BlockHeader, FORMAT_VERSION, FileHeader, Kind, crc, entry_block_len};
+    use sfs::format::{BlockHeader, FIRST_FORMAT_VERSION, FileHeader, Kind, crc, entry_block_len};
     let salt = 77;
     let mut f = FileHeader {
-        version: FORMAT_VERSION,
+        version: FIRST_FORMAT_VERSION,
         salt,
         created_ms: 0,
     }
@@ -211,6 +211,7 @@ fn file_with_a_gap(gap: usize) -> Vec<u8> {
             seq: i as u64 + 1,
             expiry_ms: 0,
             payload_crc: crc(salt, &[&k[..], &v[..]]),
+            pending: false,
         };
         let at = f.len();
         f.extend_from_slice(&h.encode(salt));

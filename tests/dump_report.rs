@@ -119,17 +119,17 @@ fn foreign_files_and_other_versions_are_refused() {
     }
     let mut f = FileBuilder::new();
     f.entry(b"k", b"v", 1);
-    f.bytes[8..12].copy_from_slice(&2u32.to_le_bytes());
+    f.bytes[8..12].copy_from_slice(&3u32.to_le_bytes());
     f.reseal_file_header();
     assert_eq!(
         Report::scan(&f.bytes[..], ScanOptions::at(0))
             .unwrap()
             .err(),
-        Some(HeaderError::UnsupportedVersion(2))
+        Some(HeaderError::UnsupportedVersion(3))
     );
     assert_eq!(
         find_key(&f.bytes[..], b"k", 0).unwrap().err(),
-        Some(HeaderError::UnsupportedVersion(2))
+        Some(HeaderError::UnsupportedVersion(3))
     );
 }
 

@@ -1,7 +1,10 @@
 //! FORMAT.md's examples are what the encoder produces, and a file made by the
 //! store follows the documented layout.
 
-use sfs::format::{BlockHeader, FileHeader, Kind, crc, entry_block_len};
+use sfs::format::{
+    BlockHeader, CommitRecord, FileHeader, Kind, crc, entry_block_len, member_digest,
+    stored_header_crc,
+};
 
 const SALT: u32 = 0x1122_3344;
 
@@ -47,12 +50,75 @@ fn entry_example_matches_the_encoder() {
         seq: 1,
         expiry_ms: 0,
         payload_crc: crc(SALT, &[k, b"", v]),
+        pending: false,
     };
     let mut b = h.encode(SALT).to_vec();
     b.extend_from_slice(k);
     b.extend_from_slice(v);
     b.resize(h.block_len as usize, 0);
     assert_eq!(example("entry"), b);
+}
+
+/// The `user:1` entry of the examples, pending (a batch member).
+fn pending_entry() -> Vec<u8> {
+    let (k, v) = (&b"user:1"[..], &b"alice"[..]);
+    let h = BlockHeader {
+        kind: Kind::Entry,
+        block_len: entry_block_len(k.len(), 0, v.len()),
+        key_len: 6,
+        meta_len: 0,
+        value_len: 5,
+        seq: 1,
+        expiry_ms: 0,
+        payload_crc: crc(SALT, &[k, b"", v]),
+        pending: true,
+    };
+    let mut b = h.encode(SALT).to_vec();
+    b.extend_from_slice(k);
+    b.extend_from_slice(v);
+    b.resize(h.block_len as usize, 0);
+    b
+}
+
+/// The commit record of a batch of that one member and a delete of
+/// `user:0`.
+fn commit_record() -> Vec<u8> {
+    let member = pending_entry();
+    let pcrc = u32::from_le_bytes(member[40..44].try_into().unwrap());
+    let c = CommitRecord {
+        first_seq: 1,
+        members: 1,
+        digest: member_digest(SALT, [(stored_header_crc(&member), pcrc)]),
+        tombstones: vec![(2, b"user:0".to_vec())],
+    };
+    let payload = c.encode_payload();
+    let h = c.header(SALT, &payload);
+    let mut b = h.encode(SALT).to_vec();
+    b.extend_from_slice(&payload);
+    b.resize(h.block_len as usize, 0);
+    b
+}
+
+fn hex(b: &[u8]) -> String {
+    b.chunks(16)
+        .enumerate()
+        .map(|(i, c)| {
+            let bytes: Vec<String> = c.iter().map(|x| format!("{x:02x}")).collect();
+            format!("{:04x}  {}\n", i * 16, bytes.join(" "))
+        })
+        .collect()
+}
+
+#[test]
+fn pending_entry_example_matches_the_encoder() {
+    let b = pending_entry();
+    assert_eq!(example("pending-entry"), b, "\n{}", hex(&b));
+}
+
+#[test]
+fn commit_record_example_matches_the_encoder() {
+    let b = commit_record();
+    assert_eq!(example("commit"), b, "\n{}", hex(&b));
 }
 
 #[test]

@@ -6,7 +6,7 @@
 //! crash would leave) holds the same.
 
 use proptest::prelude::*;
-use sfs::fuzzing::{Backing, Op, Scenario, run};
+use sfs::fuzzing::{Backing, BatchItem, Op, Scenario, run};
 
 fn op() -> impl Strategy<Value = Op> {
     let size = prop_oneof![
@@ -35,6 +35,15 @@ fn op() -> impl Strategy<Value = Op> {
         3 => (0u8..16, size2).prop_map(|(k, n)| Op::PutIfAbsent(k, n)),
         3 => (0u8..16).prop_map(Op::Update),
         2 => (0u8..16).prop_map(Op::CasDelete),
+        4 => proptest::collection::vec(batch_item(), 0..8).prop_map(Op::Batch),
+    ]
+}
+
+fn batch_item() -> impl Strategy<Value = BatchItem> {
+    prop_oneof![
+        3 => (0u8..16, 0u16..3000).prop_map(|(k, n)| BatchItem::Put(k, n)),
+        1 => (0u8..16).prop_map(BatchItem::Delete),
+        1 => (0u8..16, 0u16..3000).prop_map(|(k, t)| BatchItem::Touch(k, t)),
     ]
 }
 

@@ -73,7 +73,7 @@ fn store_file(t: &TempStore) -> Vec<u8> {
 fn a_newer_format_version_is_refused_and_left_untouched() {
     let t = TempStore::new();
     let mut bytes = store_file(&t);
-    bytes[8..12].copy_from_slice(&2u32.to_le_bytes());
+    bytes[8..12].copy_from_slice(&3u32.to_le_bytes());
     let c = crc32fast::hash(&bytes[0..60]);
     bytes[60..64].copy_from_slice(&c.to_le_bytes());
     fs::write(&t.path, &bytes).unwrap();
@@ -82,8 +82,8 @@ fn a_newer_format_version_is_refused_and_left_untouched() {
         matches!(
             e,
             Error::UnsupportedVersion {
-                found: 2,
-                supported: 1,
+                found: 3,
+                supported: 2,
                 ..
             }
         ),

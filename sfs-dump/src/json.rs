@@ -110,6 +110,18 @@ pub(super) fn json_report<S: Source>(
     for (name, value) in &fields {
         doc.field(name, value)?;
     }
+    // Batches exist from format version 2 on: the fields are absent for a
+    // version-1 file (its output is unchanged).
+    if s.format_version >= 2 {
+        for (name, value) in [
+            ("commit_records", json!(s.commit_records)),
+            ("unsettled_batches", json!(s.unsettled_batches)),
+            ("pending_entries", json!(s.pending_entries)),
+            ("uncommitted_entries", json!(s.uncommitted_entries)),
+        ] {
+            doc.field(name, &value)?;
+        }
+    }
     if req.map
         && let Some(map) = &report.map
     {
@@ -189,6 +201,8 @@ fn row_json(row: &Row, key_format: KeyFormat, buf: &mut Vec<u8>) {
     let kind = match row.kind {
         RowKind::Entry { .. } => "entry",
         RowKind::Superseded { .. } => "superseded",
+        RowKind::Uncommitted { .. } => "uncommitted",
+        RowKind::Commit { .. } => "commit",
         RowKind::Free => "free",
         RowKind::Unwritten => "unwritten",
         RowKind::CorruptEntry { .. } => "corrupt_entry",
@@ -199,12 +213,26 @@ fn row_json(row: &Row, key_format: KeyFormat, buf: &mut Vec<u8>) {
         _ => None,
     };
     let num = |n: Option<u64>| n.map_or_else(|| "null".to_string(), |n| n.to_string());
+    // Batches (format version 2): a member not yet settled is "pending"; a
+    // commit record says how many members and deleted keys it has, and
+    // whether it is complete. Absent from rows of other blocks.
+    let batch = match &row.kind {
+        RowKind::Commit {
+            record, complete, ..
+        } => format!(
+            ",\"batch_members\":{},\"batch_deletes\":{},\"batch_complete\":{complete}",
+            record.members,
+            record.tombstones.len()
+        ),
+        _ if h.is_some_and(|h| h.pending) => ",\"pending\":true".to_string(),
+        _ => String::new(),
+    };
     let text =
         |t: Option<&str>| t.map_or_else(|| "null".to_string(), |t| Value::from(t).to_string());
     buf.clear();
     let _ = write!(
         buf,
-        "{{\"offset\":{},\"size\":{},\"state\":\"{}\",\"kind\":\"{kind}\",\"seq\":{},\"key_len\":{},\"meta_len\":{},\"value_len\":{},\"expiry_ms\":{},\"key\":{}{},\"superseded\":{},\"newest_offset\":{},\"reason\":{}}}",
+        "{{\"offset\":{},\"size\":{},\"state\":\"{}\",\"kind\":\"{kind}\",\"seq\":{},\"key_len\":{},\"meta_len\":{},\"value_len\":{},\"expiry_ms\":{},\"key\":{}{},\"superseded\":{},\"newest_offset\":{},\"reason\":{}{batch}}}",
         row.offset,
         row.len,
         row.state.as_str(),

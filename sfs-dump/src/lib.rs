@@ -34,7 +34,7 @@ use std::io::{self, Write};
 
 use sfs::inspect::Source;
 use sfs::inspect::report::{Findings, Report, Row, ScanOptions, State, find_key};
-use sfs::inspect::{FILE_HEADER_LEN, FORMAT_VERSION, HeaderError};
+use sfs::inspect::{FILE_HEADER_LEN, FIRST_FORMAT_VERSION, FORMAT_VERSION, HeaderError};
 
 #[cfg(feature = "testing")]
 #[doc(hidden)]
@@ -198,7 +198,7 @@ impl std::fmt::Display for Failure {
             ),
             Failure::UnsupportedVersion { name, found } => write!(
                 f,
-                "{name} is a store file of format version {found}; this sfs-dump reads version {FORMAT_VERSION}"
+                "{name} is a store file of format version {found}; this sfs-dump reads versions {FIRST_FORMAT_VERSION} to {FORMAT_VERSION}"
             ),
             Failure::Output(error) => write!(f, "writing the output: {error}"),
             Failure::Io { name, error } if error.kind() == io::ErrorKind::UnexpectedEof => write!(

@@ -183,6 +183,18 @@ fn write_free_notes(out: &mut dyn Write, s: &Summary) -> io::Result<()> {
             size_both(s.unwritten_bytes)
         )?;
     }
+    if s.commit_records > 0 || s.pending_entries > 0 {
+        writeln!(
+            out,
+            "batches: {} commit record{} ({} complete, not yet settled: the store settles them at open); {} pending member{}, {} of batches that did not commit (free)",
+            thousands(s.commit_records),
+            plural(s.commit_records),
+            thousands(s.unsettled_batches),
+            thousands(s.pending_entries),
+            plural(s.pending_entries),
+            thousands(s.uncommitted_entries)
+        )?;
+    }
     Ok(())
 }
 
@@ -406,6 +418,9 @@ impl EntryTable {
         };
         let key = row.key().map(|k| show_key(self.key_format, k, KEY_COLUMN));
         let note = match (&row.kind, key) {
+            (RowKind::Entry { header, .. }, Some(k)) if header.pending => {
+                format!("{k}  (batch member, pending)")
+            }
             (RowKind::Entry { .. }, Some(k)) => k,
             (
                 RowKind::Superseded {
@@ -426,6 +441,24 @@ impl EntryTable {
             (RowKind::CorruptEntry { .. }, Some(k)) => {
                 format!("{k}?  (payload checksum mismatch: contents untrusted)")
             }
+            (RowKind::Uncommitted { .. }, Some(k)) => {
+                format!("{k}  (member of a batch that did not commit)")
+            }
+            (
+                RowKind::Commit {
+                    record, complete, ..
+                },
+                _,
+            ) => format!(
+                "(commit record: {} members, {} deletes, {})",
+                record.members,
+                record.tombstones.len(),
+                if *complete {
+                    "complete: the next open settles it"
+                } else {
+                    "incomplete: the batch did not commit"
+                }
+            ),
             (RowKind::Unwritten, _) => "(zeros: space never written)".to_string(),
             (RowKind::Damaged(e), _) => format!(
                 "({e}: no valid block in these {} bytes)",

@@ -137,6 +137,7 @@ fn mutate(rng: &mut Rng, base: &[u8]) -> Vec<u8> {
                         } else {
                             rng.next() as u32
                         },
+                        pending: rng.below(8) == 0,
                     };
                     b[to..to + 48].copy_from_slice(&h.encode(salt));
                 }

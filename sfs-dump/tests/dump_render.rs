@@ -479,7 +479,7 @@ fn files_it_cannot_read_are_failures_with_exit_status_2() {
     .unwrap_err();
     assert!(
         e.to_string()
-            .contains("format version 9; this sfs-dump reads version 1"),
+            .contains("format version 9; this sfs-dump reads versions 1 to 2"),
         "{e}"
     );
 }

@@ -36,6 +36,7 @@ use std::io;
 use super::{BlockKind, Source, Walker, read_file_header};
 use crate::format::{FILE_HEADER_LEN, FileHeader, HeaderError};
 
+mod batches;
 mod lookup;
 mod map;
 mod problem;
@@ -174,6 +175,17 @@ pub struct Summary {
     pub max_seq: u64,
     /// The longest block or region (for laying out columns).
     pub largest_block: u64,
+    /// Commit records of atomic batches (counted as free: an open frees
+    /// them once their batch is settled).
+    pub commit_records: u64,
+    /// Of those, the complete ones: batches that committed and are not yet
+    /// settled (their pending members count as entries).
+    pub unsettled_batches: u64,
+    /// Batch members still pending (their expiry word not yet settled).
+    pub pending_entries: u64,
+    /// Of those, the members of batches that did not commit (counted as
+    /// free).
+    pub uncommitted_entries: u64,
 }
 
 impl Summary {
@@ -265,6 +277,9 @@ pub(super) struct Newest {
     pub(super) seq: u64,
     pub(super) len: u64,
     pub(super) expired: bool,
+    /// A tombstone of a complete, unsettled batch (at `offset`, its commit
+    /// record): the key is deleted, unless a later copy exists.
+    pub(super) tombstone: bool,
 }
 
 /// Which keys have more than one copy, and where the newest copy of each of
@@ -339,6 +354,7 @@ pub struct Report {
     pub map: Option<Map>,
     now_ms: i64,
     copies: Copies,
+    batches: batches::ReportBatches,
 }
 
 impl Report {
@@ -368,6 +384,7 @@ impl Report {
             map: (opts.map_cells > 0).then(|| Map::new(file_len, opts.map_cells)),
             now_ms: opts.now_ms,
             copies: Copies::new(),
+            batches: batches::ReportBatches::default(),
             header,
         };
         if let Some(map) = &mut report.map {
@@ -390,8 +407,18 @@ impl Report {
             let state = match block.kind {
                 BlockKind::Entry(h) => {
                     report.summary.max_seq = report.summary.max_seq.max(h.seq);
+                    if h.pending {
+                        report.summary.pending_entries += 1;
+                        report.batches.pending(offset, len, &h, opts.now_ms);
+                    }
                     hashes.push(report.copies.short_hash(walker.key()));
                     live_or_expired(h.is_expired(opts.now_ms))
+                }
+                BlockKind::Commit(_, ref c) => {
+                    report.summary.max_seq = report.summary.max_seq.max(c.last_seq());
+                    report.summary.commit_records += 1;
+                    report.batches.commit(offset, c.clone());
+                    State::Free
                 }
                 BlockKind::Free => State::Free,
                 BlockKind::Unwritten => {
@@ -410,6 +437,24 @@ impl Report {
                 map.tally(offset, len, CellState::of(state), false);
             }
         }
+        // Batches: which commit records are complete; the pending members of
+        // the others are not entries but free space.
+        for (offset, len, was) in report.batches.resolve(&mut src, fields)? {
+            report.summary.remove(was, len);
+            report.summary.add(State::Free, len);
+            report.summary.uncommitted_entries += 1;
+            if let Some(map) = &mut report.map {
+                map.tally(offset, len, CellState::of(was), true);
+                map.tally(offset, len, CellState::Free, false);
+            }
+        }
+        report.summary.unsettled_batches = report.batches.complete_count();
+        // A complete batch's tombstone is a copy of its key too: the newest
+        // when no later copy exists (the key is deleted).
+        let tombstones = report.batches.tombstones();
+        for (_, _, key) in &tombstones {
+            hashes.push(report.copies.short_hash(key));
+        }
         hashes.sort_unstable();
         report.copies.repeated = hashes
             .windows(2)
@@ -420,6 +465,20 @@ impl Report {
         if report.copies.repeated.is_empty() {
             return Ok(Ok(report));
         }
+        for (offset, seq, key) in tombstones {
+            let short = report.copies.short_hash(&key);
+            if report.copies.repeated.contains(&short) {
+                let hash = report.copies.long_hash(short, &key);
+                let t = Newest {
+                    offset,
+                    seq,
+                    len: 0,
+                    expired: false,
+                    tombstone: true,
+                };
+                report.copies.newest.insert(hash, t);
+            }
+        }
         // Second walk, over the keys that may have several copies: the
         // newest copy wins, the others become free.
         let mut walker = Walker::with_header(&mut src, fields);
@@ -427,6 +486,9 @@ impl Report {
             let BlockKind::Entry(h) = block.kind else {
                 continue;
             };
+            if report.batches.uncommitted(block.offset) {
+                continue;
+            }
             let short = report.copies.short_hash(walker.key());
             if !report.copies.repeated.contains(&short) {
                 continue;
@@ -436,6 +498,7 @@ impl Report {
                 seq: h.seq,
                 len: block.len,
                 expired: h.is_expired(opts.now_ms),
+                tombstone: false,
             };
             let hash = report.copies.long_hash(short, walker.key());
             let older = match report.copies.newest.entry(hash) {
@@ -458,6 +521,10 @@ impl Report {
     /// A copy counted as live or expired turns out to be older than another:
     /// it becomes free.
     fn supersede(&mut self, old: Newest) {
+        if old.tombstone {
+            // A tombstone outranked by a later copy: no block of its own.
+            return;
+        }
         let was = live_or_expired(old.expired);
         self.summary.remove(was, old.len);
         self.summary.add(State::Free, old.len);

@@ -41,7 +41,7 @@ use parking_lot::Mutex;
 use super::Inner;
 use crate::error::{Error, Result};
 use crate::format::{
-    BLOCK_HEADER_LEN, BlockHeader, FILE_HEADER_LEN, FORMAT_VERSION, FileHeader, crc,
+    BLOCK_HEADER_LEN, BlockHeader, FILE_HEADER_LEN, FIRST_FORMAT_VERSION, FileHeader, crc,
     entry_block_len, is_expired,
 };
 
@@ -741,7 +741,10 @@ impl Copier<'_> {
     /// and how long it lasted.
     fn copy_in_rounds(&mut self) -> Result<(i64, Duration)> {
         let header = FileHeader {
-            version: FORMAT_VERSION,
+            // A copy holds settled entries only, never a batch's commit
+            // record or pending members: the first version, which every
+            // release opens.
+            version: FIRST_FORMAT_VERSION,
             salt: self.inner.salt,
             created_ms: self.inner.clock.now_millis().max(0) as u64,
         };

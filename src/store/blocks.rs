@@ -63,6 +63,10 @@ pub(super) enum Held {
     /// Its free header could not be written: retried after every sync, and
     /// freed before its key's newest copy.
     Unfreed,
+    /// A batch's commit record, freed once a sync covers the write of this
+    /// generation (the batch's settling: its members' settled expiry words
+    /// and the free headers of the keys it deleted). It belongs to no key.
+    Commit(u64),
 }
 
 #[derive(Debug)]
@@ -325,6 +329,11 @@ impl Blocks {
         self.hold(offset, len, key_hash, Held::Superseded(generation));
     }
 
+    /// Holds a batch's commit record until a sync covers `generation`.
+    pub(super) fn hold_commit(&self, offset: u64, len: u64, generation: u64) {
+        self.hold(offset, len, 0, Held::Commit(generation));
+    }
+
     fn hold(&self, offset: u64, len: u64, key_hash: u64, why: Held) {
         push_held(&mut self.space.lock(), offset, len, key_hash, why);
     }
@@ -374,7 +383,7 @@ impl Blocks {
             sp.held
                 .values()
                 .filter(|h| match h.why {
-                    Held::Superseded(g) => g <= synced,
+                    Held::Superseded(g) | Held::Commit(g) => g <= synced,
                     Held::Unfreed => true,
                     Held::Freeing => false,
                 })
@@ -431,7 +440,10 @@ impl Blocks {
                 .held
                 .values()
                 .filter(|h| {
-                    h.key_hash == hash && io.read_key(h.offset, &mut kb).is_ok() && kb == key
+                    h.key_hash == hash
+                        && !matches!(h.why, Held::Commit(_))
+                        && io.read_key(h.offset, &mut kb).is_ok()
+                        && kb == key
                 })
                 .map(|h| h.offset)
                 .collect();

@@ -108,8 +108,13 @@ impl Inner {
         while let Some(b) = w.next_block().map_err(|e| e.to_string())? {
             let in_list = sp.free.contains(b.offset, b.len);
             match &b.kind {
-                BlockKind::Entry(_) => {
+                BlockKind::Entry(h) => {
                     prev_free_end = None;
+                    if h.pending && !self.read_only {
+                        // Settled before publication (see `batch`), or by
+                        // the open.
+                        return Err(format!("batch member at {} still pending", b.offset));
+                    }
                     if let Some(k) = indexed.get(&b.offset) {
                         if k.as_slice() != w.key() {
                             return Err(format!("index key at {} differs from the file", b.offset));
@@ -151,6 +156,11 @@ impl Inner {
                             b.offset, b.len
                         ));
                     }
+                }
+                // A batch's commit record, held until a sync covers its
+                // settling.
+                BlockKind::Commit(..) if held.get(&b.offset) == Some(&b.len) => {
+                    prev_free_end = None;
                 }
                 other => return Err(format!("unexpected block at {}: {other:?}", b.offset)),
             }

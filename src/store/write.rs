@@ -180,6 +180,7 @@ impl Inner {
             seq,
             expiry_ms,
             payload_crc,
+            pending: false,
         };
         let parts: [&[u8]; 4] = [&header.encode(self.salt), key, meta, value];
         // A claim on the new block that a remover of the key can take (see
@@ -293,7 +294,7 @@ impl Inner {
 
     /// `Error::TooLarge` for a key, value or metadata beyond the format's
     /// limits.
-    fn check_sizes(&self, key: usize, value: usize, meta: usize) -> Result<()> {
+    pub(super) fn check_sizes(&self, key: usize, value: usize, meta: usize) -> Result<()> {
         for (what, len, max) in [
             ("key", key, MAX_KEY_LEN),
             ("value", value, MAX_VALUE_LEN),
@@ -655,6 +656,20 @@ impl Inner {
         // would bring an older value back.
         let key = shard.slot(id).key.clone();
         self.release_superseded_copies(hash, key.as_bytes())?;
+        self.unindex_newest(shard, cell, hash, id, offset)
+    }
+
+    /// The second half of [`unindex`](Self::unindex): frees the key's
+    /// indexed copy and takes it out of the index, its older copies being
+    /// freed already (or outranked by a batch's tombstone).
+    pub(super) fn unindex_newest(
+        &self,
+        shard: &mut Shard,
+        cell: &ShardCell,
+        hash: u64,
+        id: u32,
+        offset: u64,
+    ) -> Result<Option<u64>> {
         let len = match self.header_at(offset) {
             Ok(h) => {
                 self.mark_free(offset, h.block_len)
@@ -665,8 +680,8 @@ impl Inner {
             }
             Err(_) => None,
         };
+        self.backups.note(shard.slot(id).key.as_bytes());
         shard.remove(hash, id);
-        self.backups.note(key.as_bytes());
         if self.max_entries.is_some() {
             let mut lru = cell.lru.lock();
             lru.remove(id);
@@ -766,12 +781,92 @@ impl Inner {
         Ok(room)
     }
 
+    /// Room under the entry cap for a batch's `new` keys (see
+    /// [`make_room`](Self::make_room)), counting that the batch will delete
+    /// the present keys among `deleted`: only the excess is evicted, and
+    /// never a key the batch names (`named`, marked used by the caller, so
+    /// the others go first). A batch that would need to evict one of its own
+    /// keys is refused before anything is removed. Expired entries are
+    /// purged first (which may make a member's key new: the caller asks
+    /// again for those).
+    pub(super) fn make_batch_room(
+        &self,
+        cap: usize,
+        new: &[&[u8]],
+        named: &[&[u8]],
+        deleted: &[&[u8]],
+        notes: &mut Notes<'_>,
+    ) -> Result<Vec<(Vec<u8>, Room<'_>)>> {
+        let mut inserting = self.inserting.lock();
+        let mut rooms = Vec::new();
+        let mut claim = Vec::new();
+        for &k in new {
+            if let Some(slot) = inserting.iter_mut().find(|s| s.key == k) {
+                slot.holders += 1;
+                let room = Room {
+                    inner: self,
+                    key: Some(k.to_vec()),
+                };
+                rooms.push((k.to_vec(), room));
+            } else if !self.indexed(k) {
+                claim.push(k);
+            }
+        }
+        let excess = || {
+            let frees = deleted.iter().filter(|k| self.indexed(k)).count();
+            (self.claimed.load(Ordering::Acquire) + claim.len()).saturating_sub(cap + frees)
+        };
+        let mut removed = false;
+        if excess() > 0 {
+            removed |= self.purge_held(self.clock.now_millis(), notes)? > 0;
+        }
+        let present = named.iter().filter(|k| self.indexed(k)).count();
+        let others = self.entries.load(Ordering::Acquire).saturating_sub(present);
+        if excess() > others {
+            return Err(Error::TooLarge {
+                path: self.path.clone(),
+                what: "batch (its new keys need more room than the entry cap leaves beside its other keys)",
+                len: claim.len(),
+                max: cap,
+            });
+        }
+        while excess() > 0 {
+            if !self.evict_one(notes)? {
+                break;
+            }
+            removed = true;
+        }
+        for k in claim {
+            self.claimed.fetch_add(1, Ordering::AcqRel);
+            inserting.push(RoomSlot {
+                key: k.to_vec(),
+                holders: 1,
+                used: false,
+            });
+            let room = Room {
+                inner: self,
+                key: Some(k.to_vec()),
+            };
+            rooms.push((k.to_vec(), room));
+        }
+        drop(inserting);
+        if removed && self.policy == SyncPolicy::Always {
+            self.sync_to(self.writes.load(Ordering::Acquire))?;
+        }
+        Ok(rooms)
+    }
+
     /// Counts a key that `publish` has just put in the index as new. With
     /// room held for it (`make_room`), the room is its place now. Without (it
     /// was in the index when its put began, and was removed meanwhile), it
     /// takes the room another insert of the key holds, if one does, and is
     /// otherwise counted anew, evicting down to the cap if need be.
-    fn admit(&self, key: &[u8], room: Option<&Room<'_>>, notes: &mut Notes<'_>) -> Result<()> {
+    pub(super) fn admit(
+        &self,
+        key: &[u8],
+        room: Option<&Room<'_>>,
+        notes: &mut Notes<'_>,
+    ) -> Result<()> {
         if let Some(r) = room.filter(|r| r.holds()) {
             r.used();
             return Ok(());

@@ -51,7 +51,7 @@ pub fn sorted_keys(store: &Store) -> Vec<Vec<u8>> {
 
 // ---- crafted files and sfs-dump runs (tests/dump_*.rs) ----------------------
 
-use sfs::format::{BlockHeader, FORMAT_VERSION, FileHeader, Kind, crc, entry_block_len};
+use sfs::format::{BlockHeader, FIRST_FORMAT_VERSION, FileHeader, Kind, crc, entry_block_len};
 
 /// The salt of files made by [`FileBuilder`].
 pub const SALT: u32 = 0x5eed_1234;
@@ -65,7 +65,7 @@ impl FileBuilder {
     /// A file holding only a valid header (salt [`SALT`], created at 1,000 ms).
     pub fn new() -> FileBuilder {
         let h = FileHeader {
-            version: FORMAT_VERSION,
+            version: FIRST_FORMAT_VERSION,
             salt: SALT,
             created_ms: 1_000,
         };
@@ -103,6 +103,7 @@ impl FileBuilder {
             seq,
             expiry_ms,
             payload_crc: crc(SALT, &[key, meta, value]),
+            pending: false,
         };
         self.bytes.extend_from_slice(&h.encode(SALT));
         self.bytes.extend_from_slice(key);

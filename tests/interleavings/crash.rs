@@ -20,9 +20,17 @@ use sfs::{ManualClock, SyncPolicy};
 use crate::common::look_read_only;
 
 use super::{
-    Contents, Done, Op, Outcome, Setup, model_contents, model_op, serial_orders, show,
+    Contents, Done, Op, Outcome, Setup, batch_keys, model_contents, model_op, serial_orders, show,
     store_contents,
 };
+
+/// The whole states a batch's keys may be in together: their contents in
+/// every allowed serial order (a batch is all or nothing, so each key's
+/// allowed set alone would not catch half a batch).
+type Whole = BTreeSet<Contents>;
+
+/// A batch's keys and the states they may be in together.
+type Together = Option<(Vec<Vec<u8>>, Whole)>;
 
 /// Images already checked against the same allowed states.
 #[derive(Default)]
@@ -45,33 +53,39 @@ pub fn check_all(
     let n = rec.events.len();
     let mut opened = 0;
     for k in from..=n {
-        let (process, now) = allowed_at(k, n, done, initial, keys, false, setup);
-        let mut images: Vec<(Vec<u8>, &Allowed, String)> =
-            vec![(rec.after(k), &process, "process crash".into())];
+        let (process, now, whole) = allowed_at(k, n, done, initial, keys, false, setup);
+        let mut images: Vec<(Vec<u8>, &Allowed, &Together, String)> =
+            vec![(rec.after(k), &process, &whole, "process crash".into())];
         if k < n {
             for keep in rec.tear_points(k) {
-                images.push((rec.torn(k, keep), &process, format!("torn, {keep} bytes")));
+                images.push((
+                    rec.torn(k, keep),
+                    &process,
+                    &whole,
+                    format!("torn, {keep} bytes"),
+                ));
             }
         }
         let power;
         if rec.durable_prefix(k) < k {
-            power = allowed_at(k, n, done, initial, keys, true, setup).0;
+            power = allowed_at(k, n, done, initial, keys, true, setup);
             for seed in [0, 2, 3] {
                 images.push((
                     rec.power_loss(k, seed),
-                    &power,
+                    &power.0,
+                    &power.2,
                     format!("power loss, seed {seed}"),
                 ));
             }
         }
-        for (bytes, allowed, how) in images {
+        for (bytes, allowed, whole, how) in images {
             let mut h = std::collections::hash_map::DefaultHasher::new();
-            (&bytes, allowed, now, setup.cap).hash(&mut h);
+            (&bytes, allowed, whole, now, setup.cap).hash(&mut h);
             if !cache.0.insert(h.finish()) {
                 continue;
             }
             opened += 1;
-            check_image(bytes, allowed, now, setup, keys)
+            check_image(bytes, allowed, whole.as_ref(), now, setup, keys)
                 .map_err(|e| format!("crash after event {k}/{n} ({how}): {e}"))?;
         }
     }
@@ -89,7 +103,7 @@ fn allowed_at(
     keys: &[Vec<u8>],
     power: bool,
     setup: Setup,
-) -> (Allowed, i64) {
+) -> (Allowed, i64, Together) {
     let policy = setup.policy;
     // Returned before the crash: its last event came before event k, or
     // every operation is over.
@@ -117,6 +131,14 @@ fn allowed_at(
         setup.start_ms()
     };
     let mut allowed = Allowed::new();
+    // A batch started: its keys' states are checked together too, except
+    // after a power loss under `Never` with a cap, where any key may be the
+    // one the open evicts.
+    let batch = done
+        .iter()
+        .position(|d| d.op == Op::Batch && started(d))
+        .filter(|_| !(power && policy != SyncPolicy::Always && initial.cap.is_some()));
+    let mut whole = batch.map(|slot| (batch_keys(slot), Whole::new()));
     for mask in 0..(1u32 << optional.len()) {
         let mut ops = required.clone();
         ops.extend(
@@ -133,6 +155,9 @@ fn allowed_at(
                 model_op(done[i].op, i, &mut m, &mut t);
             }
             let c = model_contents(&m, now, keys);
+            if let Some((bk, w)) = &mut whole {
+                w.insert(model_contents(&m, now, bk));
+            }
             for key in keys {
                 allowed
                     .entry(key.clone())
@@ -145,16 +170,19 @@ fn allowed_at(
         // Memory evicts by use, the open by write order: after a power loss
         // that dropped some of the writes since the last sync, any key may be
         // the one evicted (README, Guarantees).
-        let inserted = optional
-            .iter()
-            .any(|&i| matches!(done[i].op, Op::PutNew | Op::PutIfAbsent | Op::Update));
+        let inserted = optional.iter().any(|&i| {
+            matches!(
+                done[i].op,
+                Op::PutNew | Op::PutIfAbsent | Op::Update | Op::Batch
+            )
+        });
         if inserted {
             for a in allowed.values_mut() {
                 a.insert(None);
             }
         }
     }
-    (allowed, now)
+    (allowed, now, whole)
 }
 
 /// Whether an operation is a write that changed the store.
@@ -167,7 +195,8 @@ fn changed(d: &Done) -> bool {
         | Op::RenewB
         | Op::Cas
         | Op::CasDelete
-        | Op::PutIfAbsent => d.outcome == Outcome::Bool(true),
+        | Op::PutIfAbsent
+        | Op::Batch => d.outcome == Outcome::Bool(true),
         Op::Update => true,
         // A sweep's crash images are a purge's.
         Op::Purge | Op::Sweep => d.outcome != Outcome::Count(0),
@@ -178,6 +207,7 @@ fn changed(d: &Done) -> bool {
 fn check_image(
     bytes: Vec<u8>,
     allowed: &Allowed,
+    whole: Option<&(Vec<Vec<u8>>, Whole)>,
     now: i64,
     setup: Setup,
     keys: &[Vec<u8>],
@@ -216,6 +246,20 @@ fn check_image(
                 v.as_ref()
                     .map(|(v, e)| (String::from_utf8_lossy(v).into_owned(), e)),
                 show(&got)
+            ));
+        }
+    }
+    if let Some((bk, w)) = whole {
+        let mine: Contents = got
+            .iter()
+            .filter(|(k, _)| bk.contains(k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        if !w.contains(&mine) {
+            return Err(format!(
+                "half a batch: its keys hold {}; allowed together: {:?}",
+                show(&mine),
+                w.iter().map(show).collect::<Vec<_>>()
             ));
         }
     }

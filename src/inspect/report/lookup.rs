@@ -78,15 +78,20 @@ pub fn find_key<S: Source>(
         return Ok(Ok(found));
     };
     let mut walker = Walker::with_header(src, fields);
-    let mut best: Option<(u64, BlockHeader)> = None;
+    // Every valid copy of the key: a pending one counts only through its
+    // batch's complete commit record, decided after the walk.
+    let mut copies: Vec<(u64, BlockHeader)> = Vec::new();
+    let mut batches = super::batches::ReportBatches::default();
     let mut corrupt: Option<(u64, u64)> = None;
     while let Some(block) = walker.next_block()? {
+        if let BlockKind::Entry(h) = &block.kind
+            && h.pending
+        {
+            batches.pending(block.offset, block.len, h, now_ms);
+        }
         match block.kind {
-            BlockKind::Entry(h)
-                if walker.key() == key && best.is_none_or(|(_, b)| h.seq > b.seq) =>
-            {
-                best = Some((block.offset, h));
-            }
+            BlockKind::Commit(_, c) => batches.commit(block.offset, c),
+            BlockKind::Entry(h) if walker.key() == key => copies.push((block.offset, h)),
             BlockKind::CorruptEntry(h)
                 if walker.key() == key && corrupt.is_none_or(|(_, s)| h.seq > s) =>
             {
@@ -94,6 +99,21 @@ pub fn find_key<S: Source>(
             }
             _ => {}
         }
+    }
+    batches.resolve(walker.source(), fields)?;
+    let mut best: Option<(u64, BlockHeader)> = None;
+    for (offset, h) in copies {
+        if !batches.uncommitted(offset) && best.is_none_or(|(_, b)| h.seq > b.seq) {
+            best = Some((offset, h));
+        }
+    }
+    // A complete batch's tombstone newer than every copy: deleted.
+    let deleted = batches
+        .tombstones()
+        .iter()
+        .any(|(_, seq, k)| k == key && best.is_some_and(|(_, b)| *seq > b.seq));
+    if deleted {
+        best = None;
     }
     found.newer_corrupt = corrupt.filter(|&(_, s)| best.is_none_or(|(_, b)| s > b.seq));
     if let Some((offset, h)) = best {

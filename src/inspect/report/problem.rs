@@ -27,13 +27,18 @@ pub enum ProblemKind {
     Superseded,
     /// Note, not damage: zeros where a block should start.
     Unwritten,
+    /// Note, not damage: a member of a batch that did not commit.
+    Uncommitted,
 }
 
 impl ProblemKind {
     /// Whether it is damage (`--check` exits with 1) rather than a note about
     /// something a crash normally leaves behind.
     pub fn is_damage(self) -> bool {
-        !matches!(self, ProblemKind::Superseded | ProblemKind::Unwritten)
+        !matches!(
+            self,
+            ProblemKind::Superseded | ProblemKind::Unwritten | ProblemKind::Uncommitted
+        )
     }
 
     /// A short snake_case name, as in JSON output.
@@ -48,6 +53,7 @@ impl ProblemKind {
             ProblemKind::DuplicateKey => "duplicate_key",
             ProblemKind::Superseded => "superseded",
             ProblemKind::Unwritten => "unwritten",
+            ProblemKind::Uncommitted => "uncommitted",
         }
     }
 }
@@ -203,6 +209,20 @@ pub(super) fn superseded_problem(
     key: &[u8],
     n: &Newest,
 ) -> Problem {
+    if n.tombstone {
+        return Problem {
+            offset,
+            len,
+            kind: ProblemKind::Superseded,
+            reason: format!(
+                "older copy of key {} (seq {}), deleted by the batch whose commit record is at offset {} (seq {}); the store frees it at open",
+                quote_key(key),
+                h.seq,
+                n.offset,
+                n.seq
+            ),
+        };
+    }
     if n.seq == h.seq {
         return Problem {
             offset,

@@ -31,6 +31,24 @@ pub enum RowKind {
         /// The newest copy's sequence number.
         newest_seq: u64,
     },
+    /// A pending member of an atomic batch whose commit record is missing or
+    /// incomplete: not an entry (the batch did not commit). Free.
+    Uncommitted {
+        /// Its header (pending).
+        header: BlockHeader,
+        /// Its key.
+        key: Vec<u8>,
+    },
+    /// The commit record of an atomic batch (FORMAT.md, "Batches"): space
+    /// the next open frees, after settling the batch if it is complete.
+    Commit {
+        /// Its header.
+        header: BlockHeader,
+        /// What it holds.
+        record: crate::format::CommitRecord,
+        /// Whether all its members are there with a matching digest.
+        complete: bool,
+    },
     /// A free block.
     Free,
     /// Zeros where a block should start, up to the next valid entry or the end
@@ -69,6 +87,8 @@ impl Row {
         match &self.kind {
             RowKind::Entry { header, .. }
             | RowKind::Superseded { header, .. }
+            | RowKind::Uncommitted { header, .. }
+            | RowKind::Commit { header, .. }
             | RowKind::CorruptEntry { header, .. } => Some(header),
             _ => None,
         }
@@ -79,6 +99,7 @@ impl Row {
         match &self.kind {
             RowKind::Entry { key, .. }
             | RowKind::Superseded { key, .. }
+            | RowKind::Uncommitted { key, .. }
             | RowKind::CorruptEntry { key, .. } => Some(key),
             _ => None,
         }
@@ -115,6 +136,22 @@ impl<'r, S: Source> Rows<'r, S> {
         let (offset, len) = (block.offset, block.len);
         let mut problems = Vec::new();
         let (state, kind) = match block.kind {
+            BlockKind::Entry(header) if self.report.batches.uncommitted(offset) => {
+                let key = walker.key().to_vec();
+                problems.push(uncommitted_problem(offset, len, &header));
+                (State::Free, RowKind::Uncommitted { header, key })
+            }
+            BlockKind::Commit(header, record) => {
+                let complete = self.report.batches.is_complete(offset);
+                (
+                    State::Free,
+                    RowKind::Commit {
+                        header,
+                        record,
+                        complete,
+                    },
+                )
+            }
             BlockKind::Entry(header) => {
                 let key = walker.key().to_vec();
                 match self.report.copies.newest_of(&key) {
@@ -171,6 +208,20 @@ impl<'r, S: Source> Rows<'r, S> {
             kind,
             problems,
         }))
+    }
+}
+
+/// A note: a pending batch member that the next open frees (its batch did
+/// not commit: a crash during the batch's write).
+fn uncommitted_problem(offset: u64, len: u64, h: &BlockHeader) -> Problem {
+    Problem {
+        offset,
+        len,
+        kind: super::ProblemKind::Uncommitted,
+        reason: format!(
+            "member (sequence number {}) of a batch that did not commit (its commit record is missing or incomplete): not an entry; the next open frees it",
+            h.seq
+        ),
     }
 }
 

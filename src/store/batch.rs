@@ -1,0 +1,650 @@
+//! Atomic batches: [`Batch`], the builder, and `Inner::apply`, which writes
+//! a batch's members pending, its commit record, syncs once, then settles
+//! and publishes (FORMAT.md, "Batches"; README, "Guarantees").
+//!
+//! # The steps of `apply`, and why each is safe through a crash
+//! 1. The file is upgraded to format version 2 if it is not yet (once per
+//!    file: two atomic word writes and a sync; see `ensure_version_2`).
+//! 2. Every member (a put, or a touch's new copy) is written as an ordinary
+//!    entry whose expiry word is *pending*: no reader takes it for an entry
+//!    unless the batch's commit record is complete. A crash now leaves
+//!    nothing of the batch.
+//! 3. The commit record is written; then one sync. A crash before the sync
+//!    completes leaves the batch wholly there (all members and the record
+//!    made it) or wholly absent (the record is missing or incomplete).
+//! 4. Settling: each member's expiry word is rewritten settled (one atomic
+//!    8-byte store each), and the member keys are listed as unsettled with
+//!    the generation of those writes, so that no remover frees a member
+//!    before a sync makes them durable (a member freed while others are
+//!    still pending on disk would make the record incomplete). The keys are
+//!    then published one by one, in the order they first appear in the
+//!    batch; each deleted key's copies are freed (no sync needed: the
+//!    record's tombstone outranks them while the record lives).
+//! 5. The commit record is held until a sync covers all of step 4, then
+//!    freed by that sync (`Blocks::after_sync`).
+//!
+//! The batch holds the write locks of all its keys (sorted, so two batches
+//! never deadlock) from its first look to its last publication: a batch is
+//! linearizable against every other write of its keys, and two batches
+//! never interleave their effects.
+//!
+//! A reader that reads several keys while a batch is published may see
+//! some keys new and some old: keys switch one at a time, in the order they
+//! first appear in the batch. So once a reader sees a key's new state, it
+//! sees the new state of every key that appears earlier in the batch.
+
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime};
+
+use super::write::Published;
+use super::{Inner, KEY_LOCKS, millis_to_system_time};
+use crate::error::{Error, Result};
+use crate::events::{Event, Notes};
+use crate::format::{
+    BlockHeader, CommitRecord, EXPIRY_WORD_OFFSET, FILE_HEADER_LEN, FORMAT_VERSION, Kind,
+    MAX_VALUE_LEN, crc, entry_block_len, expiry_word, is_expired, member_digest, stored_header_crc,
+};
+use crate::store::values::{Expiry, PutOptions};
+
+/// Several puts, deletes and touches, applied together by
+/// [`Store::apply`](crate::Store::apply): after a crash, all of them or
+/// none; each key switches from its old state to its new one in a single
+/// step for readers.
+///
+/// Operations on the same key apply in the order given, as if one after
+/// another: the key ends in the state the last one leaves (a put then a
+/// touch is the put with the touch's expiry; a put then a delete deletes;
+/// a touch of a key the batch deleted, or of an absent or expired key,
+/// does nothing; a touch into the past deletes the key if it is there).
+/// The keys are written, and switch for readers, in the order each first
+/// appears in the batch.
+///
+/// ```
+/// use std::time::Duration;
+///
+/// let dir = tempfile::tempdir()?;
+/// let store = sfs::Store::open(dir.path().join("b.sfs"))?;
+/// store.put("pending/7", "job")?;
+/// let mut batch = sfs::Batch::new();
+/// batch
+///     .delete("pending/7")
+///     .put_with_ttl("taken/7", "worker-1", Duration::from_secs(30));
+/// store.apply(&batch)?; // one fdatasync under SyncPolicy::Always
+/// assert!(!store.contains("pending/7"));
+/// assert_eq!(store.get("taken/7")?.as_deref(), Some(b"worker-1".as_slice()));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct Batch {
+    ops: Vec<Op>,
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Put {
+        key: Vec<u8>,
+        value: Vec<u8>,
+        meta: Vec<u8>,
+        expiry: Expiry,
+    },
+    Delete(Vec<u8>),
+    Touch(Vec<u8>, Expiry),
+}
+
+impl Op {
+    fn key(&self) -> &[u8] {
+        match self {
+            Op::Put { key, .. } | Op::Delete(key) | Op::Touch(key, _) => key,
+        }
+    }
+}
+
+impl Batch {
+    /// An empty batch.
+    pub fn new() -> Batch {
+        Batch::default()
+    }
+
+    /// Puts `key` (no expiry, no metadata).
+    pub fn put(&mut self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> &mut Batch {
+        self.put_with(key, value, &PutOptions::new())
+    }
+
+    /// Puts `key`, expiring `ttl` after the batch is applied.
+    pub fn put_with_ttl(
+        &mut self,
+        key: impl AsRef<[u8]>,
+        value: impl AsRef<[u8]>,
+        ttl: Duration,
+    ) -> &mut Batch {
+        self.put_with(key, value, &PutOptions::new().ttl(ttl))
+    }
+
+    /// Puts `key` with the expiry and metadata of `opts`.
+    pub fn put_with(
+        &mut self,
+        key: impl AsRef<[u8]>,
+        value: impl AsRef<[u8]>,
+        opts: &PutOptions<'_>,
+    ) -> &mut Batch {
+        self.ops.push(Op::Put {
+            key: key.as_ref().to_vec(),
+            value: value.as_ref().to_vec(),
+            meta: opts.metadata.to_vec(),
+            expiry: opts.expiry,
+        });
+        self
+    }
+
+    /// Deletes `key` (nothing if it is absent).
+    pub fn delete(&mut self, key: impl AsRef<[u8]>) -> &mut Batch {
+        self.ops.push(Op::Delete(key.as_ref().to_vec()));
+        self
+    }
+
+    /// Renews the expiry of `key` to `ttl` after the batch is applied, if
+    /// it is present then (see [`Store::touch`](crate::Store::touch)); a
+    /// zero `ttl` deletes it.
+    pub fn touch(&mut self, key: impl AsRef<[u8]>, ttl: Duration) -> &mut Batch {
+        self.ops
+            .push(Op::Touch(key.as_ref().to_vec(), Expiry::After(ttl)));
+        self
+    }
+
+    /// Renews the expiry of `key` to `at`, if it is present; a time already
+    /// past deletes it.
+    pub fn touch_until(&mut self, key: impl AsRef<[u8]>, at: SystemTime) -> &mut Batch {
+        self.ops
+            .push(Op::Touch(key.as_ref().to_vec(), Expiry::At(at)));
+        self
+    }
+
+    /// How many operations were added (several on one key count each).
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+
+    /// Whether no operation was added.
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    /// Removes every operation, keeping the allocation.
+    pub fn clear(&mut self) {
+        self.ops.clear();
+    }
+}
+
+/// What a batch does to one key, after folding its operations in order.
+enum Action<'b> {
+    Put {
+        value: &'b [u8],
+        meta: &'b [u8],
+        expiry_ms: u64,
+    },
+    Delete,
+    /// Renew the key if it is present when the batch applies.
+    Touch(u64),
+    /// Delete the key if it is present (a touch into the past).
+    Expire,
+}
+
+/// A member to write: a put, or a touch's new copy.
+struct Member<'b> {
+    key: &'b [u8],
+    hash: u64,
+    meta: std::borrow::Cow<'b, [u8]>,
+    value: std::borrow::Cow<'b, [u8]>,
+    expiry_ms: u64,
+}
+
+/// One key's step, in the order of publication.
+enum Step {
+    /// Publish member `i`.
+    Member(usize),
+    /// Remove the key (the `i`th tombstone).
+    Delete(usize),
+}
+
+impl Inner {
+    /// Applies `batch` (see [`Store::apply`](crate::Store::apply)).
+    pub(super) fn apply(&self, batch: &Batch) -> Result<()> {
+        self.check_writable()?;
+        for op in &batch.ops {
+            let (v, m) = match op {
+                Op::Put { value, meta, .. } => (value.len(), meta.len()),
+                _ => (0, 0),
+            };
+            self.check_sizes(op.key().len(), v, m)?;
+        }
+        let actions = self.fold(batch);
+        if actions.is_empty() {
+            return Ok(());
+        }
+        let mut notes = Notes::new(&self.hub);
+        let _gate = self.gate.read();
+        let mut stripes: Vec<usize> = actions
+            .iter()
+            .map(|(k, _)| (self.hasher.hash_one(k) as usize) & (KEY_LOCKS - 1))
+            .collect();
+        stripes.sort_unstable();
+        stripes.dedup();
+        let _keys: Vec<_> = stripes.iter().map(|&i| self.key_locks[i].lock()).collect();
+
+        // What each key becomes, now that no other write of them can run.
+        let mut members: Vec<Member<'_>> = Vec::new();
+        let mut tombstones: Vec<&[u8]> = Vec::new();
+        let mut steps = Vec::new();
+        for (key, action) in &actions {
+            let hash = self.hasher.hash_one(key);
+            match *action {
+                Action::Put {
+                    value,
+                    meta,
+                    expiry_ms,
+                } => {
+                    steps.push(Step::Member(members.len()));
+                    members.push(Member {
+                        key,
+                        hash,
+                        meta: meta.into(),
+                        value: value.into(),
+                        expiry_ms,
+                    });
+                }
+                Action::Touch(expiry_ms) => {
+                    let current = self.read(key, false, |_, m, v| (m.to_vec(), v.to_vec()))?;
+                    if let Some((meta, value)) = current {
+                        steps.push(Step::Member(members.len()));
+                        members.push(Member {
+                            key,
+                            hash,
+                            meta: meta.into(),
+                            value: value.into(),
+                            expiry_ms,
+                        });
+                    }
+                }
+                Action::Expire => {
+                    if self.contains(key) {
+                        steps.push(Step::Delete(tombstones.len()));
+                        tombstones.push(key);
+                    }
+                }
+                Action::Delete => {
+                    if self.indexed(key) {
+                        steps.push(Step::Delete(tombstones.len()));
+                        tombstones.push(key);
+                    }
+                }
+            }
+        }
+        if steps.is_empty() {
+            return Ok(());
+        }
+        let tomb_bytes: usize = tombstones.iter().map(|k| 10 + k.len()).sum();
+        if tomb_bytes > MAX_VALUE_LEN - crate::format::COMMIT_FIXED_LEN
+            || members.len() > u32::MAX as usize
+        {
+            return Err(Error::TooLarge {
+                path: self.path.clone(),
+                what: "batch (its commit record)",
+                len: tomb_bytes,
+                max: MAX_VALUE_LEN,
+            });
+        }
+        // Room under the entry cap for the new keys, before anything is
+        // written (as a put makes it). The batch's present keys are marked
+        // used first, so that the room is never made by evicting one of
+        // them (its eviction would be durable before the batch is).
+        let mut rooms = HashMap::new();
+        if let Some(cap) = self.max_entries {
+            for (key, _) in &actions {
+                let (hash, cell) = self.locate(key);
+                let shard = cell.map.read();
+                if let Some(id) = shard.find(hash, key) {
+                    self.touch_lru(cell, id);
+                }
+            }
+            let named: Vec<&[u8]> = actions.iter().map(|(k, _)| *k).collect();
+            // Until no member is left without room: making room purges
+            // expired entries, which may take a member's key out of the
+            // index (it is then a new key too).
+            loop {
+                let new: Vec<&[u8]> = members
+                    .iter()
+                    .map(|m| m.key)
+                    .filter(|k| !rooms.contains_key(*k) && !self.indexed(k))
+                    .collect();
+                if new.is_empty() {
+                    break;
+                }
+                self.storage.point("batch: room");
+                for (k, room) in self.make_batch_room(cap, &new, &named, &tombstones, &mut notes)? {
+                    rooms.insert(k, room);
+                }
+            }
+        }
+        self.ensure_version_2()?;
+
+        let count = (members.len() + tombstones.len()) as u64;
+        let first_seq = self.next_seq.fetch_add(count, Ordering::Relaxed);
+        let mut written: Vec<(u64, u64)> = Vec::with_capacity(members.len());
+        let mut crcs = Vec::with_capacity(members.len());
+        for (i, m) in members.iter().enumerate() {
+            match self.write_member(m, first_seq + i as u64) {
+                Ok((block, c)) => {
+                    written.push(block);
+                    crcs.push(c);
+                }
+                Err(e) => {
+                    self.take_back(&members, &written, None);
+                    return Err(e);
+                }
+            }
+        }
+        let n = members.len() as u64;
+        let record = CommitRecord {
+            first_seq,
+            members: members.len() as u32,
+            digest: member_digest(self.salt, crcs),
+            tombstones: tombstones
+                .iter()
+                .enumerate()
+                .map(|(j, k)| (first_seq + n + j as u64, k.to_vec()))
+                .collect(),
+        };
+        let commit = match self.write_commit(&record) {
+            Ok(c) => c,
+            Err(e) => {
+                self.take_back(&members, &written, None);
+                return Err(e);
+            }
+        };
+        let generation = self.note_write();
+        self.storage.point("batch: written");
+        // One sync, whatever the policy: settling must wait for it.
+        if let Err(e) = self.sync_to(generation) {
+            if self.take_back(&members, &written, Some(commit)) {
+                return Err(e);
+            }
+            // Could not even be taken back: the batch may be on disk; it is
+            // published so that memory says what an open would find.
+            self.settle_and_publish(
+                &members,
+                &written,
+                &tombstones,
+                &steps,
+                (first_seq, commit),
+                generation,
+                &rooms,
+                &mut notes,
+            )?;
+            return Err(e);
+        }
+        self.storage.point("batch: durable");
+        self.settle_and_publish(
+            &members,
+            &written,
+            &tombstones,
+            &steps,
+            (first_seq, commit),
+            generation,
+            &rooms,
+            &mut notes,
+        )?;
+        self.maybe_sync_for_space()
+    }
+
+    /// Folds the operations of a batch into one action per key, in the
+    /// order the keys first appear.
+    fn fold<'b>(&self, batch: &'b Batch) -> Vec<(&'b [u8], Action<'b>)> {
+        let now = self.clock.now_millis();
+        let past = |expiry: Expiry, ms: u64| {
+            !matches!(expiry, Expiry::Never) && (ms == 0 || is_expired(ms, now))
+        };
+        let mut at: HashMap<&[u8], usize> = HashMap::new();
+        let mut actions: Vec<(&[u8], Action<'b>)> = Vec::new();
+        for op in &batch.ops {
+            let key = op.key();
+            let next = match op {
+                Op::Put {
+                    value,
+                    meta,
+                    expiry,
+                    ..
+                } => {
+                    let ms = self.expiry_ms(*expiry);
+                    if past(*expiry, ms) {
+                        Action::Delete
+                    } else {
+                        Action::Put {
+                            value,
+                            meta,
+                            expiry_ms: ms,
+                        }
+                    }
+                }
+                Op::Delete(_) => Action::Delete,
+                Op::Touch(_, expiry) => {
+                    let ms = self.expiry_ms(*expiry);
+                    let before = at.get(key).map(|&i| &actions[i].1);
+                    match before {
+                        Some(Action::Put { .. }) if past(*expiry, ms) => Action::Delete,
+                        Some(Action::Put { value, meta, .. }) => Action::Put {
+                            value,
+                            meta,
+                            expiry_ms: ms,
+                        },
+                        Some(Action::Delete) => Action::Delete,
+                        // Renewed, then expired: deleted if it was there.
+                        Some(Action::Expire) => Action::Expire,
+                        Some(Action::Touch(_)) | None if past(*expiry, ms) => Action::Expire,
+                        Some(Action::Touch(_)) | None => Action::Touch(ms),
+                    }
+                }
+            };
+            match at.get(key) {
+                Some(&i) => actions[i].1 = next,
+                None => {
+                    at.insert(key, actions.len());
+                    actions.push((key, next));
+                }
+            }
+        }
+        actions
+    }
+
+    /// Writes one member, pending. Returns its block and its checksums
+    /// (header CRC, payload CRC) for the digest.
+    fn write_member(&self, m: &Member<'_>, seq: u64) -> Result<((u64, u64), (u32, u32))> {
+        let need = entry_block_len(m.key.len(), m.meta.len(), m.value.len());
+        let (offset, len) = self.allocate(need)?;
+        let header = BlockHeader {
+            kind: Kind::Entry,
+            block_len: len,
+            key_len: m.key.len() as u16,
+            meta_len: m.meta.len() as u16,
+            value_len: m.value.len() as u32,
+            seq,
+            expiry_ms: m.expiry_ms,
+            payload_crc: crc(self.salt, &[m.key, &m.meta, &m.value]),
+            pending: true,
+        };
+        let encoded = header.encode(self.salt);
+        let parts: [&[u8]; 4] = [&encoded, m.key, &m.meta, &m.value];
+        if let Err(e) = self.storage.write_at(offset, &parts) {
+            self.release(offset, len, m.hash);
+            return Err(Error::io(&self.path, "writing a batch member", e));
+        }
+        self.note_write();
+        Ok((
+            (offset, len),
+            (stored_header_crc(&encoded), header.payload_crc),
+        ))
+    }
+
+    /// Writes the commit record. Returns its block.
+    fn write_commit(&self, record: &CommitRecord) -> Result<(u64, u64)> {
+        let payload = record.encode_payload();
+        let mut header = record.header(self.salt, &payload);
+        let (offset, len) = self.allocate(header.block_len)?;
+        header.block_len = len;
+        let w = self
+            .storage
+            .write_at(offset, &[&header.encode(self.salt), &payload]);
+        if let Err(e) = w {
+            self.release(offset, len, 0);
+            return Err(Error::io(&self.path, "writing a batch's commit record", e));
+        }
+        Ok((offset, len))
+    }
+
+    /// Frees the blocks of a batch that did not happen: the commit record
+    /// first (without it no member is valid), then the members. False when
+    /// the record's free header could not be written: the batch may then
+    /// be on disk.
+    fn take_back(
+        &self,
+        members: &[Member<'_>],
+        written: &[(u64, u64)],
+        commit: Option<(u64, u64)>,
+    ) -> bool {
+        if let Some((o, l)) = commit {
+            if self.mark_free(o, l).is_err() {
+                return false;
+            }
+            self.return_space(o, l);
+        }
+        for (m, &(o, l)) in members.iter().zip(written) {
+            self.release(o, l, m.hash);
+        }
+        true
+    }
+
+    /// Steps 4 and 5 of `apply` (see the module docs).
+    #[expect(clippy::too_many_arguments, reason = "the parts of one batch")]
+    fn settle_and_publish(
+        &self,
+        members: &[Member<'_>],
+        written: &[(u64, u64)],
+        tombstones: &[&[u8]],
+        steps: &[Step],
+        (first_seq, commit): (u64, (u64, u64)),
+        generation: u64,
+        rooms: &HashMap<Vec<u8>, super::write::Room<'_>>,
+        notes: &mut Notes<'_>,
+    ) -> Result<()> {
+        let mut failed = None;
+        for (i, &(offset, _)) in written.iter().enumerate() {
+            let word = expiry_word(members[i].expiry_ms, self.salt, first_seq + i as u64);
+            if let Err(e) = self.storage.write_word(offset + EXPIRY_WORD_OFFSET, word) {
+                failed = Some(Error::io(&self.path, "settling a batch member", e));
+                break;
+            }
+        }
+        let words = self.note_write();
+        // No remover frees a member before a sync covers its settled word.
+        for m in members {
+            self.blocks.freed_unsynced(m.hash, words);
+        }
+        self.storage.point("batch: settled");
+        for step in steps {
+            match *step {
+                Step::Member(i) => {
+                    let m = &members[i];
+                    let (offset, len) = written[i];
+                    let seq = first_seq + i as u64;
+                    let p =
+                        self.publish(m.key, (offset, len), seq, m.expiry_ms, generation, None)?;
+                    match p {
+                        Published::New => self.admit(m.key, rooms.get(m.key), notes)?,
+                        Published::Replaced | Published::Removed => {}
+                        // Cannot happen under the key's lock; should it,
+                        // the member loses on disk too: held, then freed.
+                        Published::Outranked => self.retire(offset, len, m.hash, words),
+                    }
+                    if m.expiry_ms != 0 {
+                        self.note_expiry(m.expiry_ms);
+                    }
+                }
+                Step::Delete(j) => self.remove_in_batch(tombstones[j], notes)?,
+            }
+        }
+        let settled = self.note_write();
+        match failed {
+            // A member still pending: the record must outlive this session
+            // (the next open settles the batch). It is left as it is.
+            Some(e) => Err(e),
+            None => {
+                // Freed by the next sync that covers all of the above.
+                self.blocks.hold_commit(commit.0, commit.1, settled);
+                Ok(())
+            }
+        }
+    }
+
+    /// Removes a key a batch deletes: its copies are freed without a sync
+    /// (the batch's tombstone outranks them until the record goes).
+    fn remove_in_batch(&self, key: &[u8], notes: &mut Notes<'_>) -> Result<()> {
+        let (hash, cell) = self.locate(key);
+        let mut shard = cell.map.write();
+        let Some(id) = shard.find(hash, key) else {
+            return Ok(());
+        };
+        let slot = shard.slot(id);
+        let (offset, expiry) = (slot.offset(), slot.expiry());
+        let visible = expiry == 0 || !is_expired(expiry, self.clock.now_millis());
+        self.blocks
+            .release_copies_of(hash, key, &self.bio())
+            .map_err(|(action, e)| Error::io(&self.path, action, e))?;
+        let freed = self.unindex_newest(&mut shard, cell, hash, id, offset)?;
+        drop(shard);
+        notes.add(|| match visible {
+            true => Event::Deleted { key: key.to_vec() },
+            false => Event::Expired {
+                key: key.to_vec(),
+                expired_at: millis_to_system_time(expiry),
+            },
+        });
+        if let Some(len) = freed {
+            self.return_space(offset, len);
+        }
+        Ok(())
+    }
+
+    /// Makes the file format version 2 before its first batch: the version
+    /// field and the header checksum are each rewritten with one atomic
+    /// 8-byte store (bytes 8..16 and 56..64), then synced. A crash between
+    /// the two leaves a header an open reads as version 1 (FORMAT.md,
+    /// "Format versions"), and no batch is written before the sync.
+    fn ensure_version_2(&self) -> Result<()> {
+        let mut header = self.file_header.lock();
+        if header.version >= FORMAT_VERSION {
+            return Ok(());
+        }
+        let new = crate::format::FileHeader {
+            version: FORMAT_VERSION,
+            ..*header
+        };
+        let b = new.encode();
+        let word = |at: usize| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&b[at..at + 8]);
+            u64::from_le_bytes(w)
+        };
+        debug_assert_eq!(FILE_HEADER_LEN, 64);
+        for at in [8, 56] {
+            self.storage
+                .write_word(at as u64, word(at))
+                .map_err(self.io("upgrading the file header to format version 2"))?;
+        }
+        let g = self.note_write();
+        self.storage.point("batch: upgraded");
+        self.sync_to(g)?;
+        *header = new;
+        Ok(())
+    }
+}
