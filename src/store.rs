@@ -414,7 +414,9 @@ impl Store {
     /// It costs one `fdatasync` whatever its size, under every
     /// [`SyncPolicy`] (settling a batch must wait for it): a batch is
     /// durable when `apply` returns. The first batch of a file also upgrades
-    /// it to format version 2 (one more sync, once).
+    /// it to format version 2 (one more sync, once); under an entry cap and
+    /// `SyncPolicy::Always`, the evictions that make room are synced first,
+    /// as for a put.
     ///
     /// Atomic for readers key by key: each key switches from its old state
     /// to its new one in a single step, and the keys switch one after
