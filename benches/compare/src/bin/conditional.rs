@@ -11,7 +11,10 @@
 //!    `compare_and_swap`, neither syncing per write (sfs `SyncPolicy::Never`;
 //!    sled flushes in the background), then sfs durable (`Always`).
 //!
-//! `cargo run --release --bin sfs-conditional -- [--dir DIR] [--quick]`
+//! 3. Batches: a durable batch of 100 puts against one durable put, and a
+//!    load in batches against put by put.
+//!
+//! `cargo run --release --bin conditional -- [--dir DIR] [--quick]`
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
@@ -186,8 +189,77 @@ fn cas_contention(dir: &std::path::Path, quick: bool) {
     println!();
 }
 
+/// A durable batch of 100 puts against one durable put, in alternating
+/// blocks; and a load of `n` entries as batches of 10,000 against put by
+/// put, under `SyncPolicy::Never` (each ending in one sync).
+fn batches(dir: &std::path::Path, quick: bool) {
+    let d = tempfile::tempdir_in(dir).expect("tempdir");
+    let store = Options::new()
+        .sync(SyncPolicy::Always)
+        .open(d.path().join("batch.sfs"))
+        .expect("open");
+    let value = vec![7u8; 100];
+    let rounds = if quick { 10 } else { 50 };
+    let (mut one, mut hundred) = (0f64, 0f64);
+    let mut k = 0u64;
+    for _ in 0..rounds {
+        let t = Instant::now();
+        store.put(format!("single-{k:08}"), &value).expect("put");
+        one += t.elapsed().as_nanos() as f64;
+        let mut batch = sfs::Batch::new();
+        for i in 0..100 {
+            batch.put(format!("batch-{k:08}-{i:03}"), &value);
+        }
+        let t = Instant::now();
+        store.apply(&batch).expect("apply");
+        hundred += t.elapsed().as_nanos() as f64;
+        k += 1;
+    }
+    drop(store);
+    println!("## Batches\n");
+    println!(
+        "durable batch of 100 puts: {:.1} µs; one durable put: {:.1} µs; ratio **{:.2}** (goal ≤ 1.5)\n",
+        hundred / rounds as f64 / 1e3,
+        one / rounds as f64 / 1e3,
+        hundred / one
+    );
+    let n: usize = if quick { 100_000 } else { 1_000_000 };
+    let key = |i: usize| format!("load-{i:09}");
+    let never = |name: &str| {
+        Options::new()
+            .sync(SyncPolicy::Never)
+            .open(d.path().join(name))
+            .expect("open")
+    };
+    let s1 = never("puts.sfs");
+    let t = Instant::now();
+    for i in 0..n {
+        s1.put(key(i), &value).expect("put");
+    }
+    s1.sync().expect("sync");
+    let puts = t.elapsed().as_secs_f64();
+    drop(s1);
+    let s2 = never("batches.sfs");
+    let t = Instant::now();
+    for chunk in (0..n).collect::<Vec<_>>().chunks(10_000) {
+        let mut batch = sfs::Batch::new();
+        for &i in chunk {
+            batch.put(key(i), &value);
+        }
+        s2.apply(&batch).expect("apply");
+    }
+    let batched = t.elapsed().as_secs_f64();
+    println!(
+        "load of {n} entries (SyncPolicy::Never): put by put {:.0} ns/entry, in batches of 10,000 {:.0} ns/entry; ratio **{:.2}**\n",
+        puts * 1e9 / n as f64,
+        batched * 1e9 / n as f64,
+        batched / puts
+    );
+}
+
 fn main() {
     let (dir, quick) = arg_dir();
     group_commit(&dir, quick);
+    batches(&dir, quick);
     cas_contention(&dir, quick);
 }
