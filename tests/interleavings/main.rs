@@ -722,6 +722,16 @@ fn deep() -> bool {
 /// listing every pair that broke a promise, prints what it checked (as
 /// `what`), and checks that each pair had more than one schedule.
 fn explore_pairs(setup: Setup, what: &str, pairs: impl IntoIterator<Item = (Op, Op)>) {
+    explore_pairs_with(setup, what, pairs, || Strategy::Exhaustive);
+}
+
+/// [`explore_pairs`], with the schedules `strategy` gives for each pair.
+fn explore_pairs_with(
+    setup: Setup,
+    what: &str,
+    pairs: impl IntoIterator<Item = (Op, Op)>,
+    strategy: impl Fn() -> Strategy,
+) {
     let started = Instant::now();
     let dir = scratch();
     let mut cache = crash::Cache::default();
@@ -734,7 +744,7 @@ fn explore_pairs(setup: Setup, what: &str, pairs: impl IntoIterator<Item = (Op, 
             continue;
         }
         n += 1;
-        match explore(setup, &[a, b], Strategy::Exhaustive, dir.path(), &mut cache) {
+        match explore(setup, &[a, b], strategy(), dir.path(), &mut cache) {
             Ok(t) => {
                 totals.schedules += t.schedules;
                 totals.images += t.images;
@@ -823,48 +833,25 @@ fn batch_schedules() -> usize {
 /// A batch (put `c`, delete `b`, put a new key) against every operation,
 /// every conditional write and another batch.
 fn batch_pairs_in(setup: Setup) {
-    let started = Instant::now();
-    let dir = scratch();
-    let mut cache = crash::Cache::default();
-    let mut totals = Totals::default();
-    let mut failures = Vec::new();
-    let mut pairs = 0;
-    for &b in ALL_OPS.iter().chain(&COND_OPS).chain(&[Op::Batch]) {
-        // Not yet: at the cap, an insert in flight holds room a batch
-        // cannot evict, and the batch is refused where no serial order
-        // would refuse it (see the branch's report).
-        if setup.cap.is_some() && matches!(b, Op::PutNew | Op::PutIfAbsent | Op::Update | Op::Batch)
-        {
-            continue;
-        }
-        pairs += 1;
-        // A batch makes some twenty storage calls: every interleaving with
-        // another operation's is too many to run; a seeded sample of them.
-        let strategy = Strategy::Random {
-            n: batch_schedules(),
-            seed: 0xba7c,
-        };
-        match explore(setup, &[Op::Batch, b], strategy, dir.path(), &mut cache) {
-            Ok(t) => {
-                totals.schedules += t.schedules;
-                totals.images += t.images;
-            }
-            Err(e) => failures.push(e),
-        }
-    }
-    assert!(
-        failures.is_empty(),
-        "{} pairs break a promise:\n\n{}",
-        failures.len(),
-        failures.join("\n\n")
+    let others = ALL_OPS.iter().chain(&COND_OPS).chain(&[Op::Batch]);
+    // Not yet: at the cap, an insert in flight holds room a batch cannot
+    // evict, and the batch is refused where no serial order would refuse it
+    // (issue 13's note).
+    let explored = others.filter(|b| {
+        setup.cap.is_none() || !matches!(b, Op::PutNew | Op::PutIfAbsent | Op::Update | Op::Batch)
+    });
+    // A batch makes some twenty storage calls: every interleaving with
+    // another operation's is too many to run; a seeded sample of them.
+    let strategy = || Strategy::Random {
+        n: batch_schedules(),
+        seed: 0xba7c,
+    };
+    explore_pairs_with(
+        setup,
+        "a batch",
+        explored.map(|&b| (Op::Batch, b)),
+        strategy,
     );
-    eprintln!(
-        "{setup:?}: {pairs} pairs with a batch, {} schedules, {} crash images checked in {:.1?}",
-        totals.schedules,
-        totals.images,
-        started.elapsed()
-    );
-    assert!(totals.schedules > pairs);
 }
 
 #[test]
