@@ -1190,10 +1190,10 @@ fn a_backup_beside_a_clear_holds_the_store_before_or_after_it() {
 
 #[test]
 fn a_backup_beside_conditional_writes_and_a_sweep_holds_the_store_at_its_pause() {
-    backup_beside_at(&[Op::Cas], BACKUP_POINTS, &SETUPS);
+    backup_beside_at(&[Op::Cas], BACKUP_ROUND_POINTS, &SETUPS);
     backup_beside_at(&[Op::CasDelete], BACKUP_POINTS, &SETUPS);
     backup_beside_at(&[Op::Expire, Op::PutIfAbsent], BACKUP_ROUND_POINTS, &SETUPS);
-    backup_beside_at(&[Op::Update], BACKUP_POINTS, &SETUPS);
+    backup_beside_at(&[Op::Update], BACKUP_ROUND_POINTS, &SETUPS);
     backup_beside_at(&[Op::Expire, Op::Sweep], BACKUP_POINTS, &SETUPS);
 }
 
