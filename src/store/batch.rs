@@ -366,25 +366,15 @@ impl Inner {
         let generation = self.note_write();
         self.storage.point("batch: written");
         // One sync, whatever the policy: settling must wait for it.
-        if let Err(e) = self.sync_to(generation) {
-            if self.take_back(&members, &written, Some(commit)) {
-                return Err(e);
-            }
+        let synced = self.sync_to(generation);
+        match &synced {
+            Ok(()) => self.storage.point("batch: durable"),
+            Err(_) if self.take_back(&members, &written, Some(commit)) => return synced,
             // Could not even be taken back: the batch may be on disk; it is
-            // published so that memory says what an open would find.
-            self.settle_and_publish(
-                &members,
-                &written,
-                &tombstones,
-                &steps,
-                (first_seq, commit),
-                generation,
-                &rooms,
-                &mut notes,
-            )?;
-            return Err(e);
+            // published so that memory says what an open would find, and
+            // the sync's error returned.
+            Err(_) => {}
         }
-        self.storage.point("batch: durable");
         self.settle_and_publish(
             &members,
             &written,
@@ -395,6 +385,7 @@ impl Inner {
             &rooms,
             &mut notes,
         )?;
+        synced?;
         self.maybe_sync_for_space()
     }
 
