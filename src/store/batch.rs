@@ -38,10 +38,10 @@ use std::hash::BuildHasher;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
-use super::write::Published;
-use super::{Inner, KEY_LOCKS, millis_to_system_time};
+use super::write::{Published, removed_by_key};
+use super::{Inner, KEY_LOCKS};
 use crate::error::{Error, Result};
-use crate::events::{Event, Notes};
+use crate::events::Notes;
 use crate::format::{
     BlockHeader, CommitRecord, EXPIRY_WORD_OFFSET, FILE_HEADER_LEN, FORMAT_VERSION, Kind,
     MAX_VALUE_LEN, crc, entry_block_len, expiry_word, is_expired, member_digest, stored_header_crc,
@@ -593,13 +593,7 @@ impl Inner {
             .map_err(|(action, e)| Error::io(&self.path, action, e))?;
         let freed = self.unindex_newest(&mut shard, cell, hash, id, offset)?;
         drop(shard);
-        notes.add(|| match visible {
-            true => Event::Deleted { key: key.to_vec() },
-            false => Event::Expired {
-                key: key.to_vec(),
-                expired_at: millis_to_system_time(expiry),
-            },
-        });
+        removed_by_key(notes, key, visible, expiry);
         if let Some(len) = freed {
             self.return_space(offset, len);
         }

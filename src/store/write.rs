@@ -609,13 +609,7 @@ impl Inner {
         let visible = expiry == 0 || !is_expired(expiry, self.clock.now_millis());
         let freed = self.unindex(&mut shard, cell, hash, id, offset)?;
         drop(shard);
-        notes.add(|| match visible {
-            true => Event::Deleted { key: key.to_vec() },
-            false => Event::Expired {
-                key: key.to_vec(),
-                expired_at: millis_to_system_time(expiry),
-            },
-        });
+        removed_by_key(&mut notes, key, visible, expiry);
         if let Some(len) = freed {
             self.return_space(offset, len);
         }
@@ -1002,4 +996,16 @@ impl Inner {
         // would come back (older than the last sync).
         self.sync_to(self.writes.load(Ordering::Acquire))
     }
+}
+
+/// The event of a removal asked for by key (a delete, a batch's delete): the
+/// entry was visible, or had expired (`expiry`) and is reported as such.
+pub(super) fn removed_by_key(notes: &mut Notes<'_>, key: &[u8], visible: bool, expiry: u64) {
+    notes.add(|| match visible {
+        true => Event::Deleted { key: key.to_vec() },
+        false => Event::Expired {
+            key: key.to_vec(),
+            expired_at: millis_to_system_time(expiry),
+        },
+    });
 }
