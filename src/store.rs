@@ -15,7 +15,9 @@
 //! 1. `gate` (read by every write, `sync` included; write by `clear`): no
 //!    write is in flight while `clear` resets the file. Never held by readers
 //!    or by user code.
-//! 2. `inserting` (room under the entry cap, and evictions).
+//! 2. `inserting` (room under the entry cap, and evictions). An insert that
+//!    finds the cap filled by other inserts' rooms alone waits on
+//!    `room_changed` (letting `inserting` go) until one of them is used.
 //! 3. a shard's `map` (read by readers, write by writers of that shard's keys).
 //! 4. that shard's `lru` list.
 //! 5. the block owner's reader locks, then its `space`: every free-block
@@ -211,6 +213,9 @@ pub(crate) struct Inner {
     /// The new keys whose inserts hold room under the entry cap
     /// (see `make_room`).
     inserting: Mutex<Vec<write::RoomSlot>>,
+    /// Signalled (with `inserting`) when an insert's room is used or given
+    /// back: an insert that finds the cap filled by rooms alone waits here.
+    room_changed: Condvar,
     /// Per-key write locks, by key hash: every write of a key (put, delete,
     /// touch, conditional write) holds its key's lock from its look at the
     /// key to its publication, so that a conditional write's comparison
@@ -1125,6 +1130,7 @@ impl Inner {
             corrupt_blocks: rec.corrupt_blocks,
             corrupt_bytes: rec.corrupt_bytes,
             inserting: Mutex::new(Vec::new()),
+            room_changed: Condvar::new(),
             key_locks: (0..KEY_LOCKS).map(|_| Mutex::new(())).collect(),
             compaction: Mutex::new(()),
             compact_batch: opts.compact_batch,

@@ -57,6 +57,7 @@ impl Room<'_> {
             && let Some(slot) = self.inner.inserting.lock().iter_mut().find(|s| &s.key == k)
         {
             slot.used = true;
+            self.inner.room_changed.notify_all();
         }
     }
 }
@@ -73,6 +74,7 @@ impl Drop for Room<'_> {
         ins[i].holders -= 1;
         if ins[i].holders == 0 && !ins.swap_remove(i).used {
             self.inner.claimed.fetch_sub(1, Ordering::AcqRel);
+            self.inner.room_changed.notify_all();
         }
     }
 }
@@ -730,33 +732,49 @@ impl Inner {
         notes: &mut Notes<'_>,
     ) -> Result<Room<'_>> {
         let mut inserting = self.inserting.lock();
-        if let Some(slot) = inserting.iter_mut().find(|s| s.key == key) {
-            // Another insert of this key holds room: one entry, one room.
-            slot.holders += 1;
-            return Ok(Room {
-                inner: self,
-                key: Some(key.to_vec()),
-            });
-        }
-        if self.indexed(key) {
-            // Put back by an insert that began while the key was still in
-            // the index (so held no room) and counted it when it published:
-            // a second room would count the key twice.
-            return Ok(Room {
-                inner: self,
-                key: None,
-            });
-        }
         let full = || self.claimed.load(Ordering::Acquire) >= cap;
         let mut removed = false;
-        if full() {
-            removed |= self.purge_held(self.clock.now_millis(), notes)? > 0;
-        }
-        while full() {
-            if !self.evict_one(notes)? {
+        let mut purged = false;
+        loop {
+            if let Some(slot) = inserting.iter_mut().find(|s| s.key == key) {
+                // Another insert of this key holds room: one entry, one room.
+                slot.holders += 1;
+                drop(inserting);
+                return self.room_made(Some(key), removed);
+            }
+            if self.indexed(key) {
+                // Put back by an insert that began while the key was still
+                // in the index (so held no room) and counted it when it
+                // published: a second room would count the key twice.
+                drop(inserting);
+                return self.room_made(None, removed);
+            }
+            if !full() {
                 break;
             }
-            removed = true;
+            if !purged {
+                purged = true;
+                removed |= self.purge_held(self.clock.now_millis(), notes)? > 0;
+                continue;
+            }
+            if self.evict_one(notes)? {
+                removed = true;
+                continue;
+            }
+            if !inserting.iter().any(|s| !s.used) {
+                // Nothing to evict and no insert in flight: the cap is
+                // filled by entries that cannot go (cap 0). Over the cap.
+                break;
+            }
+            // The cap is filled by the rooms of inserts still in flight:
+            // their entries are not in the index yet, so nothing can be
+            // evicted. Were this insert to count itself over the cap, the
+            // store would end with more entries than it allows. Wait for
+            // one of them to put its entry in (it is then the one evicted,
+            // as in the serial order where it came first) or to give its
+            // room back. They need none of the locks held here: their own
+            // key's lock, shard locks and `inserting` only.
+            self.room_changed.wait(&mut inserting);
         }
         self.claimed.fetch_add(1, Ordering::AcqRel);
         inserting.push(RoomSlot {
@@ -765,9 +783,16 @@ impl Inner {
             used: false,
         });
         drop(inserting);
+        self.room_made(Some(key), removed)
+    }
+
+    /// The guard of a room `make_room` made (or shares, or, without a key,
+    /// needed none of): the removals that made it are durable first under
+    /// `SyncPolicy::Always`.
+    fn room_made(&self, key: Option<&[u8]>, removed: bool) -> Result<Room<'_>> {
         let room = Room {
             inner: self,
-            key: Some(key.to_vec()),
+            key: key.map(<[u8]>::to_vec),
         };
         if removed && self.policy == SyncPolicy::Always {
             self.sync_to(self.writes.load(Ordering::Acquire))?;

@@ -1036,6 +1036,46 @@ fn an_overwrite_between_a_renewal_of_a_held_entry_and_a_delete_survives_power_lo
     }
 }
 
+#[test]
+fn an_overwrite_that_reinserts_an_evicted_key_keeps_the_cap() {
+    // Found by the deep sample of triples: both inserts of new keys into
+    // the full store (cap 2) evict `b` and `c`; the overwrite of `c`, begun
+    // before, then puts `c` back as new while both inserts still hold their
+    // rooms. Nothing else was evictable then, and the store ended with three
+    // live entries over a cap of two.
+    let dir = scratch();
+    let ops = [Op::PutNew, Op::PutNew, Op::Overwrite];
+    let window = vec![0, 2, 0, 1, 0, 0, 2, 2, 0, 2, 1, 1];
+    let mut cache = crash::Cache::default();
+    for strategy in [
+        Strategy::Replay(window),
+        Strategy::Random { n: 300, seed: 17 },
+    ] {
+        explore(SETUPS[3], &ops, strategy, dir.path(), &mut cache)
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+}
+
+#[test]
+fn three_inserts_into_a_full_store_never_fill_it_past_the_cap() {
+    // The same window without the overwrite: two inserts' rooms fill the
+    // cap before either entry is in the index; a third new key must wait
+    // for one of them (and then evict it), not count itself over the cap.
+    let dir = scratch();
+    let ops = [Op::PutNew, Op::PutNew, Op::PutNew];
+    let mut cache = crash::Cache::default();
+    for setup in [SETUPS[1], SETUPS[3]] {
+        explore(
+            setup,
+            &ops,
+            Strategy::Random { n: 150, seed: 29 },
+            dir.path(),
+            &mut cache,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    }
+}
+
 // ---- Active expiry (issue 12): the sweep against every operation. --------
 
 /// Every interleaving of a sweep pass with each operation (and another
