@@ -646,7 +646,7 @@ impl LruList {
 }
 
 /// The hasher keys are hashed with (random per store).
-pub type KeyHasher = foldhash::fast::RandomState;
+pub type KeyHasher = foldhash::fast::SeedableRandomState;
 
 /// Which shard a key hash belongs to. Uses bits that `hashbrown` uses for
 /// neither the bucket index (low bits) nor the control byte (top 7 bits).

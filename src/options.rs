@@ -96,6 +96,8 @@ pub struct Options {
     pub(crate) storage: Option<Arc<dyn crate::io::Storage>>,
     #[cfg(feature = "testing")]
     pub(crate) salt: Option<u32>,
+    #[cfg(feature = "testing")]
+    pub(crate) hasher_seed: Option<u64>,
 }
 
 impl Default for Options {
@@ -143,6 +145,8 @@ impl Options {
             storage: None,
             #[cfg(feature = "testing")]
             salt: None,
+            #[cfg(feature = "testing")]
+            hasher_seed: None,
         }
     }
 
@@ -314,6 +318,26 @@ impl Options {
     pub fn compact_batch(mut self, n: usize) -> Options {
         self.compact_batch = n.max(1);
         self
+    }
+
+    /// Hashes keys with this seed instead of a random one, so that which
+    /// keys share an index shard or a key lock is the same from run to run
+    /// (test seam: the interleaving explorer's schedules then are too).
+    #[cfg(feature = "testing")]
+    #[doc(hidden)]
+    pub fn hasher_seed(mut self, seed: u64) -> Options {
+        self.hasher_seed = Some(seed);
+        self
+    }
+
+    /// The hasher of the index's keys: randomly seeded (so that nobody can
+    /// choose keys that all land in one shard), unless a test fixed it.
+    pub(crate) fn key_hasher(&self) -> crate::index::KeyHasher {
+        #[cfg(feature = "testing")]
+        if let Some(seed) = self.hasher_seed {
+            return crate::index::KeyHasher::with_seed(seed, foldhash::SharedSeed::global_fixed());
+        }
+        crate::index::KeyHasher::random()
     }
 
     /// The salt for a new file.

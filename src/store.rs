@@ -1027,7 +1027,7 @@ impl Inner {
 
     fn open(path: &Path, storage: Arc<dyn Storage>, opts: &Options) -> Result<Inner> {
         let now = opts.clock.now_millis();
-        let hasher = KeyHasher::default();
+        let hasher = opts.key_hasher();
         // An empty file, or one whose creation a crash cut short, holds
         // nothing: a writer (re)writes its header.
         let fresh = storage.is_empty() || unfinished_file(&*storage);
