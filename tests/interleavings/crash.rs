@@ -139,20 +139,38 @@ fn allowed_at(
         .position(|d| d.op == Op::Batch && started(d))
         .filter(|_| !(power && policy != SyncPolicy::Always && initial.cap.is_some()));
     let mut whole = batch.map(|slot| (batch_keys(slot), Whole::new()));
-    for mask in 0..(1u32 << optional.len()) {
+    // What each operation in flight may have done: nothing, all of it, or,
+    // for a renewal of a held entry, only its `get_ref` (a read of its own,
+    // which makes `c` recently used, so that an insert meanwhile evicts
+    // another entry), its touch lost in the crash. The halves are listed
+    // after `done`, with the same span.
+    let mut steps = done.to_vec();
+    let choices: Vec<Vec<Option<usize>>> = optional
+        .iter()
+        .map(|&i| {
+            let mut c = vec![None, Some(i)];
+            if done[i].op == Op::TouchHeld {
+                c.push(Some(steps.len()));
+                steps.push(Done {
+                    op: Op::GetRefHeld,
+                    ..done[i].clone()
+                });
+            }
+            c
+        })
+        .collect();
+    let combinations: usize = choices.iter().map(Vec::len).product();
+    for mut n in 0..combinations {
         let mut ops = required.clone();
-        ops.extend(
-            optional
-                .iter()
-                .enumerate()
-                .filter(|(b, _)| mask & (1 << b) != 0)
-                .map(|(_, &i)| i),
-        );
-        for order in serial_orders(done, &ops) {
+        for c in &choices {
+            ops.extend(c[n % c.len()]);
+            n /= c.len();
+        }
+        for order in serial_orders(&steps, &ops) {
             let mut m = initial.clone();
             let mut t = setup.start_ms();
             for &i in &order {
-                model_op(done[i].op, i, &mut m, &mut t);
+                model_op(steps[i].op, i, &mut m, &mut t);
             }
             let c = model_contents(&m, now, keys);
             if let Some((bk, w)) = &mut whole {

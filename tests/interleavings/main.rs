@@ -1070,6 +1070,27 @@ fn an_overwrite_that_reinserts_an_evicted_key_keeps_the_cap() {
 }
 
 #[test]
+fn an_insert_after_a_get_ref_whose_renewal_a_power_loss_drops_evicts_another_entry() {
+    // Found by the deep sample of triples (Always, cap 2): the renewal's
+    // `get_ref` made `c` recently used, so the insert evicted `b`; a power
+    // loss then dropped the renewal (in flight) and the CAS (in flight).
+    // The store was right, the checker was not: it took a renewal of a
+    // held entry in flight as all or nothing, where its `get_ref` is a call
+    // of its own that had returned. It now allows the read alone.
+    let dir = scratch();
+    let ops = [Op::Cas, Op::PutNew, Op::TouchHeld];
+    let window = vec![0, 0, 0, 2, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 2, 2, 2, 2];
+    let mut cache = crash::Cache::default();
+    for strategy in [
+        Strategy::Replay(window),
+        Strategy::Random { n: 200, seed: 31 },
+    ] {
+        explore(SETUPS[1], &ops, strategy, dir.path(), &mut cache)
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+}
+
+#[test]
 fn three_inserts_into_a_full_store_never_fill_it_past_the_cap() {
     // The same window without the overwrite: two inserts' rooms fill the
     // cap before either entry is in the index; a third new key must wait
