@@ -100,6 +100,42 @@ impl Model {
     /// need more room than the cap leaves beside its other keys (expired
     /// entries may have been purged by then, as in the store).
     pub fn apply_batch(&mut self, ops: &[BatchOp], now: i64) -> bool {
+        self.batch(ops, now, false)
+    }
+
+    /// The first step of [`apply_batch`](Self::apply_batch) alone: the room
+    /// made under the cap (purges, evictions), as a crash after it and
+    /// before the batch is written leaves the store. Returns false where the
+    /// batch would be refused.
+    pub fn batch_room(&mut self, ops: &[BatchOp], now: i64) -> bool {
+        self.batch(ops, now, true)
+    }
+
+    /// The first step of a put of a new key `k` alone: the room made under
+    /// the cap, as a crash after it and before the entry is written leaves
+    /// the store (a key already there needs none).
+    pub fn room_for(&mut self, k: &[u8], now: i64) {
+        let Some(cap) = self.cap else {
+            return;
+        };
+        if self.map.contains_key(k) || self.map.len() < cap {
+            return;
+        }
+        self.purge(now);
+        while self.map.len() >= cap {
+            let Some(oldest) = self
+                .used
+                .iter()
+                .min_by_key(|&(_, &t)| t)
+                .map(|(k, _)| k.clone())
+            else {
+                return;
+            };
+            self.delete(&oldest);
+        }
+    }
+
+    fn batch(&mut self, ops: &[BatchOp], now: i64, room_only: bool) -> bool {
         enum A {
             Put(Vec<u8>, u64),
             Delete,
@@ -190,6 +226,9 @@ impl Model {
                 }
                 reserved.extend(new);
             }
+        }
+        if room_only {
+            return true;
         }
         for k in &order {
             match &acts[k] {

@@ -15,9 +15,10 @@
 //! 1. `gate` (read by every write, `sync` included; write by `clear`): no
 //!    write is in flight while `clear` resets the file. Never held by readers
 //!    or by user code.
-//! 2. `inserting` (room under the entry cap, and evictions). An insert that
-//!    finds the cap filled by other inserts' rooms alone waits on
-//!    `room_changed` (letting `inserting` go) until one of them is used.
+//! 2. `inserting` (room under the entry cap, the keys of batches in flight,
+//!    which nothing evicts, and evictions). An insert that finds the cap
+//!    filled by other inserts' rooms and batches' keys alone waits on
+//!    `room_changed` (letting `inserting` go) until one of them is done.
 //! 3. a shard's `map` (read by readers, write by writers of that shard's keys).
 //! 4. that shard's `lru` list.
 //! 5. the block owner's reader locks, then its `space`: every free-block
@@ -212,7 +213,7 @@ pub(crate) struct Inner {
     corrupt_bytes: u64,
     /// The new keys whose inserts hold room under the entry cap
     /// (see `make_room`).
-    inserting: Mutex<Vec<write::RoomSlot>>,
+    inserting: Mutex<write::Inserting>,
     /// Signalled (with `inserting`) when an insert's room is used or given
     /// back: an insert that finds the cap filled by rooms alone waits here.
     room_changed: Condvar,
@@ -1129,7 +1130,7 @@ impl Inner {
             sync_done: Condvar::new(),
             corrupt_blocks: rec.corrupt_blocks,
             corrupt_bytes: rec.corrupt_bytes,
-            inserting: Mutex::new(Vec::new()),
+            inserting: Mutex::new(write::Inserting::default()),
             room_changed: Condvar::new(),
             key_locks: (0..KEY_LOCKS).map(|_| Mutex::new(())).collect(),
             compaction: Mutex::new(()),

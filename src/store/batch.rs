@@ -300,15 +300,13 @@ impl Inner {
         // used first, so that the room is never made by evicting one of
         // them (its eviction would be durable before the batch is).
         let mut rooms = HashMap::new();
+        let mut _pins = None;
         if let Some(cap) = self.max_entries {
-            for (key, _) in &actions {
-                let (hash, cell) = self.locate(key);
-                let shard = cell.map.read();
-                if let Some(id) = shard.find(hash, key) {
-                    self.touch_lru(cell, id);
-                }
-            }
             let named: Vec<&[u8]> = actions.iter().map(|(k, _)| *k).collect();
+            // No other write evicts them now (other writes of them wait
+            // for their locks): the room counted below stays.
+            _pins = Some(self.pin(&named));
+            self.mark_used(&named);
             // Until no member is left without room: making room purges
             // expired entries, which may take a member's key out of the
             // index (it is then a new key too).
@@ -322,8 +320,16 @@ impl Inner {
                     break;
                 }
                 self.storage.point("batch: room");
-                for (k, room) in self.make_batch_room(cap, &new, &named, &tombstones, &mut notes)? {
-                    rooms.insert(k, room);
+                match self.make_batch_room(cap, &new, &named, &tombstones, &mut notes)? {
+                    Some(made) => rooms.extend(made),
+                    None => {
+                        // Short of room only while other inserts are in
+                        // flight: wait for one, holding no room, and ask
+                        // again (as in the serial order where it came
+                        // first, its entry is then evictable).
+                        rooms.clear();
+                        self.wait_for_inserts();
+                    }
                 }
             }
         }
@@ -551,7 +557,7 @@ impl Inner {
                     let p =
                         self.publish(m.key, (offset, len), seq, m.expiry_ms, generation, None)?;
                     match p {
-                        Published::New => self.admit(m.key, rooms.get(m.key), notes)?,
+                        Published::New => self.admit(m.key, rooms.get(m.key), false, notes)?,
                         Published::Replaced | Published::Removed => {}
                         // Cannot happen under the key's lock; should it,
                         // the member loses on disk too: held, then freed.

@@ -46,6 +46,46 @@ pub(super) struct RoomSlot {
     used: bool,
 }
 
+/// The rooms made for a batch's new keys, by key.
+pub(super) type BatchRooms<'a> = Vec<(Vec<u8>, Room<'a>)>;
+
+/// The inserts in flight under an entry cap (`Inner::inserting`).
+#[derive(Default)]
+pub(super) struct Inserting {
+    /// Room held for new keys, one slot per key.
+    rooms: Vec<RoomSlot>,
+    /// The keys of the batches in flight: evicted by nobody until their
+    /// batch is done (a batch counts on its keys, the one it deletes among
+    /// them to make room for its new ones).
+    pinned: Vec<Vec<u8>>,
+}
+
+impl Inserting {
+    /// Whether an insert holds room it has not used yet.
+    fn rooms_in_flight(&self) -> bool {
+        self.rooms.iter().any(|s| !s.used)
+    }
+}
+
+/// A batch's keys kept from eviction until it drops (see
+/// [`Inserting::pinned`]).
+pub(super) struct Pins<'a> {
+    inner: &'a Inner,
+    keys: Vec<Vec<u8>>,
+}
+
+impl Drop for Pins<'_> {
+    fn drop(&mut self) {
+        let mut ins = self.inner.inserting.lock();
+        for k in &self.keys {
+            if let Some(i) = ins.pinned.iter().position(|p| p == k) {
+                ins.pinned.swap_remove(i);
+            }
+        }
+        self.inner.room_changed.notify_all();
+    }
+}
+
 impl Room<'_> {
     fn holds(&self) -> bool {
         self.key.is_some()
@@ -54,7 +94,13 @@ impl Room<'_> {
     /// The key went in as a new entry: its room is taken for good.
     fn used(&self) {
         if let Some(k) = &self.key
-            && let Some(slot) = self.inner.inserting.lock().iter_mut().find(|s| &s.key == k)
+            && let Some(slot) = self
+                .inner
+                .inserting
+                .lock()
+                .rooms
+                .iter_mut()
+                .find(|s| &s.key == k)
         {
             slot.used = true;
             self.inner.room_changed.notify_all();
@@ -68,11 +114,11 @@ impl Drop for Room<'_> {
             return;
         };
         let mut ins = self.inner.inserting.lock();
-        let Some(i) = ins.iter().position(|s| &s.key == k) else {
+        let Some(i) = ins.rooms.iter().position(|s| &s.key == k) else {
             return;
         };
-        ins[i].holders -= 1;
-        if ins[i].holders == 0 && !ins.swap_remove(i).used {
+        ins.rooms[i].holders -= 1;
+        if ins.rooms[i].holders == 0 && !ins.rooms.swap_remove(i).used {
             self.inner.claimed.fetch_sub(1, Ordering::AcqRel);
             self.inner.room_changed.notify_all();
         }
@@ -245,14 +291,14 @@ impl Inner {
                     let p =
                         self.publish(key, (offset, len), header.seq, expiry_ms, generation, None)?;
                     if let Published::New = p {
-                        self.admit(key, room.as_ref(), &mut notes)?;
+                        self.admit(key, room.as_ref(), true, &mut notes)?;
                     }
                 }
                 return Err(e);
             }
             match self.publish(key, (offset, len), header.seq, expiry_ms, generation, claim)? {
                 Published::New => {
-                    self.admit(key, room.as_ref(), &mut notes)?;
+                    self.admit(key, room.as_ref(), true, &mut notes)?;
                     break;
                 }
                 Published::Replaced => break,
@@ -736,7 +782,7 @@ impl Inner {
         let mut removed = false;
         let mut purged = false;
         loop {
-            if let Some(slot) = inserting.iter_mut().find(|s| s.key == key) {
+            if let Some(slot) = inserting.rooms.iter_mut().find(|s| s.key == key) {
                 // Another insert of this key holds room: one entry, one room.
                 slot.holders += 1;
                 drop(inserting);
@@ -757,27 +803,28 @@ impl Inner {
                 removed |= self.purge_held(self.clock.now_millis(), notes)? > 0;
                 continue;
             }
-            if self.evict_one(notes)? {
+            if self.evict_one(notes, &[], &inserting.pinned)? {
                 removed = true;
                 continue;
             }
-            if !inserting.iter().any(|s| !s.used) {
+            if !inserting.rooms_in_flight() && inserting.pinned.is_empty() {
                 // Nothing to evict and no insert in flight: the cap is
                 // filled by entries that cannot go (cap 0). Over the cap.
                 break;
             }
-            // The cap is filled by the rooms of inserts still in flight:
-            // their entries are not in the index yet, so nothing can be
-            // evicted. Were this insert to count itself over the cap, the
-            // store would end with more entries than it allows. Wait for
-            // one of them to put its entry in (it is then the one evicted,
-            // as in the serial order where it came first) or to give its
-            // room back. They need none of the locks held here: their own
-            // key's lock, shard locks and `inserting` only.
+            // The cap is filled by the rooms of inserts still in flight
+            // (their entries are not in the index yet) and the keys of
+            // batches in flight: nothing can be evicted now. Were this
+            // insert to count itself over the cap, the store would end with
+            // more entries than it allows. Wait for one of them to put its
+            // entry in (it is then the one evicted, as in the serial order
+            // where it came first), to give its room back, or for the batch
+            // to end. They need none of the locks held here: their own
+            // keys' locks, shard locks and `inserting` only.
             self.room_changed.wait(&mut inserting);
         }
         self.claimed.fetch_add(1, Ordering::AcqRel);
-        inserting.push(RoomSlot {
+        inserting.rooms.push(RoomSlot {
             key: key.to_vec(),
             holders: 1,
             used: false,
@@ -808,6 +855,13 @@ impl Inner {
     /// keys is refused before anything is removed. Expired entries are
     /// purged first (which may make a member's key new: the caller asks
     /// again for those).
+    ///
+    /// `None` when the room is short only because inserts in flight hold
+    /// rooms (their entries, once in, can be evicted): the caller gives back
+    /// every room it holds and waits for them
+    /// ([`wait_for_inserts`](Self::wait_for_inserts)), then asks again. A
+    /// batch never waits holding room, so two batches never wait for each
+    /// other.
     pub(super) fn make_batch_room(
         &self,
         cap: usize,
@@ -815,12 +869,12 @@ impl Inner {
         named: &[&[u8]],
         deleted: &[&[u8]],
         notes: &mut Notes<'_>,
-    ) -> Result<Vec<(Vec<u8>, Room<'_>)>> {
+    ) -> Result<Option<BatchRooms<'_>>> {
         let mut inserting = self.inserting.lock();
         let mut rooms = Vec::new();
         let mut claim = Vec::new();
         for &k in new {
-            if let Some(slot) = inserting.iter_mut().find(|s| s.key == k) {
+            if let Some(slot) = inserting.rooms.iter_mut().find(|s| s.key == k) {
                 slot.holders += 1;
                 let room = Room {
                     inner: self,
@@ -839,9 +893,27 @@ impl Inner {
         if excess() > 0 {
             removed |= self.purge_held(self.clock.now_millis(), notes)? > 0;
         }
-        let present = named.iter().filter(|k| self.indexed(k)).count();
-        let others = self.entries.load(Ordering::Acquire).saturating_sub(present);
+        // What may be evicted: neither this batch's keys nor another
+        // batch's.
+        let kept = named.iter().filter(|k| self.indexed(k)).count()
+            + inserting
+                .pinned
+                .iter()
+                .filter(|p| !named.contains(&p.as_slice()) && self.indexed(p))
+                .count();
+        let others = self.entries.load(Ordering::Acquire).saturating_sub(kept);
         if excess() > others {
+            let in_flight = inserting.rooms_in_flight();
+            // The rooms shared above go back (under `inserting`, which
+            // their guards take).
+            drop(inserting);
+            drop(rooms);
+            if removed && self.policy == SyncPolicy::Always {
+                self.sync_to(self.writes.load(Ordering::Acquire))?;
+            }
+            if in_flight {
+                return Ok(None);
+            }
             return Err(Error::TooLarge {
                 path: self.path.clone(),
                 what: "batch (its new keys need more room than the entry cap leaves beside its other keys)",
@@ -850,14 +922,16 @@ impl Inner {
             });
         }
         while excess() > 0 {
-            if !self.evict_one(notes)? {
+            // Never one of the batch's keys (pinned), even if a write since
+            // they were marked used made one of them the least recently used.
+            if !self.evict_one(notes, named, &inserting.pinned)? {
                 break;
             }
             removed = true;
         }
         for k in claim {
             self.claimed.fetch_add(1, Ordering::AcqRel);
-            inserting.push(RoomSlot {
+            inserting.rooms.push(RoomSlot {
                 key: k.to_vec(),
                 holders: 1,
                 used: false,
@@ -872,18 +946,52 @@ impl Inner {
         if removed && self.policy == SyncPolicy::Always {
             self.sync_to(self.writes.load(Ordering::Acquire))?;
         }
-        Ok(rooms)
+        Ok(Some(rooms))
+    }
+
+    /// Waits until an insert in flight puts its entry in or gives its room
+    /// back (returns at once when none holds room). For a caller that holds
+    /// no room itself: see [`make_batch_room`](Self::make_batch_room).
+    pub(super) fn wait_for_inserts(&self) {
+        let mut inserting = self.inserting.lock();
+        if inserting.rooms_in_flight() {
+            self.room_changed.wait(&mut inserting);
+        }
+    }
+
+    /// Marks the keys of `keys` that are in the index used, in that order.
+    pub(super) fn mark_used(&self, keys: &[&[u8]]) {
+        for key in keys {
+            let (hash, cell) = self.locate(key);
+            let shard = cell.map.read();
+            if let Some(id) = shard.find(hash, key) {
+                self.touch_lru(cell, id);
+            }
+        }
+    }
+
+    /// Keeps a batch's keys from eviction by other writes until the guard
+    /// drops (after the batch is published or given up). Call it holding
+    /// the keys' write locks.
+    pub(super) fn pin(&self, keys: &[&[u8]]) -> Pins<'_> {
+        let keys: Vec<Vec<u8>> = keys.iter().map(|k| k.to_vec()).collect();
+        self.inserting.lock().pinned.extend(keys.iter().cloned());
+        Pins { inner: self, keys }
     }
 
     /// Counts a key that `publish` has just put in the index as new. With
     /// room held for it (`make_room`), the room is its place now. Without (it
     /// was in the index when its put began, and was removed meanwhile), it
     /// takes the room another insert of the key holds, if one does, and is
-    /// otherwise counted anew, evicting down to the cap if need be.
+    /// otherwise counted anew, evicting down to the cap if need be; with
+    /// `may_wait` (a put, which holds no room and keeps no key from
+    /// eviction), waiting as `make_room` does when only inserts and batches
+    /// in flight fill the cap.
     pub(super) fn admit(
         &self,
         key: &[u8],
         room: Option<&Room<'_>>,
+        may_wait: bool,
         notes: &mut Notes<'_>,
     ) -> Result<()> {
         if let Some(r) = room.filter(|r| r.holds()) {
@@ -891,34 +999,40 @@ impl Inner {
             return Ok(());
         }
         let mut inserting = self.inserting.lock();
-        if let Some(slot) = inserting.iter_mut().find(|s| s.key == key) {
+        if let Some(slot) = inserting.rooms.iter_mut().find(|s| s.key == key) {
             slot.used = true;
+            self.room_changed.notify_all();
             return Ok(());
         }
         self.claimed.fetch_add(1, Ordering::AcqRel);
         match self.max_entries {
-            Some(cap) => self.evict_down_to(cap, &mut inserting, notes),
+            Some(cap) => self.evict_down_to(cap, &mut inserting, may_wait, notes),
             None => Ok(()),
         }
     }
 
-    /// Evicts least recently used entries until at most `n` remain (inserts
-    /// holding room included). Under the same lock as `make_room`, so that
-    /// two threads never both act on one look at the count. Under
-    /// `SyncPolicy::Always` the evictions are durable when it returns.
-    /// The caller holds `inserting` (passed in as proof).
+    /// Evicts least recently used entries (never a key a batch in flight
+    /// keeps) until at most `n` remain (inserts holding room included).
+    /// Under the same lock as `make_room`, so that two threads never both
+    /// act on one look at the count. Under `SyncPolicy::Always` the
+    /// evictions are durable when it returns.
     fn evict_down_to(
         &self,
         n: usize,
-        _cap: &mut Vec<RoomSlot>,
+        inserting: &mut parking_lot::MutexGuard<'_, Inserting>,
+        may_wait: bool,
         notes: &mut Notes<'_>,
     ) -> Result<()> {
         let mut evicted = false;
         while self.claimed.load(Ordering::Acquire) > n {
-            if !self.evict_one(notes)? {
+            if self.evict_one(notes, &[], &inserting.pinned)? {
+                evicted = true;
+                continue;
+            }
+            if !(may_wait && (inserting.rooms_in_flight() || !inserting.pinned.is_empty())) {
                 break;
             }
-            evicted = true;
+            self.room_changed.wait(inserting);
         }
         if evicted && self.policy == SyncPolicy::Always {
             self.sync_to(self.writes.load(Ordering::Acquire))?;
@@ -926,9 +1040,16 @@ impl Inner {
         Ok(())
     }
 
-    /// Evicts the least recently used entry of the whole store. Returns false
-    /// when there is none.
-    pub(super) fn evict_one(&self, notes: &mut Notes<'_>) -> Result<bool> {
+    /// Evicts the least recently used entry of the whole store. `own` are
+    /// the keys of the batch making room (none for a put): one of them found
+    /// least recently used means writes since the batch marked its keys used
+    /// came first; they are marked used again (in their order, as the batch
+    /// does) and the next entry looked at. `pinned` are the keys of every
+    /// batch in flight: found least recently used, one of another batch
+    /// stops the eviction (the caller waits for that batch). Returns false
+    /// when nothing can be evicted now.
+    fn evict_one(&self, notes: &mut Notes<'_>, own: &[&[u8]], pinned: &[Vec<u8>]) -> Result<bool> {
+        let mut marked = false;
         loop {
             let (s, stamp) = self
                 .lru_oldest
@@ -949,6 +1070,18 @@ impl Inner {
                 continue; // used or removed meanwhile: look again
             }
             let slot = shard.slot(id);
+            if own.contains(&slot.key.as_bytes()) {
+                if marked {
+                    return Ok(false); // only the batch's own keys are left
+                }
+                marked = true;
+                drop(shard);
+                self.mark_used(own);
+                continue;
+            }
+            if pinned.iter().any(|k| k.as_slice() == slot.key.as_bytes()) {
+                return Ok(false);
+            }
             let offset = slot.offset();
             let hash = self.hasher.hash_one(slot.key.as_bytes());
             if let Some(g) = self.unsettled(hash) {

@@ -20,8 +20,8 @@ use sfs::{ManualClock, SyncPolicy};
 use crate::common::look_read_only;
 
 use super::{
-    Contents, Done, Op, Outcome, Setup, batch_keys, model_contents, model_op, serial_orders, show,
-    store_contents,
+    Contents, Done, Op, Outcome, Setup, batch_keys, model_contents, model_op, model_room,
+    serial_orders, show, store_contents,
 };
 
 /// The whole states a batch's keys may be in together: their contents in
@@ -139,22 +139,32 @@ fn allowed_at(
         .position(|d| d.op == Op::Batch && started(d))
         .filter(|_| !(power && policy != SyncPolicy::Always && initial.cap.is_some()));
     let mut whole = batch.map(|slot| (batch_keys(slot), Whole::new()));
-    // What each operation in flight may have done: nothing, all of it, or,
-    // for a renewal of a held entry, only its `get_ref` (a read of its own,
-    // which makes `c` recently used, so that an insert meanwhile evicts
-    // another entry), its touch lost in the crash. The halves are listed
-    // after `done`, with the same span.
+    // What each operation in flight may have done: nothing, all of it, or
+    // its first step alone: for a renewal of a held entry, its `get_ref` (a
+    // read of its own, which makes `c` recently used, so that an insert
+    // meanwhile evicts another entry), its touch lost in the crash; for an
+    // insert under the cap, the room it made (evictions come before the
+    // writes, README "Guarantees"). The first steps are listed after
+    // `done`, with the same span.
     let mut steps = done.to_vec();
+    let mut kinds: Vec<(Half, usize)> = (0..done.len()).map(|i| (Half::Whole, i)).collect();
     let choices: Vec<Vec<Option<usize>>> = optional
         .iter()
         .map(|&i| {
             let mut c = vec![None, Some(i)];
-            if done[i].op == Op::TouchHeld {
+            let half = match done[i].op {
+                Op::TouchHeld => Some(Half::GetRef),
+                Op::PutNew | Op::Overwrite | Op::PutIfAbsent | Op::Update | Op::Batch
+                    if setup.cap.is_some() =>
+                {
+                    Some(Half::Room)
+                }
+                _ => None,
+            };
+            if let Some(h) = half {
                 c.push(Some(steps.len()));
-                steps.push(Done {
-                    op: Op::GetRefHeld,
-                    ..done[i].clone()
-                });
+                steps.push(done[i].clone());
+                kinds.push((h, i));
             }
             c
         })
@@ -170,7 +180,16 @@ fn allowed_at(
             let mut m = initial.clone();
             let mut t = setup.start_ms();
             for &i in &order {
-                model_op(steps[i].op, i, &mut m, &mut t);
+                let (half, slot) = kinds[i];
+                match half {
+                    Half::Whole => {
+                        model_op(done[slot].op, slot, &mut m, &mut t);
+                    }
+                    Half::GetRef => {
+                        model_op(Op::GetRefHeld, slot, &mut m, &mut t);
+                    }
+                    Half::Room => model_room(done[slot].op, slot, &mut m, t),
+                }
             }
             let c = model_contents(&m, now, keys);
             if let Some((bk, w)) = &mut whole {
@@ -201,6 +220,17 @@ fn allowed_at(
         }
     }
     (allowed, now, whole)
+}
+
+/// What of an operation in flight a crash may have kept.
+#[derive(Clone, Copy)]
+enum Half {
+    /// All of it.
+    Whole,
+    /// The `get_ref` of a renewal of a held entry.
+    GetRef,
+    /// The room an insert made under the cap.
+    Room,
 }
 
 /// Whether an operation is a write that changed the store.
