@@ -859,9 +859,10 @@ impl Inner {
     /// `None` when the room is short only because inserts in flight hold
     /// rooms (their entries, once in, can be evicted): the caller gives back
     /// every room it holds and waits for them
-    /// ([`wait_for_inserts`](Self::wait_for_inserts)), then asks again. A
-    /// batch never waits holding room, so two batches never wait for each
-    /// other.
+    /// ([`wait_for_inserts`](Self::wait_for_inserts)), then asks again.
+    /// No cycle of waits: a batch waits holding no room (its keys stay
+    /// pinned) and only for rooms; whoever holds room waits for nothing
+    /// (an insert waits before it holds room, for rooms and pins).
     pub(super) fn make_batch_room(
         &self,
         cap: usize,
