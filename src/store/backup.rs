@@ -645,6 +645,47 @@ impl Listed {
     }
 }
 
+/// Sorts `list` by offset (no two are at the same offset): a radix sort, in
+/// a few passes over the list (three for a file of up to 1 GiB), where
+/// `sort_unstable` took a sixth of round 1 for a million entries.
+fn sort_by_offset(list: &mut Vec<Listed>) {
+    /// Bits of the key sorted by in one pass, at most.
+    const DIGIT: u32 = 11;
+    let max = list.iter().map(|l| l.at >> 24).max().unwrap_or(0);
+    let bits = u64::BITS - max.leading_zeros();
+    if list.len() < 1 << DIGIT || bits == 0 {
+        list.sort_unstable_by_key(|l| l.at);
+        return;
+    }
+    let passes = bits.div_ceil(DIGIT);
+    let digit = bits.div_ceil(passes);
+    let buckets = 1usize << digit;
+    let mask = (buckets - 1) as u64;
+    let digit_of = |l: &Listed, pass: u32| ((l.at >> (24 + pass * digit)) & mask) as usize;
+    let mut counts = vec![0usize; passes as usize * buckets];
+    for l in list.iter() {
+        for pass in 0..passes {
+            counts[pass as usize * buckets + digit_of(l, pass)] += 1;
+        }
+    }
+    let mut to = vec![Listed { hash: 0, at: 0 }; list.len()];
+    let mut from = std::mem::take(list);
+    for pass in 0..passes {
+        let counts = &mut counts[pass as usize * buckets..][..buckets];
+        let mut next = 0;
+        for c in counts.iter_mut() {
+            (*c, next) = (next, next + *c);
+        }
+        for l in &from {
+            let c = &mut counts[digit_of(l, pass)];
+            to[*c] = *l;
+            *c += 1;
+        }
+        std::mem::swap(&mut from, &mut to);
+    }
+    *list = from;
+}
+
 /// What the block a copy is made from must hold.
 #[derive(Clone, Copy)]
 enum Holds<'k> {
@@ -946,7 +987,7 @@ impl Copier<'_> {
                     }),
             );
         }
-        all.sort_unstable_by_key(|l| l.at);
+        sort_by_offset(&mut all);
         self.round_left = all.len() as u64;
         self.stretch = Instant::now();
         let mut first = FirstRound {
@@ -1450,5 +1491,45 @@ impl Copier<'_> {
             .map_err(self.out.io("removing the backup's temporary file"))?;
         self.out.placed = true;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Listed, sort_by_offset};
+
+    #[test]
+    fn the_radix_sort_puts_entries_in_file_order() {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for (n, max_offset) in [(0, 8), (10, 1 << 20), (5000, 1 << 16), (100_000, 1 << 30)] {
+            let mut offsets: Vec<u64> = (0..n).map(|_| next() % (max_offset / 8) * 8).collect();
+            offsets.sort_unstable();
+            offsets.dedup();
+            // Shuffled, each with an id and hash of its own.
+            let mut list: Vec<Listed> = offsets
+                .iter()
+                .enumerate()
+                .map(|(i, &o)| Listed::new(next(), (i % (1 << 24)) as u32, o))
+                .collect();
+            for i in (1..list.len()).rev() {
+                list.swap(i, (next() % (i as u64 + 1)) as usize);
+            }
+            let mut want = list.clone();
+            want.sort_unstable_by_key(|l| l.at);
+            sort_by_offset(&mut list);
+            assert!(
+                list.iter()
+                    .zip(&want)
+                    .all(|(a, b)| a.at == b.at && a.hash == b.hash)
+            );
+            assert_eq!(list.len(), want.len());
+            assert!(list.windows(2).all(|w| w[0].offset() < w[1].offset()));
+        }
     }
 }
