@@ -168,12 +168,22 @@ pub struct Shard {
     /// entry with an expiry.
     heap: Vec<u32>,
     heap_key_bytes: usize,
+    /// Bumped by every change to the entries (insert, update, remove,
+    /// clear): a reader that saw the same value under an earlier read lock
+    /// knows every slot still holds what it held then (a backup copies by
+    /// this without reading each slot again).
+    version: u64,
 }
 
 impl Shard {
     /// Number of entries.
     pub fn len(&self) -> usize {
         self.table.len()
+    }
+
+    /// Changes to the entries so far (see the field).
+    pub fn version(&self) -> u64 {
+        self.version
     }
 
     /// The slot with this id.
@@ -225,6 +235,7 @@ impl Shard {
         expiry: u64,
     ) -> u32 {
         debug_assert!(self.find(hash, key).is_none());
+        self.version += 1;
         let id = self.new_slot(CompactKey::new(key), offset, expiry);
         let chunks = &self.chunks;
         self.table.insert_unique(hash, pack(id, offset), |&e| {
@@ -243,6 +254,7 @@ impl Shard {
         offset: u64,
         expiry: u64,
     ) -> Result<u32, u32> {
+        self.version += 1;
         let chunks = &self.chunks;
         let entry = self.table.entry(
             hash,
@@ -309,6 +321,7 @@ impl Shard {
 
     /// Points slot `id` at a new block and expiry; returns the old offset.
     pub fn update(&mut self, hash: u64, id: u32, offset: u64, expiry: u64) -> u64 {
+        self.version += 1;
         if let Some(e) = self.table.find_mut(hash, |&e| id_of(e) == id) {
             *e = pack(id, offset);
         } else {
@@ -328,6 +341,7 @@ impl Shard {
 
     /// Removes slot `id` (whose key hashes to `hash`); returns its offset.
     pub fn remove(&mut self, hash: u64, id: u32) -> u64 {
+        self.version += 1;
         let found = self.table.find_entry(hash, |&e| id_of(e) == id);
         let entry = found.unwrap_or_else(|_| unreachable!("slot {id} is in the table"));
         entry.remove();
@@ -345,7 +359,11 @@ impl Shard {
 
     /// Removes everything.
     pub fn clear(&mut self) {
-        *self = Shard::default();
+        let version = self.version + 1;
+        *self = Shard {
+            version,
+            ..Shard::default()
+        };
     }
 
     /// Every occupied slot, as (id, slot).

@@ -803,3 +803,153 @@ fn a_backup_of_a_store_that_applied_batches_is_a_version_1_file() {
     assert_eq!(c.get("c").unwrap().as_deref(), Some(b"3".as_slice()));
     assert_eq!(c.len(), 2);
 }
+
+/// Where `needle` (unique in the file) is in the store file.
+fn find_in_file(path: &Path, needle: &[u8]) -> u64 {
+    let bytes = std::fs::read(path).unwrap();
+    let at = bytes.windows(needle.len()).position(|w| w == needle);
+    let at = at.unwrap_or_else(|| panic!("{:?} in the file", String::from_utf8_lossy(needle)));
+    assert!(
+        bytes[at + 1..].windows(needle.len()).all(|w| w != needle),
+        "unique"
+    );
+    at as u64
+}
+
+/// Writes `bytes` at `offset` of the store file behind the store's back
+/// (its map is shared: the store sees them).
+fn damage(path: &Path, offset: u64, bytes: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    f.write_all_at(bytes, offset).unwrap();
+}
+
+/// Round 1 copies runs of entries in file order straight from their blocks,
+/// without reading their slots again: it must still leave out an entry whose
+/// payload or header is damaged, one expired before the backup, and one that
+/// expires between round 1 and the pause (cut out of the copy after it).
+#[test]
+fn a_backup_with_no_writers_leaves_out_damaged_and_expired_entries() {
+    let t = common::TempStore::new();
+    let clock = common::clock();
+    let at_pause = Arc::new(Mutex::new(None::<Arc<ManualClock>>));
+    let hook_clock = at_pause.clone();
+    let store = open_hooked(&t.path, t.options(&clock), move |name| {
+        if name == "backup: final round"
+            && let Some(c) = hook_clock.lock().unwrap().as_ref()
+        {
+            c.advance(Duration::from_secs(20)); // past the 10 s TTLs
+        }
+    });
+    for i in 0..2000u32 {
+        let k = format!("key-{i:05}");
+        let v = value_of(&format!("value-{i:05}"), 100);
+        match i % 10 {
+            3 => store
+                .put_with_ttl(&k, &v, Duration::from_secs(1)) // gone before
+                .unwrap(),
+            4 => store
+                .put_with_ttl(&k, &v, Duration::from_secs(10)) // gone at the pause
+                .unwrap(),
+            5 => store
+                .put_with_ttl(&k, &v, Duration::from_secs(3600))
+                .unwrap(),
+            6 => store
+                .put_with(&k, &v, &PutOptions::new().metadata(b"meta"))
+                .unwrap(),
+            _ => store.put(&k, &v).unwrap(),
+        }
+    }
+    store.sync().unwrap();
+    clock.advance(Duration::from_secs(2));
+    let mut expected = contents(&store);
+    expected.retain(|k, _| !k.ends_with(b"4") || k.len() != 9);
+    // A damaged payload byte (the value of key-00101) and a damaged header
+    // byte (the sequence number of key-01207's block: 48 bytes of header
+    // before the key).
+    let v = find_in_file(&t.path, b"value-00101");
+    damage(&t.path, v + 3, b"#");
+    let k = find_in_file(&t.path, b"key-01207");
+    damage(&t.path, k - 48 + 24, &[0xEE]);
+    expected.remove(&b"key-00101"[..]);
+    expected.remove(&b"key-01207"[..]);
+    *at_pause.lock().unwrap() = Some(clock.clone());
+    let dest = t.dir.path().join("copy.sfs");
+    let report = store.backup(&dest).unwrap();
+    assert_eq!(report.damaged_entries, 2);
+    assert_eq!(report.recopied_entries, 0);
+    assert_eq!(report.entries as usize, expected.len());
+    let got = check_copy(&dest, clock.now_millis_for_tests(), report.file_len);
+    assert_eq!(got, expected);
+}
+
+/// Writes in the middle of round 1 (at its 100th copy, in file order, keys
+/// in insertion order): keys already copied are overwritten, deleted and
+/// renewed, keys not yet copied overwritten and deleted (their shards
+/// changed: round 1 reads their slots again), new keys put. The copy holds
+/// each key once, as the store has it at the pause.
+#[test]
+fn a_backup_with_writes_during_round_1_holds_each_key_once() {
+    type Writes = Box<dyn FnOnce() + Send>;
+    let t = common::TempStore::new();
+    let clock = common::clock();
+    let writes: Arc<Mutex<Option<Writes>>> = Arc::new(Mutex::new(None));
+    let copies = Arc::new(AtomicUsize::new(0));
+    let (w, n) = (writes.clone(), copies.clone());
+    let store = Arc::new(open_hooked(&t.path, t.options(&clock), move |name| {
+        if name == "backup: copy" && n.fetch_add(1, Ordering::SeqCst) == 100 {
+            // No store lock is held at this point: write from here.
+            let writes = w.lock().unwrap().take();
+            if let Some(f) = writes {
+                f();
+            }
+        }
+    }));
+    let key = |i: u32| format!("key-{i:05}");
+    for i in 0..1000u32 {
+        store.put(key(i), value_of(&key(i), 150)).unwrap();
+    }
+    let s = store.clone();
+    let later = (clock.now_millis_for_tests() + 3_600_000) as u64;
+    *writes.lock().unwrap() = Some(Box::new(move || {
+        for i in (0..90).step_by(9) {
+            s.put(key(i), value_of(&format!("{}-again", key(i)), 60))
+                .unwrap();
+        }
+        for i in (1..90).step_by(9) {
+            s.delete(key(i)).unwrap();
+        }
+        for i in (2..90).step_by(9) {
+            let until = UNIX_EPOCH + Duration::from_millis(later);
+            assert!(s.touch_until(key(i), until).unwrap());
+        }
+        for i in (500..1000).step_by(7) {
+            s.put(key(i), value_of(&format!("{}-later", key(i)), 400))
+                .unwrap();
+        }
+        for i in (501..1000).step_by(7) {
+            s.delete(key(i)).unwrap();
+        }
+        for i in 0..50u32 {
+            s.put(format!("new-{i}"), value_of("new", 90)).unwrap();
+        }
+        // A key deleted and put again: it may land in another slot.
+        s.delete(key(3)).unwrap();
+        s.put(key(3), b"back").unwrap();
+    }));
+    let dest = t.dir.path().join("copy.sfs");
+    let report = store.backup(&dest).unwrap();
+    assert!(writes.lock().unwrap().is_none(), "the writes ran");
+    assert!(report.recopied_entries > 0);
+    assert_eq!(report.damaged_entries, 0);
+    let expected = contents(&store);
+    assert_eq!(
+        expected[key(0).as_bytes()].0,
+        value_of("key-00000-again", 60)
+    );
+    assert_eq!(expected[key(2).as_bytes()].2, later);
+    assert!(!expected.contains_key(key(501).as_bytes()));
+    assert_eq!(report.entries as usize, expected.len());
+    let got = check_copy(&dest, clock.now_millis_for_tests(), report.file_len);
+    assert_eq!(got, expected);
+}

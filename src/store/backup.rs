@@ -44,6 +44,7 @@ use crate::format::{
     BLOCK_HEADER_LEN, BlockHeader, FILE_HEADER_LEN, FIRST_FORMAT_VERSION, FileHeader, crc,
     entry_block_len, is_expired,
 };
+use crate::index::{SHARDS, shard_of};
 
 /// Keys, hashed with a per-process random seed.
 type KeySet = hashbrown::HashSet<Box<[u8]>, foldhash::fast::RandomState>;
@@ -602,6 +603,99 @@ impl Placements {
     }
 }
 
+/// The copies round 1 made: every block of the copy from the file header to
+/// `end`, one per key, each of its exact length. Kept apart from the
+/// [`Placements`] table, which only a key copied again needs: with no
+/// writers, the table is never built (a copied entry costs no hash table
+/// entry); once one is needed, these blocks are read back from the copy
+/// into it.
+struct FirstRound {
+    end: u64,
+    entries: u64,
+    /// The copies with an expiry, in copy order: those that expire before
+    /// the pause are dropped from the copy after it.
+    expiring: Vec<Placed>,
+}
+
+/// An entry round 1 is to copy, as listed from the index: its key's hash
+/// (the store's hasher) and where it was, packed (see [`Listed::new`]).
+#[derive(Clone, Copy)]
+struct Listed {
+    hash: u64,
+    /// Offset / 8 (40 bits), then the slot id (24 bits): sorted by this,
+    /// the list is in file order.
+    at: u64,
+}
+
+impl Listed {
+    fn new(hash: u64, id: u32, offset: u64) -> Listed {
+        debug_assert!(id < 1 << 24 && offset < crate::index::MAX_FILE_LEN);
+        Listed {
+            hash,
+            at: ((offset >> 3) << 24) | u64::from(id),
+        }
+    }
+
+    fn offset(self) -> u64 {
+        (self.at >> 24) << 3
+    }
+
+    fn id(self) -> u32 {
+        (self.at & ((1 << 24) - 1)) as u32
+    }
+}
+
+/// Sorts `list` by offset (no two are at the same offset): a radix sort, in
+/// a few passes over the list (three for a file of up to 1 GiB), where
+/// `sort_unstable` took a sixth of round 1 for a million entries.
+fn sort_by_offset(list: &mut Vec<Listed>) {
+    /// Bits of the key sorted by in one pass, at most.
+    const DIGIT: u32 = 11;
+    let max = list.iter().map(|l| l.at >> 24).max().unwrap_or(0);
+    let bits = u64::BITS - max.leading_zeros();
+    if list.len() < 1 << DIGIT || bits == 0 {
+        list.sort_unstable_by_key(|l| l.at);
+        return;
+    }
+    let passes = bits.div_ceil(DIGIT);
+    let digit = bits.div_ceil(passes);
+    let buckets = 1usize << digit;
+    let mask = (buckets - 1) as u64;
+    let digit_of = |l: &Listed, pass: u32| ((l.at >> (24 + pass * digit)) & mask) as usize;
+    let mut counts = vec![0usize; passes as usize * buckets];
+    for l in list.iter() {
+        for pass in 0..passes {
+            counts[pass as usize * buckets + digit_of(l, pass)] += 1;
+        }
+    }
+    let mut to = vec![Listed { hash: 0, at: 0 }; list.len()];
+    let mut from = std::mem::take(list);
+    for pass in 0..passes {
+        let counts = &mut counts[pass as usize * buckets..][..buckets];
+        let mut next = 0;
+        for c in counts.iter_mut() {
+            (*c, next) = (next, next + *c);
+        }
+        for l in &from {
+            let c = &mut counts[digit_of(l, pass)];
+            to[*c] = *l;
+            *c += 1;
+        }
+        std::mem::swap(&mut from, &mut to);
+    }
+    *list = from;
+}
+
+/// What the block a copy is made from must hold.
+#[derive(Clone, Copy)]
+enum Holds<'k> {
+    /// This key (read from the index under the shard lock).
+    Key(&'k [u8]),
+    /// A key with this hash: the key the index listed at this offset, in a
+    /// shard unchanged since (see [`Copier::first_round`]).
+    Hash(u64),
+}
+
 /// What the final round did.
 enum Final {
     /// Done: the clock at the pause.
@@ -616,6 +710,9 @@ struct Copier<'a> {
     opts: &'a BackupOptions,
     destination: Option<PathBuf>,
     out: Scratch,
+    /// Round 1's copies, until a key is copied again (or forgotten): then
+    /// they go into `placed`.
+    first: Option<FirstRound>,
     placed: Placements,
     /// Bytes in the scratch file no longer in `placed` (holes).
     dead_bytes: u64,
@@ -669,6 +766,7 @@ impl Inner {
             opts,
             destination,
             out: scratch,
+            first: None,
             placed: Placements::default(),
             dead_bytes: 0,
             round: 0,
@@ -736,6 +834,40 @@ fn sibling(path: &Path, name: &str) -> PathBuf {
     }
 }
 
+/// `len` bytes of the copy at `pos` (within one block, which is wholly in
+/// the buffer or wholly written out), read through `cache` (the file's bytes
+/// from `cache_at`).
+fn read_copy<'a>(
+    out: &'a Scratch,
+    cache: &'a mut Vec<u8>,
+    cache_at: &mut u64,
+    pos: u64,
+    len: u64,
+) -> Result<&'a [u8]> {
+    let short = || {
+        let e = io::Error::new(io::ErrorKind::UnexpectedEof, "a block runs past the copy");
+        Error::io(&out.shown, "reading the backup back", e)
+    };
+    if pos >= out.flushed {
+        let at = (pos - out.flushed) as usize;
+        return out.buf.get(at..at + len as usize).ok_or_else(short);
+    }
+    let end = pos
+        .checked_add(len)
+        .filter(|&e| e <= out.flushed)
+        .ok_or_else(short)?;
+    if pos < *cache_at || end > *cache_at + cache.len() as u64 {
+        let n = (out.flushed - pos).min(len.max(CHUNK as u64)) as usize;
+        cache.resize(n, 0);
+        out.file
+            .read_exact_at(cache, pos)
+            .map_err(out.io("reading the backup back"))?;
+        *cache_at = pos;
+    }
+    let at = (pos - *cache_at) as usize;
+    Ok(&cache[at..at + len as usize])
+}
+
 impl Copier<'_> {
     /// Rounds until the final one succeeds; returns the clock at the pause
     /// and how long it lasted.
@@ -770,6 +902,12 @@ impl Copier<'_> {
                     continue;
                 }
                 allowed = self.behind(allowed, pending)?;
+            }
+            if self.inner.backups.pending() > 0 {
+                // Round 1's copies go into the placements table now, not
+                // under the gate (should the first change arrive after this
+                // look, the final round does it, and likely runs over).
+                self.place_first_round()?;
             }
             self.round += 1;
             match self.final_round(allowed)? {
@@ -815,48 +953,77 @@ impl Copier<'_> {
 
     /// Round 1: every live entry, in file order (the index as it is now;
     /// what changes meanwhile is noted and recopied later).
+    ///
+    /// The index is listed shard by shard, each under its read lock, with
+    /// the shard's version. Then, in file order (the reads go through the
+    /// file once), each entry is copied under its shard's read lock, one
+    /// entry per taking of the lock, so that a writer of that shard waits
+    /// for one entry's copy at most. If the shard's version is still the
+    /// one listed, no slot of it changed: the entry is where the list says,
+    /// and its slot need not be read again (in file order the slots are
+    /// random accesses into the index, a cache miss each: that read was the
+    /// largest cost of a backup). The key in the block must then have the
+    /// listed key's hash. Otherwise whatever the slot holds now is copied;
+    /// keys that left it were noted. (Taking each shard's lock once for a
+    /// stretch of entries would make the order of the copies, and the named
+    /// points the interleaving explorer stops at, depend on the store's
+    /// random key hasher.)
     fn first_round(&mut self) -> Result<()> {
         let inner = self.inner;
-        let mut all: Vec<(u64, u32, u32)> =
-            Vec::with_capacity(inner.entries.load(Ordering::Relaxed));
+        let mut all: Vec<Listed> = Vec::with_capacity(inner.entries.load(Ordering::Relaxed));
+        let mut versions = [0u64; SHARDS];
         for (s, cell) in inner.shards.iter().enumerate() {
+            let map = cell.map.read();
+            versions[s] = map.version();
             all.extend(
-                cell.map
-                    .read()
-                    .iter()
-                    .map(|(id, slot)| (slot.offset(), s as u32, id)),
+                map.iter()
+                    .filter(|(_, slot)| !is_expired(slot.expiry(), self.now_ms))
+                    .map(|(id, slot)| {
+                        Listed::new(
+                            inner.hasher.hash_one(slot.key.as_bytes()),
+                            id,
+                            slot.offset(),
+                        )
+                    }),
             );
         }
-        all.sort_unstable();
+        sort_by_offset(&mut all);
         self.round_left = all.len() as u64;
         self.stretch = Instant::now();
-        self.placed.all.reserve(all.len());
-        self.placed.table.reserve(all.len(), |_| 0);
-        // In file order (the reads go through the file once), one entry per
-        // taking of its shard's read lock, so that a writer of that shard
-        // waits for one entry's copy at most. (Taking each shard's lock once
-        // for a stretch of entries was measured no faster alone, and it
-        // would make the order of the copies, and the named points the
-        // interleaving explorer stops at, depend on the store's random key
-        // hasher.)
-        for (_, s, id) in all {
+        let mut first = FirstRound {
+            end: 0,
+            entries: 0,
+            expiring: Vec::new(),
+        };
+        for l in all {
             inner.storage.point("backup: copy");
             self.round_left -= 1;
-            let map = inner.shards[s as usize].map.read();
-            // The slot may hold another key by now, or none: whatever it
-            // holds now is copied; keys that left it were noted.
-            let Some(slot) = map.get(id) else {
-                continue;
+            let s = shard_of(l.hash);
+            let map = inner.shards[s].map.read();
+            let copied = if map.version() == versions[s] {
+                self.copy_locked(Holds::Hash(l.hash), l.offset())?
+            } else {
+                // The slot may hold another key by now, or none: whatever it
+                // holds now is copied; keys that left it were noted.
+                let Some(slot) = map.get(l.id()) else {
+                    continue;
+                };
+                if is_expired(slot.expiry(), self.now_ms) {
+                    continue; // and stays expired: the pause comes later
+                }
+                self.copy_locked(Holds::Key(slot.key.as_bytes()), slot.offset())?
             };
-            if is_expired(slot.expiry(), self.now_ms) {
-                continue; // and stays expired: the pause comes later
-            }
-            let key = slot.key.as_bytes();
-            let copied = self.copy_locked(key, slot.offset())?;
-            self.record(inner.hasher.hash_one(key), key, copied);
             drop(map);
+            if let Some(p) = copied {
+                first.entries += 1;
+                if p.expiry_ms != 0 {
+                    first.expiring.push(p);
+                }
+            }
             self.tick(true)?;
         }
+        first.end = self.out.end();
+        self.first = Some(first);
         Ok(())
     }
 
@@ -881,6 +1048,7 @@ impl Copier<'_> {
     /// After a `clear`: nothing copied so far is in the store any more.
     fn apply_clear(&mut self, cleared: bool) {
         if cleared {
+            self.first = None;
             self.placed.clear();
             self.dead_bytes = 0;
             self.out.truncate_to(FILE_HEADER_LEN);
@@ -933,26 +1101,79 @@ impl Copier<'_> {
             (slot.offset(), slot.expiry())
         });
         let copied = match found {
-            Some((offset, expiry)) if !is_expired(expiry, now) => self.copy_locked(key, offset)?,
+            Some((offset, expiry)) if !is_expired(expiry, now) => {
+                self.copy_locked(Holds::Key(key), offset)?
+            }
             _ => None,
         };
         drop(map);
-        self.record(hash, key, copied);
-        Ok(())
+        self.record(hash, key, copied)
     }
 
     /// Notes where `key` now is in the copy (`None`: not in it).
-    fn record(&mut self, hash: u64, key: &[u8], copied: Option<Placed>) {
+    fn record(&mut self, hash: u64, key: &[u8], copied: Option<Placed>) -> Result<()> {
+        self.place_first_round()?;
+        self.set_placement(hash, key, copied);
+        Ok(())
+    }
+
+    fn set_placement(&mut self, hash: u64, key: &[u8], copied: Option<Placed>) {
         if let Some(old) = self.placed.set(&self.out, hash, key, copied) {
             self.dead_bytes += old;
             self.recopied += u64::from(copied.is_some());
         }
     }
 
-    /// Appends the entry at `offset` (indexed under `key`; the caller holds
-    /// its shard's read lock, so the block stays in place) to the copy, with
-    /// no padding. `None` if it is damaged.
-    fn copy_locked(&mut self, key: &[u8], offset: u64) -> Result<Option<Placed>> {
+    /// Puts round 1's copies into the placements table (once, before the
+    /// first key copied again or forgotten), reading their keys back from
+    /// the copy. A key round 1 copied twice (it left its slot for another
+    /// meanwhile; it was noted and is copied again anyway) keeps its later
+    /// copy, as if recorded as it went.
+    fn place_first_round(&mut self) -> Result<()> {
+        let Some(first) = self.first.take() else {
+            return Ok(());
+        };
+        // Not time spent copying: kept out of the copy speed that predicts
+        // the pause.
+        let started = Instant::now();
+        let entries = usize::try_from(first.entries).unwrap_or(usize::MAX);
+        self.placed.all.reserve(entries);
+        self.placed.table.reserve(entries, |_| 0);
+        let (mut cache, mut cache_at) = (Vec::new(), 0u64);
+        let mut key = Vec::new();
+        let mut pos = FILE_HEADER_LEN;
+        while pos < first.end {
+            let b = read_copy(&self.out, &mut cache, &mut cache_at, pos, BLOCK_HEADER_LEN)?;
+            let h = BlockHeader::decode(b, self.inner.salt, pos, u64::MAX).map_err(|e| {
+                let e = io::Error::new(io::ErrorKind::InvalidData, e.to_string());
+                Error::io(&self.out.shown, "reading the backup back", e)
+            })?;
+            let n = BLOCK_HEADER_LEN + u64::from(h.key_len);
+            let b = read_copy(&self.out, &mut cache, &mut cache_at, pos, n)?;
+            key.clear();
+            key.extend_from_slice(&b[BLOCK_HEADER_LEN as usize..]);
+            let at = Placed {
+                offset: pos,
+                len: h.block_len,
+                expiry_ms: h.expiry_ms,
+            };
+            self.set_placement(self.inner.hasher.hash_one(&key[..]), &key, Some(at));
+            pos += h.block_len;
+        }
+        debug_assert_eq!(pos, first.end);
+        self.stretch += started.elapsed();
+        Ok(())
+    }
+
+    /// Appends the entry at `offset` (indexed under the key `holds` names;
+    /// the caller holds its shard's read lock, so the block stays in place)
+    /// to the copy, with no padding. `None` if it is damaged (or, for
+    /// [`Holds::Hash`], expired by its header at the clock's last reading).
+    ///
+    /// A block whose length is already exact and whose header is as this
+    /// crate writes it (reserved bytes zero) is copied as it is, in one
+    /// piece: its header would be encoded again to the same bytes.
+    fn copy_locked(&mut self, holds: Holds<'_>, offset: u64) -> Result<Option<Placed>> {
         let inner = self.inner;
         let h = match inner.header_at(offset) {
             Ok(h) => h,
@@ -962,38 +1183,70 @@ impl Copier<'_> {
             }
             Err(e) => return Err(e),
         };
+        if matches!(holds, Holds::Hash(_)) && is_expired(h.expiry_ms, self.now_ms) {
+            // Round 1, where the slot is not read again: the index has the
+            // same expiry (a renewal changes both).
+            return Ok(None);
+        }
         let len = entry_block_len(
             usize::from(h.key_len),
             usize::from(h.meta_len),
             h.value_len as usize,
         );
-        let header = BlockHeader {
-            block_len: len,
-            ..h
-        }
-        .encode(inner.salt);
         let start = self.out.end();
         let payload_len = h.payload_len();
-        let src = offset + h.key_offset();
         let read_err = |e| Error::io(&inner.path, "reading an entry for a backup", e);
+        let head = BLOCK_HEADER_LEN as usize;
         let intact = if payload_len <= CHUNK as u64 {
+            let exact = h.block_len == len;
+            let used = head + payload_len as usize;
             let b = &mut self.out.buf;
-            b.extend_from_slice(&header);
             let at = b.len();
-            b.resize(at + payload_len as usize, 0);
-            inner.storage.read_at(src, &mut b[at..]).map_err(read_err)?;
-            let payload = &b[at..];
-            payload.starts_with(key) && crc(inner.salt, &[payload]) == h.payload_crc
+            // The whole block when exact (one read, its padding included),
+            // else the header and payload.
+            b.resize(at + if exact { len as usize } else { used }, 0);
+            inner
+                .storage
+                .read_at(offset, &mut b[at..])
+                .map_err(read_err)?;
+            let block = &mut b[at..];
+            // Bytes 5 (flags) and 22..24 (reserved), which decoding ignores.
+            if !exact || block[5] != 0 || block[22] != 0 || block[23] != 0 {
+                let header = BlockHeader {
+                    block_len: len,
+                    ..h
+                };
+                block[..head].copy_from_slice(&header.encode(inner.salt));
+            }
+            // The padding is zero, as the store writes it.
+            block[used..].fill(0);
+            let payload = &block[head..used];
+            let key = &payload[..usize::from(h.key_len)];
+            let key_ok = match holds {
+                Holds::Key(k) => payload.starts_with(k),
+                Holds::Hash(hash) => inner.hasher.hash_one(key) == hash,
+            };
+            key_ok && crc(inner.salt, &[payload]) == h.payload_crc
         } else {
-            self.stream_payload(&header, src, payload_len, key, h.payload_crc)?
+            let header = BlockHeader {
+                block_len: len,
+                ..h
+            }
+            .encode(inner.salt);
+            self.stream_payload(&header, offset + h.key_offset(), payload_len, holds, &h)?
         };
         if !intact {
             self.out.truncate_to(start);
             self.damaged += 1;
             return Ok(None);
         }
-        let pad = len - BLOCK_HEADER_LEN - payload_len;
-        self.out.buf.resize(self.out.buf.len() + pad as usize, 0);
+        let end = start + len;
+        if self.out.end() < end {
+            self.out
+                .buf
+                .resize(self.out.buf.len() + (end - self.out.end()) as usize, 0);
+        }
+        debug_assert_eq!(self.out.end(), end);
         self.entries_copied += 1;
         self.bytes_copied += len;
         Ok(Some(Placed {
@@ -1010,8 +1263,8 @@ impl Copier<'_> {
         header: &[u8],
         src: u64,
         len: u64,
-        key: &[u8],
-        want: u32,
+        holds: Holds<'_>,
+        h: &BlockHeader,
     ) -> Result<bool> {
         let inner = self.inner;
         self.out.buf.extend_from_slice(header);
@@ -1027,7 +1280,13 @@ impl Copier<'_> {
                 .read_at(src + done, &mut chunk[..n])
                 .map_err(|e| Error::io(&inner.path, "reading an entry for a backup", e))?;
             if done == 0 {
-                key_ok = chunk[..n].starts_with(key);
+                // A key (at most 64 KiB) is within the first chunk.
+                key_ok = match holds {
+                    Holds::Key(k) => chunk[..n].starts_with(k),
+                    Holds::Hash(hash) => chunk
+                        .get(..usize::from(h.key_len))
+                        .is_some_and(|k| inner.hasher.hash_one(k) == hash),
+                };
             }
             hasher.update(&chunk[..n]);
             self.out
@@ -1037,7 +1296,7 @@ impl Copier<'_> {
             self.out.flushed += n as u64;
             done += n as u64;
         }
-        Ok(key_ok && hasher.finalize() == want)
+        Ok(key_ok && hasher.finalize() == h.payload_crc)
     }
 
     /// After each entry with no store lock held: [`step`](Self::step), and
@@ -1132,6 +1391,9 @@ impl Copier<'_> {
     /// cuts and syncs the copy. Returns its length.
     fn finish(&mut self, now_ms: i64) -> Result<u64> {
         self.report(BackupPhase::Finishing, 0);
+        if let Some(first) = self.first.take() {
+            return self.finish_first_round(first, now_ms);
+        }
         for p in self.placed.all.iter_mut().filter(|p| p.live) {
             if is_expired(p.at.expiry_ms, now_ms) {
                 p.live = false;
@@ -1151,6 +1413,11 @@ impl Copier<'_> {
             end,
             FILE_HEADER_LEN + self.placed.live().map(|p| p.len).sum::<u64>()
         );
+        self.cut_and_sync(end)
+    }
+
+    /// Cuts the copy to `end` and syncs it; returns `end`.
+    fn cut_and_sync(&mut self, end: u64) -> Result<u64> {
         self.out
             .file
             .set_len(end)
@@ -1160,6 +1427,37 @@ impl Copier<'_> {
             .sync_all()
             .map_err(self.out.io("syncing the backup"))?;
         Ok(end)
+    }
+
+    /// [`finish`](Self::finish) when round 1's copies are all there is (no
+    /// key was copied again): those expired by the pause are cut out.
+    fn finish_first_round(&mut self, first: FirstRound, now_ms: i64) -> Result<u64> {
+        debug_assert!(self.placed.all.is_empty() && first.end == self.out.end());
+        let mut live = Vec::new();
+        let mut from = FILE_HEADER_LEN;
+        let mut expired = 0;
+        for p in first
+            .expiring
+            .iter()
+            .filter(|p| is_expired(p.expiry_ms, now_ms))
+        {
+            if p.offset > from {
+                live.push((from, p.offset - from));
+            }
+            from = p.offset + p.len;
+            expired += 1;
+        }
+        self.placed.live = first.entries - expired;
+        let end = if expired == 0 {
+            self.out.flush()?;
+            self.out.end()
+        } else {
+            if first.end > from {
+                live.push((from, first.end - from));
+            }
+            self.out.close_holes(&live, FILE_HEADER_LEN)?
+        };
+        self.cut_and_sync(end)
     }
 
     /// Renames the synced copy into place and syncs the directory.
@@ -1193,5 +1491,45 @@ impl Copier<'_> {
             .map_err(self.out.io("removing the backup's temporary file"))?;
         self.out.placed = true;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Listed, sort_by_offset};
+
+    #[test]
+    fn the_radix_sort_puts_entries_in_file_order() {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for (n, max_offset) in [(0, 8), (10, 1 << 20), (5000, 1 << 16), (100_000, 1 << 30)] {
+            let mut offsets: Vec<u64> = (0..n).map(|_| next() % (max_offset / 8) * 8).collect();
+            offsets.sort_unstable();
+            offsets.dedup();
+            // Shuffled, each with an id and hash of its own.
+            let mut list: Vec<Listed> = offsets
+                .iter()
+                .enumerate()
+                .map(|(i, &o)| Listed::new(next(), (i % (1 << 24)) as u32, o))
+                .collect();
+            for i in (1..list.len()).rev() {
+                list.swap(i, (next() % (i as u64 + 1)) as usize);
+            }
+            let mut want = list.clone();
+            want.sort_unstable_by_key(|l| l.at);
+            sort_by_offset(&mut list);
+            assert!(
+                list.iter()
+                    .zip(&want)
+                    .all(|(a, b)| a.at == b.at && a.hash == b.hash)
+            );
+            assert_eq!(list.len(), want.len());
+            assert!(list.windows(2).all(|w| w[0].offset() < w[1].offset()));
+        }
     }
 }
