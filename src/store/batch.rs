@@ -613,32 +613,30 @@ impl Inner {
             self.blocks.freed_unsynced(m.hash, words);
         }
         self.storage.point("batch: settled");
+        // Every key is published even when one step fails: the batch is on
+        // disk, whole, so memory must say so too. The first error is
+        // returned, and the record is then kept for the next open.
         for step in steps {
-            match *step {
-                Step::Member(i) => {
-                    let m = &members[i];
-                    let (offset, len) = written[i];
-                    let seq = first_seq + i as u64;
-                    let p =
-                        self.publish(m.key, (offset, len), seq, m.expiry_ms, generation, None)?;
-                    match p {
-                        Published::New => self.admit(m.key, rooms.get(m.key), notes)?,
-                        Published::Replaced | Published::Removed => {}
-                        // Cannot happen under the key's lock; should it,
-                        // the member loses on disk too: held, then freed.
-                        Published::Outranked => self.retire(offset, len, m.hash, words),
-                    }
-                    if m.expiry_ms != 0 {
-                        self.note_expiry(m.expiry_ms);
-                    }
-                }
-                Step::Delete(j) => self.remove_in_batch(tombstones[j], notes)?,
+            let done = match *step {
+                Step::Member(i) => self.publish_member(
+                    &members[i],
+                    written[i],
+                    first_seq + i as u64,
+                    (generation, words),
+                    rooms,
+                    notes,
+                ),
+                Step::Delete(j) => self.remove_in_batch(tombstones[j], notes),
+            };
+            if let Err(e) = done {
+                failed.get_or_insert(e);
             }
         }
         let settled = self.note_write();
         match failed {
-            // A member still pending: the record must outlive this session
-            // (the next open settles the batch). It is left as it is.
+            // A member still pending, or a deleted key's copy not freed:
+            // the record must outlive this session (the next open settles
+            // the batch). It is left as it is.
             Some(e) => Err(e),
             None => {
                 // Freed by the next sync that covers all of the above.
@@ -648,8 +646,37 @@ impl Inner {
         }
     }
 
+    /// Puts member `m`, written at `block` with sequence number `seq`, in
+    /// the index (`generation`: the batch's write; `words`: its settling).
+    fn publish_member(
+        &self,
+        m: &Member<'_>,
+        (offset, len): (u64, u64),
+        seq: u64,
+        (generation, words): (u64, u64),
+        rooms: &HashMap<Vec<u8>, super::write::Room<'_>>,
+        notes: &mut Notes<'_>,
+    ) -> Result<()> {
+        let p = self.publish(m.key, (offset, len), seq, m.expiry_ms, generation, None)?;
+        if m.expiry_ms != 0 {
+            self.note_expiry(m.expiry_ms);
+        }
+        match p {
+            Published::New => self.admit(m.key, rooms.get(m.key), notes)?,
+            Published::Replaced | Published::Removed => {}
+            // Cannot happen under the key's lock; should it, the member
+            // loses on disk too: held, then freed.
+            Published::Outranked => self.retire(offset, len, m.hash, words),
+        }
+        Ok(())
+    }
+
     /// Removes a key a batch deletes: its copies are freed without a sync
-    /// (the batch's tombstone outranks them until the record goes).
+    /// (the batch's tombstone outranks them until the record goes). When a
+    /// free header cannot be written the key still leaves the index (the
+    /// tombstone deletes it on disk, and the caller keeps the record for
+    /// the next open), its copy held until the header can be written, and
+    /// the error is returned.
     fn remove_in_batch(&self, key: &[u8], notes: &mut Notes<'_>) -> Result<()> {
         let (hash, cell) = self.locate(key);
         let mut shard = cell.map.write();
@@ -659,16 +686,33 @@ impl Inner {
         let slot = shard.slot(id);
         let (offset, expiry) = (slot.offset(), slot.expiry());
         let visible = expiry == 0 || !is_expired(expiry, self.clock.now_millis());
-        self.blocks
+        let mut failed = self
+            .blocks
             .release_copies_of(hash, key, &self.bio())
-            .map_err(|(action, e)| Error::io(&self.path, action, e))?;
-        let freed = self.unindex_newest(&mut shard, cell, hash, id, offset)?;
+            .map_err(|(action, e)| Error::io(&self.path, action, e))
+            .err();
+        let len = self.header_at(offset).ok().map(|h| h.block_len);
+        let mut freed = None;
+        if let Some(l) = len {
+            match self.mark_free(offset, l) {
+                Ok(()) => {
+                    self.blocks
+                        .freed_unsynced(hash, self.writes.load(Ordering::Acquire));
+                    freed = Some(l);
+                }
+                Err(e) => {
+                    self.blocks.hold_unfreed(offset, l, hash);
+                    failed.get_or_insert(Error::io(&self.path, "freeing an entry", e));
+                }
+            }
+        }
+        self.drop_slot(&mut shard, cell, hash, id, len);
         drop(shard);
         removed_by_key(notes, key, visible, expiry);
-        if let Some(len) = freed {
-            self.return_space(offset, len);
+        if let Some(l) = freed {
+            self.return_space(offset, l);
         }
-        Ok(())
+        failed.map_or(Ok(()), Err)
     }
 
     /// Makes the file format version 2 before its first batch: the version
