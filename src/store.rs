@@ -438,6 +438,11 @@ impl Store {
     /// Under an entry cap, room is made for the batch's new keys first, as
     /// for single puts; a batch of more new keys than the cap evicts some of
     /// its own keys once applied.
+    ///
+    /// An I/O error after the batch's sync (settling a member, freeing a
+    /// deleted key's copy) is returned, but the batch is durable and wholly
+    /// applied in memory too, so that memory says what an open of the file
+    /// finds; its commit record is then kept, and the next open settles it.
     pub fn apply(&self, batch: &Batch) -> Result<()> {
         self.inner.apply(batch)
     }

@@ -4,7 +4,9 @@
 //! too large fails whole and writes nothing, that a batch of more than a
 //! GiB works, that it costs one fdatasync under `SyncPolicy::Always`, what
 //! a reader sees while a batch is published, how the file's format version
-//! changes, and what an open does with a batch a crash left unsettled.
+//! changes, what an open does with a batch a crash left unsettled, and what
+//! a batch whose settling or publication fails half-way leaves (an error,
+//! and memory as an open of the file finds it).
 //! Crashes at every write are in `tests/crash_every_write.rs`; every
 //! interleaving with other operations in `tests/interleavings`.
 
@@ -15,7 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, UNIX_EPOCH};
 
 use common::{TempStore, clock, sorted_keys};
-use sfs::testing::{Event, FaultStorage, MemStorage, Storage};
+use sfs::testing::{Call, Event, FaultError, FaultStorage, MemStorage, Storage};
 use sfs::{Batch, Error, Options, PutOptions, Store, SyncPolicy};
 
 fn version_of(bytes: &[u8]) -> u32 {
@@ -506,4 +508,138 @@ fn damage_to_an_unsettled_commit_record_costs_the_batch_and_nothing_else() {
     assert!(!s.contains("c"));
     assert_eq!(s.stats().corrupt_blocks, 1, "the record is the damage");
     s.check_invariants().unwrap();
+}
+
+// ---- failures after the batch's sync ----------------------------------------
+
+/// Key → value, as a store holds them.
+fn contents(s: &Store) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut c: Vec<_> = s.iter().map(|r| r.unwrap()).collect();
+    c.sort();
+    c
+}
+
+fn pairs(kv: &[(&str, &str)]) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut c: Vec<_> = kv
+        .iter()
+        .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
+        .collect();
+    c.sort();
+    c
+}
+
+/// A store under `Always` on a fault-injecting storage, holding `a` and
+/// `b` (value `old-a`, `old-b`) and `z` from a first batch (so the file is
+/// version 2 already and the next batch's first sync is its own).
+fn faulty_store() -> (Arc<FaultStorage>, Store) {
+    let fs = Arc::new(FaultStorage::new());
+    let s = Options::new()
+        .sync(SyncPolicy::Always)
+        .active_expiry(None)
+        .open_on("f.sfs", fs.clone() as Arc<dyn Storage>)
+        .unwrap();
+    s.put("a", "old-a").unwrap();
+    s.put("b", "old-b").unwrap();
+    let mut first = Batch::new();
+    first.put("z", "first");
+    s.apply(&first).unwrap();
+    (fs, s)
+}
+
+/// The batch of the tests below: put `a`, delete `b`, put `c`.
+fn the_batch() -> Batch {
+    let mut bt = Batch::new();
+    bt.put("a", "new").delete("b").put("c", "new");
+    bt
+}
+
+/// Applies the batch to a twin of `faulty_store` (the same calls in the
+/// same order) and returns the number (1-based, as `FaultStorage::fail`
+/// counts write calls) of the first write after the batch's sync that
+/// `pick` chooses, given the twin's file before the batch, the write's
+/// offset and whether it is an 8-byte word store.
+fn nth_write_after_the_sync(pick: impl Fn(&[u8], u64, bool) -> bool) -> u64 {
+    let (fs, s) = faulty_store();
+    let before = fs.calls().0;
+    let image = fs.bytes();
+    let mark = fs.event_count();
+    s.apply(&the_batch()).unwrap();
+    let rec = fs.recording();
+    let writes: Vec<(usize, u64, bool)> = (mark..rec.events.len())
+        .filter_map(|i| match &rec.events[i] {
+            Event::Write { offset, atomic, .. } => Some((i, *offset, *atomic)),
+            _ => None,
+        })
+        .collect();
+    let sync = (mark..rec.events.len())
+        .find(|&i| rec.events[i] == Event::Sync)
+        .unwrap();
+    let n = writes
+        .iter()
+        .position(|&(i, offset, atomic)| i > sync && pick(&image, offset, atomic))
+        .expect("no such write");
+    before + n as u64 + 1
+}
+
+/// The store after the failure: the error reported, memory as a fresh open
+/// of the file finds it (the batch whole), usable once the disk heals, and
+/// a reopen settles the batch and passes the invariant checks.
+fn check_after_failure(fs: &FaultStorage, s: Store, e: Error) {
+    assert!(matches!(e, Error::Io { .. }), "{e}");
+    assert_eq!(fs.failures(), 1);
+    let want = pairs(&[("a", "new"), ("c", "new"), ("z", "first")]);
+    assert_eq!(contents(&s), want, "memory");
+    let ro = Options::new()
+        .read_only(true)
+        .active_expiry(None)
+        .open_on(
+            "ro.sfs",
+            Arc::new(MemStorage::with_bytes(fs.bytes())) as Arc<dyn Storage>,
+        )
+        .unwrap();
+    assert_eq!(contents(&ro), want, "an open of the file");
+    drop(ro);
+    fs.heal();
+    s.put("d", "after").unwrap();
+    s.delete("z").unwrap();
+    s.sync().unwrap();
+    let want = pairs(&[("a", "new"), ("c", "new"), ("d", "after")]);
+    assert_eq!(contents(&s), want);
+    drop(s);
+    let s = Options::new()
+        .active_expiry(None)
+        .open_on(
+            "again.sfs",
+            Arc::new(MemStorage::with_bytes(fs.bytes())) as Arc<dyn Storage>,
+        )
+        .unwrap();
+    assert_eq!(contents(&s), want, "after a reopen");
+    s.check_invariants().unwrap();
+}
+
+#[test]
+fn a_member_whose_settling_write_fails_leaves_the_batch_whole_and_reports_it() {
+    // The first word store after the sync settles the first member (`a`);
+    // `c` stays pending.
+    let nth = nth_write_after_the_sync(|_, _, word| word);
+    let (fs, s) = faulty_store();
+    fs.fail(Call::Write, nth, FaultError::Io);
+    let e = s.apply(&the_batch()).unwrap_err();
+    check_after_failure(&fs, s, e);
+}
+
+#[test]
+fn a_deleted_key_whose_free_header_fails_mid_batch_leaves_the_batch_whole_and_reports_it() {
+    // The write of the free header over `b`'s copy, between the
+    // publication of `a` and that of `c`: `c` is published all the same,
+    // `b` leaves the index (the batch's tombstone deletes it on disk while
+    // the record, kept for the next open, lives).
+    let nth = nth_write_after_the_sync(|image, offset, _| {
+        let at = offset as usize + 48;
+        image.get(at..at + 6) == Some(&b"bold-b"[..])
+    });
+    let (fs, s) = faulty_store();
+    fs.fail(Call::Write, nth, FaultError::Io);
+    let e = s.apply(&the_batch()).unwrap_err();
+    check_after_failure(&fs, s, e);
 }

@@ -12,6 +12,11 @@
 //! 3. The commit record is written; then one sync. A crash before the sync
 //!    completes leaves the batch wholly there (all members and the record
 //!    made it) or wholly absent (the record is missing or incomplete).
+//!
+//!    Steps 2 and 3 write consecutive blocks, allocated together in runs of
+//!    up to 1 MiB (the record last), one write per run (`write_batch`): one
+//!    allocation and one `pwrite` per member cost more than the sync itself
+//!    for small members. Readers do not rely on where the blocks are.
 //! 4. Settling: each member's expiry word is rewritten settled (one atomic
 //!    8-byte store each), and the member keys are listed as unsettled with
 //!    the generation of those writes, so that no remover frees a member
@@ -47,6 +52,14 @@ use crate::format::{
     MAX_VALUE_LEN, crc, entry_block_len, expiry_word, is_expired, member_digest, stored_header_crc,
 };
 use crate::store::values::{Expiry, PutOptions};
+
+/// The most bytes of members a batch allocates and writes at once (a
+/// member larger than this is a run of its own): a very large batch is not
+/// copied whole into one buffer, nor does it need one free block for all.
+const RUN_BYTES: u64 = 1 << 20;
+
+/// A block of the file: (offset, length).
+type Block = (u64, u64);
 
 /// Several puts, deletes and touches, applied together by
 /// [`Store::apply`](crate::Store::apply): after a crash, all of them or
@@ -337,38 +350,18 @@ impl Inner {
 
         let count = (members.len() + tombstones.len()) as u64;
         let first_seq = self.next_seq.fetch_add(count, Ordering::Relaxed);
-        let mut written: Vec<(u64, u64)> = Vec::with_capacity(members.len());
-        let mut crcs = Vec::with_capacity(members.len());
-        for (i, m) in members.iter().enumerate() {
-            match self.write_member(m, first_seq + i as u64) {
-                Ok((block, c)) => {
-                    written.push(block);
-                    crcs.push(c);
-                }
-                Err(e) => {
-                    self.take_back(&members, &written, None);
-                    return Err(e);
-                }
-            }
-        }
         let n = members.len() as u64;
         let record = CommitRecord {
             first_seq,
             members: members.len() as u32,
-            digest: member_digest(self.salt, crcs),
+            digest: 0,
             tombstones: tombstones
                 .iter()
                 .enumerate()
                 .map(|(j, k)| (first_seq + n + j as u64, k.to_vec()))
                 .collect(),
         };
-        let commit = match self.write_commit(&record) {
-            Ok(c) => c,
-            Err(e) => {
-                self.take_back(&members, &written, None);
-                return Err(e);
-            }
-        };
+        let (written, commit) = self.write_batch(&members, record)?;
         let generation = self.note_write();
         self.storage.point("batch: written");
         // One sync, whatever the policy: settling must wait for it.
@@ -454,49 +447,127 @@ impl Inner {
         actions
     }
 
-    /// Writes one member, pending. Returns its block and its checksums
-    /// (header CRC, payload CRC) for the digest.
-    fn write_member(&self, m: &Member<'_>, seq: u64) -> Result<((u64, u64), (u32, u32))> {
-        let need = entry_block_len(m.key.len(), m.meta.len(), m.value.len());
-        let (offset, len) = self.allocate(need)?;
-        let header = BlockHeader {
-            kind: Kind::Entry,
-            block_len: len,
-            key_len: m.key.len() as u16,
-            meta_len: m.meta.len() as u16,
-            value_len: m.value.len() as u32,
-            seq,
-            expiry_ms: m.expiry_ms,
-            payload_crc: crc(self.salt, &[m.key, &m.meta, &m.value]),
-            pending: true,
-        };
-        let encoded = header.encode(self.salt);
-        let parts: [&[u8]; 4] = [&encoded, m.key, &m.meta, &m.value];
-        if let Err(e) = self.storage.write_at(offset, &parts) {
-            self.release(offset, len, m.hash);
-            return Err(Error::io(&self.path, "writing a batch member", e));
+    /// Writes the members, pending, then the commit record (`record`, whose
+    /// digest this fills in): consecutive blocks, allocated together in runs
+    /// of up to `RUN_BYTES` (the record at the end of the last run), each run
+    /// written with one write. A batch of 100 small puts is then one
+    /// allocation (one growth of the file, at most) and one write, where one
+    /// per member cost more than the batch's sync. Returns the members'
+    /// blocks and the record's. On failure nothing of the batch is left
+    /// valid: every block is freed (the record first).
+    fn write_batch(
+        &self,
+        members: &[Member<'_>],
+        mut record: CommitRecord,
+    ) -> Result<(Vec<Block>, Block)> {
+        let first_seq = record.first_seq;
+        // The payload's length does not depend on the digest.
+        let record_need = record.header(self.salt, &record.encode_payload()).block_len;
+        let needs: Vec<u64> = members
+            .iter()
+            .map(|m| entry_block_len(m.key.len(), m.meta.len(), m.value.len()))
+            .collect();
+        let mut runs: Vec<std::ops::Range<usize>> = Vec::new();
+        let (mut start, mut sum) = (0, 0u64);
+        for (i, &need) in needs.iter().enumerate() {
+            if i > start && sum + need > RUN_BYTES {
+                runs.push(start..i);
+                (start, sum) = (i, 0);
+            }
+            sum += need;
         }
-        self.note_write();
-        Ok((
-            (offset, len),
-            (stored_header_crc(&encoded), header.payload_crc),
-        ))
-    }
+        runs.push(start..members.len());
 
-    /// Writes the commit record. Returns its block.
-    fn write_commit(&self, record: &CommitRecord) -> Result<(u64, u64)> {
+        // Allocate every run first: a failure then only gives space back.
+        let mut blocks: Vec<Block> = Vec::with_capacity(members.len());
+        let mut commit = (0, 0);
+        let mut spans: Vec<Block> = Vec::with_capacity(runs.len());
+        for (r, run) in runs.iter().enumerate() {
+            let last = r + 1 == runs.len();
+            let total: u64 =
+                needs[run.clone()].iter().sum::<u64>() + if last { record_need } else { 0 };
+            let (offset, len) = match self.allocate(total) {
+                Ok(a) => a,
+                Err(e) => {
+                    for &(o, l) in &spans {
+                        self.release(o, l, 0);
+                    }
+                    return Err(e);
+                }
+            };
+            spans.push((offset, len));
+            let mut at = offset;
+            for &need in &needs[run.clone()] {
+                blocks.push((at, need));
+                at += need;
+            }
+            // The last block of the run takes what the allocation gave
+            // beyond the request (a free block handed out whole).
+            let extra = len - total;
+            if last {
+                commit = (at, record_need + extra);
+            } else if let Some(b) = blocks.last_mut() {
+                b.1 += extra;
+            }
+        }
+
+        let mut headers = Vec::with_capacity(members.len());
+        let mut crcs = Vec::with_capacity(members.len());
+        for (i, m) in members.iter().enumerate() {
+            let header = BlockHeader {
+                kind: Kind::Entry,
+                block_len: blocks[i].1,
+                key_len: m.key.len() as u16,
+                meta_len: m.meta.len() as u16,
+                value_len: m.value.len() as u32,
+                seq: first_seq + i as u64,
+                expiry_ms: m.expiry_ms,
+                payload_crc: crc(self.salt, &[m.key, &m.meta, &m.value]),
+                pending: true,
+            };
+            let encoded = header.encode(self.salt);
+            crcs.push((stored_header_crc(&encoded), header.payload_crc));
+            headers.push(encoded);
+        }
+        record.digest = member_digest(self.salt, crcs);
         let payload = record.encode_payload();
         let mut header = record.header(self.salt, &payload);
-        let (offset, len) = self.allocate(header.block_len)?;
-        header.block_len = len;
-        let w = self
-            .storage
-            .write_at(offset, &[&header.encode(self.salt), &payload]);
-        if let Err(e) = w {
-            self.release(offset, len, 0);
-            return Err(Error::io(&self.path, "writing a batch's commit record", e));
+        header.block_len = commit.1;
+        let commit_header = header.encode(self.salt);
+
+        const ZEROS: [u8; 8] = [0; 8];
+        for (r, run) in runs.iter().enumerate() {
+            let last = r + 1 == runs.len();
+            let mut parts: Vec<&[u8]> = Vec::with_capacity(5 * run.len() + 2);
+            for i in run.clone() {
+                let m = &members[i];
+                parts.extend([&headers[i][..], m.key, &m.meta, &m.value]);
+                // Blocks follow each other: the padding up to the next one
+                // (at most 7 bytes) is written too; not after the run's last.
+                if last || i + 1 < run.end {
+                    let raw = headers[i].len() + m.key.len() + m.meta.len() + m.value.len();
+                    parts.push(&ZEROS[..(needs[i] as usize - raw)]);
+                }
+            }
+            if last {
+                parts.extend([&commit_header[..], &payload]);
+            }
+            if let Err(e) = self.storage.write_at(spans[r].0, &parts) {
+                if last {
+                    self.release(commit.0, commit.1, 0);
+                }
+                for (m, &(o, l)) in members.iter().zip(&blocks) {
+                    self.release(o, l, m.hash);
+                }
+                let what = if last {
+                    "writing a batch's members and commit record"
+                } else {
+                    "writing a batch's members"
+                };
+                return Err(Error::io(&self.path, what, e));
+            }
         }
-        Ok((offset, len))
+        Ok((blocks, commit))
     }
 
     /// Frees the blocks of a batch that did not happen: the commit record
@@ -548,32 +619,30 @@ impl Inner {
             self.blocks.freed_unsynced(m.hash, words);
         }
         self.storage.point("batch: settled");
+        // Every key is published even when one step fails: the batch is on
+        // disk, whole, so memory must say so too. The first error is
+        // returned, and the record is then kept for the next open.
         for step in steps {
-            match *step {
-                Step::Member(i) => {
-                    let m = &members[i];
-                    let (offset, len) = written[i];
-                    let seq = first_seq + i as u64;
-                    let p =
-                        self.publish(m.key, (offset, len), seq, m.expiry_ms, generation, None)?;
-                    match p {
-                        Published::New => self.admit(m.key, rooms.get(m.key), false, notes)?,
-                        Published::Replaced | Published::Removed => {}
-                        // Cannot happen under the key's lock; should it,
-                        // the member loses on disk too: held, then freed.
-                        Published::Outranked => self.retire(offset, len, m.hash, words),
-                    }
-                    if m.expiry_ms != 0 {
-                        self.note_expiry(m.expiry_ms);
-                    }
-                }
-                Step::Delete(j) => self.remove_in_batch(tombstones[j], notes)?,
+            let done = match *step {
+                Step::Member(i) => self.publish_member(
+                    &members[i],
+                    written[i],
+                    first_seq + i as u64,
+                    (generation, words),
+                    rooms,
+                    notes,
+                ),
+                Step::Delete(j) => self.remove_in_batch(tombstones[j], notes),
+            };
+            if let Err(e) = done {
+                failed.get_or_insert(e);
             }
         }
         let settled = self.note_write();
         match failed {
-            // A member still pending: the record must outlive this session
-            // (the next open settles the batch). It is left as it is.
+            // A member still pending, or a deleted key's copy not freed:
+            // the record must outlive this session (the next open settles
+            // the batch). It is left as it is.
             Some(e) => Err(e),
             None => {
                 // Freed by the next sync that covers all of the above.
@@ -583,8 +652,37 @@ impl Inner {
         }
     }
 
+    /// Puts member `m`, written at `block` with sequence number `seq`, in
+    /// the index (`generation`: the batch's write; `words`: its settling).
+    fn publish_member(
+        &self,
+        m: &Member<'_>,
+        (offset, len): (u64, u64),
+        seq: u64,
+        (generation, words): (u64, u64),
+        rooms: &HashMap<Vec<u8>, super::write::Room<'_>>,
+        notes: &mut Notes<'_>,
+    ) -> Result<()> {
+        let p = self.publish(m.key, (offset, len), seq, m.expiry_ms, generation, None)?;
+        if m.expiry_ms != 0 {
+            self.note_expiry(m.expiry_ms);
+        }
+        match p {
+            Published::New => self.admit(m.key, rooms.get(m.key), false, notes)?,
+            Published::Replaced | Published::Removed => {}
+            // Cannot happen under the key's lock; should it, the member
+            // loses on disk too: held, then freed.
+            Published::Outranked => self.retire(offset, len, m.hash, words),
+        }
+        Ok(())
+    }
+
     /// Removes a key a batch deletes: its copies are freed without a sync
-    /// (the batch's tombstone outranks them until the record goes).
+    /// (the batch's tombstone outranks them until the record goes). When a
+    /// free header cannot be written the key still leaves the index (the
+    /// tombstone deletes it on disk, and the caller keeps the record for
+    /// the next open), its copy held until the header can be written, and
+    /// the error is returned.
     fn remove_in_batch(&self, key: &[u8], notes: &mut Notes<'_>) -> Result<()> {
         let (hash, cell) = self.locate(key);
         let mut shard = cell.map.write();
@@ -594,16 +692,33 @@ impl Inner {
         let slot = shard.slot(id);
         let (offset, expiry) = (slot.offset(), slot.expiry());
         let visible = expiry == 0 || !is_expired(expiry, self.clock.now_millis());
-        self.blocks
+        let mut failed = self
+            .blocks
             .release_copies_of(hash, key, &self.bio())
-            .map_err(|(action, e)| Error::io(&self.path, action, e))?;
-        let freed = self.unindex_newest(&mut shard, cell, hash, id, offset)?;
+            .map_err(|(action, e)| Error::io(&self.path, action, e))
+            .err();
+        let len = self.header_at(offset).ok().map(|h| h.block_len);
+        let mut freed = None;
+        if let Some(l) = len {
+            match self.mark_free(offset, l) {
+                Ok(()) => {
+                    self.blocks
+                        .freed_unsynced(hash, self.writes.load(Ordering::Acquire));
+                    freed = Some(l);
+                }
+                Err(e) => {
+                    self.blocks.hold_unfreed(offset, l, hash);
+                    failed.get_or_insert(Error::io(&self.path, "freeing an entry", e));
+                }
+            }
+        }
+        self.drop_slot(&mut shard, cell, hash, id, len);
         drop(shard);
         removed_by_key(notes, key, visible, expiry);
-        if let Some(len) = freed {
-            self.return_space(offset, len);
+        if let Some(l) = freed {
+            self.return_space(offset, l);
         }
-        Ok(())
+        failed.map_or(Ok(()), Err)
     }
 
     /// Makes the file format version 2 before its first batch: the version

@@ -334,6 +334,13 @@ impl Blocks {
         self.hold(offset, len, 0, Held::Commit(generation));
     }
 
+    /// Holds a block whose free header could not be written
+    /// ([`Held::Unfreed`]): retried after every sync, freed before its
+    /// key's newest copy.
+    pub(super) fn hold_unfreed(&self, offset: u64, len: u64, key_hash: u64) {
+        self.hold(offset, len, key_hash, Held::Unfreed);
+    }
+
     fn hold(&self, offset: u64, len: u64, key_hash: u64, why: Held) {
         push_held(&mut self.space.lock(), offset, len, key_hash, why);
     }

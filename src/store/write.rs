@@ -722,6 +722,20 @@ impl Inner {
             }
             Err(_) => None,
         };
+        self.drop_slot(shard, cell, hash, id, len);
+        Ok(len)
+    }
+
+    /// Takes slot `id` out of the index and its counts (its block, of
+    /// length `len` when known, being freed or held by the caller).
+    pub(super) fn drop_slot(
+        &self,
+        shard: &mut Shard,
+        cell: &ShardCell,
+        hash: u64,
+        id: u32,
+        len: Option<u64>,
+    ) {
         self.backups.note(shard.slot(id).key.as_bytes());
         shard.remove(hash, id);
         if self.max_entries.is_some() {
@@ -734,7 +748,6 @@ impl Inner {
         if let Some(l) = len {
             self.live_bytes.fetch_sub(l, Ordering::Relaxed);
         }
-        Ok(len)
     }
 
     /// Frees old copies of a key that has just left the index: with the key

@@ -14,7 +14,7 @@
 //! 3. Batches: a durable batch of 100 puts against one durable put, and a
 //!    load in batches against put by put.
 //!
-//! `cargo run --release --bin conditional -- [--dir DIR] [--quick]`
+//! `cargo run --release --bin conditional -- [--dir DIR] [--quick] [--only group|batches|batch|load|cas]`
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
@@ -23,18 +23,22 @@ use sfs::{Options, SyncPolicy};
 
 const THREADS: usize = 4;
 
-fn arg_dir() -> (std::path::PathBuf, bool) {
+/// `--dir DIR`, `--quick`, and `--only SECTION` (`group`, `batches` (both
+/// `batch` and `load`) or `cas`; every section when absent).
+fn args() -> (std::path::PathBuf, bool, Option<String>) {
     let mut dir = std::env::temp_dir();
     let mut quick = false;
+    let mut only = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--dir" => dir = args.next().expect("--dir DIR").into(),
             "--quick" => quick = true,
+            "--only" => only = Some(args.next().expect("--only SECTION")),
             other => panic!("unknown argument {other}"),
         }
     }
-    (dir, quick)
+    (dir, quick, only)
 }
 
 fn group_commit(dir: &std::path::Path, quick: bool) {
@@ -190,9 +194,8 @@ fn cas_contention(dir: &std::path::Path, quick: bool) {
 }
 
 /// A durable batch of 100 puts against one durable put, in alternating
-/// blocks; and a load of `n` entries as batches of 10,000 against put by
-/// put, under `SyncPolicy::Never` (each ending in one sync).
-fn batches(dir: &std::path::Path, quick: bool) {
+/// blocks.
+fn durable_batch(dir: &std::path::Path, quick: bool) {
     let d = tempfile::tempdir_in(dir).expect("tempdir");
     let store = Options::new()
         .sync(SyncPolicy::Always)
@@ -223,6 +226,13 @@ fn batches(dir: &std::path::Path, quick: bool) {
         one / rounds as f64 / 1e3,
         hundred / one
     );
+}
+
+/// A load of `n` entries as batches of 10,000 against put by put, under
+/// `SyncPolicy::Never` (each ending in one sync).
+fn batched_load(dir: &std::path::Path, quick: bool) {
+    let d = tempfile::tempdir_in(dir).expect("tempdir");
+    let value = vec![7u8; 100];
     let n: usize = if quick { 100_000 } else { 1_000_000 };
     let key = |i: usize| format!("load-{i:09}");
     let never = |name: &str| {
@@ -241,25 +251,177 @@ fn batches(dir: &std::path::Path, quick: bool) {
     drop(s1);
     let s2 = never("batches.sfs");
     let t = Instant::now();
-    for chunk in (0..n).collect::<Vec<_>>().chunks(10_000) {
+    for chunk in (0..n).collect::<Vec<_>>().chunks(BATCH) {
         let mut batch = sfs::Batch::new();
         for &i in chunk {
             batch.put(key(i), &value);
         }
         s2.apply(&batch).expect("apply");
     }
+    s2.sync().expect("sync");
     let batched = t.elapsed().as_secs_f64();
+    drop(s2);
     println!(
         "load of {n} entries (SyncPolicy::Never): put by put {:.0} ns/entry, in batches of 10,000 {:.0} ns/entry; ratio **{:.2}**\n",
         puts * 1e9 / n as f64,
         batched * 1e9 / n as f64,
         batched / puts
     );
+    let per = |secs: f64| secs * 1e9 / n as f64;
+    println!(
+        "| engine, API (one per 10,000 entries; one sync at the end unless said) | ns per entry | ÷ sfs put by put |"
+    );
+    println!("|---|---:|---:|");
+    let row = |what: &str, secs: f64| {
+        println!("| {what} | {:.0} | {:.2} |", per(secs), secs / puts);
+    };
+    row("sfs `put` (`Never`)", puts);
+    row("sfs `Batch` + `apply` (`Never`; each batch syncs)", batched);
+    for (what, secs) in peer_loads(d.path(), n, &value, &key) {
+        row(what, secs);
+    }
+    println!();
+}
+
+const BATCH: usize = 10_000;
+
+/// Each peer loads the same `n` entries through its batch or transaction
+/// API, one per `BATCH` entries, ending durable: seconds per engine.
+fn peer_loads(
+    dir: &std::path::Path,
+    n: usize,
+    value: &[u8],
+    key: &dyn Fn(usize) -> String,
+) -> Vec<(&'static str, f64)> {
+    let chunks = || (0..n).step_by(BATCH).map(move |s| s..(s + BATCH).min(n));
+    let mut out = Vec::new();
+
+    const TABLE: redb::TableDefinition<&[u8], &[u8]> = redb::TableDefinition::new("kv");
+    let db = redb::Database::create(dir.join("load.redb")).expect("redb");
+    let t = Instant::now();
+    for c in chunks() {
+        let w = db.begin_write().expect("begin_write");
+        {
+            let mut tab = w.open_table(TABLE).expect("open_table");
+            for i in c {
+                tab.insert(key(i).as_bytes(), value).expect("insert");
+            }
+        }
+        w.commit().expect("commit");
+    }
+    out.push((
+        "redb write transaction (each commit syncs)",
+        t.elapsed().as_secs_f64(),
+    ));
+    drop(db);
+
+    let p = dir.join("load.lmdb");
+    std::fs::create_dir_all(&p).expect("mkdir");
+    // SAFETY: LMDB requires that the file is not opened twice in one
+    // process; this process opens it once.
+    let env = unsafe {
+        heed::EnvOpenOptions::new()
+            .map_size(16 << 30)
+            .max_dbs(1)
+            .open(&p)
+            .expect("open lmdb")
+    };
+    let t = Instant::now();
+    let mut w = env.write_txn().expect("write_txn");
+    let lmdb: heed::Database<heed::types::Bytes, heed::types::Bytes> =
+        env.create_database(&mut w, None).expect("create_database");
+    w.commit().expect("commit");
+    for c in chunks() {
+        let mut w = env.write_txn().expect("write_txn");
+        for i in c {
+            lmdb.put(&mut w, key(i).as_bytes(), value).expect("put");
+        }
+        w.commit().expect("commit");
+    }
+    out.push((
+        "LMDB (heed) write transaction (each commit syncs)",
+        t.elapsed().as_secs_f64(),
+    ));
+    env.prepare_for_closing().wait();
+
+    let db = fjall::Database::builder(dir.join("load.fjall"))
+        .open()
+        .expect("open fjall");
+    let ks = db
+        .keyspace("kv", fjall::KeyspaceCreateOptions::default)
+        .expect("keyspace");
+    let t = Instant::now();
+    for c in chunks() {
+        let mut b = db.batch();
+        for i in c {
+            b.insert(&ks, key(i).as_bytes(), value);
+        }
+        b.commit().expect("commit");
+    }
+    db.persist(fjall::PersistMode::SyncData).expect("persist");
+    out.push(("fjall `WriteBatch`", t.elapsed().as_secs_f64()));
+    drop(ks);
+    drop(db);
+
+    let db = sled::Config::new()
+        .path(dir.join("load.sled"))
+        .open()
+        .expect("sled");
+    let t = Instant::now();
+    for c in chunks() {
+        let mut b = sled::Batch::default();
+        for i in c {
+            b.insert(key(i).as_bytes(), value);
+        }
+        db.apply_batch(b).expect("apply_batch");
+    }
+    db.flush().expect("flush");
+    out.push((
+        "sled `Batch` (flush: `sync_file_range`, not fdatasync)",
+        t.elapsed().as_secs_f64(),
+    ));
+    drop(db);
+
+    let mut c = rusqlite::Connection::open(dir.join("load.sqlite")).expect("sqlite");
+    c.execute_batch(
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; \
+         CREATE TABLE kv (k BLOB PRIMARY KEY, v BLOB NOT NULL) WITHOUT ROWID",
+    )
+    .expect("create");
+    let t = Instant::now();
+    for ch in chunks() {
+        let tx = c.transaction().expect("begin");
+        {
+            let mut st = tx
+                .prepare_cached("INSERT INTO kv (k, v) VALUES (?1, ?2)")
+                .expect("prepare");
+            for i in ch {
+                st.execute((key(i).as_bytes(), value)).expect("insert");
+            }
+        }
+        tx.commit().expect("commit");
+    }
+    out.push((
+        "SQLite transaction (WAL, `synchronous=FULL`: each commit syncs)",
+        t.elapsed().as_secs_f64(),
+    ));
+    drop(c);
+    out
 }
 
 fn main() {
-    let (dir, quick) = arg_dir();
-    group_commit(&dir, quick);
-    batches(&dir, quick);
-    cas_contention(&dir, quick);
+    let (dir, quick, only) = args();
+    let run = |section: &str| only.as_deref().is_none_or(|o| o == section);
+    if run("group") {
+        group_commit(&dir, quick);
+    }
+    if run("batches") || run("batch") {
+        durable_batch(&dir, quick);
+    }
+    if run("batches") || run("load") {
+        batched_load(&dir, quick);
+    }
+    if run("cas") {
+        cas_contention(&dir, quick);
+    }
 }
