@@ -66,6 +66,11 @@ fn writers_that_wrote_during_a_sync_share_the_next_one() {
         let store = Options::new()
             .sync(SyncPolicy::Always)
             .auto_compact(None)
+            // A put holds its key's lock (one of 1024 stripes, by hash)
+            // through its sync: two writers whose keys shared a stripe would
+            // wait for each other's held sync. This seed puts the keys
+            // below in distinct stripes.
+            .hasher_seed(7)
             .open_on("gc.sfs", storage.clone() as Arc<dyn Storage>)
             .unwrap();
         let before = storage.syncs.load(Ordering::SeqCst);
@@ -81,9 +86,12 @@ fn writers_that_wrote_during_a_sync_share_the_next_one() {
             }
         });
         let syncs = storage.syncs.load(Ordering::SeqCst) - before;
-        assert_eq!(
-            syncs, 2,
-            "{writers} durable puts: one sync for the first, one shared by the rest"
+        // Two: the first writer's, and one shared by the rest, who wrote
+        // while it was held. One when every writer had written before the
+        // first sync began (it then covered them all).
+        assert!(
+            (1..=2).contains(&syncs),
+            "{writers} durable puts took {syncs} syncs: one for the first, one shared by the rest"
         );
         assert_eq!(
             (store.stats().syncs - counted) as usize,
