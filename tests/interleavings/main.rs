@@ -962,6 +962,18 @@ fn every_interleaving_at(setup: Setup, ops: &[Op], points: &'static [&'static st
     assert!(t.schedules > 1, "{ops:?}: {} schedules", t.schedules);
 }
 
+/// Replays a schedule that broke a promise (`window`: the thread let
+/// through at each decision), then `sample` random schedules of the same
+/// operations around it.
+fn replay_then_sample(setup: Setup, ops: &[Op], window: Vec<usize>, sample: usize, seed: u64) {
+    let dir = scratch();
+    let mut cache = crash::Cache::default();
+    let random = (sample > 0).then_some(Strategy::Random { n: sample, seed });
+    for strategy in std::iter::once(Strategy::Replay(window)).chain(random) {
+        explore(setup, ops, strategy, dir.path(), &mut cache).unwrap_or_else(|e| panic!("{e}"));
+    }
+}
+
 #[test]
 fn a_key_deleted_while_compaction_copies_it_stays_deleted() {
     for setup in SETUPS {
@@ -1045,17 +1057,13 @@ fn an_overwrite_between_a_renewal_of_a_held_entry_and_a_delete_survives_power_lo
     // publishes the key anew and returns before that free was synced. The
     // schedule that broke it, then a sample around it (the whole triple is
     // ~3 minutes: in the deep run).
-    let dir = scratch();
-    let ops = [Op::TouchHeld, Op::Delete, Op::Overwrite];
-    let window = vec![2, 0, 1, 2, 2, 0, 0, 0, 0, 0, 1, 0, 2, 2, 1, 0, 1, 1];
-    let mut cache = crash::Cache::default();
-    for strategy in [
-        Strategy::Replay(window),
-        Strategy::Random { n: 200, seed: 13 },
-    ] {
-        explore(SETUPS[0], &ops, strategy, dir.path(), &mut cache)
-            .unwrap_or_else(|e| panic!("{e}"));
-    }
+    replay_then_sample(
+        SETUPS[0],
+        &[Op::TouchHeld, Op::Delete, Op::Overwrite],
+        vec![2, 0, 1, 2, 2, 0, 0, 0, 0, 0, 1, 0, 2, 2, 1, 0, 1, 1],
+        200,
+        13,
+    );
 }
 
 #[test]
@@ -1065,17 +1073,13 @@ fn an_overwrite_that_reinserts_an_evicted_key_keeps_the_cap() {
     // before, then puts `c` back as new while both inserts still hold their
     // rooms. Nothing else was evictable then, and the store ended with three
     // live entries over a cap of two.
-    let dir = scratch();
-    let ops = [Op::PutNew, Op::PutNew, Op::Overwrite];
-    let window = vec![0, 2, 0, 1, 0, 0, 2, 2, 0, 2, 1, 1];
-    let mut cache = crash::Cache::default();
-    for strategy in [
-        Strategy::Replay(window),
-        Strategy::Random { n: 300, seed: 17 },
-    ] {
-        explore(SETUPS[3], &ops, strategy, dir.path(), &mut cache)
-            .unwrap_or_else(|e| panic!("{e}"));
-    }
+    replay_then_sample(
+        SETUPS[3],
+        &[Op::PutNew, Op::PutNew, Op::Overwrite],
+        vec![0, 2, 0, 1, 0, 0, 2, 2, 0, 2, 1, 1],
+        300,
+        17,
+    );
 }
 
 #[test]
@@ -1086,17 +1090,13 @@ fn an_insert_after_a_get_ref_whose_renewal_a_power_loss_drops_evicts_another_ent
     // The store was right, the checker was not: it took a renewal of a
     // held entry in flight as all or nothing, where its `get_ref` is a call
     // of its own that had returned. It now allows the read alone.
-    let dir = scratch();
-    let ops = [Op::Cas, Op::PutNew, Op::TouchHeld];
-    let window = vec![0, 0, 0, 2, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 2, 2, 2, 2];
-    let mut cache = crash::Cache::default();
-    for strategy in [
-        Strategy::Replay(window),
-        Strategy::Random { n: 200, seed: 31 },
-    ] {
-        explore(SETUPS[1], &ops, strategy, dir.path(), &mut cache)
-            .unwrap_or_else(|e| panic!("{e}"));
-    }
+    replay_then_sample(
+        SETUPS[1],
+        &[Op::Cas, Op::PutNew, Op::TouchHeld],
+        vec![0, 0, 0, 2, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 2, 2, 2, 2],
+        200,
+        31,
+    );
 }
 
 #[test]
@@ -1293,20 +1293,15 @@ fn a_batch_that_waits_for_an_insert_at_the_cap_never_evicts_its_own_key() {
     // published meanwhile, was newer than the batch's mark on `b`, so the
     // batch then evicted `b`, its own key (a torn write of that eviction
     // left half the batch). Its own keys are spared now.
-    let dir = scratch();
-    let ops = [Op::Batch, Op::PutNew];
-    let window = vec![
-        1, 1, 0, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    ];
-    let mut cache = crash::Cache::default();
-    explore(
+    replay_then_sample(
         SETUPS[3],
-        &ops,
-        Strategy::Replay(window),
-        dir.path(),
-        &mut cache,
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+        &[Op::Batch, Op::PutNew],
+        vec![
+            1, 1, 0, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        ],
+        0,
+        0,
+    );
 }
 
 #[test]
@@ -1316,18 +1311,13 @@ fn an_insert_beside_a_batch_at_the_cap_never_takes_the_room_of_the_key_it_delete
     // evicted `c` and then `b` too. A torn write of that eviction left
     // neither `b` nor the batch. A batch's keys are now kept from eviction
     // (pinned) until it is done; the insert waits for it.
-    let dir = scratch();
-    let ops = [Op::Batch, Op::PutNew];
-    let window = vec![
-        0, 0, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 1, 1, 0, 0, 0, 0, 0,
-    ];
-    let mut cache = crash::Cache::default();
-    explore(
+    replay_then_sample(
         SETUPS[3],
-        &ops,
-        Strategy::Replay(window),
-        dir.path(),
-        &mut cache,
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+        &[Op::Batch, Op::PutNew],
+        vec![
+            0, 0, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 1, 1, 0, 0, 0, 0, 0,
+        ],
+        0,
+        0,
+    );
 }
