@@ -61,6 +61,7 @@ use openraft::{AnyError, ErrorSubject, ErrorVerb, StorageError, StorageIOError};
 use serde::{Deserialize, Serialize};
 
 mod log_store;
+pub mod net;
 mod state_machine;
 
 pub use log_store::LogStore;
