@@ -17,10 +17,10 @@
 //!   and the applied log id always agree. The state machine syncs once per
 //!   group of entries openraft hands it (a batch is durable when applied),
 //!   not once per entry; it could sync even less, because the log replays
-//!   what it lost. A snapshot is a live backup ([`sfs::Store::backup`]) of
-//!   the state machine's store, taken while writes go on; installing one
-//!   writes the received bytes to a temporary file, syncs it, renames it
-//!   over `sm.sfs`, syncs the directory and reopens the store.
+//!   what it lost. A snapshot is a live backup ([`sfs::Store::backup_to`])
+//!   of the state machine's store, streamed to a file while writes go on;
+//!   installing one copies the received file to a temporary file, syncs it,
+//!   renames it over `sm.sfs`, syncs the directory and reopens the store.
 //!
 //! # Time and expiry
 //! A write with a TTL is turned into an absolute expiry by the node that
@@ -53,8 +53,10 @@
 // openraft's traits fix the error type, `StorageError` (224 bytes): boxing
 // it in our own functions would only move the copy to the trait methods.
 #![allow(clippy::result_large_err)]
+#![warn(missing_docs)]
+#![deny(unsafe_code)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
-use std::io::Cursor;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use openraft::{AnyError, ErrorSubject, ErrorVerb, StorageError, StorageIOError};
@@ -75,11 +77,12 @@ pub type Node = openraft::BasicNode;
 
 openraft::declare_raft_types!(
     /// The openraft types of an sfs cluster: [`Request`] in, [`Response`]
-    /// out, `u64` node ids, snapshots as bytes in memory.
+    /// out, `u64` node ids, snapshots as files (an sfs store file each, never
+    /// held in memory whole).
     pub TypeConfig:
         D = Request,
         R = Response,
-        SnapshotData = Cursor<Vec<u8>>,
+        SnapshotData = tokio::fs::File,
 );
 
 /// The Raft handle of an sfs node.

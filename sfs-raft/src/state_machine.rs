@@ -6,9 +6,9 @@
 
 use std::collections::HashMap;
 use std::fs::{self, File};
-use std::io::{Cursor, Write};
+use std::io::{self, Seek};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -18,6 +18,7 @@ use openraft::{
     SnapshotMeta, StorageError, StoredMembership,
 };
 use sfs::{BackupOptions, Batch, Clock, Options, PutOptions, Store, SyncPolicy};
+use tokio::io::AsyncWriteExt;
 
 use crate::{Command, Node, NodeId, Response, TypeConfig, storage_error};
 
@@ -28,6 +29,10 @@ const DATA: &str = "d/";
 
 const SM_FILE: &str = "sm.sfs";
 const SNAPSHOT_FILE: &str = "snapshot.sfs";
+/// Temporary files start so: `.sm.incoming`, `.snapshot.incoming`,
+/// `.snapshot.building.N`, `.snapshot.receiving.N` (the last unlinked as
+/// soon as created). Leftovers of a crash are removed at open.
+const TEMP_PREFIXES: [&str; 2] = [".sm.", ".snapshot."];
 const SM_INCOMING: &str = ".sm.incoming";
 const SNAPSHOT_INCOMING: &str = ".snapshot.incoming";
 
@@ -74,6 +79,8 @@ struct Shared {
     wall: Arc<dyn Clock>,
     /// The meta of `snapshot.sfs`; held while the snapshot file is replaced.
     snapshot: Mutex<Option<SnapshotMeta<NodeId, Node>>>,
+    /// Numbers temporary files.
+    temp_files: AtomicU64,
 }
 
 /// openraft's state machine on an sfs store in a directory (`sm.sfs`, and
@@ -171,11 +178,16 @@ fn read_snapshot_file(path: &Path) -> Result<(SnapshotMeta<NodeId, Node>, i64)> 
     Ok((meta, time))
 }
 
-/// Writes `bytes` to `path` and syncs the file.
-fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+/// Copies `src` from its start to a new file at `path` and syncs it.
+fn copy_synced(src: &mut File, path: &Path) -> io::Result<()> {
+    src.rewind()?;
     let mut f = File::create(path)?;
-    f.write_all(bytes)?;
+    io::copy(src, &mut f)?;
     f.sync_all()
+}
+
+fn open_for_openraft(path: &Path) -> io::Result<Box<tokio::fs::File>> {
+    Ok(Box::new(tokio::fs::File::from_std(File::open(path)?)))
 }
 
 /// Renames `from` to `to` (same directory) and syncs the directory.
@@ -194,16 +206,18 @@ impl StateMachine {
         let dir = dir.as_ref().to_path_buf();
         fs::create_dir_all(&dir)
             .map_err(|e| sm_error(ErrorVerb::Write, "creating the directory", e))?;
-        for leftover in [SM_INCOMING, SNAPSHOT_INCOMING] {
-            match fs::remove_file(dir.join(leftover)) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    return Err(sm_error(
-                        ErrorVerb::Delete,
-                        "removing an unfinished snapshot",
-                        e,
-                    ));
-                }
-                _ => {}
+        let listing = fs::read_dir(&dir)
+            .map_err(|e| sm_error(ErrorVerb::Read, "listing the directory", e))?;
+        for file in listing {
+            let file = file.map_err(|e| sm_error(ErrorVerb::Read, "listing the directory", e))?;
+            let name = file.file_name();
+            if TEMP_PREFIXES
+                .iter()
+                .any(|p| name.to_string_lossy().starts_with(p))
+            {
+                fs::remove_file(file.path()).map_err(|e| {
+                    sm_error(ErrorVerb::Delete, "removing an unfinished snapshot", e)
+                })?;
             }
         }
         let clock = Arc::new(LogClock::default());
@@ -221,6 +235,7 @@ impl StateMachine {
                 clock,
                 wall,
                 snapshot: Mutex::new(snapshot),
+                temp_files: AtomicU64::new(0),
             }),
         })
     }
@@ -291,50 +306,79 @@ impl Shared {
         let Some(meta) = meta.as_ref() else {
             return Ok(None);
         };
-        let bytes = fs::read(self.dir.join(SNAPSHOT_FILE))
-            .map_err(|e| snap_error(ErrorVerb::Read, "reading the snapshot file", e))?;
+        let file = open_for_openraft(&self.dir.join(SNAPSHOT_FILE))
+            .map_err(|e| snap_error(ErrorVerb::Read, "opening the snapshot file", e))?;
         Ok(Some(Snapshot {
             meta: meta.clone(),
-            snapshot: Box::new(Cursor::new(bytes)),
+            snapshot: file,
         }))
     }
 
-    /// A live backup of the store, kept as `snapshot.sfs` (unless a newer
-    /// snapshot is there already, which is returned instead).
+    fn temp_path(&self, prefix: &str) -> PathBuf {
+        let n = self.temp_files.fetch_add(1, Ordering::Relaxed);
+        self.dir.join(format!("{prefix}.{n}"))
+    }
+
+    /// A live backup of the store, streamed to a file that becomes
+    /// `snapshot.sfs` (unless a newer snapshot is there already, which is
+    /// returned instead).
     fn build(&self) -> Result<Snapshot<TypeConfig>> {
         let store = self.store();
-        let mut bytes = Vec::new();
-        store
-            .backup_to(&mut bytes, &BackupOptions::new())
-            .map_err(|e| snap_error(ErrorVerb::Write, "backing up the state machine", e))?;
-        let incoming = self.dir.join(SNAPSHOT_INCOMING);
-        let mut current = self.snapshot_meta();
-        write_synced(&incoming, &bytes)
-            .map_err(|e| snap_error(ErrorVerb::Write, "writing the snapshot", e))?;
-        let (meta, _) = read_snapshot_file(&incoming)?;
-        if let Some(cur) = current.as_ref()
-            && cur.last_log_id > meta.last_log_id
-        {
-            drop(current);
-            return self.current_snapshot()?.ok_or_else(|| {
-                snap_error(ErrorVerb::Read, "reading the newer snapshot", "it vanished")
-            });
-        }
-        rename_synced(&incoming, &self.dir.join(SNAPSHOT_FILE))
-            .map_err(|e| snap_error(ErrorVerb::Write, "putting the snapshot in place", e))?;
-        *current = Some(meta.clone());
+        let building = self.temp_path(".snapshot.building");
+        let written = File::create(&building).and_then(|mut f| {
+            store
+                .backup_to(&mut f, &BackupOptions::new())
+                .map_err(io::Error::other)?;
+            f.sync_all()
+        });
+        let placed = written.and_then(|()| {
+            let mut current = self.snapshot_meta();
+            let (meta, _) = read_snapshot_file(&building).map_err(io::Error::other)?;
+            if let Some(cur) = current.as_ref()
+                && cur.last_log_id > meta.last_log_id
+            {
+                fs::remove_file(&building)?;
+                return Ok(None);
+            }
+            rename_synced(&building, &self.dir.join(SNAPSHOT_FILE))?;
+            *current = Some(meta.clone());
+            Ok(Some(meta))
+        });
+        let meta = match placed {
+            Ok(Some(meta)) => meta,
+            Ok(None) => {
+                return self.current_snapshot()?.ok_or_else(|| {
+                    snap_error(ErrorVerb::Read, "reading the newer snapshot", "it vanished")
+                });
+            }
+            Err(e) => {
+                if let Err(rm) = fs::remove_file(&building)
+                    && rm.kind() != io::ErrorKind::NotFound
+                {
+                    return Err(snap_error(
+                        ErrorVerb::Write,
+                        "building a snapshot",
+                        format!("{e} (and removing {}: {rm})", building.display()),
+                    ));
+                }
+                return Err(snap_error(ErrorVerb::Write, "building a snapshot", e));
+            }
+        };
+        let file = open_for_openraft(&self.dir.join(SNAPSHOT_FILE))
+            .map_err(|e| snap_error(ErrorVerb::Read, "opening the snapshot file", e))?;
         Ok(Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(bytes)),
+            snapshot: file,
         })
     }
 
-    /// Replaces the store with the snapshot's bytes: temporary file, sync,
-    /// rename over `sm.sfs`, sync of the directory, reopen.
-    fn install(&self, meta: &SnapshotMeta<NodeId, Node>, bytes: &[u8]) -> Result<()> {
+    /// Replaces the store with the received snapshot: a copy in a
+    /// temporary file, synced, renamed over `sm.sfs`, the directory synced,
+    /// the store reopened.
+    fn install(&self, meta: &SnapshotMeta<NodeId, Node>, received: &mut File) -> Result<()> {
         let mut current = self.snapshot_meta();
         let incoming = self.dir.join(SNAPSHOT_INCOMING);
-        write_synced(&incoming, bytes)
+        copy_synced(received, &incoming)
             .map_err(|e| snap_error(ErrorVerb::Write, "writing the received snapshot", e))?;
         let (found, time) = read_snapshot_file(&incoming)?;
         if found.last_log_id != meta.last_log_id || found.last_membership != meta.last_membership {
@@ -348,7 +392,8 @@ impl Shared {
             ));
         }
         let sm_incoming = self.dir.join(SM_INCOMING);
-        write_synced(&sm_incoming, bytes)
+        File::open(&incoming)
+            .and_then(|mut f| copy_synced(&mut f, &sm_incoming))
             .map_err(|e| sm_error(ErrorVerb::Write, "writing the new state machine", e))?;
         let mut slot = self.store.write().unwrap_or_else(|e| e.into_inner());
         slot.shutdown()
@@ -497,19 +542,37 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    /// An unnamed temporary file in the directory (its name is removed as
+    /// soon as it is created: nothing is left if the transfer stops).
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>> {
+        let path = self.shared.temp_path(".snapshot.receiving");
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .and_then(|f| fs::remove_file(&path).map(|()| f))
+            .map_err(|e| {
+                snap_error(ErrorVerb::Write, "creating a file to receive a snapshot", e)
+            })?;
+        Ok(Box::new(tokio::fs::File::from_std(file)))
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta<NodeId, Node>,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        snapshot: Box<tokio::fs::File>,
     ) -> Result<()> {
         let shared = Arc::clone(&self.shared);
         let meta = meta.clone();
-        let bytes = snapshot.into_inner();
-        tokio::task::spawn_blocking(move || shared.install(&meta, &bytes))
+        let mut file = *snapshot;
+        // The writes openraft made through it are finished.
+        file.flush()
+            .await
+            .map_err(|e| snap_error(ErrorVerb::Write, "writing the received snapshot", e))?;
+        let mut file = file.into_std().await;
+        tokio::task::spawn_blocking(move || shared.install(&meta, &mut file))
             .await
             .map_err(|e| snap_error(ErrorVerb::Write, "installing a snapshot", e))?
     }
@@ -520,8 +583,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
-    /// A live backup of the state machine's store ([`Store::backup_to`]):
-    /// writes go on while it is copied. Its meta (last log id, membership)
+    /// A live backup of the state machine's store ([`Store::backup_to`]),
+    /// streamed to a file: writes go on while it is copied. Its meta (last log id, membership)
     /// is read from the copy itself, so it matches the data exactly.
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>> {
         let shared = Arc::clone(&self.shared);
