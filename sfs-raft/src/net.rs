@@ -352,6 +352,12 @@ impl Client {
     /// Sends `req` to the leader (reads that are not linearizable and
     /// `Status` go to the first node that answers) and returns its reply.
     pub async fn request(&mut self, req: &ClientRequest) -> io::Result<ClientReply> {
+        if self.addrs.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a client needs the address of at least one node",
+            ));
+        }
         let deadline = tokio::time::Instant::now() + self.patience;
         let mut next = 0usize;
         let mut last_error = None;
@@ -359,7 +365,7 @@ impl Client {
             let addr = match self.leader.clone() {
                 Some(a) => a,
                 None => {
-                    let a = self.addrs[next % self.addrs.len().max(1)].clone();
+                    let a = self.addrs[next % self.addrs.len()].clone();
                     next += 1;
                     a
                 }
@@ -392,5 +398,30 @@ impl Client {
     /// Sends `req` to the node at `addr` only.
     pub async fn request_node(addr: &str, req: &ClientRequest) -> io::Result<ClientReply> {
         call(addr, &Message::Client(req.clone()), Duration::from_secs(2)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_client_without_nodes_says_so() {
+        let mut client = Client::new(Vec::new());
+        let e = client.request(&ClientRequest::Status).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+    }
+
+    #[tokio::test]
+    async fn a_client_gives_up_on_a_node_that_is_down() {
+        // A port nothing listens on (bound, then released).
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .to_string();
+        let mut client = Client::new(vec![addr]);
+        client.patience = Duration::from_millis(200);
+        assert!(client.request(&ClientRequest::Status).await.is_err());
     }
 }
