@@ -11,6 +11,9 @@
 //! sfs-raft-kv demo [DIR] [WRITES]
 //!     starts 3 nodes, writes while killing the leader with SIGKILL, then
 //!     checks every acknowledged write on every node
+//! sfs-raft-kv bench [DIR] [SECONDS]
+//!     durable writes per second on a 3-node cluster (1 and 16 clients)
+//!     against one sfs store's durable puts (1 and 16 threads)
 //! ```
 
 #![allow(clippy::result_large_err)]
@@ -32,7 +35,8 @@ const USAGE: &str = "usage:
   sfs-raft-kv node ID DIR PEERS [--init]   (PEERS: 1=127.0.0.1:7001,2=...,3=...)
   sfs-raft-kv client ADDRS put KEY VALUE [TTL_MS] | get KEY | read KEY | delete KEY
                            | cas KEY EXPECTED NEW ('-': absent) | status
-  sfs-raft-kv demo [DIR] [WRITES]";
+  sfs-raft-kv demo [DIR] [WRITES]
+  sfs-raft-kv bench [DIR] [SECONDS]";
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -42,6 +46,7 @@ async fn main() -> ExitCode {
         ["node", id, dir, peers, rest @ ..] => node(id, dir, peers, rest == ["--init"]).await,
         ["client", addrs, command @ ..] => client(addrs, command).await,
         ["demo", rest @ ..] => demo(rest.first().copied(), rest.get(1).copied()).await,
+        ["bench", rest @ ..] => bench(rest.first().copied(), rest.get(1).copied()).await,
         _ => Err(USAGE.into()),
     };
     match run {
@@ -222,13 +227,9 @@ async fn leader(addrs: &BTreeMap<NodeId, String>, deadline: Duration) -> Result<
     Err("no leader elected".into())
 }
 
-async fn demo(dir: Option<&str>, writes: Option<&str>) -> Result<bool> {
-    let writes: usize = writes.map_or(Ok(300), str::parse)?;
-    let dir = match dir {
-        Some(d) => PathBuf::from(d),
-        None => std::env::temp_dir().join(format!("sfs-raft-demo-{}", std::process::id())),
-    };
-    std::fs::create_dir_all(&dir)?;
+/// Three node processes on free localhost ports, node 1 initializing.
+fn start_cluster(dir: &Path) -> Result<(Nodes, BTreeMap<NodeId, String>)> {
+    std::fs::create_dir_all(dir)?;
     let mut addrs = BTreeMap::new();
     for id in 1..=3 {
         addrs.insert(id, format!("127.0.0.1:{}", free_port()?));
@@ -240,7 +241,7 @@ async fn demo(dir: Option<&str>, writes: Option<&str>) -> Result<bool> {
         .join(",");
     let mut nodes = Nodes {
         exe: std::env::current_exe()?,
-        dir: dir.clone(),
+        dir: dir.to_path_buf(),
         peers,
         children: BTreeMap::new(),
     };
@@ -252,6 +253,16 @@ async fn demo(dir: Option<&str>, writes: Option<&str>) -> Result<bool> {
     for id in 1..=3 {
         nodes.start(id, id == 1)?;
     }
+    Ok((nodes, addrs))
+}
+
+async fn demo(dir: Option<&str>, writes: Option<&str>) -> Result<bool> {
+    let writes: usize = writes.map_or(Ok(300), str::parse)?;
+    let dir = match dir {
+        Some(d) => PathBuf::from(d),
+        None => std::env::temp_dir().join(format!("sfs-raft-demo-{}", std::process::id())),
+    };
+    let (mut nodes, addrs) = start_cluster(&dir)?;
     let first = leader(&addrs, Duration::from_secs(20)).await?;
     println!("node {first} is the leader");
 
@@ -362,4 +373,91 @@ async fn demo(dir: Option<&str>, writes: Option<&str>) -> Result<bool> {
         }
     );
     Ok(ok)
+}
+
+/// Durable writes per second for `secs` seconds from `clients` concurrent
+/// clients, each waiting for its write to be acknowledged.
+async fn replicated_rate(addrs: &[String], clients: usize, secs: f64) -> Result<f64> {
+    let start = Instant::now();
+    let deadline = Duration::from_secs_f64(secs);
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let mut client = Client::new(addrs.to_vec());
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while start.elapsed() < deadline {
+                let put = ClientRequest::Put {
+                    key: format!("bench-{c}-{n}"),
+                    value: "x".repeat(100),
+                    ttl_ms: None,
+                };
+                if let Ok(ClientReply::Applied { .. }) = client.request(&put).await {
+                    n += 1;
+                }
+            }
+            n
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await?;
+    }
+    Ok(total as f64 / start.elapsed().as_secs_f64())
+}
+
+/// Durable puts per second into one sfs store (`SyncPolicy::Always`) from
+/// `threads` threads.
+fn single_store_rate(dir: &Path, threads: usize, secs: f64) -> Result<f64> {
+    let path = dir.join(format!("single-{threads}.sfs"));
+    let store = Arc::new(sfs::Store::open(&path)?);
+    let start = Instant::now();
+    let deadline = Duration::from_secs_f64(secs);
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let store = Arc::clone(&store);
+            std::thread::spawn(move || -> sfs::Result<u64> {
+                let mut n = 0u64;
+                while start.elapsed() < deadline {
+                    store.put(format!("bench-{t}-{n}"), "x".repeat(100))?;
+                    n += 1;
+                }
+                Ok(n)
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for h in handles {
+        total += h.join().map_err(|_| "a writer thread panicked")??;
+    }
+    let rate = total as f64 / start.elapsed().as_secs_f64();
+    drop(store);
+    std::fs::remove_file(&path)?;
+    Ok(rate)
+}
+
+async fn bench(dir: Option<&str>, secs: Option<&str>) -> Result<bool> {
+    let secs: f64 = secs.map_or(Ok(3.0), str::parse)?;
+    let dir = match dir {
+        Some(d) => PathBuf::from(d),
+        None => std::env::temp_dir().join(format!("sfs-raft-bench-{}", std::process::id())),
+    };
+    let (nodes, addrs) = start_cluster(&dir)?;
+    leader(&addrs, Duration::from_secs(20)).await?;
+    let list: Vec<String> = addrs.values().cloned().collect();
+    println!(
+        "durable writes per second, {secs} s each, 100-byte values, data in {}",
+        dir.display()
+    );
+    for clients in [1, 16] {
+        let replicated = replicated_rate(&list, clients, secs).await?;
+        let d = dir.clone();
+        let single =
+            tokio::task::spawn_blocking(move || single_store_rate(&d, clients, secs)).await??;
+        println!(
+            "{clients:>2} client(s): 3-node cluster {replicated:>8.0}/s, one sfs store {single:>8.0}/s, ratio {:.3}",
+            replicated / single
+        );
+    }
+    drop(nodes);
+    Ok(true)
 }
