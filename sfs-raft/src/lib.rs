@@ -1,0 +1,225 @@
+//! sfs as the storage of a Raft cluster, with [openraft] 0.9.
+//!
+//! A node keeps two sfs stores in its data directory:
+//!
+//! - [`LogStore`] (`log.sfs`), openraft's [`RaftLogStorage`]: the vote, the
+//!   log entries (keyed by their big-endian index), the committed log id and
+//!   the last purged log id. Raft requires a vote and appended entries to be
+//!   on disk before they are acknowledged: a vote is `fdatasync`ed before
+//!   [`save_vote`](openraft::storage::RaftLogStorage::save_vote) returns, and appended entries
+//!   are written as one [`sfs::Batch`] (one `fdatasync`) before openraft's
+//!   callback is called. The committed log id is written without a sync (it
+//!   is a hint: Raft recomputes it).
+//! - [`StateMachine`] (`sm.sfs` and the snapshot `snapshot.sfs`), openraft's
+//!   [`RaftStateMachine`]: the key-value data, plus the applied log id, the
+//!   membership and the log-defined time, written in the same
+//!   [`sfs::Batch`] as the entries' effects, so that after a crash the data
+//!   and the applied log id always agree. The state machine syncs once per
+//!   group of entries openraft hands it (a batch is durable when applied),
+//!   not once per entry; it could sync even less, because the log replays
+//!   what it lost. A snapshot is a live backup ([`sfs::Store::backup_to`])
+//!   of the state machine's store, streamed to a file while writes go on;
+//!   installing one copies the received file to a temporary file, syncs it,
+//!   renames it over `sm.sfs`, syncs the directory and reopens the store.
+//!
+//! # Time and expiry
+//! A write with a TTL is turned into an absolute expiry by the node that
+//! proposes it (the leader), and every entry carries the proposer's time.
+//! The state machine's store runs on a [`LogClock`]: its time is the
+//! largest entry time applied so far, so every replica holds exactly the
+//! same keys after the same entry, whatever its own clock says (a sweep of
+//! expired keys on one replica removes only what is expired by log time on
+//! every replica). Reads additionally hide entries whose expiry has passed
+//! by the reading node's own clock, so a key disappears when its time comes
+//! even if no write follows.
+//!
+//! # Example
+//! ```
+//! use sfs_raft::{LogStore, StateMachine};
+//! use std::sync::Arc;
+//!
+//! let dir = tempfile::tempdir()?;
+//! let log = LogStore::open(dir.path().join("log.sfs"))?;
+//! let sm = StateMachine::open(dir.path(), Arc::new(sfs::SystemClock))?;
+//! // Hand both to `openraft::Raft::new(id, config, network, log, sm)`.
+//! assert_eq!(sm.get("missing")?, None);
+//! # drop(log);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! [`RaftLogStorage`]: openraft::storage::RaftLogStorage
+//! [`RaftStateMachine`]: openraft::storage::RaftStateMachine
+
+// openraft's traits fix the error type, `StorageError` (224 bytes): boxing
+// it in our own functions would only move the copy to the trait methods.
+#![allow(clippy::result_large_err)]
+#![warn(missing_docs)]
+#![deny(unsafe_code)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use openraft::{AnyError, ErrorSubject, ErrorVerb, StorageError, StorageIOError};
+use serde::{Deserialize, Serialize};
+
+mod log_store;
+pub mod net;
+mod state_machine;
+
+pub use log_store::LogStore;
+pub use state_machine::{LogClock, SnapshotBuilder, StateMachine};
+
+/// A node's id.
+pub type NodeId = u64;
+
+/// A node's address, as openraft's `BasicNode` (`addr`: `host:port`).
+pub type Node = openraft::BasicNode;
+
+openraft::declare_raft_types!(
+    /// The openraft types of an sfs cluster: [`Request`] in, [`Response`]
+    /// out, `u64` node ids, snapshots as files (an sfs store file each, never
+    /// held in memory whole).
+    pub TypeConfig:
+        D = Request,
+        R = Response,
+        SnapshotData = tokio::fs::File,
+);
+
+/// The Raft handle of an sfs node.
+pub type Raft = openraft::Raft<TypeConfig>;
+
+/// A write, as stored in the log: the proposer's time and the operation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    /// When the proposer accepted the write (milliseconds since the UNIX
+    /// epoch, by its clock). The state machine's time never goes back: an
+    /// entry with an older time is applied at the newest time seen.
+    pub time_ms: i64,
+    /// What to do.
+    pub op: Command,
+}
+
+/// An operation on the replicated key-value data.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// Sets `key` to `value`, expiring at `expires_at_ms` if given (an
+    /// absolute time, decided by the proposer).
+    Put {
+        /// The key.
+        key: String,
+        /// The value.
+        value: String,
+        /// When it expires (ms since the UNIX epoch), if ever.
+        expires_at_ms: Option<i64>,
+    },
+    /// Removes `key`.
+    Delete {
+        /// The key.
+        key: String,
+    },
+    /// Sets `key` to `new` (`None`: deletes it) if its current value is
+    /// `expected` (`None`: absent or expired).
+    CompareAndSwap {
+        /// The key.
+        key: String,
+        /// The value it must have now.
+        expected: Option<String>,
+        /// The value it gets.
+        new: Option<String>,
+        /// When the new value expires (ms since the UNIX epoch), if ever.
+        expires_at_ms: Option<i64>,
+    },
+}
+
+impl Request {
+    /// A put proposed at `now`: a TTL becomes an absolute expiry here, once,
+    /// so that every replica expires the key at the same log time.
+    pub fn put(
+        key: impl Into<String>,
+        value: impl Into<String>,
+        ttl: Option<Duration>,
+        now: SystemTime,
+    ) -> Request {
+        let time_ms = millis(now);
+        Request {
+            time_ms,
+            op: Command::Put {
+                key: key.into(),
+                value: value.into(),
+                expires_at_ms: ttl.map(|t| expiry_after(time_ms, t)),
+            },
+        }
+    }
+
+    /// A delete proposed at `now`.
+    pub fn delete(key: impl Into<String>, now: SystemTime) -> Request {
+        Request {
+            time_ms: millis(now),
+            op: Command::Delete { key: key.into() },
+        }
+    }
+
+    /// A compare-and-swap proposed at `now` (see [`Command::CompareAndSwap`]).
+    pub fn compare_and_swap(
+        key: impl Into<String>,
+        expected: Option<String>,
+        new: Option<String>,
+        ttl: Option<Duration>,
+        now: SystemTime,
+    ) -> Request {
+        let time_ms = millis(now);
+        Request {
+            time_ms,
+            op: Command::CompareAndSwap {
+                key: key.into(),
+                expected,
+                new,
+                expires_at_ms: ttl.map(|t| expiry_after(time_ms, t)),
+            },
+        }
+    }
+}
+
+/// What applying an entry did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    /// A blank or membership entry: nothing for a client.
+    #[default]
+    None,
+    /// A put was applied.
+    Written,
+    /// A delete was applied; whether the key was there.
+    Deleted {
+        /// The key was present (and not expired).
+        existed: bool,
+    },
+    /// A compare-and-swap was applied.
+    Swapped {
+        /// Whether the comparison held (and the new value was written).
+        swapped: bool,
+        /// The key's value before the operation.
+        current: Option<String>,
+    },
+}
+
+/// Milliseconds since the UNIX epoch (negative before it).
+pub fn millis(t: SystemTime) -> i64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
+        Err(e) => i64::try_from(e.duration().as_millis()).map_or(i64::MIN, |ms| -ms),
+    }
+}
+
+fn expiry_after(time_ms: i64, ttl: Duration) -> i64 {
+    time_ms.saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// An openraft storage error: `what` failed, because of `source`.
+pub(crate) fn storage_error(
+    subject: ErrorSubject<NodeId>,
+    verb: ErrorVerb,
+    what: &str,
+    source: impl std::fmt::Display,
+) -> StorageError<NodeId> {
+    StorageIOError::new(subject, verb, AnyError::error(format!("{what}: {source}"))).into()
+}

@@ -1,0 +1,427 @@
+//! A small TCP protocol for a cluster of sfs nodes on one or several
+//! machines: a connection carries one JSON line in and one JSON line out.
+//! The same port serves Raft's messages between nodes ([`TcpNetwork`]) and
+//! clients' requests ([`Client`]).
+//!
+//! A node: open its stores, start openraft with [`TcpNetwork`], then
+//! [`serve`] on its address (the address other nodes know it by, in its
+//! `BasicNode`).
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use sfs_raft::net::{Client, ClientRequest, TcpNetwork, serve};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let log = sfs_raft::LogStore::open("data/log.sfs")?;
+//! let sm = sfs_raft::StateMachine::open("data/sm", Arc::new(sfs::SystemClock))?;
+//! let config = Arc::new(openraft::Config::default().validate()?);
+//! let raft = sfs_raft::Raft::new(1, config, TcpNetwork, log, sm.clone()).await?;
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:7001").await?;
+//! tokio::spawn(serve(listener, raft, sm));
+//!
+//! // A client, from anywhere: it finds the leader by itself.
+//! let mut client = Client::new(vec!["127.0.0.1:7001".into()]);
+//! let reply = client
+//!     .request(&ClientRequest::Put { key: "k".into(), value: "v".into(), ttl_ms: None })
+//!     .await?;
+//! println!("{reply:?}");
+//! # Ok(())
+//! # }
+//! ```
+
+use std::io;
+use std::time::{Duration, SystemTime};
+
+use openraft::BasicNode;
+use openraft::error::{InstallSnapshotError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::{NodeId, Raft, Request, Response, StateMachine, TypeConfig};
+
+/// What goes over a connection, from a node or a client.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Message {
+    /// Raft: replicate entries (or heartbeat).
+    AppendEntries(AppendEntriesRequest<TypeConfig>),
+    /// Raft: a chunk of a snapshot.
+    InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
+    /// Raft: ask for a vote.
+    Vote(VoteRequest<NodeId>),
+    /// A client's request.
+    Client(ClientRequest),
+}
+
+/// A client's request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientRequest {
+    /// Sets `key`; a TTL becomes an absolute expiry on the leader.
+    Put {
+        /// The key.
+        key: String,
+        /// The value.
+        value: String,
+        /// Time to live in milliseconds, if any.
+        ttl_ms: Option<u64>,
+    },
+    /// Removes `key`.
+    Delete {
+        /// The key.
+        key: String,
+    },
+    /// Sets `key` to `new` (`None`: deletes it) if it is `expected`.
+    CompareAndSwap {
+        /// The key.
+        key: String,
+        /// Its value now (`None`: absent).
+        expected: Option<String>,
+        /// Its new value (`None`: delete).
+        new: Option<String>,
+        /// Time to live of the new value in milliseconds, if any.
+        ttl_ms: Option<u64>,
+    },
+    /// Reads `key`. Linearizable: on the leader, after confirming with a
+    /// quorum that it still leads (openraft's read index). Otherwise from
+    /// whichever node answers, as far as it has applied.
+    Get {
+        /// The key.
+        key: String,
+        /// Whether the read must see every write acknowledged before it.
+        linearizable: bool,
+    },
+    /// The node's view of the cluster.
+    Status,
+}
+
+/// A node's answer to a client.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientReply {
+    /// The write is committed and applied on the leader, at `index`.
+    Applied {
+        /// Its log index.
+        index: u64,
+        /// What it did.
+        response: Response,
+    },
+    /// A read's value.
+    Value {
+        /// The value, if the key is present.
+        value: Option<String>,
+    },
+    /// The node's view.
+    Status {
+        /// The node's id.
+        id: NodeId,
+        /// The leader it knows of.
+        leader: Option<NodeId>,
+        /// The last log index it applied.
+        last_applied: Option<u64>,
+    },
+    /// This node is not the leader; ask `addr` (if known).
+    NotLeader {
+        /// The leader's address, if known.
+        addr: Option<String>,
+    },
+    /// The request failed.
+    Failed {
+        /// Why.
+        error: String,
+    },
+}
+
+/// Sends one message to `addr` and reads one reply, within `timeout`.
+pub async fn call<T: DeserializeOwned>(
+    addr: &str,
+    msg: &Message,
+    timeout: Duration,
+) -> io::Result<T> {
+    let exchange = async {
+        let mut line = serde_json::to_vec(msg)?;
+        line.push(b'\n');
+        let stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        let mut stream = BufReader::new(stream);
+        stream.get_mut().write_all(&line).await?;
+        let mut reply = Vec::new();
+        stream.read_until(b'\n', &mut reply).await?;
+        if reply.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("{addr} closed the connection without a reply"),
+            ));
+        }
+        Ok(serde_json::from_slice(&reply)?)
+    };
+    tokio::time::timeout(timeout, exchange).await.map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("{addr}: no reply in {timeout:?}"),
+        )
+    })?
+}
+
+/// Serves Raft's messages and clients' requests on `listener` until it
+/// fails.
+pub async fn serve(listener: TcpListener, raft: Raft, sm: StateMachine) -> io::Result<()> {
+    loop {
+        let (socket, _) = listener.accept().await?;
+        let (raft, sm) = (raft.clone(), sm.clone());
+        tokio::spawn(async move {
+            // A connection that fails only fails its caller, who retries.
+            if let Err(e) = handle(socket, &raft, &sm).await {
+                eprintln!("connection: {e}");
+            }
+        });
+    }
+}
+
+async fn handle(socket: TcpStream, raft: &Raft, sm: &StateMachine) -> io::Result<()> {
+    socket.set_nodelay(true)?;
+    let mut socket = BufReader::new(socket);
+    let mut line = Vec::new();
+    socket.read_until(b'\n', &mut line).await?;
+    if line.is_empty() {
+        return Ok(());
+    }
+    let msg: Message = serde_json::from_slice(&line)?;
+    let mut reply = match msg {
+        Message::AppendEntries(rpc) => serde_json::to_vec(&raft.append_entries(rpc).await)?,
+        Message::InstallSnapshot(rpc) => serde_json::to_vec(&raft.install_snapshot(rpc).await)?,
+        Message::Vote(rpc) => serde_json::to_vec(&raft.vote(rpc).await)?,
+        Message::Client(req) => serde_json::to_vec(&client_request(raft, sm, req).await)?,
+    };
+    reply.push(b'\n');
+    socket.get_mut().write_all(&reply).await
+}
+
+fn ttl(ms: Option<u64>) -> Option<Duration> {
+    ms.map(Duration::from_millis)
+}
+
+fn not_leader<E>(e: &RaftError<NodeId, E>, other: impl FnOnce() -> String) -> ClientReply
+where
+    E: std::fmt::Debug + openraft::TryAsRef<openraft::error::ForwardToLeader<NodeId, BasicNode>>,
+{
+    match e.forward_to_leader::<BasicNode>() {
+        Some(f) => ClientReply::NotLeader {
+            addr: f.leader_node.as_ref().map(|n| n.addr.clone()),
+        },
+        None => ClientReply::Failed { error: other() },
+    }
+}
+
+async fn client_request(raft: &Raft, sm: &StateMachine, req: ClientRequest) -> ClientReply {
+    // The proposer's clock decides the time of the entry, and so when a
+    // TTL ends: a follower never proposes (openraft refuses the write).
+    let now = SystemTime::now();
+    let write = match req {
+        ClientRequest::Put { key, value, ttl_ms } => Request::put(key, value, ttl(ttl_ms), now),
+        ClientRequest::Delete { key } => Request::delete(key, now),
+        ClientRequest::CompareAndSwap {
+            key,
+            expected,
+            new,
+            ttl_ms,
+        } => Request::compare_and_swap(key, expected, new, ttl(ttl_ms), now),
+        ClientRequest::Get { key, linearizable } => {
+            if linearizable && let Err(e) = raft.ensure_linearizable().await {
+                return not_leader(&e, || e.to_string());
+            }
+            return match sm.get(&key) {
+                Ok(value) => ClientReply::Value { value },
+                Err(e) => ClientReply::Failed {
+                    error: e.to_string(),
+                },
+            };
+        }
+        ClientRequest::Status => {
+            let m = raft.metrics().borrow().clone();
+            return ClientReply::Status {
+                id: m.id,
+                leader: m.current_leader,
+                last_applied: m.last_applied.map(|l| l.index),
+            };
+        }
+    };
+    match raft.client_write(write).await {
+        Ok(r) => ClientReply::Applied {
+            index: r.log_id.index,
+            response: r.data,
+        },
+        Err(e) => not_leader(&e, || e.to_string()),
+    }
+}
+
+/// openraft's network over this module's protocol: a node's `BasicNode`
+/// address is where its [`serve`] listens.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TcpNetwork;
+
+/// A connection to one node (a new TCP connection per message).
+#[derive(Debug)]
+pub struct TcpConnection {
+    target: NodeId,
+    addr: String,
+}
+
+impl RaftNetworkFactory<TypeConfig> for TcpNetwork {
+    type Network = TcpConnection;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> TcpConnection {
+        TcpConnection {
+            target,
+            addr: node.addr.clone(),
+        }
+    }
+}
+
+type RpcResult<T, E = openraft::error::Infallible> =
+    Result<T, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>;
+
+impl TcpConnection {
+    async fn send<T, E>(&self, msg: Message, option: &RPCOption) -> RpcResult<T, E>
+    where
+        T: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let reply: Result<T, RaftError<NodeId, E>> = call(&self.addr, &msg, option.hard_ttl())
+            .await
+            .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
+        reply.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for TcpConnection {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<AppendEntriesResponse<NodeId>> {
+        self.send(Message::AppendEntries(rpc), &option).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
+        self.send(Message::InstallSnapshot(rpc), &option).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> RpcResult<VoteResponse<NodeId>> {
+        self.send(Message::Vote(rpc), &option).await
+    }
+}
+
+/// A client of a cluster: it sends each request to the leader it knows,
+/// follows `NotLeader` redirections, and tries the other nodes when one
+/// does not answer, for up to `patience` (10 s unless set).
+///
+/// A write retried after a lost reply may be applied twice: puts and
+/// deletes are idempotent, a compare-and-swap reports then that it did not
+/// swap.
+#[derive(Clone, Debug)]
+pub struct Client {
+    addrs: Vec<String>,
+    leader: Option<String>,
+    /// How long [`request`](Self::request) keeps trying.
+    pub patience: Duration,
+}
+
+impl Client {
+    /// A client of the nodes at `addrs`.
+    pub fn new(addrs: Vec<String>) -> Client {
+        Client {
+            addrs,
+            leader: None,
+            patience: Duration::from_secs(10),
+        }
+    }
+
+    /// Sends `req` to the leader (reads that are not linearizable and
+    /// `Status` go to the first node that answers) and returns its reply.
+    pub async fn request(&mut self, req: &ClientRequest) -> io::Result<ClientReply> {
+        if self.addrs.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a client needs the address of at least one node",
+            ));
+        }
+        let deadline = tokio::time::Instant::now() + self.patience;
+        let mut next = 0usize;
+        let mut last_error = None;
+        while tokio::time::Instant::now() < deadline {
+            let addr = match self.leader.clone() {
+                Some(a) => a,
+                None => {
+                    let a = self.addrs[next % self.addrs.len()].clone();
+                    next += 1;
+                    a
+                }
+            };
+            let msg = Message::Client(req.clone());
+            match call::<ClientReply>(&addr, &msg, Duration::from_secs(2)).await {
+                Ok(ClientReply::NotLeader { addr: Some(a) }) if a != addr => {
+                    self.leader = Some(a);
+                    continue;
+                }
+                Ok(ClientReply::NotLeader { .. }) => {
+                    // An election is under way.
+                    self.leader = None;
+                    last_error = Some(io::Error::other(format!("{addr}: no leader yet")));
+                }
+                Ok(reply) => {
+                    self.leader = Some(addr);
+                    return Ok(reply);
+                }
+                Err(e) => {
+                    self.leader = None;
+                    last_error = Some(e);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Err(last_error.unwrap_or_else(|| io::Error::other("no node to ask")))
+    }
+
+    /// Sends `req` to the node at `addr` only.
+    pub async fn request_node(addr: &str, req: &ClientRequest) -> io::Result<ClientReply> {
+        call(addr, &Message::Client(req.clone()), Duration::from_secs(2)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_client_without_nodes_says_so() {
+        let mut client = Client::new(Vec::new());
+        let e = client.request(&ClientRequest::Status).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+    }
+
+    #[tokio::test]
+    async fn a_client_gives_up_on_a_node_that_is_down() {
+        // A port nothing listens on (bound, then released).
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .to_string();
+        let mut client = Client::new(vec![addr]);
+        client.patience = Duration::from_millis(200);
+        assert!(client.request(&ClientRequest::Status).await.is_err());
+    }
+}

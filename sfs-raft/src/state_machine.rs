@@ -1,0 +1,595 @@
+//! The state machine on an sfs store, its snapshots, and the log clock.
+//!
+//! Keys of `sm.sfs`: `d/` followed by a user key (the data), and `m/applied`,
+//! `m/membership`, `m/time` (JSON), written in the same batch as the
+//! effects of the entries they describe.
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io::{self, Seek};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{
+    Entry, EntryPayload, ErrorSubject, ErrorVerb, LogId, OptionalSend, RaftSnapshotBuilder,
+    SnapshotMeta, StorageError, StoredMembership,
+};
+use sfs::{BackupOptions, Batch, Clock, Options, PutOptions, Store, SyncPolicy};
+use tokio::io::AsyncWriteExt;
+
+use crate::{Command, Node, NodeId, Response, TypeConfig, storage_error};
+
+const APPLIED: &[u8] = b"m/applied";
+const MEMBERSHIP: &[u8] = b"m/membership";
+const TIME: &[u8] = b"m/time";
+const DATA: &str = "d/";
+
+const SM_FILE: &str = "sm.sfs";
+const SNAPSHOT_FILE: &str = "snapshot.sfs";
+/// Temporary files start so: `.sm.incoming`, `.snapshot.incoming`,
+/// `.snapshot.building.N`, `.snapshot.receiving.N` (the last unlinked as
+/// soon as created). Leftovers of a crash are removed at open.
+const TEMP_PREFIXES: [&str; 2] = [".sm.", ".snapshot."];
+const SM_INCOMING: &str = ".sm.incoming";
+const SNAPSHOT_INCOMING: &str = ".snapshot.incoming";
+
+type Result<T> = std::result::Result<T, StorageError<NodeId>>;
+
+/// The state machine's clock: the newest entry time applied (ms since the
+/// UNIX epoch). It never goes back while entries are applied, and it is the
+/// same on every replica after the same entry, so expiry inside the
+/// replicated store is decided by the log, not by each machine's clock.
+#[derive(Debug, Default)]
+pub struct LogClock(AtomicI64);
+
+impl LogClock {
+    /// Moves the clock to `ms` if that is later.
+    pub fn advance_to(&self, ms: i64) {
+        self.0.fetch_max(ms, Ordering::SeqCst);
+    }
+
+    fn set(&self, ms: i64) {
+        self.0.store(ms, Ordering::SeqCst);
+    }
+}
+
+impl Clock for LogClock {
+    fn now_millis(&self) -> i64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+fn system_time(ms: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0))
+}
+
+fn data_key(key: &str) -> String {
+    format!("{DATA}{key}")
+}
+
+struct Shared {
+    dir: PathBuf,
+    store: RwLock<Arc<Store>>,
+    clock: Arc<LogClock>,
+    /// The reading node's clock, for hiding what expired since the last
+    /// entry was applied.
+    wall: Arc<dyn Clock>,
+    /// The meta of `snapshot.sfs`; held while the snapshot file is replaced.
+    snapshot: Mutex<Option<SnapshotMeta<NodeId, Node>>>,
+    /// Numbers temporary files.
+    temp_files: AtomicU64,
+}
+
+/// openraft's state machine on an sfs store in a directory (`sm.sfs`, and
+/// the latest snapshot, `snapshot.sfs`). Cloning shares it.
+///
+/// ```
+/// use std::sync::Arc;
+///
+/// let dir = tempfile::tempdir()?;
+/// let sm = sfs_raft::StateMachine::open(dir.path(), Arc::new(sfs::SystemClock))?;
+/// assert_eq!(sm.last_applied()?, None);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone)]
+pub struct StateMachine {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for StateMachine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateMachine")
+            .field("dir", &self.shared.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a snapshot of a [`StateMachine`]: a live backup of its store.
+pub struct SnapshotBuilder {
+    shared: Arc<Shared>,
+}
+
+fn sm_error(verb: ErrorVerb, what: &str, e: impl std::fmt::Display) -> StorageError<NodeId> {
+    storage_error(ErrorSubject::StateMachine, verb, what, e)
+}
+
+fn snap_error(verb: ErrorVerb, what: &str, e: impl std::fmt::Display) -> StorageError<NodeId> {
+    storage_error(ErrorSubject::Snapshot(None), verb, what, e)
+}
+
+fn get_json<T: serde::de::DeserializeOwned>(store: &Store, key: &[u8]) -> Result<Option<T>> {
+    let what = String::from_utf8_lossy(key);
+    match store
+        .get(key)
+        .map_err(|e| sm_error(ErrorVerb::Read, &format!("reading {what}"), e))?
+    {
+        None => Ok(None),
+        Some(b) => serde_json::from_slice(&b)
+            .map(Some)
+            .map_err(|e| sm_error(ErrorVerb::Read, &format!("decoding {what}"), e)),
+    }
+}
+
+fn put_json<T: serde::Serialize>(batch: &mut Batch, key: &[u8], value: &T) -> Result<()> {
+    let bytes = serde_json::to_vec(value).map_err(|e| {
+        let what = format!("encoding {}", String::from_utf8_lossy(key));
+        sm_error(ErrorVerb::Write, &what, e)
+    })?;
+    batch.put(key, bytes);
+    Ok(())
+}
+
+type Applied = (Option<LogId<NodeId>>, StoredMembership<NodeId, Node>);
+
+fn applied_state_of(store: &Store) -> Result<Applied> {
+    let applied = get_json(store, APPLIED)?;
+    let membership = get_json(store, MEMBERSHIP)?.unwrap_or_default();
+    Ok((applied, membership))
+}
+
+/// A snapshot's id: its last log id, so that a snapshot built and the same
+/// snapshot installed elsewhere carry the same id.
+fn snapshot_id(last: Option<LogId<NodeId>>) -> String {
+    match last {
+        Some(l) => format!("{}-{}-{}", l.leader_id.term, l.leader_id.node_id, l.index),
+        None => "empty".to_string(),
+    }
+}
+
+/// The meta and log time recorded inside a snapshot file.
+fn read_snapshot_file(path: &Path) -> Result<(SnapshotMeta<NodeId, Node>, i64)> {
+    let store = Options::new()
+        .read_only(true)
+        .open(path)
+        .map_err(|e| snap_error(ErrorVerb::Read, "opening a snapshot", e))?;
+    let (last_log_id, last_membership) = applied_state_of(&store)?;
+    let time = get_json::<i64>(&store, TIME)?.unwrap_or(0);
+    store
+        .close()
+        .map_err(|e| snap_error(ErrorVerb::Read, "closing a snapshot", e))?;
+    let meta = SnapshotMeta {
+        last_log_id,
+        last_membership,
+        snapshot_id: snapshot_id(last_log_id),
+    };
+    Ok((meta, time))
+}
+
+/// Copies `src` from its start to a new file at `path` and syncs it.
+fn copy_synced(src: &mut File, path: &Path) -> io::Result<()> {
+    src.rewind()?;
+    let mut f = File::create(path)?;
+    io::copy(src, &mut f)?;
+    f.sync_all()
+}
+
+fn open_for_openraft(path: &Path) -> io::Result<Box<tokio::fs::File>> {
+    Ok(Box::new(tokio::fs::File::from_std(File::open(path)?)))
+}
+
+/// Renames `from` to `to` (same directory) and syncs the directory.
+fn rename_synced(from: &Path, to: &Path) -> std::io::Result<()> {
+    fs::rename(from, to)?;
+    let dir = to.parent().unwrap_or(Path::new("."));
+    File::open(dir)?.sync_all()
+}
+
+impl StateMachine {
+    /// Opens (or creates) the state machine in `dir`. `wall` is this node's
+    /// clock, used only to hide, on reads, keys whose expiry has passed
+    /// since the last entry was applied (tests pass an
+    /// [`sfs::ManualClock`]).
+    pub fn open(dir: impl AsRef<Path>, wall: Arc<dyn Clock>) -> Result<StateMachine> {
+        let dir = dir.as_ref().to_path_buf();
+        fs::create_dir_all(&dir)
+            .map_err(|e| sm_error(ErrorVerb::Write, "creating the directory", e))?;
+        let listing = fs::read_dir(&dir)
+            .map_err(|e| sm_error(ErrorVerb::Read, "listing the directory", e))?;
+        for file in listing {
+            let file = file.map_err(|e| sm_error(ErrorVerb::Read, "listing the directory", e))?;
+            let name = file.file_name();
+            if TEMP_PREFIXES
+                .iter()
+                .any(|p| name.to_string_lossy().starts_with(p))
+            {
+                fs::remove_file(file.path()).map_err(|e| {
+                    sm_error(ErrorVerb::Delete, "removing an unfinished snapshot", e)
+                })?;
+            }
+        }
+        let clock = Arc::new(LogClock::default());
+        let store = open_store(&dir.join(SM_FILE), &clock)?;
+        let snapshot_path = dir.join(SNAPSHOT_FILE);
+        let snapshot = if snapshot_path.exists() {
+            Some(read_snapshot_file(&snapshot_path)?.0)
+        } else {
+            None
+        };
+        Ok(StateMachine {
+            shared: Arc::new(Shared {
+                dir,
+                store: RwLock::new(Arc::new(store)),
+                clock,
+                wall,
+                snapshot: Mutex::new(snapshot),
+                temp_files: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    fn store(&self) -> Arc<Store> {
+        self.shared.store()
+    }
+
+    /// The value of `key`, or `None` if it is absent or expired (by log
+    /// time, or by this node's clock). Served from this replica: for a
+    /// linearizable read, call `Raft::ensure_linearizable` on the leader
+    /// first.
+    pub fn get(&self, key: &str) -> Result<Option<String>> {
+        let entry = self
+            .store()
+            .get_entry(data_key(key))
+            .map_err(|e| sm_error(ErrorVerb::Read, "reading a key", e))?;
+        let now = self.shared.wall.now_millis();
+        Ok(entry.and_then(|e| {
+            let expired = e.expires_at.is_some_and(|at| crate::millis(at) <= now);
+            (!expired).then(|| String::from_utf8_lossy(&e.value).into_owned())
+        }))
+    }
+
+    /// The log id of the last entry applied.
+    pub fn last_applied(&self) -> Result<Option<LogId<NodeId>>> {
+        get_json(&self.store(), APPLIED)
+    }
+
+    /// The state machine's time: the newest entry time applied.
+    pub fn log_time(&self) -> i64 {
+        self.shared.clock.now_millis()
+    }
+
+    /// Syncs and closes the store for writing (see [`Store::shutdown`]).
+    pub fn shutdown(&self) -> Result<()> {
+        self.store()
+            .shutdown()
+            .map_err(|e| sm_error(ErrorVerb::Write, "closing the state machine", e))
+    }
+}
+
+fn open_store(path: &Path, clock: &Arc<LogClock>) -> Result<Store> {
+    // No entry cap: an eviction would make replicas differ. No sync per
+    // put: every write is a batch, synced when applied.
+    let store = Options::new()
+        .sync(SyncPolicy::Never)
+        .clock(Arc::clone(clock) as Arc<dyn Clock>)
+        .open(path)
+        .map_err(|e| sm_error(ErrorVerb::Read, "opening the state machine's store", e))?;
+    if let Some(t) = get_json::<i64>(&store, TIME)? {
+        clock.set(t);
+    }
+    Ok(store)
+}
+
+impl Shared {
+    fn store(&self) -> Arc<Store> {
+        Arc::clone(&self.store.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    fn snapshot_meta(&self) -> MutexGuard<'_, Option<SnapshotMeta<NodeId, Node>>> {
+        self.snapshot.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn current_snapshot(&self) -> Result<Option<Snapshot<TypeConfig>>> {
+        let meta = self.snapshot_meta();
+        let Some(meta) = meta.as_ref() else {
+            return Ok(None);
+        };
+        let file = open_for_openraft(&self.dir.join(SNAPSHOT_FILE))
+            .map_err(|e| snap_error(ErrorVerb::Read, "opening the snapshot file", e))?;
+        Ok(Some(Snapshot {
+            meta: meta.clone(),
+            snapshot: file,
+        }))
+    }
+
+    fn temp_path(&self, prefix: &str) -> PathBuf {
+        let n = self.temp_files.fetch_add(1, Ordering::Relaxed);
+        self.dir.join(format!("{prefix}.{n}"))
+    }
+
+    /// A live backup of the store, streamed to a file that becomes
+    /// `snapshot.sfs` (unless a newer snapshot is there already, which is
+    /// returned instead).
+    fn build(&self) -> Result<Snapshot<TypeConfig>> {
+        let store = self.store();
+        let building = self.temp_path(".snapshot.building");
+        let written = File::create(&building).and_then(|mut f| {
+            store
+                .backup_to(&mut f, &BackupOptions::new())
+                .map_err(io::Error::other)?;
+            f.sync_all()
+        });
+        let placed = written.and_then(|()| {
+            let mut current = self.snapshot_meta();
+            let (meta, _) = read_snapshot_file(&building).map_err(io::Error::other)?;
+            if let Some(cur) = current.as_ref()
+                && cur.last_log_id > meta.last_log_id
+            {
+                fs::remove_file(&building)?;
+                return Ok(None);
+            }
+            rename_synced(&building, &self.dir.join(SNAPSHOT_FILE))?;
+            *current = Some(meta.clone());
+            Ok(Some(meta))
+        });
+        let meta = match placed {
+            Ok(Some(meta)) => meta,
+            Ok(None) => {
+                return self.current_snapshot()?.ok_or_else(|| {
+                    snap_error(ErrorVerb::Read, "reading the newer snapshot", "it vanished")
+                });
+            }
+            Err(e) => {
+                if let Err(rm) = fs::remove_file(&building)
+                    && rm.kind() != io::ErrorKind::NotFound
+                {
+                    return Err(snap_error(
+                        ErrorVerb::Write,
+                        "building a snapshot",
+                        format!("{e} (and removing {}: {rm})", building.display()),
+                    ));
+                }
+                return Err(snap_error(ErrorVerb::Write, "building a snapshot", e));
+            }
+        };
+        let file = open_for_openraft(&self.dir.join(SNAPSHOT_FILE))
+            .map_err(|e| snap_error(ErrorVerb::Read, "opening the snapshot file", e))?;
+        Ok(Snapshot {
+            meta,
+            snapshot: file,
+        })
+    }
+
+    /// Replaces the store with the received snapshot: a copy in a
+    /// temporary file, synced, renamed over `sm.sfs`, the directory synced,
+    /// the store reopened.
+    fn install(&self, meta: &SnapshotMeta<NodeId, Node>, received: &mut File) -> Result<()> {
+        let mut current = self.snapshot_meta();
+        let incoming = self.dir.join(SNAPSHOT_INCOMING);
+        copy_synced(received, &incoming)
+            .map_err(|e| snap_error(ErrorVerb::Write, "writing the received snapshot", e))?;
+        let (found, time) = read_snapshot_file(&incoming)?;
+        if found.last_log_id != meta.last_log_id || found.last_membership != meta.last_membership {
+            return Err(snap_error(
+                ErrorVerb::Read,
+                "checking the received snapshot",
+                format!(
+                    "its data is at {:?}, its meta says {:?}",
+                    found.last_log_id, meta.last_log_id
+                ),
+            ));
+        }
+        let sm_incoming = self.dir.join(SM_INCOMING);
+        File::open(&incoming)
+            .and_then(|mut f| copy_synced(&mut f, &sm_incoming))
+            .map_err(|e| sm_error(ErrorVerb::Write, "writing the new state machine", e))?;
+        let mut slot = self.store.write().unwrap_or_else(|e| e.into_inner());
+        slot.shutdown()
+            .map_err(|e| sm_error(ErrorVerb::Write, "closing the replaced state machine", e))?;
+        rename_synced(&sm_incoming, &self.dir.join(SM_FILE)).map_err(|e| {
+            sm_error(
+                ErrorVerb::Write,
+                "putting the new state machine in place",
+                e,
+            )
+        })?;
+        self.clock.set(time);
+        *slot = Arc::new(open_store(&self.dir.join(SM_FILE), &self.clock)?);
+        drop(slot);
+        rename_synced(&incoming, &self.dir.join(SNAPSHOT_FILE))
+            .map_err(|e| snap_error(ErrorVerb::Write, "putting the snapshot in place", e))?;
+        *current = Some(found);
+        Ok(())
+    }
+}
+
+/// The value a key has in the batch being built, or in the store.
+fn visible(
+    store: &Store,
+    pending: &HashMap<String, Option<(String, Option<i64>)>>,
+    key: &str,
+    now: i64,
+) -> Result<Option<String>> {
+    if let Some(p) = pending.get(key) {
+        return Ok(p
+            .as_ref()
+            .filter(|(_, exp)| exp.is_none_or(|e| e > now))
+            .map(|(v, _)| v.clone()));
+    }
+    let v = store
+        .get(data_key(key))
+        .map_err(|e| sm_error(ErrorVerb::Read, "reading a key", e))?;
+    Ok(v.map(|b| String::from_utf8_lossy(&b).into_owned()))
+}
+
+fn put(batch: &mut Batch, key: &str, value: &str, expires_at_ms: Option<i64>) {
+    match expires_at_ms {
+        None => batch.put(data_key(key), value),
+        Some(ms) => batch.put_with(
+            data_key(key),
+            value,
+            &PutOptions::new().expires_at(system_time(ms)),
+        ),
+    };
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<Applied> {
+        applied_state_of(&self.store())
+    }
+
+    /// Applies the entries as one batch: their effects, the last applied
+    /// log id, the membership and the log time, all or none after a crash.
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let store = self.store();
+        let clock = &self.shared.clock;
+        let mut batch = Batch::new();
+        let mut pending: HashMap<String, Option<(String, Option<i64>)>> = HashMap::new();
+        let mut replies = Vec::new();
+        let mut last = None;
+        let mut membership = None;
+        for entry in entries {
+            last = Some(entry.log_id);
+            let reply = match entry.payload {
+                EntryPayload::Blank => Response::None,
+                EntryPayload::Membership(m) => {
+                    membership = Some(StoredMembership::new(Some(entry.log_id), m));
+                    Response::None
+                }
+                EntryPayload::Normal(req) => {
+                    clock.advance_to(req.time_ms);
+                    let now = clock.now_millis();
+                    match req.op {
+                        Command::Put {
+                            key,
+                            value,
+                            expires_at_ms,
+                        } => {
+                            put(&mut batch, &key, &value, expires_at_ms);
+                            pending.insert(key, Some((value, expires_at_ms)));
+                            Response::Written
+                        }
+                        Command::Delete { key } => {
+                            let existed = visible(&store, &pending, &key, now)?.is_some();
+                            batch.delete(data_key(&key));
+                            pending.insert(key, None);
+                            Response::Deleted { existed }
+                        }
+                        Command::CompareAndSwap {
+                            key,
+                            expected,
+                            new,
+                            expires_at_ms,
+                        } => {
+                            let current = visible(&store, &pending, &key, now)?;
+                            let swapped = current == expected;
+                            if swapped {
+                                match &new {
+                                    Some(v) => put(&mut batch, &key, v, expires_at_ms),
+                                    None => {
+                                        batch.delete(data_key(&key));
+                                    }
+                                }
+                                pending.insert(key, new.map(|v| (v, expires_at_ms)));
+                            }
+                            Response::Swapped { swapped, current }
+                        }
+                    }
+                }
+            };
+            replies.push(reply);
+        }
+        let Some(last) = last else {
+            return Ok(replies);
+        };
+        put_json(&mut batch, APPLIED, &last)?;
+        if let Some(m) = &membership {
+            put_json(&mut batch, MEMBERSHIP, m)?;
+        }
+        put_json(&mut batch, TIME, &clock.now_millis())?;
+        store.apply(&batch).map_err(|e| {
+            storage_error(
+                ErrorSubject::Apply(last),
+                ErrorVerb::Write,
+                "applying entries",
+                e,
+            )
+        })?;
+        Ok(replies)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
+        SnapshotBuilder {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
+    /// An unnamed temporary file in the directory (its name is removed as
+    /// soon as it is created: nothing is left if the transfer stops).
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>> {
+        let path = self.shared.temp_path(".snapshot.receiving");
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .and_then(|f| fs::remove_file(&path).map(|()| f))
+            .map_err(|e| {
+                snap_error(ErrorVerb::Write, "creating a file to receive a snapshot", e)
+            })?;
+        Ok(Box::new(tokio::fs::File::from_std(file)))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, Node>,
+        snapshot: Box<tokio::fs::File>,
+    ) -> Result<()> {
+        let shared = Arc::clone(&self.shared);
+        let meta = meta.clone();
+        let mut file = *snapshot;
+        // The writes openraft made through it are finished.
+        file.flush()
+            .await
+            .map_err(|e| snap_error(ErrorVerb::Write, "writing the received snapshot", e))?;
+        let mut file = file.into_std().await;
+        tokio::task::spawn_blocking(move || shared.install(&meta, &mut file))
+            .await
+            .map_err(|e| snap_error(ErrorVerb::Write, "installing a snapshot", e))?
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>> {
+        self.shared.current_snapshot()
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    /// A live backup of the state machine's store ([`Store::backup_to`]),
+    /// streamed to a file: writes go on while it is copied. Its meta (last log id, membership)
+    /// is read from the copy itself, so it matches the data exactly.
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>> {
+        let shared = Arc::clone(&self.shared);
+        tokio::task::spawn_blocking(move || shared.build())
+            .await
+            .map_err(|e| snap_error(ErrorVerb::Write, "building a snapshot", e))?
+    }
+}
