@@ -63,6 +63,7 @@ use openraft::{AnyError, ErrorSubject, ErrorVerb, StorageError, StorageIOError};
 use serde::{Deserialize, Serialize};
 
 mod log_store;
+pub mod memory;
 pub mod net;
 mod state_machine;
 

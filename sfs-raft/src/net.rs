@@ -46,6 +46,25 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::{NodeId, Raft, Request, Response, StateMachine, TypeConfig};
 
+/// Where [`serve`] reads keys for clients: a node's state machine.
+pub trait ReadKeys: Clone + Send + Sync + 'static {
+    /// The value of `key` as this node has applied it (`None`: absent or
+    /// expired), or why it could not be read.
+    fn read_key(&self, key: &str) -> Result<Option<String>, String>;
+}
+
+impl ReadKeys for StateMachine {
+    fn read_key(&self, key: &str) -> Result<Option<String>, String> {
+        self.get(key).map_err(|e| e.to_string())
+    }
+}
+
+impl ReadKeys for crate::memory::MemStateMachine {
+    fn read_key(&self, key: &str) -> Result<Option<String>, String> {
+        Ok(self.get(key))
+    }
+}
+
 /// What goes over a connection, from a node or a client.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Message {
@@ -168,8 +187,8 @@ pub async fn call<T: DeserializeOwned>(
 }
 
 /// Serves Raft's messages and clients' requests on `listener` until it
-/// fails.
-pub async fn serve(listener: TcpListener, raft: Raft, sm: StateMachine) -> io::Result<()> {
+/// fails, reading keys from `sm`.
+pub async fn serve<S: ReadKeys>(listener: TcpListener, raft: Raft, sm: S) -> io::Result<()> {
     loop {
         let (socket, _) = listener.accept().await?;
         let (raft, sm) = (raft.clone(), sm.clone());
@@ -182,7 +201,7 @@ pub async fn serve(listener: TcpListener, raft: Raft, sm: StateMachine) -> io::R
     }
 }
 
-async fn handle(socket: TcpStream, raft: &Raft, sm: &StateMachine) -> io::Result<()> {
+async fn handle<S: ReadKeys>(socket: TcpStream, raft: &Raft, sm: &S) -> io::Result<()> {
     socket.set_nodelay(true)?;
     let mut socket = BufReader::new(socket);
     let mut line = Vec::new();
@@ -217,7 +236,7 @@ where
     }
 }
 
-async fn client_request(raft: &Raft, sm: &StateMachine, req: ClientRequest) -> ClientReply {
+async fn client_request<S: ReadKeys>(raft: &Raft, sm: &S, req: ClientRequest) -> ClientReply {
     // The proposer's clock decides the time of the entry, and so when a
     // TTL ends: a follower never proposes (openraft refuses the write).
     let now = SystemTime::now();
@@ -234,11 +253,9 @@ async fn client_request(raft: &Raft, sm: &StateMachine, req: ClientRequest) -> C
             if linearizable && let Err(e) = raft.ensure_linearizable().await {
                 return not_leader(&e, || e.to_string());
             }
-            return match sm.get(&key) {
+            return match sm.read_key(&key) {
                 Ok(value) => ClientReply::Value { value },
-                Err(e) => ClientReply::Failed {
-                    error: e.to_string(),
-                },
+                Err(error) => ClientReply::Failed { error },
             };
         }
         ClientRequest::Status => {
