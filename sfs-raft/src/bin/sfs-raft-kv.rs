@@ -2,9 +2,12 @@
 //! node, talking JSON lines over TCP.
 //!
 //! ```text
-//! sfs-raft-kv node ID DIR PEERS [--init]    run node ID with its data in DIR
+//! sfs-raft-kv node ID DIR PEERS [--init] [--memory]
+//!     run node ID with its data in DIR
 //!     PEERS: 1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003
 //!     --init: make PEERS the cluster's first membership (once, on one node)
+//!     --memory: the benchmark's ceiling, openraft's storage in memory
+//!       (sfs_raft::memory): nothing durable, not for production
 //! sfs-raft-kv client ADDRS COMMAND          ADDRS: 127.0.0.1:7001,127.0.0.1:7002
 //!     put KEY VALUE [TTL_MS] | get KEY | read KEY (linearizable)
 //!     delete KEY | cas KEY EXPECTED NEW ('-' for absent) | status
@@ -13,6 +16,7 @@
 //!     checks every acknowledged write on every node
 //! sfs-raft-kv bench [DIR] [SECONDS]
 //!     durable writes per second on a 3-node cluster (1 and 16 clients)
+//!     against the same cluster on in-memory storage (the ceiling) and
 //!     against one sfs store's durable puts (1 and 16 threads)
 //! ```
 
@@ -26,13 +30,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use openraft::{BasicNode, Config, SnapshotPolicy};
+use sfs_raft::memory::{MemLog, MemStateMachine};
 use sfs_raft::net::{Client, ClientReply, ClientRequest, TcpNetwork, serve};
 use sfs_raft::{LogStore, NodeId, Raft, StateMachine};
 
 type Result<T, E = Box<dyn Error + Send + Sync>> = std::result::Result<T, E>;
 
 const USAGE: &str = "usage:
-  sfs-raft-kv node ID DIR PEERS [--init]   (PEERS: 1=127.0.0.1:7001,2=...,3=...)
+  sfs-raft-kv node ID DIR PEERS [--init] [--memory]   (PEERS: 1=127.0.0.1:7001,2=...,3=...)
   sfs-raft-kv client ADDRS put KEY VALUE [TTL_MS] | get KEY | read KEY | delete KEY
                            | cas KEY EXPECTED NEW ('-': absent) | status
   sfs-raft-kv demo [DIR] [WRITES]
@@ -43,7 +48,18 @@ async fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let run = match args.as_slice() {
-        ["node", id, dir, peers, rest @ ..] => node(id, dir, peers, rest == ["--init"]).await,
+        ["node", id, dir, peers, flags @ ..]
+            if flags.iter().all(|f| ["--init", "--memory"].contains(f)) =>
+        {
+            node(
+                id,
+                dir,
+                peers,
+                flags.contains(&"--init"),
+                flags.contains(&"--memory"),
+            )
+            .await
+        }
         ["client", addrs, command @ ..] => client(addrs, command).await,
         ["demo", rest @ ..] => demo(rest.first().copied(), rest.get(1).copied()).await,
         ["bench", rest @ ..] => bench(rest.first().copied(), rest.get(1).copied()).await,
@@ -69,15 +85,13 @@ fn parse_peers(peers: &str) -> Result<BTreeMap<NodeId, String>> {
         .collect()
 }
 
-async fn node(id: &str, dir: &str, peers: &str, init: bool) -> Result<bool> {
+async fn node(id: &str, dir: &str, peers: &str, init: bool, memory: bool) -> Result<bool> {
     let id: NodeId = id.parse()?;
     let peers = parse_peers(peers)?;
     let addr = peers
         .get(&id)
         .ok_or(format!("node {id} is not among the peers"))?;
     let dir = Path::new(dir);
-    let log = LogStore::open(dir.join("log.sfs"))?;
-    let sm = StateMachine::open(dir.join("sm"), Arc::new(sfs::SystemClock))?;
     let config = Config {
         cluster_name: "sfs-raft-kv".into(),
         heartbeat_interval: 100,
@@ -87,17 +101,21 @@ async fn node(id: &str, dir: &str, peers: &str, init: bool) -> Result<bool> {
         max_in_snapshot_log_to_keep: 100,
         ..Default::default()
     };
-    let raft = Raft::new(
-        id,
-        Arc::new(config.validate()?),
-        TcpNetwork,
-        log,
-        sm.clone(),
-    )
-    .await?;
+    let config = Arc::new(config.validate()?);
     let listener = tokio::net::TcpListener::bind(addr).await?;
-    eprintln!("node {id}: serving on {addr}, data in {}", dir.display());
-    let server = tokio::spawn(serve(listener, raft.clone(), sm));
+    let (raft, server) = if memory {
+        // The benchmark's ceiling: nothing durable.
+        let sm = MemStateMachine::new(dir)?;
+        let raft = Raft::new(id, config, TcpNetwork, MemLog::default(), sm.clone()).await?;
+        eprintln!("node {id}: serving on {addr}, IN MEMORY (benchmark ceiling, not durable)");
+        (raft.clone(), tokio::spawn(serve(listener, raft, sm)))
+    } else {
+        let log = LogStore::open(dir.join("log.sfs"))?;
+        let sm = StateMachine::open(dir.join("sm"), Arc::new(sfs::SystemClock))?;
+        let raft = Raft::new(id, config, TcpNetwork, log, sm.clone()).await?;
+        eprintln!("node {id}: serving on {addr}, data in {}", dir.display());
+        (raft.clone(), tokio::spawn(serve(listener, raft, sm)))
+    };
     if init && !raft.is_initialized().await? {
         let members: BTreeMap<NodeId, BasicNode> =
             peers.iter().map(|(&i, a)| (i, BasicNode::new(a))).collect();
@@ -150,6 +168,8 @@ struct Nodes {
     exe: PathBuf,
     dir: PathBuf,
     peers: String,
+    /// Nodes on in-memory storage (the benchmark's ceiling).
+    memory: bool,
     children: BTreeMap<NodeId, Child>,
 }
 
@@ -170,6 +190,9 @@ impl Nodes {
             .stderr(log);
         if init {
             cmd.arg("--init");
+        }
+        if self.memory {
+            cmd.arg("--memory");
         }
         self.children.insert(id, cmd.spawn()?);
         Ok(())
@@ -227,8 +250,9 @@ async fn leader(addrs: &BTreeMap<NodeId, String>, deadline: Duration) -> Result<
     Err("no leader elected".into())
 }
 
-/// Three node processes on free localhost ports, node 1 initializing.
-fn start_cluster(dir: &Path) -> Result<(Nodes, BTreeMap<NodeId, String>)> {
+/// Three node processes on free localhost ports, node 1 initializing; on
+/// in-memory storage if `memory`.
+fn start_cluster(dir: &Path, memory: bool) -> Result<(Nodes, BTreeMap<NodeId, String>)> {
     std::fs::create_dir_all(dir)?;
     let mut addrs = BTreeMap::new();
     for id in 1..=3 {
@@ -243,6 +267,7 @@ fn start_cluster(dir: &Path) -> Result<(Nodes, BTreeMap<NodeId, String>)> {
         exe: std::env::current_exe()?,
         dir: dir.to_path_buf(),
         peers,
+        memory,
         children: BTreeMap::new(),
     };
     println!(
@@ -262,7 +287,7 @@ async fn demo(dir: Option<&str>, writes: Option<&str>) -> Result<bool> {
         Some(d) => PathBuf::from(d),
         None => std::env::temp_dir().join(format!("sfs-raft-demo-{}", std::process::id())),
     };
-    let (mut nodes, addrs) = start_cluster(&dir)?;
+    let (mut nodes, addrs) = start_cluster(&dir, false)?;
     let first = leader(&addrs, Duration::from_secs(20)).await?;
     println!("node {first} is the leader");
 
@@ -441,23 +466,35 @@ async fn bench(dir: Option<&str>, secs: Option<&str>) -> Result<bool> {
         Some(d) => PathBuf::from(d),
         None => std::env::temp_dir().join(format!("sfs-raft-bench-{}", std::process::id())),
     };
-    let (nodes, addrs) = start_cluster(&dir)?;
-    leader(&addrs, Duration::from_secs(20)).await?;
-    let list: Vec<String> = addrs.values().cloned().collect();
+    // The sfs cluster, then the same cluster on in-memory storage (the
+    // ceiling), one at a time, so that they do not share the CPU.
+    let mut replicated = BTreeMap::new();
+    for (name, memory) in [("sfs", false), ("memory", true)] {
+        let (nodes, addrs) = start_cluster(&dir.join(name), memory)?;
+        leader(&addrs, Duration::from_secs(20)).await?;
+        let list: Vec<String> = addrs.values().cloned().collect();
+        for clients in [1, 16] {
+            let rate = replicated_rate(&list, clients, secs).await?;
+            replicated.insert((memory, clients), rate);
+        }
+        drop(nodes);
+    }
     println!(
-        "durable writes per second, {secs} s each, 100-byte values, data in {}",
+        "writes per second, {secs} s each, 100-byte values, data in {}",
         dir.display()
     );
     for clients in [1, 16] {
-        let replicated = replicated_rate(&list, clients, secs).await?;
         let d = dir.clone();
         let single =
             tokio::task::spawn_blocking(move || single_store_rate(&d, clients, secs)).await??;
+        let sfs = replicated.get(&(false, clients)).copied().unwrap_or(0.0);
+        let memory = replicated.get(&(true, clients)).copied().unwrap_or(0.0);
         println!(
-            "{clients:>2} client(s): 3-node cluster {replicated:>8.0}/s, one sfs store {single:>8.0}/s, ratio {:.3}",
-            replicated / single
+            "{clients:>2} client(s): sfs cluster {sfs:>7.0}/s, in-memory cluster (ceiling) {memory:>7.0}/s, ratio {:.2}{}; one sfs store {single:>7.0}/s, ratio {:.3}",
+            sfs / memory,
+            if clients == 16 { " (goal >= 0.5)" } else { "" },
+            sfs / single
         );
     }
-    drop(nodes);
     Ok(true)
 }
