@@ -1,5 +1,7 @@
 //! A small TCP protocol for a cluster of sfs nodes on one or several
-//! machines: a connection carries one JSON line in and one JSON line out.
+//! machines: a request is one JSON line in, its reply one JSON line out;
+//! a connection carries one exchange after the other, and [`call`] keeps
+//! the connections it opened in a small per-address pool to reuse them.
 //! The same port serves Raft's messages between nodes ([`TcpNetwork`]) and
 //! clients' requests ([`Client`]).
 //!
@@ -29,7 +31,9 @@
 //! # }
 //! ```
 
+use std::collections::HashMap;
 use std::io;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use openraft::BasicNode;
@@ -155,7 +159,57 @@ pub enum ClientReply {
     },
 }
 
-/// Sends one message to `addr` and reads one reply, within `timeout`.
+/// How many idle connections [`call`] keeps per address.
+const IDLE_PER_ADDR: usize = 64;
+
+type Stream = BufReader<TcpStream>;
+
+/// Idle connections by address: taken by [`call`], put back after a
+/// complete exchange, dropped on any error (and on a timeout, with the
+/// future that held them).
+fn pool() -> &'static Mutex<HashMap<String, Vec<Stream>>> {
+    static POOL: OnceLock<Mutex<HashMap<String, Vec<Stream>>>> = OnceLock::new();
+    POOL.get_or_init(Mutex::default)
+}
+
+fn take_idle(addr: &str) -> Option<Stream> {
+    let mut pool = pool().lock().unwrap_or_else(|e| e.into_inner());
+    pool.get_mut(addr).and_then(Vec::pop)
+}
+
+fn put_back(addr: &str, stream: Stream) {
+    let mut pool = pool().lock().unwrap_or_else(|e| e.into_inner());
+    let idle = pool.entry(addr.to_string()).or_default();
+    if idle.len() < IDLE_PER_ADDR {
+        idle.push(stream);
+    }
+}
+
+async fn connect(addr: &str) -> io::Result<Stream> {
+    let stream = TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    Ok(BufReader::new(stream))
+}
+
+/// One exchange on `stream`: `line` out, the reply line in.
+async fn exchange(stream: &mut Stream, addr: &str, line: &[u8]) -> io::Result<Vec<u8>> {
+    stream.get_mut().write_all(line).await?;
+    let mut reply = Vec::new();
+    stream.read_until(b'\n', &mut reply).await?;
+    if !reply.ends_with(b"\n") {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("{addr} closed the connection without a reply"),
+        ));
+    }
+    Ok(reply)
+}
+
+/// Sends one message to `addr` and reads one reply, within `timeout`, on
+/// an idle pooled connection if there is one (and, should that one turn out
+/// closed or broken, once more on a new connection), else on a new one.
+/// A message resent that way may reach the node twice, as with any retry:
+/// Raft's messages are idempotent, and so are puts and deletes.
 pub async fn call<T: DeserializeOwned>(
     addr: &str,
     msg: &Message,
@@ -164,18 +218,22 @@ pub async fn call<T: DeserializeOwned>(
     let exchange = async {
         let mut line = serde_json::to_vec(msg)?;
         line.push(b'\n');
-        let stream = TcpStream::connect(addr).await?;
-        stream.set_nodelay(true)?;
-        let mut stream = BufReader::new(stream);
-        stream.get_mut().write_all(&line).await?;
-        let mut reply = Vec::new();
-        stream.read_until(b'\n', &mut reply).await?;
-        if reply.is_empty() {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                format!("{addr} closed the connection without a reply"),
-            ));
+        let mut reply = None;
+        if let Some(mut stream) = take_idle(addr)
+            && let Ok(r) = exchange(&mut stream, addr, &line).await
+        {
+            put_back(addr, stream);
+            reply = Some(r);
         }
+        let reply = match reply {
+            Some(r) => r,
+            None => {
+                let mut stream = connect(addr).await?;
+                let r = exchange(&mut stream, addr, &line).await?;
+                put_back(addr, stream);
+                r
+            }
+        };
         Ok(serde_json::from_slice(&reply)?)
     };
     tokio::time::timeout(timeout, exchange).await.map_err(|_| {
@@ -201,23 +259,28 @@ pub async fn serve<S: ReadKeys>(listener: TcpListener, raft: Raft, sm: S) -> io:
     }
 }
 
+/// Serves one connection: request line, reply line, until the peer closes
+/// it.
 async fn handle<S: ReadKeys>(socket: TcpStream, raft: &Raft, sm: &S) -> io::Result<()> {
     socket.set_nodelay(true)?;
     let mut socket = BufReader::new(socket);
     let mut line = Vec::new();
-    socket.read_until(b'\n', &mut line).await?;
-    if line.is_empty() {
-        return Ok(());
+    loop {
+        line.clear();
+        socket.read_until(b'\n', &mut line).await?;
+        if line.is_empty() {
+            return Ok(());
+        }
+        let msg: Message = serde_json::from_slice(&line)?;
+        let mut reply = match msg {
+            Message::AppendEntries(rpc) => serde_json::to_vec(&raft.append_entries(rpc).await)?,
+            Message::InstallSnapshot(rpc) => serde_json::to_vec(&raft.install_snapshot(rpc).await)?,
+            Message::Vote(rpc) => serde_json::to_vec(&raft.vote(rpc).await)?,
+            Message::Client(req) => serde_json::to_vec(&client_request(raft, sm, req).await)?,
+        };
+        reply.push(b'\n');
+        socket.get_mut().write_all(&reply).await?;
     }
-    let msg: Message = serde_json::from_slice(&line)?;
-    let mut reply = match msg {
-        Message::AppendEntries(rpc) => serde_json::to_vec(&raft.append_entries(rpc).await)?,
-        Message::InstallSnapshot(rpc) => serde_json::to_vec(&raft.install_snapshot(rpc).await)?,
-        Message::Vote(rpc) => serde_json::to_vec(&raft.vote(rpc).await)?,
-        Message::Client(req) => serde_json::to_vec(&client_request(raft, sm, req).await)?,
-    };
-    reply.push(b'\n');
-    socket.get_mut().write_all(&reply).await
 }
 
 fn ttl(ms: Option<u64>) -> Option<Duration> {
@@ -281,7 +344,8 @@ async fn client_request<S: ReadKeys>(raft: &Raft, sm: &S, req: ClientRequest) ->
 #[derive(Clone, Copy, Debug, Default)]
 pub struct TcpNetwork;
 
-/// A connection to one node (a new TCP connection per message).
+/// A connection to one node (messages go through [`call`]'s pool of TCP
+/// connections).
 #[derive(Debug)]
 pub struct TcpConnection {
     target: NodeId,
@@ -427,6 +491,29 @@ mod tests {
         let mut client = Client::new(Vec::new());
         let e = client.request(&ClientRequest::Status).await.unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+    }
+
+    #[tokio::test]
+    async fn calls_reuse_a_connection() {
+        // A node that accepts one connection only and answers every line.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            let (socket, _) = listener.accept().await.unwrap();
+            let mut socket = BufReader::new(socket);
+            let mut line = Vec::new();
+            while socket.read_until(b'\n', &mut line).await.unwrap() > 0 {
+                let reply = ClientReply::Value { value: None };
+                let mut out = serde_json::to_vec(&reply).unwrap();
+                out.push(b'\n');
+                socket.get_mut().write_all(&out).await.unwrap();
+                line.clear();
+            }
+        });
+        for _ in 0..3 {
+            let reply = Client::request_node(&addr, &ClientRequest::Status).await;
+            assert_eq!(reply.unwrap(), ClientReply::Value { value: None });
+        }
     }
 
     #[tokio::test]
