@@ -48,6 +48,16 @@ impl Model {
         self.used.insert(k.to_vec(), self.tick);
     }
 
+    /// Evicts the least recently used entry; false when there is none.
+    fn evict_oldest(&mut self) -> bool {
+        let oldest = self
+            .used
+            .iter()
+            .min_by_key(|&(_, &t)| t)
+            .map(|(k, _)| k.clone());
+        oldest.is_some_and(|k| self.delete(&k))
+    }
+
     /// The value of `k` if present and not expired at `now`.
     pub fn visible(&self, k: &[u8], now: i64) -> Option<&Vec<u8>> {
         self.map
@@ -72,15 +82,7 @@ impl Model {
         self.mark_used(k);
         self.written.insert(k.to_vec(), self.tick);
         if new && let Some(cap) = self.cap {
-            while self.map.len() > cap {
-                let oldest = self
-                    .used
-                    .iter()
-                    .min_by_key(|&(_, &t)| t)
-                    .map(|(k, _)| k.clone())
-                    .expect("entries");
-                self.delete(&oldest);
-            }
+            while self.map.len() > cap && self.evict_oldest() {}
         }
     }
 
@@ -122,17 +124,7 @@ impl Model {
             return;
         }
         self.purge(now);
-        while self.map.len() >= cap {
-            let Some(oldest) = self
-                .used
-                .iter()
-                .min_by_key(|&(_, &t)| t)
-                .map(|(k, _)| k.clone())
-            else {
-                return;
-            };
-            self.delete(&oldest);
-        }
+        while self.map.len() >= cap && self.evict_oldest() {}
     }
 
     fn batch(&mut self, ops: &[BatchOp], now: i64, room_only: bool) -> bool {
@@ -215,15 +207,7 @@ impl Model {
                 if excess(self) > self.map.len() - present {
                     return false;
                 }
-                while excess(self) > 0 {
-                    let oldest = self
-                        .used
-                        .iter()
-                        .min_by_key(|&(_, &t)| t)
-                        .map(|(k, _)| k.clone())
-                        .expect("entries");
-                    self.delete(&oldest);
-                }
+                while excess(self) > 0 && self.evict_oldest() {}
                 reserved.extend(new);
             }
         }
