@@ -313,12 +313,14 @@ impl Inner {
         // used first, so that the room is never made by evicting one of
         // them (its eviction would be durable before the batch is).
         let mut rooms = HashMap::new();
-        let mut _pins = None;
+        let named: Vec<&[u8]> = match self.max_entries {
+            Some(_) => actions.iter().map(|(k, _)| *k).collect(),
+            None => Vec::new(),
+        };
+        // No other write evicts them until the batch is done (other writes
+        // of them wait for their locks): the room counted below stays.
+        let _pins = self.max_entries.is_some().then(|| self.pin(&named));
         if let Some(cap) = self.max_entries {
-            let named: Vec<&[u8]> = actions.iter().map(|(k, _)| *k).collect();
-            // No other write evicts them now (other writes of them wait
-            // for their locks): the room counted below stays.
-            _pins = Some(self.pin(&named));
             self.mark_used(&named);
             // Until no member is left without room: making room purges
             // expired entries, which may take a member's key out of the
