@@ -253,6 +253,12 @@ pub(crate) struct Inner {
     /// The file header as on disk (its version becomes 2 with the first
     /// batch: see `batch`).
     file_header: Mutex<FileHeader>,
+    /// Batches whose settling failed part-way (see `batch::Stuck`): a member
+    /// still pending on disk is valid only while all its batch's members
+    /// are, so no member is freed before its batch is settled and synced.
+    stuck: Mutex<Vec<batch::Stuck>>,
+    /// Whether `stuck` has any batch (read on every free header).
+    any_stuck: std::sync::atomic::AtomicBool,
 }
 
 pub(crate) fn random_salt() -> u32 {
@@ -998,6 +1004,9 @@ struct FileIo<'a>(&'a Inner);
 
 impl BlockIo for FileIo<'_> {
     fn write_free_header(&self, offset: u64, len: u64, before_sync: bool) -> std::io::Result<()> {
+        if self.0.any_stuck.load(Ordering::Acquire) {
+            self.0.settle_before_freeing(offset)?;
+        }
         let header = BlockHeader::free(len).encode(self.0.salt);
         if before_sync {
             self.0.storage.write_at_before_sync(offset, &[&header])?;
@@ -1154,6 +1163,8 @@ impl Inner {
             closed: std::sync::atomic::AtomicBool::new(false),
             backups: backup::Tracker::new(),
             file_header: Mutex::new(header),
+            stuck: Mutex::new(Vec::new()),
+            any_stuck: std::sync::atomic::AtomicBool::new(false),
         })
     }
 

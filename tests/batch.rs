@@ -589,6 +589,7 @@ fn check_after_failure(fs: &FaultStorage, s: Store, e: Error) {
     assert_eq!(fs.failures(), 1);
     let want = pairs(&[("a", "new"), ("c", "new"), ("z", "first")]);
     assert_eq!(contents(&s), want, "memory");
+    s.check_invariants().unwrap();
     let ro = Options::new()
         .read_only(true)
         .active_expiry(None)
@@ -605,6 +606,7 @@ fn check_after_failure(fs: &FaultStorage, s: Store, e: Error) {
     s.sync().unwrap();
     let want = pairs(&[("a", "new"), ("c", "new"), ("d", "after")]);
     assert_eq!(contents(&s), want);
+    s.check_invariants().unwrap();
     drop(s);
     let s = Options::new()
         .active_expiry(None)
@@ -642,4 +644,75 @@ fn a_deleted_key_whose_free_header_fails_mid_batch_leaves_the_batch_whole_and_re
     fs.fail(Call::Write, nth, FaultError::Io);
     let e = s.apply(&the_batch()).unwrap_err();
     check_after_failure(&fs, s, e);
+}
+
+#[test]
+fn a_member_left_pending_by_a_failed_settling_is_never_freed_before_its_batch_is_settled() {
+    // As above: `a`'s settling store fails, so `a` and `c` stay pending
+    // on disk, valid only while both are there. Overwriting `c` frees its
+    // pending copy: were that free written before the batch is settled,
+    // a reopen would find the batch incomplete and drop `a`'s new value.
+    let nth = nth_write_after_the_sync(|_, _, word| word);
+    let (fs, s) = faulty_store();
+    fs.fail(Call::Write, nth, FaultError::Io);
+    s.apply(&the_batch()).unwrap_err();
+    fs.heal();
+    s.check_invariants().unwrap();
+    s.put("c", "newer").unwrap();
+    s.sync().unwrap();
+    s.compact().unwrap();
+    let want = pairs(&[("a", "new"), ("c", "newer"), ("z", "first")]);
+    assert_eq!(contents(&s), want, "memory");
+    s.check_invariants().unwrap();
+    // Every event's image: a process crash after any of them keeps the
+    // batch (its members pending with the record, or settled).
+    let rec = fs.recording();
+    // The batch was synced before its settling failed: from there on, a
+    // process crash or a power loss (any reordering since the last sync)
+    // after any event keeps `a` new.
+    let written = (1..rec.events.len())
+        .find(|&n| contents_of(rec.after(n)).contains(&(b"a".to_vec(), b"new".to_vec())))
+        .expect("the batch reaches the file");
+    let start = (written..rec.events.len())
+        .find(|&i| rec.events[i] == Event::Sync)
+        .expect("the batch's sync")
+        + 1;
+    for n in start..=rec.events.len() {
+        let mut images = vec![("a process crash", rec.after(n))];
+        images.extend((0..8).map(|seed| ("a power loss", rec.power_loss(n, seed))));
+        for (what, image) in images {
+            let got = contents_of(image);
+            assert_eq!(
+                got.iter()
+                    .find(|(k, _)| k == b"a")
+                    .map(|(_, v)| v.as_slice()),
+                Some(&b"new"[..]),
+                "{what} after event {n} of {}: {got:?}",
+                rec.events.len()
+            );
+        }
+    }
+    drop(s);
+    let s = Options::new()
+        .active_expiry(None)
+        .open_on(
+            "again.sfs",
+            Arc::new(MemStorage::with_bytes(fs.bytes())) as Arc<dyn Storage>,
+        )
+        .unwrap();
+    assert_eq!(contents(&s), want, "after a reopen");
+    s.check_invariants().unwrap();
+}
+
+/// What a read-only open of `image` holds.
+fn contents_of(image: Vec<u8>) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let ro = Options::new()
+        .read_only(true)
+        .active_expiry(None)
+        .open_on(
+            "ro.sfs",
+            Arc::new(MemStorage::with_bytes(image)) as Arc<dyn Storage>,
+        )
+        .unwrap();
+    contents(&ro)
 }

@@ -221,7 +221,85 @@ enum Step {
     Delete(usize),
 }
 
+/// A batch whose settling failed part-way (an 8-byte store into the map
+/// failed): the members from the failed one on are still pending on disk,
+/// valid only while the batch's commit record is complete, i.e. while every
+/// member is there. Freeing one of them (an overwrite's old copy, a
+/// delete, expiry, compaction's move) would make a reopen drop the others,
+/// though they were published. So the free header of such a member is
+/// written only after the batch is settled (its remaining words stored
+/// again) and a sync has made that durable (`Inner::settle_before_freeing`).
+/// The commit record is kept until the next open, which settles what is
+/// left and frees it. (A batch whose deleted key's copy could not be freed
+/// is listed too, with no member: its record must outlive the session.)
+pub(super) struct Stuck {
+    /// (block offset, settled expiry word) of each member still pending;
+    /// emptied once they are settled and synced.
+    members: Vec<(u64, u64)>,
+    /// The write generation of the stores that settled them, once made.
+    settled_at: Option<u64>,
+    /// The commit record: (offset, length).
+    record: (u64, u64),
+}
+
 impl Inner {
+    /// Called before the free header of the block at `offset` is written:
+    /// if it is a pending member of a stuck batch, settles the batch and
+    /// syncs first (see [`Stuck`]). An error (the stores or the sync
+    /// failed) fails the free, which every caller handles as a free header
+    /// that could not be written: the block stays valid and held.
+    pub(super) fn settle_before_freeing(&self, offset: u64) -> std::io::Result<()> {
+        let generation = {
+            let mut stuck = self.stuck.lock();
+            let Some(b) = stuck
+                .iter_mut()
+                .find(|b| b.members.iter().any(|&(o, _)| o == offset))
+            else {
+                return Ok(());
+            };
+            match b.settled_at {
+                Some(g) => g,
+                None => {
+                    for &(o, word) in &b.members {
+                        self.storage.write_word(o + EXPIRY_WORD_OFFSET, word)?;
+                    }
+                    let g = self.note_write();
+                    b.settled_at = Some(g);
+                    g
+                }
+            }
+        };
+        if self.sync_state.lock().synced < generation {
+            self.sync_to(generation)
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+        }
+        let mut stuck = self.stuck.lock();
+        for b in stuck.iter_mut() {
+            if b.settled_at == Some(generation) {
+                b.members.clear();
+            }
+        }
+        let any = stuck.iter().any(|b| !b.members.is_empty());
+        self.any_stuck.store(any, Ordering::Release);
+        Ok(())
+    }
+
+    /// For the invariant check: whether the block at `offset` is a pending
+    /// member (`member`) or the commit record of a stuck batch.
+    #[cfg(any(test, feature = "testing"))]
+    pub(super) fn is_stuck(&self, offset: u64, member: bool) -> bool {
+        self.stuck.lock().iter().any(|b| match member {
+            true => b.members.iter().any(|&(o, _)| o == offset),
+            false => b.record.0 == offset,
+        })
+    }
+
+    /// Forgets the stuck batches: `clear` cut the file, their blocks with it.
+    pub(super) fn forget_stuck(&self) {
+        self.stuck.lock().clear();
+        self.any_stuck.store(false, Ordering::Release);
+    }
+
     /// Applies `batch` (see [`Store::apply`](crate::Store::apply)).
     pub(super) fn apply(&self, batch: &Batch) -> Result<()> {
         self.check_writable()?;
@@ -608,12 +686,29 @@ impl Inner {
         notes: &mut Notes<'_>,
     ) -> Result<()> {
         let mut failed = None;
+        let word = |i: usize| expiry_word(members[i].expiry_ms, self.salt, first_seq + i as u64);
+        let mut pending = Vec::new();
         for (i, &(offset, _)) in written.iter().enumerate() {
-            let word = expiry_word(members[i].expiry_ms, self.salt, first_seq + i as u64);
-            if let Err(e) = self.storage.write_word(offset + EXPIRY_WORD_OFFSET, word) {
+            if let Err(e) = self
+                .storage
+                .write_word(offset + EXPIRY_WORD_OFFSET, word(i))
+            {
                 failed = Some(Error::io(&self.path, "settling a batch member", e));
+                // The members from this one on stay pending: none of them
+                // may be freed before all are settled (see `Stuck`).
+                pending = (i..written.len())
+                    .map(|j| (written[j].0, word(j)))
+                    .collect();
                 break;
             }
+        }
+        if !pending.is_empty() {
+            self.stuck.lock().push(Stuck {
+                members: pending,
+                settled_at: None,
+                record: commit,
+            });
+            self.any_stuck.store(true, Ordering::Release);
         }
         let words = self.note_write();
         // No remover frees a member before a sync covers its settled word.
@@ -644,8 +739,18 @@ impl Inner {
         match failed {
             // A member still pending, or a deleted key's copy not freed:
             // the record must outlive this session (the next open settles
-            // the batch). It is left as it is.
-            Some(e) => Err(e),
+            // the batch). It is left as it is, listed as stuck.
+            Some(e) => {
+                let mut stuck = self.stuck.lock();
+                if !stuck.iter().any(|b| b.record == commit) {
+                    stuck.push(Stuck {
+                        members: Vec::new(),
+                        settled_at: None,
+                        record: commit,
+                    });
+                }
+                Err(e)
+            }
             None => {
                 // Freed by the next sync that covers all of the above.
                 self.blocks.hold_commit(commit.0, commit.1, settled);

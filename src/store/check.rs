@@ -110,7 +110,7 @@ impl Inner {
             match &b.kind {
                 BlockKind::Entry(h) => {
                     prev_free_end = None;
-                    if h.pending && !self.read_only {
+                    if h.pending && !self.read_only && !self.is_stuck(b.offset, true) {
                         // Settled before publication (see `batch`), or by
                         // the open.
                         return Err(format!("batch member at {} still pending", b.offset));
@@ -159,7 +159,9 @@ impl Inner {
                 }
                 // A batch's commit record, held until a sync covers its
                 // settling.
-                BlockKind::Commit(..) if held.get(&b.offset) == Some(&b.len) => {
+                BlockKind::Commit(..)
+                    if held.get(&b.offset) == Some(&b.len) || self.is_stuck(b.offset, false) =>
+                {
                     prev_free_end = None;
                 }
                 other => return Err(format!("unexpected block at {}: {other:?}", b.offset)),

@@ -1131,6 +1131,7 @@ impl Inner {
             self.blocks
                 .reset(FILE_HEADER_LEN, || self.bio().set_len(FILE_HEADER_LEN))
                 .map_err(self.io("truncating the file"))?;
+            self.forget_stuck();
             self.backups.note_cleared();
             for (shard, cell) in shards.iter_mut().zip(self.shards.iter()) {
                 shard.clear();
