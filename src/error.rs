@@ -78,7 +78,9 @@ pub enum Error {
         /// [`TypedStore`](crate::TypedStore), `"encoded key"` or `"encoded
         /// value"`: there the limit applies to the bincode encoding.
         what: &'static str,
-        /// Its length in bytes (for a typed key or value, of its encoding).
+        /// Its length in bytes (for a typed key or value, of its encoding);
+        /// a count of entries where `what` says "entries" (a batch's keys
+        /// under the entry cap, a full index shard).
         len: usize,
         /// The largest length allowed.
         max: usize,
@@ -334,10 +336,18 @@ impl fmt::Display for Error {
             Error::Locked {
                 holder, read_only, ..
             } => f.write_str(locked_message(*holder, *read_only)),
-            Error::TooLarge { what, len, max, .. } => write!(
-                f,
-                "{what} of {len} bytes is over the limit of {max} bytes; nothing was written"
-            ),
+            Error::TooLarge { what, len, max, .. } => {
+                // Most limits are lengths; the entry cap and a shard's
+                // size count entries.
+                let unit = match what.contains("entries") {
+                    true => "entries",
+                    false => "bytes",
+                };
+                write!(
+                    f,
+                    "{what} of {len} {unit} is over the limit of {max} {unit}; nothing was written"
+                )
+            }
             Error::ReadOnly { .. } => f.write_str("the store was opened read-only"),
             Error::Closed { .. } => f.write_str(
                 "the store was shut down (Store::shutdown); it serves reads, and writes need a new open",

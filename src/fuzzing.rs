@@ -102,7 +102,7 @@ impl Model {
     /// need more room than the cap leaves beside its other keys (expired
     /// entries may have been purged by then, as in the store).
     pub fn apply_batch(&mut self, ops: &[BatchOp], now: i64) -> bool {
-        self.batch(ops, now, false)
+        self.batch(ops, now, None)
     }
 
     /// The first step of [`apply_batch`](Self::apply_batch) alone: the room
@@ -110,7 +110,13 @@ impl Model {
     /// before the batch is written leaves the store. Returns false where the
     /// batch would be refused.
     pub fn batch_room(&mut self, ops: &[BatchOp], now: i64) -> bool {
-        self.batch(ops, now, true)
+        self.batch(ops, now, Some(usize::MAX))
+    }
+
+    /// Part of that first step: its purge and no more than `evictions`
+    /// evictions, each a write of its own that a crash may come after.
+    pub fn batch_room_part(&mut self, ops: &[BatchOp], now: i64, evictions: usize) -> bool {
+        self.batch(ops, now, Some(evictions))
     }
 
     /// The first step of a put of a new key `k` alone: the room made under
@@ -127,7 +133,9 @@ impl Model {
         while self.map.len() >= cap && self.evict_oldest() {}
     }
 
-    fn batch(&mut self, ops: &[BatchOp], now: i64, room_only: bool) -> bool {
+    /// `room_only`: the room alone, with at most this many evictions.
+    fn batch(&mut self, ops: &[BatchOp], now: i64, room_only: Option<usize>) -> bool {
+        let mut budget = room_only.unwrap_or(usize::MAX);
         enum A {
             Put(Vec<u8>, u64),
             Delete,
@@ -207,11 +215,19 @@ impl Model {
                 if excess(self) > self.map.len() - present {
                     return false;
                 }
-                while excess(self) > 0 && self.evict_oldest() {}
+                while excess(self) > 0 {
+                    if budget == 0 {
+                        return true;
+                    }
+                    if !self.evict_oldest() {
+                        break;
+                    }
+                    budget -= 1;
+                }
                 reserved.extend(new);
             }
         }
-        if room_only {
+        if room_only.is_some() {
             return true;
         }
         for k in &order {

@@ -454,6 +454,21 @@ fn a_batch_makes_room_under_the_entry_cap_first() {
             b"n2".to_vec()
         ]
     );
+    // Five keys at once (n3..n7) cannot fit a cap of 4: refused, saying so
+    // in entries, with nothing evicted.
+    let mut big = Batch::new();
+    for i in 3..8 {
+        big.put(format!("n{i}"), "x");
+    }
+    let e = s.apply(&big).unwrap_err();
+    let text = e.to_string();
+    assert!(matches!(e, Error::TooLarge { len: 5, max: 4, .. }), "{e:?}");
+    assert!(
+        text.contains("of 5 entries is over the limit of 4 entries; nothing was written"),
+        "{text}"
+    );
+    assert!(text.contains(&t.path.display().to_string()), "{text}");
+    assert_eq!(s.stats().entries, 4);
     s.close().unwrap();
     let s = t.options(&c).max_entries(4).open(&t.path).unwrap();
     assert_eq!(s.len(), 4);
@@ -715,4 +730,38 @@ fn contents_of(image: Vec<u8>) -> Vec<(Vec<u8>, Vec<u8>)> {
         )
         .unwrap();
     contents(&ro)
+}
+
+#[test]
+fn concurrent_batches_at_the_cap_are_never_refused_for_each_others_keys() {
+    // A complement to the explorer's `disjoint` test: 4 threads, each
+    // applying batches that overwrite a key of its own and add a new one,
+    // under a cap of 4 that the store is always at. Each batch's room can
+    // only come from keys other batches in flight keep, at times; none may
+    // be refused or wait forever.
+    let dir = tempfile::tempdir().unwrap();
+    let s = Options::new()
+        .max_entries(4)
+        .sync(SyncPolicy::Never)
+        .open(dir.path().join("cap.sfs"))
+        .unwrap();
+    for t in 0..4 {
+        s.put(format!("own-{t}"), "0").unwrap();
+    }
+    std::thread::scope(|sc| {
+        for t in 0..4 {
+            let s = &s;
+            sc.spawn(move || {
+                for i in 0..300 {
+                    let mut b = Batch::new();
+                    b.put(format!("own-{t}"), format!("{i}"))
+                        .put(format!("new-{t}-{i}"), "x");
+                    s.apply(&b)
+                        .unwrap_or_else(|e| panic!("thread {t} batch {i}: {e}"));
+                }
+            });
+        }
+    });
+    assert!(s.len() <= 4, "{} entries over a cap of 4", s.len());
+    s.check_invariants().unwrap();
 }

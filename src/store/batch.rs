@@ -43,7 +43,7 @@ use std::hash::BuildHasher;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
-use super::write::{Published, removed_by_key};
+use super::write::{BatchRoom, Published, removed_by_key};
 use super::{Inner, KEY_LOCKS};
 use crate::error::{Error, Result};
 use crate::events::Notes;
@@ -213,6 +213,14 @@ struct Member<'b> {
     expiry_ms: u64,
 }
 
+/// How `apply_locked` ended.
+enum Applied {
+    Done,
+    /// It let go of everything to start again once these older batches are
+    /// done (see `BatchRoom::Restart`).
+    Restart(Vec<u64>),
+}
+
 /// One key's step, in the order of publication.
 enum Step {
     /// Publish member `i`.
@@ -315,6 +323,29 @@ impl Inner {
             return Ok(());
         }
         let mut notes = Notes::new(&self.hub);
+        // Its age, under a cap: see `BatchRoom::Restart`.
+        let ticket = match self.max_entries {
+            Some(_) => self.batch_ticket(),
+            None => 0,
+        };
+        loop {
+            match self.apply_locked(&actions, ticket, &mut notes)? {
+                Applied::Done => return Ok(()),
+                // Nothing written, nothing held: wait for the older
+                // batches in the way, then begin again.
+                Applied::Restart(older) => self.wait_for_batches(&older),
+            }
+        }
+    }
+
+    /// `apply` with the batch's key locks, from its first look at its keys
+    /// to its last publication.
+    fn apply_locked(
+        &self,
+        actions: &[(&[u8], Action<'_>)],
+        ticket: u64,
+        notes: &mut Notes<'_>,
+    ) -> Result<Applied> {
         let _gate = self.gate.read();
         let mut stripes: Vec<usize> = actions
             .iter()
@@ -328,7 +359,7 @@ impl Inner {
         let mut members: Vec<Member<'_>> = Vec::new();
         let mut tombstones: Vec<&[u8]> = Vec::new();
         let mut steps = Vec::new();
-        for (key, action) in &actions {
+        for (key, action) in actions {
             let hash = self.hasher.hash_one(key);
             match *action {
                 Action::Put {
@@ -373,7 +404,7 @@ impl Inner {
             }
         }
         if steps.is_empty() {
-            return Ok(());
+            return Ok(Applied::Done);
         }
         let tomb_bytes: usize = tombstones.iter().map(|k| 10 + k.len()).sum();
         if tomb_bytes > MAX_VALUE_LEN - crate::format::COMMIT_FIXED_LEN
@@ -397,7 +428,7 @@ impl Inner {
         };
         // No other write evicts them until the batch is done (other writes
         // of them wait for their locks): the room counted below stays.
-        let _pins = self.max_entries.is_some().then(|| self.pin(&named));
+        let _pins = self.max_entries.is_some().then(|| self.pin(&named, ticket));
         if let Some(cap) = self.max_entries {
             self.mark_used(&named);
             // Until no member is left without room: making room purges
@@ -413,9 +444,10 @@ impl Inner {
                     break;
                 }
                 self.storage.point("batch: room");
-                match self.make_batch_room(cap, &new, &named, &tombstones, &mut notes)? {
-                    Some(made) => rooms.extend(made),
-                    None => {
+                let asked = (&named[..], ticket);
+                match self.make_batch_room(cap, &new, asked, &tombstones, notes)? {
+                    BatchRoom::Made(made) => rooms.extend(made),
+                    BatchRoom::WaitForInserts => {
                         // Short of room only while other inserts are in
                         // flight: wait for one, holding no room, and ask
                         // again (as in the serial order where it came
@@ -423,6 +455,15 @@ impl Inner {
                         rooms.clear();
                         self.wait_for_inserts();
                     }
+                    BatchRoom::WaitForYounger(younger) => {
+                        // Short only because younger batches keep their
+                        // keys: they do not wait for this one's.
+                        rooms.clear();
+                        self.wait_for_pins(&younger);
+                    }
+                    // Nothing is written yet: rooms, pins and key locks go
+                    // back as this returns.
+                    BatchRoom::Restart(older) => return Ok(Applied::Restart(older)),
                 }
             }
         }
@@ -448,7 +489,9 @@ impl Inner {
         let synced = self.sync_to(generation);
         match &synced {
             Ok(()) => self.storage.point("batch: durable"),
-            Err(_) if self.take_back(&members, &written, Some(commit)) => return synced,
+            Err(_) if self.take_back(&members, &written, Some(commit)) => {
+                return synced.map(|()| Applied::Done);
+            }
             // Could not even be taken back: the batch may be on disk; it is
             // published so that memory says what an open would find, and
             // the sync's error returned.
@@ -462,10 +505,10 @@ impl Inner {
             (first_seq, commit),
             generation,
             &rooms,
-            &mut notes,
+            notes,
         )?;
         synced?;
-        self.maybe_sync_for_space()
+        self.maybe_sync_for_space().map(|()| Applied::Done)
     }
 
     /// Folds the operations of a batch into one action per key, in the

@@ -58,6 +58,12 @@ pub(super) struct Inserting {
     /// batch is done (a batch counts on its keys, the one it deletes among
     /// them to make room for its new ones).
     pinned: Vec<Vec<u8>>,
+    /// For each key of `pinned`, the ticket of the batch that pinned it.
+    pinned_by: Vec<u64>,
+    /// The next batch's ticket: batches are ordered by age, so that two
+    /// batches short of room only because of each other's keys do not wait
+    /// for each other (see `BatchRoom::Blocked`).
+    next_ticket: u64,
 }
 
 impl Inserting {
@@ -72,18 +78,43 @@ impl Inserting {
 pub(super) struct Pins<'a> {
     inner: &'a Inner,
     keys: Vec<Vec<u8>>,
+    ticket: u64,
 }
 
 impl Drop for Pins<'_> {
     fn drop(&mut self) {
         let mut ins = self.inner.inserting.lock();
         for k in &self.keys {
-            if let Some(i) = ins.pinned.iter().position(|p| p == k) {
+            if let Some(i) = (0..ins.pinned.len())
+                .find(|&i| ins.pinned_by[i] == self.ticket && ins.pinned[i] == *k)
+            {
                 ins.pinned.swap_remove(i);
+                ins.pinned_by.swap_remove(i);
             }
         }
         self.inner.room_changed.notify_all();
     }
+}
+
+/// What [`Inner::make_batch_room`] found.
+pub(super) enum BatchRoom<'a> {
+    /// The room is made.
+    Made(BatchRooms<'a>),
+    /// Short only because inserts in flight hold room: give back every room,
+    /// wait for them ([`Inner::wait_for_inserts`]) and ask again.
+    WaitForInserts,
+    /// Short only because the keys of other batches in flight are kept from
+    /// eviction, all of them younger than this one (these tickets): give back
+    /// every room, wait for one of them to be done (`Inner::wait_for_pins`) and ask
+    /// again, keeping this batch's own keys (those batches do not wait for
+    /// it: see `Restart`).
+    WaitForYounger(Vec<u64>),
+    /// Short because of the keys of an older batch in flight (with these
+    /// tickets), which may itself be waiting for this batch's keys: let go
+    /// of everything (rooms, keys, key locks), wait until those batches are
+    /// done (`Inner::wait_for_batches`), and start again. Waits between
+    /// batches then always go from older to younger: no cycle.
+    Restart(Vec<u64>),
 }
 
 impl Room<'_> {
@@ -869,21 +900,22 @@ impl Inner {
     /// purged first (which may make a member's key new: the caller asks
     /// again for those).
     ///
-    /// `None` when the room is short only because inserts in flight hold
-    /// rooms (their entries, once in, can be evicted): the caller gives back
-    /// every room it holds and waits for them
-    /// ([`wait_for_inserts`](Self::wait_for_inserts)), then asks again.
-    /// No cycle of waits: a batch waits holding no room (its keys stay
-    /// pinned) and only for rooms; whoever holds room waits for nothing
-    /// (an insert waits before it holds room, for rooms and pins).
+    /// Short of room only because inserts in flight hold rooms (their
+    /// entries, once in, can be evicted) or other batches in flight keep
+    /// their keys, it says what to wait for ([`BatchRoom`]); `ticket` is the
+    /// batch's age. No cycle of waits: a batch waits holding no room, for
+    /// rooms, or (keeping its keys pinned) for younger batches only; a batch
+    /// in the way of an older one lets go of its keys and waits holding
+    /// nothing; whoever holds room waits for nothing (an insert waits before
+    /// it holds room, for rooms and pins).
     pub(super) fn make_batch_room(
         &self,
         cap: usize,
         new: &[&[u8]],
-        named: &[&[u8]],
+        (named, ticket): (&[&[u8]], u64),
         deleted: &[&[u8]],
         notes: &mut Notes<'_>,
-    ) -> Result<Option<BatchRooms<'_>>> {
+    ) -> Result<BatchRoom<'_>> {
         let mut inserting = self.inserting.lock();
         let mut rooms = Vec::new();
         let mut claim = Vec::new();
@@ -909,13 +941,16 @@ impl Inner {
         }
         // What may be evicted: neither this batch's keys nor another
         // batch's.
-        let kept = named.iter().filter(|k| self.indexed(k)).count()
-            + inserting
-                .pinned
-                .iter()
-                .filter(|p| !named.contains(&p.as_slice()) && self.indexed(p))
-                .count();
-        let others = self.entries.load(Ordering::Acquire).saturating_sub(kept);
+        let own = named.iter().filter(|k| self.indexed(k)).count();
+        let blockers: Vec<u64> = (0..inserting.pinned.len())
+            .filter(|&i| {
+                let p = inserting.pinned[i].as_slice();
+                inserting.pinned_by[i] != ticket && !named.contains(&p) && self.indexed(p)
+            })
+            .map(|i| inserting.pinned_by[i])
+            .collect();
+        let entries = self.entries.load(Ordering::Acquire);
+        let others = entries.saturating_sub(own + blockers.len());
         if excess() > others {
             let in_flight = inserting.rooms_in_flight();
             // The rooms shared above go back (under `inserting`, which
@@ -925,13 +960,30 @@ impl Inner {
             if removed && self.policy == SyncPolicy::Always {
                 self.sync_to(self.writes.load(Ordering::Acquire))?;
             }
-            if in_flight {
-                return Ok(None);
+            if excess() <= entries.saturating_sub(own) {
+                // Enough once the other batches are done (in a serial
+                // order, they come first and their keys are evictable).
+                let mut blockers = blockers;
+                blockers.sort_unstable();
+                blockers.dedup();
+                return Ok(match blockers.first() {
+                    Some(&t) if t < ticket => {
+                        blockers.retain(|&t| t < ticket);
+                        BatchRoom::Restart(blockers)
+                    }
+                    _ => BatchRoom::WaitForYounger(blockers),
+                });
             }
+            if in_flight {
+                return Ok(BatchRoom::WaitForInserts);
+            }
+            // The entries the batch would hold at once: its present keys
+            // it keeps and its new ones.
+            let frees = deleted.iter().filter(|k| self.indexed(k)).count();
             return Err(Error::TooLarge {
                 path: self.path.clone(),
-                what: "batch (its new keys need more room than the entry cap leaves beside its other keys)",
-                len: claim.len(),
+                what: "batch (entries it would hold at once, beside nothing it may evict: the entry cap)",
+                len: (own + claim.len()).saturating_sub(frees),
                 max: cap,
             });
         }
@@ -960,7 +1012,34 @@ impl Inner {
         if removed && self.policy == SyncPolicy::Always {
             self.sync_to(self.writes.load(Ordering::Acquire))?;
         }
-        Ok(Some(rooms))
+        Ok(BatchRoom::Made(rooms))
+    }
+
+    /// Waits until one of the batches with these tickets no longer keeps
+    /// its keys from eviction. For a batch that holds no room: see
+    /// [`BatchRoom::WaitForYounger`].
+    pub(super) fn wait_for_pins(&self, tickets: &[u64]) {
+        let mut inserting = self.inserting.lock();
+        while tickets.iter().all(|t| inserting.pinned_by.contains(t)) {
+            self.room_changed.wait(&mut inserting);
+        }
+    }
+
+    /// Waits until none of the batches with these tickets keeps a key from
+    /// eviction. For a batch that holds nothing: see
+    /// [`BatchRoom::Restart`].
+    pub(super) fn wait_for_batches(&self, tickets: &[u64]) {
+        let mut inserting = self.inserting.lock();
+        while inserting.pinned_by.iter().any(|t| tickets.contains(t)) {
+            self.room_changed.wait(&mut inserting);
+        }
+    }
+
+    /// A new batch's ticket (its age; see [`Inserting::next_ticket`]).
+    pub(super) fn batch_ticket(&self) -> u64 {
+        let mut inserting = self.inserting.lock();
+        inserting.next_ticket += 1;
+        inserting.next_ticket
     }
 
     /// Waits until an insert in flight puts its entry in or gives its room
@@ -987,10 +1066,18 @@ impl Inner {
     /// Keeps a batch's keys from eviction by other writes until the guard
     /// drops (after the batch is published or given up). Call it holding
     /// the keys' write locks.
-    pub(super) fn pin(&self, keys: &[&[u8]]) -> Pins<'_> {
+    pub(super) fn pin(&self, keys: &[&[u8]], ticket: u64) -> Pins<'_> {
         let keys: Vec<Vec<u8>> = keys.iter().map(|k| k.to_vec()).collect();
-        self.inserting.lock().pinned.extend(keys.iter().cloned());
-        Pins { inner: self, keys }
+        let mut inserting = self.inserting.lock();
+        inserting.pinned.extend(keys.iter().cloned());
+        inserting
+            .pinned_by
+            .extend(std::iter::repeat_n(ticket, keys.len()));
+        Pins {
+            inner: self,
+            keys,
+            ticket,
+        }
     }
 
     /// Counts a key that `publish` has just put in the index as new. With

@@ -21,7 +21,7 @@ use crate::common::look_read_only;
 
 use super::{
     Contents, Done, Op, Outcome, Setup, batch_keys, model_contents, model_op, model_room,
-    serial_orders, show, store_contents,
+    model_room_part, serial_orders, show, store_contents,
 };
 
 /// The whole states a batch's keys may be in together: their contents in
@@ -136,9 +136,9 @@ fn allowed_at(
     // one the open evicts.
     let batch = done
         .iter()
-        .position(|d| d.op == Op::Batch && started(d))
+        .position(|d| matches!(d.op, Op::Batch | Op::BatchApart) && started(d))
         .filter(|_| !(power && policy != SyncPolicy::Always && initial.cap.is_some()));
-    let mut whole = batch.map(|slot| (batch_keys(slot), Whole::new()));
+    let mut whole = batch.map(|slot| (batch_keys(done[slot].op, slot), Whole::new()));
     // What each operation in flight may have done: nothing, all of it, or
     // its first step alone: for a renewal of a held entry, its `get_ref` (a
     // read of its own, which makes `c` recently used, so that an insert
@@ -154,7 +154,12 @@ fn allowed_at(
             let mut c = vec![None, Some(i)];
             let half = match done[i].op {
                 Op::TouchHeld => Some(Half::GetRef),
-                Op::PutNew | Op::Overwrite | Op::PutIfAbsent | Op::Update | Op::Batch
+                Op::PutNew
+                | Op::Overwrite
+                | Op::PutIfAbsent
+                | Op::Update
+                | Op::Batch
+                | Op::BatchApart
                     if setup.cap.is_some() =>
                 {
                     Some(Half::Room)
@@ -165,6 +170,13 @@ fn allowed_at(
                 c.push(Some(steps.len()));
                 steps.push(done[i].clone());
                 kinds.push((h, i));
+            }
+            // A batch may evict several keys for its room, one write each:
+            // a crash may come after the first alone.
+            if matches!(done[i].op, Op::Batch | Op::BatchApart) && setup.cap.is_some() {
+                c.push(Some(steps.len()));
+                steps.push(done[i].clone());
+                kinds.push((Half::RoomPart(1), i));
             }
             c
         })
@@ -189,6 +201,7 @@ fn allowed_at(
                         model_op(Op::GetRefHeld, slot, &mut m, &mut t);
                     }
                     Half::Room => model_room(done[slot].op, slot, &mut m, t),
+                    Half::RoomPart(n) => model_room_part(done[slot].op, slot, &mut m, t, n),
                 }
             }
             let c = model_contents(&m, now, keys);
@@ -210,7 +223,7 @@ fn allowed_at(
         let inserted = optional.iter().any(|&i| {
             matches!(
                 done[i].op,
-                Op::PutNew | Op::PutIfAbsent | Op::Update | Op::Batch
+                Op::PutNew | Op::PutIfAbsent | Op::Update | Op::Batch | Op::BatchApart
             )
         });
         if inserted {
@@ -231,6 +244,8 @@ enum Half {
     GetRef,
     /// The room an insert made under the cap.
     Room,
+    /// Part of a batch's room: this many of its evictions.
+    RoomPart(usize),
 }
 
 /// Whether an operation is a write that changed the store.
@@ -244,7 +259,8 @@ fn changed(d: &Done) -> bool {
         | Op::Cas
         | Op::CasDelete
         | Op::PutIfAbsent
-        | Op::Batch => d.outcome == Outcome::Bool(true),
+        | Op::Batch
+        | Op::BatchApart => d.outcome == Outcome::Bool(true),
         Op::Update => true,
         // A sweep's crash images are a purge's.
         Op::Purge | Op::Sweep => d.outcome != Outcome::Count(0),

@@ -97,11 +97,23 @@ pub enum Op {
     /// `apply` of a batch: put `c`, delete `b`, put a new key. Not in
     /// [`ALL_OPS`]: explored against every op in its own tests.
     Batch,
+    /// `apply` of a batch whose keys no other thread's `BatchApart` names:
+    /// put `c` (even slots) or `b` (odd slots), and a new key. Two of them
+    /// at the cap each need the room only the other's keys can give.
+    BatchApart,
 }
 
-/// The keys [`Op::Batch`] run by thread `slot` names.
-pub fn batch_keys(slot: usize) -> Vec<Vec<u8>> {
-    vec![b"c".to_vec(), b"b".to_vec(), batch_key(slot)]
+/// The keys a batch `op` run by thread `slot` names.
+pub fn batch_keys(op: Op, slot: usize) -> Vec<Vec<u8>> {
+    match op {
+        Op::BatchApart => vec![apart_key(slot).to_vec(), batch_key(slot)],
+        _ => vec![b"c".to_vec(), b"b".to_vec(), batch_key(slot)],
+    }
+}
+
+/// The present key [`Op::BatchApart`] run by thread `slot` overwrites.
+fn apart_key(slot: usize) -> &'static [u8] {
+    if slot.is_multiple_of(2) { b"c" } else { b"b" }
 }
 
 /// The new key of [`Op::Batch`] run by thread `slot`.
@@ -336,7 +348,26 @@ fn run_op(
                 Err(e) => panic!("{op:?} failed: {e}"),
             }
         }
+        Op::BatchApart => {
+            let mut b = sfs::Batch::new();
+            b.put(apart_key(slot), value(slot, "apart", 120))
+                .put(batch_key(slot), value(slot, "anew", 130));
+            match store.apply(&b) {
+                Ok(()) => Outcome::Bool(true),
+                Err(sfs::Error::TooLarge { .. }) => Outcome::Bool(false),
+                Err(e) => panic!("{op:?} failed: {e}"),
+            }
+        }
     }
+}
+
+/// The operations of [`Op::BatchApart`] run by thread `slot`, for the model.
+fn apart_ops(slot: usize) -> Vec<sfs::fuzzing::BatchOp> {
+    use sfs::fuzzing::BatchOp;
+    vec![
+        BatchOp::Put(apart_key(slot).to_vec(), value(slot, "apart", 120), 0),
+        BatchOp::Put(batch_key(slot), value(slot, "anew", 130), 0),
+    ]
 }
 
 /// The operations of [`Op::Batch`] run by thread `slot`, for the model.
@@ -414,6 +445,7 @@ pub fn model_op(op: Op, slot: usize, m: &mut Model, now: &mut i64) -> Outcome {
         }
         Op::Backup => Outcome::Copy(model_contents(m, *now, &copy_keys())),
         Op::Batch => Outcome::Bool(m.apply_batch(&batch_ops(slot), *now)),
+        Op::BatchApart => Outcome::Bool(m.apply_batch(&apart_ops(slot), *now)),
     }
 }
 
@@ -428,7 +460,24 @@ pub fn model_room(op: Op, slot: usize, m: &mut Model, now: i64) {
         Op::Batch => {
             m.batch_room(&batch_ops(slot), now);
         }
+        Op::BatchApart => {
+            m.batch_room(&apart_ops(slot), now);
+        }
         _ => {}
+    }
+}
+
+/// Part of the room a batch `op` makes under the cap: no more than
+/// `evictions` of its evictions (each a write a crash may come after).
+pub fn model_room_part(op: Op, slot: usize, m: &mut Model, now: i64, evictions: usize) {
+    match op {
+        Op::Batch => {
+            m.batch_room_part(&batch_ops(slot), now, evictions);
+        }
+        Op::BatchApart => {
+            m.batch_room_part(&apart_ops(slot), now, evictions);
+        }
+        _ => model_room(op, slot, m, now),
     }
 }
 
@@ -874,6 +923,31 @@ fn batch_pairs_in(setup: Setup) {
         explored.map(|&b| (Op::Batch, b)),
         strategy,
     );
+}
+
+#[test]
+fn batches_with_disjoint_keys_at_the_cap_each_make_room_as_in_a_serial_order() {
+    // At a cap of 2 holding `b` and `c`, each batch overwrites one of them
+    // and adds a new key: each needs the room only the other's key gives.
+    // In either serial order both succeed (the second evicts the first's
+    // keys); a batch must neither be refused nor evict a key of a batch in
+    // flight.
+    let strategy = || Strategy::Random {
+        n: batch_schedules(),
+        seed: 0xa9a7,
+    };
+    for setup in [SETUPS[1], SETUPS[3]] {
+        explore_pairs_with(
+            setup,
+            "disjoint batches",
+            [
+                (Op::BatchApart, Op::BatchApart),
+                (Op::BatchApart, Op::Batch),
+                (Op::BatchApart, Op::PutNew),
+            ],
+            strategy,
+        );
+    }
 }
 
 #[test]
