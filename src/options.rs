@@ -40,6 +40,10 @@ pub const DEFAULT_EXPIRY_DELAY: Duration = Duration::from_secs(1);
 /// The default capacity of a subscriber's queue (see [`Options::event_capacity`]).
 pub const DEFAULT_EVENT_CAPACITY: usize = 4096;
 
+/// The default longest wait of a group commit's leader (see
+/// [`Options::commit_wait`]).
+pub const DEFAULT_COMMIT_WAIT: Duration = Duration::from_millis(1);
+
 /// When the store compacts itself in the background (see
 /// [`Store::compact`]): a thread checks every `check_every` whether free space
 /// is at least `min_free_bytes` and at least `min_free_ratio` of the file.
@@ -92,6 +96,7 @@ pub struct Options {
     pub(crate) compact_batch: usize,
     pub(crate) active_expiry: Option<Duration>,
     pub(crate) event_capacity: usize,
+    pub(crate) commit_wait: Duration,
     #[cfg(feature = "testing")]
     pub(crate) storage: Option<Arc<dyn crate::io::Storage>>,
     #[cfg(feature = "testing")]
@@ -118,6 +123,7 @@ impl fmt::Debug for Options {
             .field("auto_compact", &self.auto_compact)
             .field("active_expiry", &self.active_expiry)
             .field("event_capacity", &self.event_capacity)
+            .field("commit_wait", &self.commit_wait)
             .finish_non_exhaustive()
     }
 }
@@ -141,6 +147,7 @@ impl Options {
             compact_batch: crate::store::BATCH_ENTRIES,
             active_expiry: Some(DEFAULT_EXPIRY_DELAY),
             event_capacity: DEFAULT_EVENT_CAPACITY,
+            commit_wait: DEFAULT_COMMIT_WAIT,
             #[cfg(feature = "testing")]
             storage: None,
             #[cfg(feature = "testing")]
@@ -256,6 +263,40 @@ impl Options {
     /// [`Subscriber`](crate::Subscriber)). At least 1; default 4,096.
     pub fn event_capacity(mut self, capacity: usize) -> Options {
         self.event_capacity = capacity;
+        self
+    }
+
+    /// Group commit: the longest the thread that leads an `fdatasync` waits
+    /// for the other durable writers of the last group to write and join it
+    /// (default 1 ms; `Duration::ZERO` never waits).
+    ///
+    /// Durable writers (`SyncPolicy::Always`, batches, `sync()`) whose
+    /// writes are in the page cache share one `fdatasync`: the first to ask
+    /// leads it, the others wait for it. Without a wait, writers fall into
+    /// groups that alternate (those that wrote during a sync share the next
+    /// one, while the first group writes again). So a leader waits while
+    /// writers of the last two groups have not yet asked, and never longer
+    /// than this, nor than half the last `fdatasync` took: a lone writer
+    /// never waits, and a writer that stopped costs one wait.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let store = sfs::Options::new()
+    ///     .commit_wait(Duration::from_micros(200))
+    ///     .open(dir.path().join("gc.sfs"))?;
+    /// std::thread::scope(|s| {
+    ///     for t in 0..4 {
+    ///         let store = &store;
+    ///         s.spawn(move || store.put(format!("writer-{t}"), "durable"));
+    ///     }
+    /// });
+    /// assert_eq!(store.len(), 4);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn commit_wait(mut self, max: Duration) -> Options {
+        self.commit_wait = max;
         self
     }
 

@@ -164,6 +164,15 @@ struct SyncState {
     /// Every write with a generation up to this one is durable.
     synced: u64,
     running: bool,
+    /// The leader is waiting for the writers it expects (see `sync_to`).
+    gathering: bool,
+    /// The threads waiting for a sync that has not started (the leader
+    /// among them while it gathers).
+    asking: Vec<std::thread::ThreadId>,
+    /// The threads the last sync covered.
+    last_group: Vec<std::thread::ThreadId>,
+    /// How long the last `fdatasync` took.
+    last_sync: Duration,
     /// How many `fdatasync`s failed, and the newest generation one of them
     /// covered (see `sync_to`).
     failures: u64,
@@ -209,6 +218,10 @@ pub(crate) struct Inner {
     writes: AtomicU64,
     sync_state: Mutex<SyncState>,
     sync_done: Condvar,
+    /// Signalled when a writer asks for a sync while its leader gathers.
+    sync_asked: Condvar,
+    /// See `Options::commit_wait`.
+    commit_wait: Duration,
     corrupt_blocks: u64,
     corrupt_bytes: u64,
     /// The new keys whose inserts hold room under the entry cap
@@ -1142,6 +1155,8 @@ impl Inner {
             writes: AtomicU64::new(0),
             sync_state: Mutex::new(SyncState::default()),
             sync_done: Condvar::new(),
+            sync_asked: Condvar::new(),
+            commit_wait: opts.commit_wait,
             corrupt_blocks: rec.corrupt_blocks,
             corrupt_bytes: rec.corrupt_bytes,
             inserting: Mutex::new(write::Inserting::default()),

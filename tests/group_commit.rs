@@ -103,3 +103,85 @@ fn writers_that_wrote_during_a_sync_share_the_next_one() {
         }
     }
 }
+
+/// A storage whose every sync takes `sync_time` (a slow disk), counting
+/// syncs.
+struct SlowSync {
+    inner: MemStorage,
+    sync_time: std::time::Duration,
+    syncs: AtomicUsize,
+}
+
+impl Storage for SlowSync {
+    fn len(&self) -> u64 {
+        self.inner.len()
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        self.inner.read_at(offset, buf)
+    }
+    fn write_at(&self, offset: u64, parts: &[&[u8]]) -> std::io::Result<()> {
+        self.inner.write_at(offset, parts)
+    }
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        self.inner.set_len(len)
+    }
+    fn sync(&self) -> std::io::Result<()> {
+        std::thread::sleep(self.sync_time);
+        self.syncs.fetch_add(1, Ordering::SeqCst);
+        self.inner.sync()
+    }
+}
+
+#[test]
+fn the_leader_of_a_sync_waits_for_the_writers_of_the_last_groups() {
+    // 4 writers, 3 durable puts each. The first sync covers the first
+    // writer alone; the other three write meanwhile. Without a wait, the
+    // two groups alternate: 6 syncs. The leader of the second sync now
+    // waits for the first writer to write again (its group is expected),
+    // so from then on one sync covers all four: 4 syncs (the last leader
+    // waits its window for the writer that has finished, then syncs).
+    let storage = Arc::new(SlowSync {
+        inner: MemStorage::new(),
+        // A window of half of it: far longer than a put takes, so that
+        // whether a writer arrives in time does not depend on the machine.
+        sync_time: std::time::Duration::from_millis(400),
+        syncs: AtomicUsize::new(0),
+    });
+    let store = Options::new()
+        .sync(SyncPolicy::Always)
+        .auto_compact(None)
+        .active_expiry(None)
+        .commit_wait(std::time::Duration::from_secs(10))
+        // Distinct key lock stripes for the keys below (a put holds its
+        // key's lock through its sync).
+        .hasher_seed(7)
+        .open_on("gc.sfs", storage.clone() as Arc<dyn Storage>)
+        .unwrap();
+    let before = storage.syncs.load(Ordering::SeqCst);
+    // Writer 0 first, alone; the others start while its sync runs.
+    let first_done = AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        for w in 0..4usize {
+            let (store, first_done) = (&store, &first_done);
+            s.spawn(move || {
+                if w > 0 {
+                    while first_done.load(Ordering::SeqCst) == 0 {
+                        std::thread::yield_now();
+                    }
+                }
+                for i in 0..3 {
+                    if w == 0 && i == 0 {
+                        first_done.store(1, Ordering::SeqCst);
+                    }
+                    store.put(format!("key-{w}-{i}"), [w as u8; 100]).unwrap();
+                }
+            });
+        }
+    });
+    let syncs = storage.syncs.load(Ordering::SeqCst) - before;
+    assert!(
+        syncs <= 4,
+        "12 durable puts by 4 writers took {syncs} syncs"
+    );
+    assert_eq!(store.len(), 12);
+}

@@ -20,8 +20,10 @@ impl Inner {
     pub(super) fn sync_to(&self, generation: u64) -> Result<()> {
         let mut st = self.sync_state.lock();
         let failures_seen = st.failures;
+        let me = std::thread::current().id();
         loop {
             if st.failures != failures_seen && st.failed_through >= generation {
+                st.asking.retain(|&t| t != me);
                 let e = std::io::Error::other(
                     "an fdatasync that covered this write failed (in another thread); \
                      the write may not be durable",
@@ -29,15 +31,28 @@ impl Inner {
                 return Err(Error::io(&self.path, "syncing the file", e));
             }
             if st.synced >= generation {
+                // Covered by a sync that started after it wrote (and after
+                // it asked again, perhaps): no longer asking.
+                st.asking.retain(|&t| t != me);
                 break;
+            }
+            if !st.asking.contains(&me) {
+                st.asking.push(me);
+                if st.gathering {
+                    self.sync_asked.notify_all();
+                }
             }
             if st.running {
                 self.sync_done.wait(&mut st);
                 continue;
             }
             st.running = true;
+            self.gather(&mut st);
+            // Everyone asking now has written: the sync covers them.
+            st.last_group = std::mem::take(&mut st.asking);
             let target = self.writes.load(Ordering::Acquire);
             drop(st);
+            let started = std::time::Instant::now();
             // A panic inside the storage (a bug, or a test's) must not leave
             // `running` set, or every later sync would wait forever: it is a
             // failed sync.
@@ -50,6 +65,7 @@ impl Inner {
                 });
             st = self.sync_state.lock();
             st.running = false;
+            st.last_sync = started.elapsed();
             match &r {
                 Ok(()) => {
                     st.synced = st.synced.max(target);
@@ -72,6 +88,37 @@ impl Inner {
         drop(st);
         self.blocks.after_sync(synced, &self.bio());
         Ok(())
+    }
+
+    /// Group commit's leader, before its sync: waits while writers of the
+    /// last group, or asking already, have not all asked (each writes
+    /// before it asks), at most `commit_wait` and half the last sync's
+    /// time. Without it, writers fall into two groups that alternate: those
+    /// that wrote during a sync share the next, while the first group writes
+    /// again; the leader of the next sync expects both.
+    fn gather(&self, st: &mut parking_lot::MutexGuard<'_, super::SyncState>) {
+        let window = self.commit_wait.min(st.last_sync / 2);
+        if window.is_zero() {
+            return;
+        }
+        let expected = st.last_group.len()
+            + st.asking
+                .iter()
+                .filter(|t| !st.last_group.contains(t))
+                .count();
+        if st.asking.len() >= expected {
+            return;
+        }
+        let Some(deadline) = std::time::Instant::now().checked_add(window) else {
+            return;
+        };
+        st.gathering = true;
+        while st.asking.len() < expected {
+            if self.sync_asked.wait_until(st, deadline).timed_out() {
+                break;
+            }
+        }
+        st.gathering = false;
     }
 
     /// `Store::sync`: everything written so far durable, after reporting a

@@ -193,6 +193,13 @@ impl Setup {
             // scheduler controls, never on the background thread.
             .active_expiry(None)
             .compact_batch(1)
+            // A group commit's leader never waits for other writers: its
+            // wait is bounded by wall-clock time, which would make whether
+            // a thread running freely joins a sync depend on the machine.
+            // What a sync covers does not depend on the wait (it counts the
+            // writes made when the sync starts), and
+            // `tests/group_commit.rs` tests the wait itself.
+            .commit_wait(Duration::ZERO)
             // Which keys share an index shard or a key lock decides which
             // lock waits a schedule can have: fixed, so that this no longer
             // changes from run to run (`SFS_EXPLORE_HASHER_SEED` picks
