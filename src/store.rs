@@ -108,6 +108,7 @@ mod durability;
 mod expiry;
 mod read;
 mod readers;
+mod unsettled;
 mod values;
 mod write;
 
@@ -266,12 +267,10 @@ pub(crate) struct Inner {
     /// The file header as on disk (its version becomes 2 with the first
     /// batch: see `batch`).
     file_header: Mutex<FileHeader>,
-    /// Batches whose settling failed part-way (see `batch::Stuck`): a member
-    /// still pending on disk is valid only while all its batch's members
-    /// are, so no member is freed before its batch is settled and synced.
-    stuck: Mutex<Vec<batch::Stuck>>,
-    /// Whether `stuck` has any batch (read on every free header).
-    any_stuck: std::sync::atomic::AtomicBool,
+    /// Batches whose members are still pending on disk (see `unsettled`).
+    unsettled: Mutex<unsettled::Unsettled>,
+    /// Whether `unsettled` lists any member (read on every free header).
+    any_unsettled: std::sync::atomic::AtomicBool,
 }
 
 pub(crate) fn random_salt() -> u32 {
@@ -1013,44 +1012,72 @@ fn unfinished_file(storage: &dyn Storage) -> bool {
 
 /// The store file as the block owner sees it (see [`BlockIo`]): free headers
 /// under the file's salt, each change counted as a write generation.
-struct FileIo<'a>(&'a Inner);
+struct FileIo<'a> {
+    inner: &'a Inner,
+    /// Whether a free of a pending batch member settles its batch first
+    /// (or fails).
+    settle: bool,
+}
 
 impl BlockIo for FileIo<'_> {
     fn write_free_header(&self, offset: u64, len: u64, before_sync: bool) -> std::io::Result<()> {
-        if self.0.any_stuck.load(Ordering::Acquire) {
-            self.0.settle_before_freeing(offset)?;
+        match self.settle {
+            true => self.inner.settle_member(offset)?,
+            false if self.inner.is_pending_member(offset) => {
+                return Err(std::io::Error::other(
+                    "a member of a batch not yet settled: freed after its batch is",
+                ));
+            }
+            false => {}
         }
-        let header = BlockHeader::free(len).encode(self.0.salt);
+        let header = BlockHeader::free(len).encode(self.inner.salt);
         if before_sync {
-            self.0.storage.write_at_before_sync(offset, &[&header])?;
+            self.inner
+                .storage
+                .write_at_before_sync(offset, &[&header])?;
         } else {
-            self.0.storage.write_at(offset, &[&header])?;
+            self.inner.storage.write_at(offset, &[&header])?;
         }
-        self.0.note_write();
+        self.inner.note_write();
         Ok(())
     }
 
     fn set_len(&self, len: u64) -> std::io::Result<()> {
-        self.0.storage.set_len(len)?;
-        self.0.note_write();
+        self.inner.storage.set_len(len)?;
+        self.inner.note_write();
         Ok(())
     }
 
     fn read_key(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
-        self.0
+        self.inner
             .storage
             .read_at(offset + crate::format::BLOCK_HEADER_LEN, buf)
     }
 
     fn generation(&self) -> u64 {
-        self.0.writes.load(Ordering::Acquire)
+        self.inner.writes.load(Ordering::Acquire)
     }
 }
 
 impl Inner {
     /// The file, for the block owner.
     fn bio(&self) -> FileIo<'_> {
-        FileIo(self)
+        FileIo {
+            inner: self,
+            settle: true,
+        }
+    }
+
+    /// The block I/O of the frees a sync makes: a pending member of a batch
+    /// is not freed there (its free header fails, and it stays held until a
+    /// free after its batch is settled), since settling syncs, and that
+    /// sync's frees would settle the next batch, and so on, one nested
+    /// sync per batch.
+    fn bio_after_sync(&self) -> FileIo<'_> {
+        FileIo {
+            inner: self,
+            settle: false,
+        }
     }
 
     fn open(path: &Path, storage: Arc<dyn Storage>, opts: &Options) -> Result<Inner> {
@@ -1178,8 +1205,8 @@ impl Inner {
             closed: std::sync::atomic::AtomicBool::new(false),
             backups: backup::Tracker::new(),
             file_header: Mutex::new(header),
-            stuck: Mutex::new(Vec::new()),
-            any_stuck: std::sync::atomic::AtomicBool::new(false),
+            unsettled: Mutex::new(unsettled::Unsettled::default()),
+            any_unsettled: std::sync::atomic::AtomicBool::new(false),
         })
     }
 

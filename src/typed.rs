@@ -349,6 +349,13 @@ impl<K: Serialize, V: Serialize> TypedBatch<K, V> {
         self
     }
 
+    /// Makes the batch durable when applied, whatever the store's sync
+    /// policy: see [`Batch::durable`](crate::Batch::durable).
+    pub fn durable(&mut self) -> &mut Self {
+        self.raw.durable();
+        self
+    }
+
     /// How many operations were added.
     pub fn len(&self) -> usize {
         self.raw.len()

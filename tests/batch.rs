@@ -765,3 +765,128 @@ fn concurrent_batches_at_the_cap_are_never_refused_for_each_others_keys() {
     assert!(s.len() <= 4, "{} entries over a cap of 4", s.len());
     s.check_invariants().unwrap();
 }
+
+#[test]
+fn under_never_a_batch_of_puts_skips_its_sync_and_stays_all_or_nothing_until_the_next() {
+    // Under `Never` a batch of puts is written and published without a
+    // sync, its members pending until the next sync settles them. Writes
+    // that free or renew a member meanwhile (a delete of `x`, a touch
+    // of `w`, a compaction) settle the batch first. After every event, a
+    // process crash keeps the batch whole, and a power loss keeps its
+    // untouched members (`y`, `z`) both or neither. (A delete of `x`
+    // before any sync: without settling first, its free header would make
+    // the batch's record incomplete, and an open would drop `y` and `z`.)
+    let fs = Arc::new(FaultStorage::new());
+    let s = Options::new()
+        .sync(SyncPolicy::Never)
+        .active_expiry(None)
+        .auto_compact(None)
+        .open_on("n.sfs", fs.clone() as Arc<dyn Storage>)
+        .unwrap();
+    s.put("x", "old-x").unwrap();
+    let mut first = Batch::new();
+    first.put("v", "first");
+    s.apply(&first).unwrap(); // the upgrade to version 2 syncs once
+    s.sync().unwrap();
+    let syncs = s.stats().syncs;
+    let mut b = Batch::new();
+    b.put("x", "new-x")
+        .put("y", "new-y")
+        .put("z", "new-z")
+        .put_with_ttl("w", "new-w", Duration::from_secs(60));
+    s.apply(&b).unwrap();
+    let applied = fs.event_count();
+    assert_eq!(
+        s.stats().syncs,
+        syncs,
+        "no sync for a batch of puts under Never"
+    );
+    s.check_invariants().unwrap();
+    s.delete("x").unwrap();
+    s.put("x", "newer-x").unwrap();
+    s.touch("w", Duration::from_secs(120)).unwrap();
+    s.compact().unwrap();
+    s.sync().unwrap();
+    let synced = fs.event_count();
+    s.check_invariants().unwrap();
+    // Many batches left pending, then every member freed: one settling each,
+    // not one nested inside another.
+    for i in 0..300 {
+        let mut b = Batch::new();
+        b.put(format!("many-{i}"), "1")
+            .put(format!("more-{i}"), "1");
+        s.apply(&b).unwrap();
+    }
+    for i in 0..300 {
+        s.put(format!("many-{i}"), "2").unwrap();
+    }
+    s.sync().unwrap();
+    s.check_invariants().unwrap();
+    assert_eq!(s.get("many-7").unwrap().as_deref(), Some(&b"2"[..]));
+    assert_eq!(s.get("more-7").unwrap().as_deref(), Some(&b"1"[..]));
+
+    let rec = fs.recording();
+    let pair = |c: &[(Vec<u8>, Vec<u8>)]| {
+        let get = |k: &[u8]| c.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
+        (get(b"y"), get(b"z"))
+    };
+    let new = (Some(b"new-y".to_vec()), Some(b"new-z".to_vec()));
+    for n in 0..=rec.events.len() {
+        // Once `apply` returned, a process crash keeps the batch; once
+        // `sync` returned, so does a power loss.
+        let crash = pair(&contents_of(rec.after(n)));
+        match n >= applied {
+            true => assert_eq!(crash, new, "a process crash after event {n}"),
+            false => assert_eq!(crash, (None, None), "a process crash after event {n}"),
+        }
+        for seed in 0..4 {
+            let lost = pair(&contents_of(rec.power_loss(n, seed)));
+            match n >= synced {
+                true => assert_eq!(lost, new, "a power loss after event {n} (seed {seed})"),
+                false => assert!(
+                    lost == new || lost == (None, None),
+                    "a power loss after event {n} (seed {seed}): {lost:?}"
+                ),
+            }
+        }
+    }
+    drop(s);
+    let s = Options::new()
+        .active_expiry(None)
+        .open_on(
+            "again.sfs",
+            Arc::new(MemStorage::with_bytes(fs.bytes())) as Arc<dyn Storage>,
+        )
+        .unwrap();
+    assert_eq!(s.get("x").unwrap().as_deref(), Some(&b"newer-x"[..]));
+    assert_eq!(s.get("y").unwrap().as_deref(), Some(&b"new-y"[..]));
+    assert_eq!(s.get("w").unwrap().as_deref(), Some(&b"new-w"[..]));
+    s.check_invariants().unwrap();
+}
+
+#[test]
+fn a_durable_batch_under_never_is_on_disk_when_apply_returns() {
+    let fs = Arc::new(FaultStorage::new());
+    let s = Options::new()
+        .sync(SyncPolicy::Never)
+        .active_expiry(None)
+        .open_on("d.sfs", fs.clone() as Arc<dyn Storage>)
+        .unwrap();
+    let mut first = Batch::new();
+    first.put("v", "first");
+    s.apply(&first).unwrap();
+    s.sync().unwrap();
+    let syncs = s.stats().syncs;
+    let mut b = Batch::new();
+    b.put("a", "1").put("b", "2").durable();
+    s.apply(&b).unwrap();
+    assert_eq!(s.stats().syncs, syncs + 1, "one fdatasync");
+    let rec = fs.recording();
+    let n = fs.event_count();
+    for seed in 0..8 {
+        let got = contents_of(rec.power_loss(n, seed));
+        let want = pairs(&[("a", "1"), ("b", "2"), ("v", "first")]);
+        assert_eq!(got, want, "a power loss right after apply (seed {seed})");
+    }
+    s.check_invariants().unwrap();
+}

@@ -129,7 +129,7 @@ impl LogStore {
             last = Some(last.map_or(i, |l| l.max(i)));
         }
         for chunk in stale.chunks(CHUNK as usize) {
-            let mut batch = Batch::new();
+            let mut batch = durable_batch();
             for &i in chunk {
                 batch.delete(entry_key(i));
             }
@@ -223,7 +223,7 @@ impl LogStore {
         let mut hi = to;
         loop {
             let lo = hi.saturating_sub(CHUNK - 1).max(from);
-            let mut batch = Batch::new();
+            let mut batch = durable_batch();
             for i in lo..=hi {
                 batch.delete(entry_key(i));
             }
@@ -328,7 +328,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut batch = Batch::new();
+        let mut batch = durable_batch();
         let (mut first, mut last) = (None, None);
         for entry in entries {
             let bytes = serde_json::to_vec(&entry).map_err(|e| {
@@ -404,7 +404,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 e,
             )
         })?;
-        let mut batch = Batch::new();
+        let mut batch = durable_batch();
         batch.put(PURGED, record);
         let upto = match (first, last) {
             (Some(_), Some(l)) => log_id.index.min(l.index),
@@ -432,7 +432,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             if next.is_none() {
                 break;
             }
-            batch = Batch::new();
+            batch = durable_batch();
         }
         let mut r = self.range();
         r.last_purged = Some(log_id);
@@ -445,4 +445,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         }
         Ok(())
     }
+}
+
+/// A batch that is on disk when `apply` returns (one `fdatasync`), though
+/// the store's own policy is `SyncPolicy::Never`: see `sfs::Batch::durable`.
+fn durable_batch() -> Batch {
+    let mut batch = Batch::new();
+    batch.durable();
+    batch
 }

@@ -461,7 +461,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     {
         let store = self.store();
         let clock = &self.shared.clock;
-        let mut batch = Batch::new();
+        let mut batch = durable_batch();
         let mut pending: HashMap<String, Option<(String, Option<i64>)>> = HashMap::new();
         let mut replies = Vec::new();
         let mut last = None;
@@ -592,4 +592,12 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             .await
             .map_err(|e| snap_error(ErrorVerb::Write, "building a snapshot", e))?
     }
+}
+
+/// A batch that is on disk when `apply` returns (one `fdatasync`), though
+/// the store's own policy is `SyncPolicy::Never`: see `sfs::Batch::durable`.
+fn durable_batch() -> Batch {
+    let mut batch = Batch::new();
+    batch.durable();
+    batch
 }

@@ -1211,9 +1211,12 @@ impl Copier<'_> {
                 .map_err(read_err)?;
             let block = &mut b[at..];
             // Bytes 5 (flags) and 22..24 (reserved), which decoding ignores.
-            if !exact || block[5] != 0 || block[22] != 0 || block[23] != 0 {
+            // A batch's pending member is written settled: the copy holds
+            // the store at one moment, where the batch is whole.
+            if !exact || h.pending || block[5] != 0 || block[22] != 0 || block[23] != 0 {
                 let header = BlockHeader {
                     block_len: len,
+                    pending: false,
                     ..h
                 };
                 block[..head].copy_from_slice(&header.encode(inner.salt));
@@ -1230,6 +1233,7 @@ impl Copier<'_> {
         } else {
             let header = BlockHeader {
                 block_len: len,
+                pending: false,
                 ..h
             }
             .encode(inner.salt);

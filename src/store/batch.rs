@@ -28,6 +28,12 @@
 //! 5. The commit record is held until a sync covers all of step 4, then
 //!    freed by that sync (`Blocks::after_sync`).
 //!
+//! Under `SyncPolicy::Never` and `Periodic`, a batch with no key to delete
+//! (and not [`Batch::durable`]) skips the sync of step 3 and the settling
+//! of step 4: it is published with its members pending and listed in
+//! `unsettled`, which settles it at the next sync, or before any write
+//! frees, renews or copies one of its members.
+//!
 //! The batch holds the write locks of all its keys (sorted, so two batches
 //! never deadlock) from its first look to its last publication: a batch is
 //! linearizable against every other write of its keys, and two batches
@@ -51,6 +57,7 @@ use crate::format::{
     BlockHeader, CommitRecord, EXPIRY_WORD_OFFSET, FILE_HEADER_LEN, FORMAT_VERSION, Kind,
     MAX_VALUE_LEN, crc, entry_block_len, expiry_word, is_expired, member_digest, stored_header_crc,
 };
+use crate::options::SyncPolicy;
 use crate::store::values::{Expiry, PutOptions};
 
 /// The most bytes of members a batch allocates and writes at once (a
@@ -92,6 +99,7 @@ type Block = (u64, u64);
 #[derive(Clone, Debug, Default)]
 pub struct Batch {
     ops: Vec<Op>,
+    durable: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -174,6 +182,30 @@ impl Batch {
         self
     }
 
+    /// Makes the batch durable when [`Store::apply`](crate::Store::apply)
+    /// returns (one `fdatasync`), whatever the store's
+    /// [`SyncPolicy`]. Under `Always` every batch is; under `Never` and
+    /// `Periodic` a batch of puts and touches is otherwise made durable by
+    /// the next sync (still all or nothing until then). For a log whose
+    /// appends must be on disk before they are acknowledged, in a store
+    /// whose other writes need not be.
+    ///
+    /// ```
+    /// let dir = tempfile::tempdir()?;
+    /// let log = sfs::Options::new()
+    ///     .sync(sfs::SyncPolicy::Never)
+    ///     .open(dir.path().join("log.sfs"))?;
+    /// let mut append = sfs::Batch::new();
+    /// append.put("entry/1", "a").put("entry/2", "b").durable();
+    /// log.apply(&append)?; // on disk now
+    /// log.put("hint", "may be lost in a power loss")?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn durable(&mut self) -> &mut Batch {
+        self.durable = true;
+        self
+    }
+
     /// How many operations were added (several on one key count each).
     pub fn len(&self) -> usize {
         self.ops.len()
@@ -184,7 +216,8 @@ impl Batch {
         self.ops.is_empty()
     }
 
-    /// Removes every operation, keeping the allocation.
+    /// Removes every operation, keeping the allocation (and whether it is
+    /// [`durable`](Batch::durable)).
     pub fn clear(&mut self) {
         self.ops.clear();
     }
@@ -229,85 +262,7 @@ enum Step {
     Delete(usize),
 }
 
-/// A batch whose settling failed part-way (an 8-byte store into the map
-/// failed): the members from the failed one on are still pending on disk,
-/// valid only while the batch's commit record is complete, i.e. while every
-/// member is there. Freeing one of them (an overwrite's old copy, a
-/// delete, expiry, compaction's move) would make a reopen drop the others,
-/// though they were published. So the free header of such a member is
-/// written only after the batch is settled (its remaining words stored
-/// again) and a sync has made that durable (`Inner::settle_before_freeing`).
-/// The commit record is kept until the next open, which settles what is
-/// left and frees it. (A batch whose deleted key's copy could not be freed
-/// is listed too, with no member: its record must outlive the session.)
-pub(super) struct Stuck {
-    /// (block offset, settled expiry word) of each member still pending;
-    /// emptied once they are settled and synced.
-    members: Vec<(u64, u64)>,
-    /// The write generation of the stores that settled them, once made.
-    settled_at: Option<u64>,
-    /// The commit record: (offset, length).
-    record: (u64, u64),
-}
-
 impl Inner {
-    /// Called before the free header of the block at `offset` is written:
-    /// if it is a pending member of a stuck batch, settles the batch and
-    /// syncs first (see [`Stuck`]). An error (the stores or the sync
-    /// failed) fails the free, which every caller handles as a free header
-    /// that could not be written: the block stays valid and held.
-    pub(super) fn settle_before_freeing(&self, offset: u64) -> std::io::Result<()> {
-        let generation = {
-            let mut stuck = self.stuck.lock();
-            let Some(b) = stuck
-                .iter_mut()
-                .find(|b| b.members.iter().any(|&(o, _)| o == offset))
-            else {
-                return Ok(());
-            };
-            match b.settled_at {
-                Some(g) => g,
-                None => {
-                    for &(o, word) in &b.members {
-                        self.storage.write_word(o + EXPIRY_WORD_OFFSET, word)?;
-                    }
-                    let g = self.note_write();
-                    b.settled_at = Some(g);
-                    g
-                }
-            }
-        };
-        if self.sync_state.lock().synced < generation {
-            self.sync_to(generation)
-                .map_err(|e| std::io::Error::other(e.to_string()))?;
-        }
-        let mut stuck = self.stuck.lock();
-        for b in stuck.iter_mut() {
-            if b.settled_at == Some(generation) {
-                b.members.clear();
-            }
-        }
-        let any = stuck.iter().any(|b| !b.members.is_empty());
-        self.any_stuck.store(any, Ordering::Release);
-        Ok(())
-    }
-
-    /// For the invariant check: whether the block at `offset` is a pending
-    /// member (`member`) or the commit record of a stuck batch.
-    #[cfg(any(test, feature = "testing"))]
-    pub(super) fn is_stuck(&self, offset: u64, member: bool) -> bool {
-        self.stuck.lock().iter().any(|b| match member {
-            true => b.members.iter().any(|&(o, _)| o == offset),
-            false => b.record.0 == offset,
-        })
-    }
-
-    /// Forgets the stuck batches: `clear` cut the file, their blocks with it.
-    pub(super) fn forget_stuck(&self) {
-        self.stuck.lock().clear();
-        self.any_stuck.store(false, Ordering::Release);
-    }
-
     /// Applies `batch` (see [`Store::apply`](crate::Store::apply)).
     pub(super) fn apply(&self, batch: &Batch) -> Result<()> {
         self.check_writable()?;
@@ -329,7 +284,7 @@ impl Inner {
             None => 0,
         };
         loop {
-            match self.apply_locked(&actions, ticket, &mut notes)? {
+            match self.apply_locked(&actions, ticket, batch.durable, &mut notes)? {
                 Applied::Done => return Ok(()),
                 // Nothing written, nothing held: wait for the older
                 // batches in the way, then begin again.
@@ -344,6 +299,7 @@ impl Inner {
         &self,
         actions: &[(&[u8], Action<'_>)],
         ticket: u64,
+        durable: bool,
         notes: &mut Notes<'_>,
     ) -> Result<Applied> {
         let _gate = self.gate.read();
@@ -377,6 +333,12 @@ impl Inner {
                     });
                 }
                 Action::Touch(expiry_ms) => {
+                    // A copy of a pending member would carry its batch's
+                    // value without its record: settled first.
+                    if let Some(offset) = self.offset_of(key) {
+                        self.settle_member(offset)
+                            .map_err(self.io("settling a batch member"))?;
+                    }
                     let current = self.read(key, false, |_, m, v| (m.to_vec(), v.to_vec()))?;
                     if let Some((meta, value)) = current {
                         steps.push(Step::Member(members.len()));
@@ -485,8 +447,15 @@ impl Inner {
         let (written, commit) = self.write_batch(&members, record)?;
         let generation = self.note_write();
         self.storage.point("batch: written");
-        // One sync, whatever the policy: settling must wait for it.
-        let synced = self.sync_to(generation);
+        // One sync, then settling, which must wait for it; or, for a batch
+        // of puts and touches under `Never` or `Periodic`, no sync: the
+        // members stay pending until the next one, as a put's write is
+        // durable only then (see `unsettled`).
+        let late = !durable && self.settles_late(members.len(), tombstones.len());
+        let synced = match late {
+            false => self.sync_to(generation),
+            true => Ok(()),
+        };
         match &synced {
             Ok(()) => self.storage.point("batch: durable"),
             Err(_) if self.take_back(&members, &written, Some(commit)) => {
@@ -503,12 +472,24 @@ impl Inner {
             &tombstones,
             &steps,
             (first_seq, commit),
-            generation,
+            (generation, late),
             &rooms,
             notes,
         )?;
         synced?;
+        if self.unsettled_members() > super::unsettled::MAX_UNSETTLED_MEMBERS {
+            self.settle_all()?;
+        }
         self.maybe_sync_for_space().map(|()| Applied::Done)
+    }
+
+    /// Whether a batch of `members` members and `tombstones` deleted keys
+    /// skips its sync and is settled by the next one (see `unsettled`).
+    /// Not one that deletes: a deleted key's copy is freed as the batch is
+    /// published, and only the record, durable first, makes those frees
+    /// all or nothing.
+    fn settles_late(&self, members: usize, tombstones: usize) -> bool {
+        self.policy != SyncPolicy::Always && members > 0 && tombstones == 0
     }
 
     /// Folds the operations of a batch into one action per key, in the
@@ -724,39 +705,42 @@ impl Inner {
         tombstones: &[&[u8]],
         steps: &[Step],
         (first_seq, commit): (u64, (u64, u64)),
-        generation: u64,
+        (generation, lazy): (u64, bool),
         rooms: &HashMap<Vec<u8>, super::write::Room<'_>>,
         notes: &mut Notes<'_>,
     ) -> Result<()> {
         let mut failed = None;
         let word = |i: usize| expiry_word(members[i].expiry_ms, self.salt, first_seq + i as u64);
-        let mut pending = Vec::new();
-        for (i, &(offset, _)) in written.iter().enumerate() {
-            if let Err(e) = self
-                .storage
-                .write_word(offset + EXPIRY_WORD_OFFSET, word(i))
-            {
-                failed = Some(Error::io(&self.path, "settling a batch member", e));
-                // The members from this one on stay pending: none of them
-                // may be freed before all are settled (see `Stuck`).
-                pending = (i..written.len())
-                    .map(|j| (written[j].0, word(j)))
-                    .collect();
-                break;
+        if lazy {
+            // Settled by the next sync (see `unsettled`); listed before any
+            // key is published, so that a remover finds it listed.
+            let all = (0..written.len())
+                .map(|i| (written[i].0, word(i)))
+                .collect();
+            self.list_unsettled(all, commit, generation, false);
+        } else {
+            for (i, &(offset, _)) in written.iter().enumerate() {
+                if let Err(e) = self
+                    .storage
+                    .write_word(offset + EXPIRY_WORD_OFFSET, word(i))
+                {
+                    failed = Some(Error::io(&self.path, "settling a batch member", e));
+                    // The members from this one on stay pending: none of
+                    // them may be freed before all are settled.
+                    let left = (i..written.len())
+                        .map(|j| (written[j].0, word(j)))
+                        .collect();
+                    self.list_unsettled(left, commit, generation, true);
+                    break;
+                }
             }
         }
-        if !pending.is_empty() {
-            self.stuck.lock().push(Stuck {
-                members: pending,
-                settled_at: None,
-                record: commit,
-            });
-            self.any_stuck.store(true, Ordering::Release);
-        }
         let words = self.note_write();
-        // No remover frees a member before a sync covers its settled word.
-        for m in members {
-            self.blocks.freed_unsynced(m.hash, words);
+        if !lazy {
+            // No remover frees a member before a sync covers its settled word.
+            for m in members {
+                self.blocks.freed_unsynced(m.hash, words);
+            }
         }
         self.storage.point("batch: settled");
         // Every key is published even when one step fails: the batch is on
@@ -782,18 +766,13 @@ impl Inner {
         match failed {
             // A member still pending, or a deleted key's copy not freed:
             // the record must outlive this session (the next open settles
-            // the batch). It is left as it is, listed as stuck.
+            // the batch). It is left as it is, listed.
             Some(e) => {
-                let mut stuck = self.stuck.lock();
-                if !stuck.iter().any(|b| b.record == commit) {
-                    stuck.push(Stuck {
-                        members: Vec::new(),
-                        settled_at: None,
-                        record: commit,
-                    });
-                }
+                self.keep_record(commit);
                 Err(e)
             }
+            // Freed once a sync has settled the members.
+            None if lazy => Ok(()),
             None => {
                 // Freed by the next sync that covers all of the above.
                 self.blocks.hold_commit(commit.0, commit.1, settled);

@@ -110,9 +110,9 @@ impl Inner {
             match &b.kind {
                 BlockKind::Entry(h) => {
                     prev_free_end = None;
-                    if h.pending && !self.read_only && !self.is_stuck(b.offset, true) {
-                        // Settled before publication (see `batch`), or by
-                        // the open.
+                    if h.pending && !self.read_only && !self.is_unsettled(b.offset, true) {
+                        // Settled by the open, or listed until a sync
+                        // settles it (see `unsettled`).
                         return Err(format!("batch member at {} still pending", b.offset));
                     }
                     if let Some(k) = indexed.get(&b.offset) {
@@ -160,7 +160,8 @@ impl Inner {
                 // A batch's commit record, held until a sync covers its
                 // settling.
                 BlockKind::Commit(..)
-                    if held.get(&b.offset) == Some(&b.len) || self.is_stuck(b.offset, false) =>
+                    if held.get(&b.offset) == Some(&b.len)
+                        || self.is_unsettled(b.offset, false) =>
                 {
                     prev_free_end = None;
                 }

@@ -166,6 +166,12 @@ impl Inner {
         let Ok(h) = self.header_at(offset) else {
             return Ok(None); // damaged: leave it for the next open
         };
+        if h.pending {
+            // A member of a batch applied since compaction's first sync,
+            // valid only with its commit record: left until a sync settles
+            // it (a settled copy could outlive the record in a power loss).
+            return Ok(None);
+        }
         let (expiry, key) = (slot.expiry(), slot.key.as_bytes().to_vec());
         let key_hash = self.hasher.hash_one(&key);
         let need = entry_block_len(

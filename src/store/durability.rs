@@ -86,7 +86,7 @@ impl Inner {
         }
         let synced = st.synced;
         drop(st);
-        self.blocks.after_sync(synced, &self.bio());
+        self.blocks.after_sync(synced, &self.bio_after_sync());
         Ok(())
     }
 
@@ -136,6 +136,9 @@ impl Inner {
         }
         // It frees old copies: a write like any other.
         let _gate = self.gate.read();
+        // Batches whose members are pending: settled, and synced with the
+        // rest (see `unsettled`).
+        self.settle_all()?;
         self.sync_to(self.writes.load(Ordering::Acquire))?;
         // Old copies freed by that sync wrote free headers: make them durable too.
         self.sync_to(self.writes.load(Ordering::Acquire))

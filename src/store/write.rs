@@ -437,6 +437,12 @@ impl Inner {
             return Ok(false);
         }
         let h = self.header_at(offset)?;
+        // A pending member of a batch (see `unsettled`): renewed, in place or
+        // by a copy, only once its batch is settled and synced.
+        if h.pending {
+            self.settle_member(offset)
+                .map_err(self.io("settling a batch member"))?;
+        }
         if !self.blocks.is_pinned(offset) {
             // In place: one atomic word; readers are kept out by the shard lock.
             let word = expiry_word(expiry_ms, self.salt, h.seq);
@@ -473,6 +479,9 @@ impl Inner {
             block_len: new_len,
             seq,
             expiry_ms,
+            // A copy is an entry of its own (its batch, if it was a pending
+            // member, was settled above).
+            pending: false,
             ..h
         };
         if let Err(e) = self
@@ -806,6 +815,13 @@ impl Inner {
     pub(super) fn indexed(&self, key: &[u8]) -> bool {
         let (hash, cell) = self.locate(key);
         cell.map.read().find(hash, key).is_some()
+    }
+
+    /// The block offset of `key`'s indexed copy.
+    pub(super) fn offset_of(&self, key: &[u8]) -> Option<u64> {
+        let (hash, cell) = self.locate(key);
+        let shard = cell.map.read();
+        shard.find(hash, key).map(|id| shard.slot(id).offset())
     }
 
     /// Makes room for one new key under the entry cap: while the entries
@@ -1218,7 +1234,7 @@ impl Inner {
             self.blocks
                 .reset(FILE_HEADER_LEN, || self.bio().set_len(FILE_HEADER_LEN))
                 .map_err(self.io("truncating the file"))?;
-            self.forget_stuck();
+            self.forget_unsettled();
             self.backups.note_cleared();
             for (shard, cell) in shards.iter_mut().zip(self.shards.iter()) {
                 shard.clear();

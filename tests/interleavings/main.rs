@@ -957,6 +957,30 @@ fn batches_with_disjoint_keys_at_the_cap_each_make_room_as_in_a_serial_order() {
     }
 }
 
+/// A batch of puts only (`BatchApart`: put `c` and a new key): under
+/// `Never` it skips its sync, its members pending until the next sync
+/// settles them, so every write that frees, renews or copies `c` meanwhile
+/// must settle the batch first.
+#[test]
+fn a_batch_of_puts_left_pending_against_every_op_never() {
+    let explored = ALL_OPS
+        .iter()
+        .chain(&COND_OPS)
+        .chain(&[Op::Batch, Op::BatchApart, Op::Sweep]);
+    let strategy = || Strategy::Random {
+        n: batch_schedules(),
+        seed: 0x1a2e,
+    };
+    for setup in [SETUPS[2], late(SETUPS[2]), SETUPS[3]] {
+        explore_pairs_with(
+            setup,
+            "a batch of puts",
+            explored.clone().map(|&b| (Op::BatchApart, b)),
+            strategy,
+        );
+    }
+}
+
 #[test]
 fn a_batch_against_every_op_always() {
     batch_pairs_in(SETUPS[0]);
@@ -1363,7 +1387,7 @@ fn a_backup_beside_conditional_writes_and_a_sweep_holds_the_store_at_its_pause()
 
 #[test]
 fn a_backup_beside_a_batch_holds_all_of_it_or_none() {
-    backup_beside_at(&[Op::Batch], BACKUP_ROUND_POINTS, &SETUPS);
+    backup_beside_at(&[Op::Batch, Op::BatchApart], BACKUP_ROUND_POINTS, &SETUPS);
 }
 
 #[test]

@@ -1,0 +1,262 @@
+//! Batches whose members are still pending on disk after `apply` returned:
+//! under `SyncPolicy::Never` and `Periodic`, every batch until the next
+//! sync; under every policy, a batch whose settling failed part-way.
+//!
+//! A pending member is an entry only while its batch's commit record is
+//! complete, i.e. while every member is there (FORMAT.md, "Batches"). So
+//! none is freed (an overwrite's old copy, a delete, expiry, eviction,
+//! compaction's move), renewed in place, or copied by a touch before its
+//! batch is settled (each member's expiry word stored settled) and a sync
+//! has made that durable: every free header passes through
+//! [`Inner::settle_member`] (`FileIo::write_free_header`), and so do
+//! renewals. A sync (`Store::sync`, the flusher, `close`, compaction)
+//! settles every listed batch first (`settle_all`).
+//!
+//! Why settling waits for a sync at all: a settled member is an entry on
+//! its own. Were its settled word durable before the batch's other members
+//! and record, a power loss could keep it alone.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+
+use super::Inner;
+use crate::error::Result;
+use crate::format::EXPIRY_WORD_OFFSET;
+
+/// The pending members a store lists before `apply` settles them all on
+/// the spot (a sync) under `Never`: 16 bytes of memory each.
+pub(super) const MAX_UNSETTLED_MEMBERS: usize = 1 << 20;
+
+/// The listed batches.
+#[derive(Default)]
+pub(super) struct Unsettled {
+    batches: HashMap<u64, Pending>,
+    /// Member block offset → its batch.
+    by_offset: HashMap<u64, u64>,
+    next_id: u64,
+}
+
+struct Pending {
+    /// (block offset, settled expiry word) of each member still pending.
+    members: Vec<(u64, u64)>,
+    /// The commit record: (offset, length).
+    record: (u64, u64),
+    /// The record must outlive the session (a key the batch deleted may
+    /// still have a copy the record's tombstone outranks): kept, not freed,
+    /// once the members are settled.
+    keep_record: bool,
+    /// The write generation of the batch's members and record: a sync
+    /// covers it before any member is settled.
+    written_at: u64,
+    /// The write generation of the stores that settled the members.
+    settled_at: Option<u64>,
+}
+
+impl Inner {
+    /// Lists a batch whose `members` ((offset, settled word) each) are
+    /// pending on disk, with its commit record, written at write generation
+    /// `written_at`. Before its members are published: a remover that finds
+    /// one must find it listed.
+    pub(super) fn list_unsettled(
+        &self,
+        members: Vec<(u64, u64)>,
+        record: (u64, u64),
+        written_at: u64,
+        keep: bool,
+    ) {
+        let mut u = self.unsettled.lock();
+        let id = u.next_id;
+        u.next_id += 1;
+        for &(offset, _) in &members {
+            u.by_offset.insert(offset, id);
+        }
+        u.batches.insert(
+            id,
+            Pending {
+                members,
+                record,
+                keep_record: keep,
+                written_at,
+                settled_at: None,
+            },
+        );
+        self.any_unsettled
+            .store(!u.by_offset.is_empty(), Ordering::Release);
+    }
+
+    /// The record of the listed batch with this record must outlive the
+    /// session (see `Pending::keep_record`); listed with no member if the
+    /// batch is not listed.
+    pub(super) fn keep_record(&self, record: (u64, u64)) {
+        let mut u = self.unsettled.lock();
+        match u.batches.values_mut().find(|b| b.record == record) {
+            Some(b) => b.keep_record = true,
+            None => {
+                drop(u);
+                let now = self.writes.load(Ordering::Acquire);
+                self.list_unsettled(Vec::new(), record, now, true);
+            }
+        }
+    }
+
+    /// How many members are listed pending.
+    pub(super) fn unsettled_members(&self) -> usize {
+        self.unsettled.lock().by_offset.len()
+    }
+
+    /// Called before the block at `offset` is freed or its expiry word
+    /// stored again: if it is a pending member of a listed batch, settles
+    /// the batch and syncs first. An error (a store or the sync failed)
+    /// fails the caller's write, which every caller handles as a free
+    /// header that could not be written: the block stays valid and held.
+    pub(super) fn settle_member(&self, offset: u64) -> std::io::Result<()> {
+        if !self.any_unsettled.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let (id, written_at) = {
+            let u = self.unsettled.lock();
+            let Some(&id) = u.by_offset.get(&offset) else {
+                return Ok(());
+            };
+            let Some(b) = u.batches.get(&id) else {
+                return Ok(());
+            };
+            (id, b.written_at)
+        };
+        let io_err = |e: crate::error::Error| std::io::Error::other(e.to_string());
+        // The members and record durable before any member is settled.
+        self.sync_to(written_at).map_err(io_err)?;
+        let generation = {
+            let mut u = self.unsettled.lock();
+            let Some(b) = u.batches.get_mut(&id) else {
+                return Ok(()); // settled meanwhile
+            };
+            match b.settled_at {
+                Some(g) => g,
+                None => {
+                    for &(o, word) in &b.members {
+                        self.storage.write_word(o + EXPIRY_WORD_OFFSET, word)?;
+                    }
+                    let g = self.note_write();
+                    b.settled_at = Some(g);
+                    g
+                }
+            }
+        };
+        self.storage.point("batch: settled late");
+        self.sync_to(generation).map_err(io_err)?;
+        self.finish_settled(&[id]);
+        Ok(())
+    }
+
+    /// Whether the block at `offset` is a listed pending member.
+    pub(super) fn is_pending_member(&self, offset: u64) -> bool {
+        self.any_unsettled.load(Ordering::Acquire)
+            && self.unsettled.lock().by_offset.contains_key(&offset)
+    }
+
+    /// Settles every listed batch and syncs: what a sync does first.
+    pub(super) fn settle_all(&self) -> Result<()> {
+        if !self.any_unsettled.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        // The members and records durable before any member is settled.
+        let written_at = {
+            let u = self.unsettled.lock();
+            u.batches
+                .values()
+                .filter(|b| !b.members.is_empty())
+                .map(|b| b.written_at)
+                .max()
+        };
+        let Some(written_at) = written_at else {
+            return Ok(());
+        };
+        self.sync_to(written_at)?;
+        let (ids, generation) = {
+            let mut u = self.unsettled.lock();
+            // Only batches that sync covered (others may have been listed
+            // since): their members' words, then one generation for all.
+            let mut ready = Vec::new();
+            for (&id, b) in u.batches.iter() {
+                if !b.members.is_empty() && b.written_at <= written_at {
+                    if b.settled_at.is_none() {
+                        for &(o, word) in &b.members {
+                            self.storage
+                                .write_word(o + EXPIRY_WORD_OFFSET, word)
+                                .map_err(self.io("settling a batch member"))?;
+                        }
+                    }
+                    ready.push(id);
+                }
+            }
+            let g = self.note_write();
+            for id in &ready {
+                if let Some(b) = u.batches.get_mut(id) {
+                    b.settled_at.get_or_insert(g);
+                }
+            }
+            let ids = ready;
+            (ids, g)
+        };
+        if ids.is_empty() {
+            return Ok(());
+        }
+        self.storage.point("batch: settled late");
+        self.sync_to(generation)?;
+        self.finish_settled(&ids);
+        Ok(())
+    }
+
+    /// After a sync covered their settling: the batches' members are plain
+    /// entries now; their records are freed by the next sync (kept, if
+    /// they must outlive the session).
+    fn finish_settled(&self, ids: &[u64]) {
+        let synced = self.sync_state.lock().synced;
+        let mut records = Vec::new();
+        {
+            let mut u = self.unsettled.lock();
+            for id in ids {
+                let Some(b) = u.batches.get_mut(id) else {
+                    continue;
+                };
+                if b.settled_at.is_none_or(|g| g > synced) {
+                    continue;
+                }
+                let members = std::mem::take(&mut b.members);
+                let (record, keep) = (b.record, b.keep_record);
+                if !keep {
+                    u.batches.remove(id);
+                    records.push(record);
+                }
+                for (offset, _) in members {
+                    u.by_offset.remove(&offset);
+                }
+            }
+            self.any_unsettled
+                .store(!u.by_offset.is_empty(), Ordering::Release);
+        }
+        // Not under `unsettled`: holding takes the block owner's lock, which
+        // a free header (and so `settle_member`) may be written under.
+        for (offset, len) in records {
+            self.blocks.hold_commit(offset, len, synced);
+        }
+    }
+
+    /// Forgets every listed batch: `clear` cut the file, their blocks with it.
+    pub(super) fn forget_unsettled(&self) {
+        *self.unsettled.lock() = Unsettled::default();
+        self.any_unsettled.store(false, Ordering::Release);
+    }
+
+    /// For the invariant check: whether the block at `offset` is a pending
+    /// member (`member`) or the commit record of a listed batch.
+    #[cfg(any(test, feature = "testing"))]
+    pub(super) fn is_unsettled(&self, offset: u64, member: bool) -> bool {
+        let u = self.unsettled.lock();
+        match member {
+            true => u.by_offset.contains_key(&offset),
+            false => u.batches.values().any(|b| b.record.0 == offset),
+        }
+    }
+}
