@@ -1270,11 +1270,22 @@ impl Inner {
 
     /// Reads and checks the header of the block at `offset`.
     fn header_at(&self, offset: u64) -> Result<BlockHeader> {
+        let h = self.block_header_at(offset)?;
+        if h.kind != Kind::Entry {
+            return Err(self.corrupt(offset, "the index points at a free block"));
+        }
+        Ok(h)
+    }
+
+    /// The header of the block at `offset`, of any kind (see `header_at`).
+    fn block_header_at(&self, offset: u64) -> Result<BlockHeader> {
         let mut b = [0u8; crate::format::BLOCK_HEADER_LEN as usize];
         #[expect(unsafe_code, reason = "reads a block header in place")]
         // SAFETY: callers read headers of blocks that their locks keep in
-        // place (an indexed entry under its shard lock, a pinned block, or a
-        // block they allocated); the slice is dropped before they release them.
+        // place (an indexed entry under its shard lock, a pinned block, a
+        // block they allocated, or a listed unsettled batch's, which nothing
+        // frees while it is listed); the slice is dropped before they
+        // release them.
         let bytes = match unsafe { self.storage.view(offset, b.len() as u64) } {
             Some(v) => v,
             None => {
@@ -1284,12 +1295,8 @@ impl Inner {
                 &b[..]
             }
         };
-        let h = BlockHeader::decode(bytes, self.salt, offset, self.storage.len())
-            .map_err(|e| self.corrupt(offset, e.to_string()))?;
-        if h.kind != Kind::Entry {
-            return Err(self.corrupt(offset, "the index points at a free block"));
-        }
-        Ok(h)
+        BlockHeader::decode(bytes, self.salt, offset, self.storage.len())
+            .map_err(|e| self.corrupt(offset, e.to_string()))
     }
 
     /// Checks an entry's header against the key it is filed under, and its

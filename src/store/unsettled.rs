@@ -16,29 +16,37 @@
 //! its own. Were its settled word durable before the batch's other members
 //! and record, a power loss could keep it alone.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
 
 use super::Inner;
 use crate::error::Result;
-use crate::format::EXPIRY_WORD_OFFSET;
+use crate::format::{EXPIRY_WORD_OFFSET, Kind, expiry_word};
 
 /// The pending members a store lists before `apply` settles them all on
-/// the spot (a sync) under `Never`: 16 bytes of memory each.
+/// the spot (a sync) under `Never`.
 pub(super) const MAX_UNSETTLED_MEMBERS: usize = 1 << 20;
 
 /// The listed batches.
 #[derive(Default)]
 pub(super) struct Unsettled {
     batches: HashMap<u64, Pending>,
-    /// Member block offset → its batch.
-    by_offset: HashMap<u64, u64>,
+    /// The blocks of the listed batches, by where each run of them starts:
+    /// (end, batch). A batch's members (and its record) are allocated
+    /// together in runs of consecutive blocks, so a few runs stand for
+    /// thousands of members: nothing is listed member by member.
+    spans: BTreeMap<u64, (u64, u64)>,
+    /// Members listed, over all batches.
+    members: usize,
     next_id: u64,
 }
 
 struct Pending {
-    /// (block offset, settled expiry word) of each member still pending.
-    members: Vec<(u64, u64)>,
+    /// The runs of blocks (offset, end) holding its pending members; its
+    /// commit record may be in one (it is skipped when settling). Emptied
+    /// once the members are settled and synced.
+    spans: Vec<(u64, u64)>,
+    members: usize,
     /// The commit record: (offset, length).
     record: (u64, u64),
     /// The record must outlive the session (a key the batch deleted may
@@ -52,27 +60,40 @@ struct Pending {
     settled_at: Option<u64>,
 }
 
+impl Unsettled {
+    /// The batch whose runs hold the block at `offset`.
+    fn batch_at(&self, offset: u64) -> Option<u64> {
+        self.spans
+            .range(..=offset)
+            .next_back()
+            .filter(|(_, (end, _))| offset < *end)
+            .map(|(_, &(_, id))| id)
+    }
+}
+
 impl Inner {
-    /// Lists a batch whose `members` ((offset, settled word) each) are
-    /// pending on disk, with its commit record, written at write generation
-    /// `written_at`. Before its members are published: a remover that finds
-    /// one must find it listed.
+    /// Lists a batch whose `members` members are pending on disk in the
+    /// runs of blocks `spans` ((offset, end) each), with its commit record,
+    /// written at write generation `written_at`. Before its members are
+    /// published: a remover that finds one must find it listed.
     pub(super) fn list_unsettled(
         &self,
-        members: Vec<(u64, u64)>,
-        record: (u64, u64),
-        written_at: u64,
+        spans: Vec<(u64, u64)>,
+        members: usize,
+        (record, written_at): ((u64, u64), u64),
         keep: bool,
     ) {
         let mut u = self.unsettled.lock();
         let id = u.next_id;
         u.next_id += 1;
-        for &(offset, _) in &members {
-            u.by_offset.insert(offset, id);
+        for &(start, end) in &spans {
+            u.spans.insert(start, (end, id));
         }
+        u.members += members;
         u.batches.insert(
             id,
             Pending {
+                spans,
                 members,
                 record,
                 keep_record: keep,
@@ -81,7 +102,7 @@ impl Inner {
             },
         );
         self.any_unsettled
-            .store(!u.by_offset.is_empty(), Ordering::Release);
+            .store(!u.spans.is_empty(), Ordering::Release);
     }
 
     /// The record of the listed batch with this record must outlive the
@@ -94,14 +115,34 @@ impl Inner {
             None => {
                 drop(u);
                 let now = self.writes.load(Ordering::Acquire);
-                self.list_unsettled(Vec::new(), record, now, true);
+                self.list_unsettled(Vec::new(), 0, (record, now), true);
             }
         }
     }
 
     /// How many members are listed pending.
     pub(super) fn unsettled_members(&self) -> usize {
-        self.unsettled.lock().by_offset.len()
+        self.unsettled.lock().members
+    }
+
+    /// Stores the settled expiry word of every pending entry in `spans`
+    /// (each member's, from its own header: nothing renews a pending
+    /// member, so its header still holds its expiry).
+    fn settle_spans(&self, spans: &[(u64, u64)]) -> std::io::Result<()> {
+        for &(start, end) in spans {
+            let mut at = start;
+            while at < end {
+                let h = self
+                    .block_header_at(at)
+                    .map_err(|e| std::io::Error::other(e.to_string()))?;
+                if h.kind == Kind::Entry && h.pending {
+                    let word = expiry_word(h.expiry_ms, self.salt, h.seq);
+                    self.storage.write_word(at + EXPIRY_WORD_OFFSET, word)?;
+                }
+                at += h.block_len.max(1);
+            }
+        }
+        Ok(())
     }
 
     /// Called before the block at `offset` is freed or its expiry word
@@ -115,7 +156,7 @@ impl Inner {
         }
         let (id, written_at) = {
             let u = self.unsettled.lock();
-            let Some(&id) = u.by_offset.get(&offset) else {
+            let Some(id) = u.batch_at(offset) else {
                 return Ok(());
             };
             let Some(b) = u.batches.get(&id) else {
@@ -134,9 +175,7 @@ impl Inner {
             match b.settled_at {
                 Some(g) => g,
                 None => {
-                    for &(o, word) in &b.members {
-                        self.storage.write_word(o + EXPIRY_WORD_OFFSET, word)?;
-                    }
+                    self.settle_spans(&b.spans)?;
                     let g = self.note_write();
                     b.settled_at = Some(g);
                     g
@@ -152,7 +191,7 @@ impl Inner {
     /// Whether the block at `offset` is a listed pending member.
     pub(super) fn is_pending_member(&self, offset: u64) -> bool {
         self.any_unsettled.load(Ordering::Acquire)
-            && self.unsettled.lock().by_offset.contains_key(&offset)
+            && self.unsettled.lock().batch_at(offset).is_some()
     }
 
     /// Settles every listed batch and syncs: what a sync does first.
@@ -165,7 +204,7 @@ impl Inner {
             let u = self.unsettled.lock();
             u.batches
                 .values()
-                .filter(|b| !b.members.is_empty())
+                .filter(|b| !b.spans.is_empty())
                 .map(|b| b.written_at)
                 .max()
         };
@@ -179,13 +218,10 @@ impl Inner {
             // since): their members' words, then one generation for all.
             let mut ready = Vec::new();
             for (&id, b) in u.batches.iter() {
-                if !b.members.is_empty() && b.written_at <= written_at {
+                if !b.spans.is_empty() && b.written_at <= written_at {
                     if b.settled_at.is_none() {
-                        for &(o, word) in &b.members {
-                            self.storage
-                                .write_word(o + EXPIRY_WORD_OFFSET, word)
-                                .map_err(self.io("settling a batch member"))?;
-                        }
+                        self.settle_spans(&b.spans)
+                            .map_err(self.io("settling a batch member"))?;
                     }
                     ready.push(id);
                 }
@@ -196,8 +232,7 @@ impl Inner {
                     b.settled_at.get_or_insert(g);
                 }
             }
-            let ids = ready;
-            (ids, g)
+            (ready, g)
         };
         if ids.is_empty() {
             return Ok(());
@@ -223,18 +258,20 @@ impl Inner {
                 if b.settled_at.is_none_or(|g| g > synced) {
                     continue;
                 }
+                let spans = std::mem::take(&mut b.spans);
                 let members = std::mem::take(&mut b.members);
                 let (record, keep) = (b.record, b.keep_record);
                 if !keep {
                     u.batches.remove(id);
                     records.push(record);
                 }
-                for (offset, _) in members {
-                    u.by_offset.remove(&offset);
+                u.members -= members;
+                for (start, _) in spans {
+                    u.spans.remove(&start);
                 }
             }
             self.any_unsettled
-                .store(!u.by_offset.is_empty(), Ordering::Release);
+                .store(!u.spans.is_empty(), Ordering::Release);
         }
         // Not under `unsettled`: holding takes the block owner's lock, which
         // a free header (and so `settle_member`) may be written under.
@@ -254,9 +291,10 @@ impl Inner {
     #[cfg(any(test, feature = "testing"))]
     pub(super) fn is_unsettled(&self, offset: u64, member: bool) -> bool {
         let u = self.unsettled.lock();
+        let record = u.batches.values().any(|b| b.record.0 == offset);
         match member {
-            true => u.by_offset.contains_key(&offset),
-            false => u.batches.values().any(|b| b.record.0 == offset),
+            true => !record && u.batch_at(offset).is_some(),
+            false => record,
         }
     }
 }
