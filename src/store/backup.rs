@@ -57,6 +57,9 @@ type ProgressFn = dyn Fn(&BackupProgress) + Send + Sync;
 const CHUNK: usize = 1 << 20;
 /// The write buffer is written out when it holds this much.
 const BUFFER: usize = 256 << 10;
+/// The copy's write-back to disk is started every time this much more of
+/// it is written.
+const WRITE_BACK: u64 = 8 << 20;
 /// Progress is reported, and the bandwidth limit applied, this often.
 const REPORT_EVERY: u64 = 1024;
 
@@ -387,6 +390,9 @@ struct Scratch {
     buf: Vec<u8>,
     /// Bytes of the file before `buf`.
     flushed: u64,
+    /// Bytes of the file whose write-back was started (see
+    /// [`start_write_back`](Self::start_write_back)).
+    written_back: u64,
     /// Renamed into place: nothing to remove.
     placed: bool,
 }
@@ -424,6 +430,7 @@ impl Scratch {
             shown,
             buf: Vec::with_capacity(BUFFER + CHUNK),
             flushed: 0,
+            written_back: 0,
             placed: false,
         })
     }
@@ -458,8 +465,38 @@ impl Scratch {
             written.map_err(|e| Error::io(&self.shown, "writing the backup", e))?;
             self.flushed += self.buf.len() as u64;
             self.buf.clear();
+            if self.flushed >= self.written_back + WRITE_BACK {
+                self.start_write_back();
+            }
         }
         Ok(())
+    }
+
+    /// Starts writing what was written since the last call out to the disk,
+    /// without waiting for it: the disk works while the copy goes on, and
+    /// the final sync has only the rest to wait for.
+    fn start_write_back(&mut self) {
+        let (from, to) = (self.written_back, self.flushed);
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&self.file);
+        #[expect(
+            unsafe_code,
+            reason = "`sync_file_range` starts the copy's write-back early, and std has no wrapper for it"
+        )]
+        // SAFETY: sync_file_range only reads its integer arguments; `fd` is
+        // open for the life of `self`.
+        let r = unsafe {
+            libc::sync_file_range(
+                fd,
+                from as libc::off64_t,
+                (to - from) as libc::off64_t,
+                libc::SYNC_FILE_RANGE_WRITE,
+            )
+        };
+        // Only a head start: should it fail, the final sync writes
+        // everything (and the next flush tries again).
+        if r == 0 {
+            self.written_back = to;
+        }
     }
 
     /// Forgets everything after `end` (later writes go over it; the final
@@ -470,6 +507,7 @@ impl Scratch {
         } else {
             self.buf.clear();
             self.flushed = end;
+            self.written_back = self.written_back.min(end);
         }
     }
 
