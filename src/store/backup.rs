@@ -68,7 +68,7 @@ const STRETCHES: u64 = 1024;
 const STRETCH_BYTES: u64 = 256 << 10;
 /// The copy's write-back to disk is started every time this much more of
 /// it is written.
-const WRITE_BACK: u64 = 8 << 20;
+const WRITE_BACK: u64 = 4 << 20;
 /// Progress is reported, and the bandwidth limit applied, this often.
 const REPORT_EVERY: u64 = 1024;
 
