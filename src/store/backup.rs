@@ -474,24 +474,17 @@ impl Scratch {
             written.map_err(|e| Error::io(&self.shown, "writing the backup", e))?;
             self.flushed += self.buf.len() as u64;
             self.buf.clear();
-            if self.flushed >= self.written_back + WRITE_BACK {
-                self.start_write_back();
-            }
         }
         Ok(())
     }
 
-    /// Appends `bytes` to the copy with one write of its own (after what the
-    /// buffer holds).
-    fn write_through(&mut self, bytes: &[u8]) -> Result<()> {
-        self.flush()?;
-        let written = self.file.write_all_at(bytes, self.flushed);
-        written.map_err(|e| Error::io(&self.shown, "writing the backup", e))?;
-        self.flushed += bytes.len() as u64;
+    /// Starts the write-back of what was written out since it was last
+    /// started, once that is [`WRITE_BACK`] bytes. Called with no store lock
+    /// held and outside the pause: the call may wait for the disk's queue.
+    fn write_back_if_due(&mut self) {
         if self.flushed >= self.written_back + WRITE_BACK {
             self.start_write_back();
         }
-        Ok(())
     }
 
     /// Starts writing what was written since the last call out to the disk,
@@ -1160,10 +1153,12 @@ impl Copier<'_> {
     /// length is already exact, its header as this crate writes it and its
     /// padding zero, the block would be copied byte for byte anyway: it is
     /// checked in place in the map (header, key hash, payload checksum) and
-    /// joins a run of such blocks adjacent in the file, which is written to
-    /// the copy in one piece, straight from the map (see
+    /// joins a run of such blocks adjacent in the file, which goes into the
+    /// write buffer in one piece, straight from the map (see
     /// [`append_run`](Self::append_run)). Any other entry is copied as
-    /// before, one by one, through the write buffer.
+    /// before, one by one. The buffer is written out after the locks are
+    /// released: no system call is made under them (but for a payload
+    /// longer than a chunk, streamed as before).
     fn copy_stretch(
         &mut self,
         list: &[Listed],
@@ -1303,8 +1298,8 @@ impl Copier<'_> {
 
     /// Appends `len` bytes of the store's file at `from` (a run of blocks
     /// checked in place, whose shards' read locks the caller holds) to the
-    /// copy: written straight from the map, in one write (a writer of the
-    /// store waits for it), not copied through the write buffer.
+    /// copy's write buffer, in one piece straight from the map (written out
+    /// after the locks are released).
     fn append_run(&mut self, from: u64, len: u64) -> Result<()> {
         if len == 0 {
             return Ok(());
@@ -1318,7 +1313,7 @@ impl Copier<'_> {
         // shard's read lock, still held: none is freed, written or truncated
         // away while the slice lives.
         match unsafe { inner.storage.view(from, len) } {
-            Some(run) => self.out.write_through(run)?,
+            Some(run) => self.out.buf.extend_from_slice(run),
             None => {
                 let buf = &mut self.out.buf;
                 let at = buf.len();
@@ -1609,6 +1604,7 @@ impl Copier<'_> {
     /// when a multiple of [`REPORT_EVERY`] entries was passed.
     fn ticks_outside_pause(&mut self, n: u64) -> Result<()> {
         self.step()?;
+        self.out.write_back_if_due();
         let before = self.ticks;
         self.ticks += n;
         if before / REPORT_EVERY != self.ticks / REPORT_EVERY {
@@ -1622,6 +1618,9 @@ impl Copier<'_> {
     /// [`periodic`](Self::periodic).
     fn tick(&mut self, outside_pause: bool) -> Result<()> {
         self.step()?;
+        if outside_pause {
+            self.out.write_back_if_due();
+        }
         self.ticks += 1;
         if outside_pause && self.ticks.is_multiple_of(REPORT_EVERY) {
             self.periodic()?;
