@@ -794,8 +794,8 @@ enum Holds<'k> {
 /// (round 1 reads the file in order, a few blocks at a time: each block's
 /// first touch was a cache miss). Only a hint: it never faults, whatever
 /// the address.
+#[cfg(target_arch = "x86_64")]
 fn prefetch_ahead(at: *const u8) {
-    #[cfg(target_arch = "x86_64")]
     for ahead in [512, 576, 640] {
         use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
         #[expect(
@@ -810,6 +810,10 @@ fn prefetch_ahead(at: *const u8) {
         };
     }
 }
+
+/// (No hint on other architectures.)
+#[cfg(not(target_arch = "x86_64"))]
+fn prefetch_ahead(_at: *const u8) {}
 
 /// What [`Copier::check_in_place`] found.
 enum InPlace {
