@@ -856,11 +856,6 @@ struct Copier<'a> {
     /// Time spent copying (not sleeping for the bandwidth limit, not in the
     /// progress callback): the copy speed that predicts the pause.
     busy: Duration,
-    /// Time spent copying keys one at a time (the later rounds' copies, as
-    /// the final round makes them), and how many: their speed predicts the
-    /// pause better than round 1's, which copies runs of blocks.
-    keyed_busy: Duration,
-    keyed: u64,
     started: Instant,
     /// When the current stretch of copying began (for `busy`).
     stretch: Instant,
@@ -912,8 +907,6 @@ impl Inner {
             recopied: 0,
             damaged: 0,
             busy: Duration::ZERO,
-            keyed_busy: Duration::ZERO,
-            keyed: 0,
             started,
             stretch: Instant::now(),
             round_left: 0,
@@ -1082,16 +1075,10 @@ impl Copier<'_> {
         if entries == 0 {
             return Duration::ZERO;
         }
-        let per_entry = if self.keyed > 0 {
-            self.keyed_busy / (self.keyed.min(u64::from(u32::MAX)) as u32)
-        } else if self.entries_copied == 0 {
+        let per_entry = if self.entries_copied == 0 {
             Duration::from_micros(1)
         } else {
-            // Round 1's speed only, which copies runs of blocks many times
-            // faster than the final round copies keys one by one: at least
-            // a microsecond a key.
-            let round_1 = self.busy / (self.entries_copied.min(u64::from(u32::MAX)) as u32).max(1);
-            round_1.max(Duration::from_micros(1))
+            self.busy / (self.entries_copied.min(u64::from(u32::MAX)) as u32).max(1)
         };
         per_entry.saturating_mul(entries.min(u64::from(u32::MAX)) as u32)
     }
@@ -1356,7 +1343,7 @@ impl Copier<'_> {
         for key in changes.keys {
             self.inner.storage.point("backup: copy");
             self.round_left -= 1;
-            self.timed_copy_key(&key, self.now_ms)?;
+            self.copy_key(&key, self.now_ms)?;
             self.tick(true)?;
         }
         Ok(keys)
@@ -1395,7 +1382,7 @@ impl Copier<'_> {
                 drop(gate);
                 return Ok(Final::Overran);
             }
-            self.timed_copy_key(&key, now_ms)?;
+            self.copy_key(&key, now_ms)?;
             self.tick(false)?;
         }
         self.check_cancel()?;
@@ -1405,17 +1392,6 @@ impl Copier<'_> {
         let pause = asked.elapsed();
         self.busy += self.stretch.elapsed();
         Ok(Final::Done { now_ms, pause })
-    }
-
-    /// [`copy_key`](Self::copy_key), timed for the pause's estimate.
-    fn timed_copy_key(&mut self, key: &[u8], now: i64) -> Result<()> {
-        // Not the once-only reading back of round 1's copies.
-        self.place_first_round()?;
-        let started = Instant::now();
-        self.copy_key(key, now)?;
-        self.keyed_busy += started.elapsed();
-        self.keyed += 1;
-        Ok(())
     }
 
     /// Copies `key` as the index has it now (or forgets it if it is gone or
