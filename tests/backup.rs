@@ -830,6 +830,18 @@ fn damage(path: &Path, offset: u64, bytes: &[u8]) {
 /// expires between round 1 and the pause (cut out of the copy after it).
 #[test]
 fn a_backup_with_no_writers_leaves_out_damaged_and_expired_entries() {
+    no_writers_damaged_and_expired(2000);
+}
+
+/// The same in a store large enough that round 1 copies many entries per
+/// taking of the shard locks, in runs of adjacent blocks; some blocks are
+/// longer than their entries (values put again shorter), so runs break.
+#[test]
+fn a_backup_in_long_stretches_leaves_out_damaged_and_expired_entries() {
+    no_writers_damaged_and_expired(40_000);
+}
+
+fn no_writers_damaged_and_expired(n: u32) {
     let t = common::TempStore::new();
     let clock = common::clock();
     let at_pause = Arc::new(Mutex::new(None::<Arc<ManualClock>>));
@@ -841,7 +853,7 @@ fn a_backup_with_no_writers_leaves_out_damaged_and_expired_entries() {
             c.advance(Duration::from_secs(20)); // past the 10 s TTLs
         }
     });
-    for i in 0..2000u32 {
+    for i in 0..n {
         let k = format!("key-{i:05}");
         let v = value_of(&format!("value-{i:05}"), 100);
         match i % 10 {
@@ -859,6 +871,22 @@ fn a_backup_with_no_writers_leaves_out_damaged_and_expired_entries() {
                 .unwrap(),
             _ => store.put(&k, &v).unwrap(),
         }
+    }
+    // Values put again shorter, in place of longer ones: their blocks may be
+    // longer than the entries now (keys ending in 7: no expiry).
+    for i in (7..n).step_by(70) {
+        let k = format!("key-{i:05}");
+        store.delete(&k).unwrap();
+        store
+            .put(format!("big-{i:05}"), value_of("big", 400))
+            .unwrap();
+        store.delete(format!("big-{i:05}")).unwrap();
+        store
+            .put(
+                &k,
+                value_of(&format!("short-{i:05}"), 20 + (i % 50) as usize),
+            )
+            .unwrap();
     }
     store.sync().unwrap();
     clock.advance(Duration::from_secs(2));
@@ -890,14 +918,26 @@ fn a_backup_with_no_writers_leaves_out_damaged_and_expired_entries() {
 /// each key once, as the store has it at the pause.
 #[test]
 fn a_backup_with_writes_during_round_1_holds_each_key_once() {
+    writes_during_round_1(1000, 100);
+}
+
+/// The same in a store large enough that round 1 copies many entries per
+/// taking of the shard locks (the writes come between two such stretches,
+/// after a few hundred entries).
+#[test]
+fn a_backup_with_writes_between_long_stretches_holds_each_key_once() {
+    writes_during_round_1(40_000, 10);
+}
+
+fn writes_during_round_1(n: u32, at_copy: usize) {
     type Writes = Box<dyn FnOnce() + Send>;
     let t = common::TempStore::new();
     let clock = common::clock();
     let writes: Arc<Mutex<Option<Writes>>> = Arc::new(Mutex::new(None));
     let copies = Arc::new(AtomicUsize::new(0));
-    let (w, n) = (writes.clone(), copies.clone());
+    let (w, count) = (writes.clone(), copies.clone());
     let store = Arc::new(open_hooked(&t.path, t.options(&clock), move |name| {
-        if name == "backup: copy" && n.fetch_add(1, Ordering::SeqCst) == 100 {
+        if name == "backup: copy" && count.fetch_add(1, Ordering::SeqCst) == at_copy {
             // No store lock is held at this point: write from here.
             let writes = w.lock().unwrap().take();
             if let Some(f) = writes {
@@ -906,7 +946,7 @@ fn a_backup_with_writes_during_round_1_holds_each_key_once() {
         }
     }));
     let key = |i: u32| format!("key-{i:05}");
-    for i in 0..1000u32 {
+    for i in 0..n {
         store.put(key(i), value_of(&key(i), 150)).unwrap();
     }
     let s = store.clone();

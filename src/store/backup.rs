@@ -41,7 +41,7 @@ use parking_lot::Mutex;
 use super::Inner;
 use crate::error::{Error, Result};
 use crate::format::{
-    BLOCK_HEADER_LEN, BlockHeader, FILE_HEADER_LEN, FIRST_FORMAT_VERSION, FileHeader, crc,
+    BLOCK_HEADER_LEN, BlockHeader, FILE_HEADER_LEN, FIRST_FORMAT_VERSION, FileHeader, Kind, crc,
     entry_block_len, is_expired,
 };
 use crate::index::{SHARDS, shard_of};
@@ -57,6 +57,18 @@ type ProgressFn = dyn Fn(&BackupProgress) + Send + Sync;
 const CHUNK: usize = 1 << 20;
 /// The write buffer is written out when it holds this much.
 const BUFFER: usize = 256 << 10;
+/// Round 1 copies at most this many entries per taking of the shard locks
+/// (a writer waits for one such stretch at most)...
+const STRETCH: u64 = REPORT_EVERY;
+/// ...in about this many stretches: a store of fewer entries is copied one
+/// entry per taking of the locks (and the interleaving explorer, with its
+/// small stores, stops round 1 before each entry).
+const STRETCHES: u64 = 1024;
+/// A stretch ends early once it has copied this many bytes.
+const STRETCH_BYTES: u64 = 256 << 10;
+/// The copy's write-back to disk is started every time this much more of
+/// it is written.
+const WRITE_BACK: u64 = 4 << 20;
 /// Progress is reported, and the bandwidth limit applied, this often.
 const REPORT_EVERY: u64 = 1024;
 
@@ -387,6 +399,9 @@ struct Scratch {
     buf: Vec<u8>,
     /// Bytes of the file before `buf`.
     flushed: u64,
+    /// Bytes of the file whose write-back was started (see
+    /// [`start_write_back`](Self::start_write_back)).
+    written_back: u64,
     /// Renamed into place: nothing to remove.
     placed: bool,
 }
@@ -424,6 +439,7 @@ impl Scratch {
             shown,
             buf: Vec::with_capacity(BUFFER + CHUNK),
             flushed: 0,
+            written_back: 0,
             placed: false,
         })
     }
@@ -462,6 +478,42 @@ impl Scratch {
         Ok(())
     }
 
+    /// Starts the write-back of what was written out since it was last
+    /// started, once that is [`WRITE_BACK`] bytes. Called with no store lock
+    /// held and outside the pause: the call may wait for the disk's queue.
+    fn write_back_if_due(&mut self) {
+        if self.flushed >= self.written_back + WRITE_BACK {
+            self.start_write_back();
+        }
+    }
+
+    /// Starts writing what was written since the last call out to the disk,
+    /// without waiting for it: the disk works while the copy goes on, and
+    /// the final sync has only the rest to wait for.
+    fn start_write_back(&mut self) {
+        let (from, to) = (self.written_back, self.flushed);
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&self.file);
+        #[expect(
+            unsafe_code,
+            reason = "`sync_file_range` starts the copy's write-back early, and std has no wrapper for it"
+        )]
+        // SAFETY: sync_file_range only reads its integer arguments; `fd` is
+        // open for the life of `self`.
+        let r = unsafe {
+            libc::sync_file_range(
+                fd,
+                from as libc::off64_t,
+                (to - from) as libc::off64_t,
+                libc::SYNC_FILE_RANGE_WRITE,
+            )
+        };
+        // Only a head start: should it fail, the final sync writes
+        // everything (and the next flush tries again).
+        if r == 0 {
+            self.written_back = to;
+        }
+    }
+
     /// Forgets everything after `end` (later writes go over it; the final
     /// length cuts the rest).
     fn truncate_to(&mut self, end: u64) {
@@ -470,6 +522,7 @@ impl Scratch {
         } else {
             self.buf.clear();
             self.flushed = end;
+            self.written_back = self.written_back.min(end);
         }
     }
 
@@ -645,14 +698,19 @@ impl Listed {
     }
 }
 
-/// Sorts `list` by offset (no two are at the same offset): a radix sort, in
-/// a few passes over the list (three for a file of up to 1 GiB), where
-/// `sort_unstable` took a sixth of round 1 for a million entries.
-fn sort_by_offset(list: &mut Vec<Listed>) {
+/// Sorts `list` by offset (no two are at the same offset): a radix sort
+/// over the bits in which its offsets differ, in a few passes over the list
+/// (`to` is scratch space), where `sort_unstable` took a sixth of round 1
+/// for a million entries. Round 1 sorts one window of the file at a time
+/// (see [`Windows`]): a list that fits in the cache, sorted in one or two
+/// passes.
+fn sort_by_offset(list: &mut Vec<Listed>, to: &mut Vec<Listed>) {
     /// Bits of the key sorted by in one pass, at most.
     const DIGIT: u32 = 11;
-    let max = list.iter().map(|l| l.at >> 24).max().unwrap_or(0);
-    let bits = u64::BITS - max.leading_zeros();
+    let (min, max) = list.iter().fold((u64::MAX, 0), |(lo, hi), l| {
+        (lo.min(l.at >> 24), hi.max(l.at >> 24))
+    });
+    let bits = u64::BITS - (min ^ max).leading_zeros();
     if list.len() < 1 << DIGIT || bits == 0 {
         list.sort_unstable_by_key(|l| l.at);
         return;
@@ -668,22 +726,58 @@ fn sort_by_offset(list: &mut Vec<Listed>) {
             counts[pass as usize * buckets + digit_of(l, pass)] += 1;
         }
     }
-    let mut to = vec![Listed { hash: 0, at: 0 }; list.len()];
-    let mut from = std::mem::take(list);
+    to.clear();
+    to.resize(list.len(), Listed { hash: 0, at: 0 });
     for pass in 0..passes {
         let counts = &mut counts[pass as usize * buckets..][..buckets];
         let mut next = 0;
         for c in counts.iter_mut() {
             (*c, next) = (next, next + *c);
         }
-        for l in &from {
+        for l in list.iter() {
             let c = &mut counts[digit_of(l, pass)];
             to[*c] = *l;
             *c += 1;
         }
-        std::mem::swap(&mut from, &mut to);
+        std::mem::swap(list, to);
     }
-    *list = from;
+}
+
+/// Round 1's list of entries, split by offset into windows of the file
+/// (as listed, in no order within a window): each is sorted just before
+/// its entries are copied, while it fits in the cache, instead of the whole
+/// list at once.
+struct Windows {
+    /// Offsets in window `i` are `i << shift` up to the next window's.
+    shift: u32,
+    lists: Vec<Vec<Listed>>,
+}
+
+impl Windows {
+    /// Windows of about 1 MiB of a file of `file_len` bytes (at most 4096 of
+    /// them) for `entries` entries.
+    fn new(file_len: u64, entries: usize) -> Windows {
+        let mut shift = 20;
+        while file_len >> shift > 4096 {
+            shift += 1;
+        }
+        let n = (file_len >> shift) as usize + 1;
+        let each = entries / n + entries / n / 4 + 16;
+        Windows {
+            shift,
+            lists: (0..n).map(|_| Vec::with_capacity(each)).collect(),
+        }
+    }
+
+    fn push(&mut self, l: Listed) {
+        // The file may have grown since: the last window takes the rest.
+        let w = ((l.offset() >> self.shift) as usize).min(self.lists.len() - 1);
+        self.lists[w].push(l);
+    }
+
+    fn len(&self) -> usize {
+        self.lists.iter().map(Vec::len).sum()
+    }
 }
 
 /// What the block a copy is made from must hold.
@@ -694,6 +788,44 @@ enum Holds<'k> {
     /// A key with this hash: the key the index listed at this offset, in a
     /// shard unchanged since (see [`Copier::first_round`]).
     Hash(u64),
+}
+
+/// Asks the CPU to bring the bytes some blocks after `at` into the cache
+/// (round 1 reads the file in order, a few blocks at a time: each block's
+/// first touch was a cache miss). Only a hint: it never faults, whatever
+/// the address.
+#[cfg(target_arch = "x86_64")]
+fn prefetch_ahead(at: *const u8) {
+    for ahead in [512, 576, 640] {
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        #[expect(
+            unsafe_code,
+            reason = "a prefetch hint (SSE, which every x86-64 CPU has)"
+        )]
+        // SAFETY: SSE is part of the x86-64 baseline, so the CPU has it; a
+        // prefetch reads nothing the program sees and never faults, whatever
+        // the address.
+        unsafe {
+            _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(ahead).cast())
+        };
+    }
+}
+
+/// (No hint on other architectures.)
+#[cfg(not(target_arch = "x86_64"))]
+fn prefetch_ahead(_at: *const u8) {}
+
+/// What [`Copier::check_in_place`] found.
+enum InPlace {
+    /// An intact block of exact length, to be copied byte for byte.
+    Exact(BlockHeader),
+    /// Expired by its header: not copied.
+    Skip,
+    /// Damaged: not copied.
+    Damaged,
+    /// To be copied by [`Copier::copy_locked`] (its header rewritten, its
+    /// padding zeroed, or streamed; or the storage has no map).
+    Other,
 }
 
 /// What the final round did.
@@ -955,75 +1087,247 @@ impl Copier<'_> {
     /// what changes meanwhile is noted and recopied later).
     ///
     /// The index is listed shard by shard, each under its read lock, with
-    /// the shard's version. Then, in file order (the reads go through the
-    /// file once), each entry is copied under its shard's read lock, one
-    /// entry per taking of the lock, so that a writer of that shard waits
-    /// for one entry's copy at most. If the shard's version is still the
-    /// one listed, no slot of it changed: the entry is where the list says,
-    /// and its slot need not be read again (in file order the slots are
-    /// random accesses into the index, a cache miss each: that read was the
-    /// largest cost of a backup). The key in the block must then have the
-    /// listed key's hash. Otherwise whatever the slot holds now is copied;
-    /// keys that left it were noted. (Taking each shard's lock once for a
-    /// stretch of entries would make the order of the copies, and the named
-    /// points the interleaving explorer stops at, depend on the store's
-    /// random key hasher.)
+    /// the shard's version, into windows of the file by offset. Then,
+    /// window by window in file order (the reads go through the file once),
+    /// each window sorted by offset, the entries are copied in stretches of
+    /// up to [`STRETCH`] entries, each stretch under every shard's read lock
+    /// taken once (in shard order, as `clear` takes its write locks), so
+    /// that a writer waits for one stretch's copy at most; the named point
+    /// the interleaving explorer stops at comes before each stretch. If an
+    /// entry's shard still has the version listed, no slot of it changed:
+    /// the entry is where the list says, and its slot need not be read
+    /// again (in file order the slots are random accesses into the index, a
+    /// cache miss each: that read was the largest cost of a backup). The key
+    /// in the block must then have the listed key's hash. Otherwise whatever
+    /// the slot holds now is copied; keys that left it were noted. The order
+    /// of the copies and of the named points does not depend on the store's
+    /// random key hasher.
     fn first_round(&mut self) -> Result<()> {
         let inner = self.inner;
-        let mut all: Vec<Listed> = Vec::with_capacity(inner.entries.load(Ordering::Relaxed));
+        let mut windows = Windows::new(inner.storage.len(), inner.entries.load(Ordering::Relaxed));
         let mut versions = [0u64; SHARDS];
         for (s, cell) in inner.shards.iter().enumerate() {
             let map = cell.map.read();
             versions[s] = map.version();
-            all.extend(
-                map.iter()
-                    .filter(|(_, slot)| !is_expired(slot.expiry(), self.now_ms))
-                    .map(|(id, slot)| {
-                        Listed::new(
-                            inner.hasher.hash_one(slot.key.as_bytes()),
-                            id,
-                            slot.offset(),
-                        )
-                    }),
-            );
+            for (id, slot) in map.iter() {
+                if !is_expired(slot.expiry(), self.now_ms) {
+                    let hash = inner.hasher.hash_one(slot.key.as_bytes());
+                    windows.push(Listed::new(hash, id, slot.offset()));
+                }
+            }
         }
-        sort_by_offset(&mut all);
-        self.round_left = all.len() as u64;
+        self.round_left = windows.len() as u64;
         self.stretch = Instant::now();
         let mut first = FirstRound {
             end: 0,
             entries: 0,
             expiring: Vec::new(),
         };
-        for l in all {
-            inner.storage.point("backup: copy");
-            self.round_left -= 1;
+        let mut scratch = Vec::new();
+        let per_stretch = (self.round_left / STRETCHES).clamp(1, STRETCH);
+        for mut list in std::mem::take(&mut windows.lists) {
+            sort_by_offset(&mut list, &mut scratch);
+            let mut at = 0;
+            while at < list.len() {
+                inner.storage.point("backup: copy");
+                // Up to the next multiple of REPORT_EVERY entries at most, so
+                // that the periodic work falls between stretches, as it fell
+                // between entries.
+                let room = (REPORT_EVERY - self.ticks % REPORT_EVERY).min(per_stretch) as usize;
+                let end = list.len().min(at + room);
+                let done = self.copy_stretch(&list[at..end], &versions, &mut first)?;
+                at += done;
+                self.round_left -= done as u64;
+                self.ticks_outside_pause(done as u64)?;
+            }
+        }
+        first.end = self.out.end();
+        self.first = Some(first);
+        Ok(())
+    }
+
+    /// Copies round 1's entries `list` (in file order) under every shard's
+    /// read lock, taken once for them all (in shard order, as `clear` takes
+    /// its write locks); returns how many it looked at (all of them, or
+    /// fewer once [`STRETCH_BYTES`] are copied). No store lock is held when
+    /// it returns.
+    ///
+    /// An entry of a shard whose version is the one listed is where the
+    /// list says (see [`first_round`](Self::first_round)). When its block's
+    /// length is already exact, its header as this crate writes it and its
+    /// padding zero, the block would be copied byte for byte anyway: it is
+    /// checked in place in the map (header, key hash, payload checksum) and
+    /// joins a run of such blocks adjacent in the file, which goes into the
+    /// write buffer in one piece, straight from the map (see
+    /// [`append_run`](Self::append_run)). Any other entry is copied as
+    /// before, one by one. The buffer is written out after the locks are
+    /// released: no system call is made under them (but for a payload
+    /// longer than a chunk, streamed as before).
+    fn copy_stretch(
+        &mut self,
+        list: &[Listed],
+        versions: &[u64; SHARDS],
+        first: &mut FirstRound,
+    ) -> Result<usize> {
+        let inner = self.inner;
+        let maps: Vec<_> = inner.shards.iter().map(|c| c.map.read()).collect();
+        let mut unchanged = [false; SHARDS];
+        for (u, (m, v)) in unchanged.iter_mut().zip(maps.iter().zip(versions)) {
+            *u = m.version() == *v;
+        }
+        let file_len = inner.storage.len();
+        // The run of checked blocks not yet in the buffer: its start in the
+        // store's file, and its length.
+        let (mut run_from, mut run_len) = (0u64, 0u64);
+        let mut copied = 0u64;
+        let mut looked = 0;
+        for l in list {
+            looked += 1;
             let s = shard_of(l.hash);
-            let map = inner.shards[s].map.read();
-            let copied = if map.version() == versions[s] {
-                self.copy_locked(Holds::Hash(l.hash), l.offset())?
+            let offset = l.offset();
+            let p = if unchanged[s] {
+                match self.check_in_place(l.hash, offset, file_len) {
+                    InPlace::Exact(h) => {
+                        if run_len > 0 && run_from + run_len != offset {
+                            self.append_run(run_from, run_len)?;
+                            run_len = 0;
+                        }
+                        if run_len == 0 {
+                            run_from = offset;
+                        }
+                        let at = self.out.end() + run_len;
+                        run_len += h.block_len;
+                        self.entries_copied += 1;
+                        self.bytes_copied += h.block_len;
+                        Some(Placed {
+                            offset: at,
+                            len: h.block_len,
+                            expiry_ms: h.expiry_ms,
+                        })
+                    }
+                    InPlace::Skip => None,
+                    InPlace::Damaged => {
+                        self.damaged += 1;
+                        None
+                    }
+                    InPlace::Other => {
+                        self.append_run(run_from, run_len)?;
+                        run_len = 0;
+                        self.copy_locked(Holds::Hash(l.hash), offset)?
+                    }
+                }
             } else {
                 // The slot may hold another key by now, or none: whatever it
                 // holds now is copied; keys that left it were noted.
-                let Some(slot) = map.get(l.id()) else {
-                    continue;
-                };
-                if is_expired(slot.expiry(), self.now_ms) {
-                    continue; // and stays expired: the pause comes later
+                self.append_run(run_from, run_len)?;
+                run_len = 0;
+                match maps[s].get(l.id()) {
+                    // Expired stays expired: the pause comes later.
+                    Some(slot) if !is_expired(slot.expiry(), self.now_ms) => {
+                        self.copy_locked(Holds::Key(slot.key.as_bytes()), slot.offset())?
+                    }
+                    _ => None,
                 }
-                self.copy_locked(Holds::Key(slot.key.as_bytes()), slot.offset())?
             };
-            drop(map);
-            if let Some(p) = copied {
+            if let Some(p) = p {
                 first.entries += 1;
+                copied += p.len;
                 if p.expiry_ms != 0 {
                     first.expiring.push(p);
                 }
             }
-            self.tick(true)?;
+            if copied >= STRETCH_BYTES {
+                break;
+            }
         }
-        first.end = self.out.end();
-        self.first = Some(first);
+        self.append_run(run_from, run_len)?;
+        drop(maps);
+        Ok(looked)
+    }
+
+    /// Checks the block at `offset` in place in the map: the entry round 1
+    /// listed there, of a key with hash `hash`, in a shard unchanged since
+    /// (its read lock held by the caller, so the block stays as it is).
+    fn check_in_place(&self, hash: u64, offset: u64, file_len: u64) -> InPlace {
+        let inner = self.inner;
+        #[expect(unsafe_code, reason = "round 1 checks blocks in place in the map")]
+        // SAFETY: the caller holds the read lock of the entry's shard, whose
+        // version is the one listed: the slot still points at `offset`, so
+        // the block is neither freed, written nor truncated away while the
+        // slice lives (it is dropped before the lock).
+        let Some(head) = (unsafe { inner.storage.view(offset, BLOCK_HEADER_LEN) }) else {
+            return InPlace::Other;
+        };
+        prefetch_ahead(head.as_ptr());
+        let Ok(h) = BlockHeader::decode(head, inner.salt, offset, file_len) else {
+            return InPlace::Damaged;
+        };
+        if h.kind != Kind::Entry {
+            return InPlace::Damaged;
+        }
+        if is_expired(h.expiry_ms, self.now_ms) {
+            // The index has the same expiry (a renewal changes both).
+            return InPlace::Skip;
+        }
+        let len = entry_block_len(
+            usize::from(h.key_len),
+            usize::from(h.meta_len),
+            h.value_len as usize,
+        );
+        let payload_len = h.payload_len();
+        // Bytes 5 (flags) and 22..24 (reserved), which decoding ignores.
+        if h.block_len != len
+            || payload_len > CHUNK as u64
+            || head[5] != 0
+            || head[22..24] != [0, 0]
+        {
+            return InPlace::Other;
+        }
+        #[expect(unsafe_code, reason = "round 1 checks blocks in place in the map")]
+        // SAFETY: as above; the block lies within its own length.
+        let Some(block) = (unsafe { inner.storage.view(offset, len) }) else {
+            return InPlace::Other;
+        };
+        let used = (BLOCK_HEADER_LEN + payload_len) as usize;
+        if block[used..].iter().any(|&b| b != 0) {
+            return InPlace::Other; // the copy's padding is zero
+        }
+        let payload = &block[BLOCK_HEADER_LEN as usize..used];
+        let key = &payload[..usize::from(h.key_len)];
+        if inner.hasher.hash_one(key) != hash || crc(inner.salt, &[payload]) != h.payload_crc {
+            return InPlace::Damaged;
+        }
+        InPlace::Exact(h)
+    }
+
+    /// Appends `len` bytes of the store's file at `from` (a run of blocks
+    /// checked in place, whose shards' read locks the caller holds) to the
+    /// copy's write buffer, in one piece straight from the map (written out
+    /// after the locks are released).
+    fn append_run(&mut self, from: u64, len: u64) -> Result<()> {
+        if len == 0 {
+            return Ok(());
+        }
+        let inner = self.inner;
+        #[expect(
+            unsafe_code,
+            reason = "a run of checked blocks is copied from the map in one piece"
+        )]
+        // SAFETY: every block of the run was checked in place under its
+        // shard's read lock, still held: none is freed, written or truncated
+        // away while the slice lives.
+        match unsafe { inner.storage.view(from, len) } {
+            Some(run) => self.out.buf.extend_from_slice(run),
+            None => {
+                let buf = &mut self.out.buf;
+                let at = buf.len();
+                buf.resize(at + len as usize, 0);
+                inner
+                    .storage
+                    .read_at(from, &mut buf[at..])
+                    .map_err(|e| Error::io(&inner.path, "reading an entry for a backup", e))?;
+            }
+        }
         Ok(())
     }
 
@@ -1303,11 +1607,28 @@ impl Copier<'_> {
         Ok(key_ok && hasher.finalize() == h.payload_crc)
     }
 
+    /// After `n` entries copied with no store lock held now (round 1's
+    /// stretches): [`step`](Self::step), and [`periodic`](Self::periodic)
+    /// when a multiple of [`REPORT_EVERY`] entries was passed.
+    fn ticks_outside_pause(&mut self, n: u64) -> Result<()> {
+        self.step()?;
+        self.out.write_back_if_due();
+        let before = self.ticks;
+        self.ticks += n;
+        if before / REPORT_EVERY != self.ticks / REPORT_EVERY {
+            self.periodic()?;
+        }
+        Ok(())
+    }
+
     /// After each entry with no store lock held: [`step`](Self::step), and
     /// every [`REPORT_EVERY`] entries (outside the pause)
     /// [`periodic`](Self::periodic).
     fn tick(&mut self, outside_pause: bool) -> Result<()> {
         self.step()?;
+        if outside_pause {
+            self.out.write_back_if_due();
+        }
         self.ticks += 1;
         if outside_pause && self.ticks.is_multiple_of(REPORT_EVERY) {
             self.periodic()?;
@@ -1526,7 +1847,7 @@ mod tests {
             }
             let mut want = list.clone();
             want.sort_unstable_by_key(|l| l.at);
-            sort_by_offset(&mut list);
+            sort_by_offset(&mut list, &mut Vec::new());
             assert!(
                 list.iter()
                     .zip(&want)
