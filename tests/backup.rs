@@ -993,3 +993,36 @@ fn writes_during_round_1(n: u32, at_copy: usize) {
     let got = check_copy(&dest, clock.now_millis_for_tests(), report.file_len);
     assert_eq!(got, expected);
 }
+
+#[test]
+fn a_backup_writes_the_pending_members_of_batches_settled() {
+    // Under `Never`, batches of puts are pending on disk until the next
+    // sync. A backup (round 1 copies runs of blocks as they are, where it
+    // can) must write them settled: pending entries with no commit record
+    // would be free space to an open of the copy. Enough entries for round
+    // 1's stretches of many blocks.
+    let t = common::TempStore::new();
+    let clock = common::clock();
+    let store = Options::new()
+        .sync(sfs::SyncPolicy::Never)
+        .clock(clock.clone())
+        .active_expiry(None)
+        .auto_compact(None)
+        .open(&t.path)
+        .unwrap();
+    for b in 0..30 {
+        let mut batch = sfs::Batch::new();
+        for i in 0..200 {
+            let k = format!("key-{b:02}-{i:03}");
+            batch.put(&k, value_of(&k, 100));
+        }
+        store.apply(&batch).unwrap();
+    }
+    let expected = contents(&store);
+    assert_eq!(expected.len(), 6000);
+    let dest = t.dir.path().join("copy.sfs");
+    let report = store.backup(&dest).unwrap();
+    let got = check_copy(&dest, clock.now_millis_for_tests(), report.file_len);
+    assert_eq!(got, expected);
+    store.check_invariants().unwrap();
+}

@@ -1275,8 +1275,10 @@ impl Copier<'_> {
             h.value_len as usize,
         );
         let payload_len = h.payload_len();
-        // Bytes 5 (flags) and 22..24 (reserved), which decoding ignores.
+        // Bytes 5 (flags) and 22..24 (reserved), which decoding ignores. A
+        // batch's pending member goes the other way, which writes it settled.
         if h.block_len != len
+            || h.pending
             || payload_len > CHUNK as u64
             || head[5] != 0
             || head[22..24] != [0, 0]
