@@ -569,16 +569,17 @@ fn the_batch() -> Batch {
 }
 
 /// Applies the batch to a twin of `faulty_store` (the same calls in the
-/// same order) and returns the number (1-based, as `FaultStorage::fail`
-/// counts write calls) of the first write after the batch's sync that
-/// `pick` chooses, given the twin's file before the batch, the write's
-/// offset and whether it is an 8-byte word store.
-fn nth_write_after_the_sync(pick: impl Fn(&[u8], u64, bool) -> bool) -> u64 {
+/// same order), then `then`, and returns the number (1-based, as
+/// `FaultStorage::fail` counts write calls) of the first write after the
+/// batch's sync that `pick` chooses, given the twin's file before the
+/// batch, the write's offset and whether it is an 8-byte word store.
+fn nth_write_after_the_sync(pick: impl Fn(&[u8], u64, bool) -> bool, then: impl Fn(&Store)) -> u64 {
     let (fs, s) = faulty_store();
     let before = fs.calls().0;
     let image = fs.bytes();
     let mark = fs.event_count();
     s.apply(&the_batch()).unwrap();
+    then(&s);
     let rec = fs.recording();
     let writes: Vec<(usize, u64, bool)> = (mark..rec.events.len())
         .filter_map(|i| match &rec.events[i] {
@@ -634,15 +635,41 @@ fn check_after_failure(fs: &FaultStorage, s: Store, e: Error) {
     s.check_invariants().unwrap();
 }
 
+/// The first settling store of the batch's members: made by the sync of
+/// the next durable write, a put of `d`.
+fn nth_settling_store() -> u64 {
+    nth_write_after_the_sync(|_, _, word| word, |s| s.put("d", "after").unwrap())
+}
+
 #[test]
-fn a_member_whose_settling_write_fails_leaves_the_batch_whole_and_reports_it() {
-    // The first word store after the sync settles the first member (`a`);
-    // `c` stays pending.
-    let nth = nth_write_after_the_sync(|_, _, word| word);
+fn a_settling_store_that_fails_leaves_the_batch_whole_and_pending_until_a_later_sync() {
+    // A batch is settled by a later sync than its own (here the put's):
+    // the store of `a`'s settled word fails. The put is not failed for it:
+    // the batch stays whole on disk, pending, its record kept, and a later
+    // sync settles it.
+    let nth = nth_settling_store();
     let (fs, s) = faulty_store();
     fs.fail(Call::Write, nth, FaultError::Io);
-    let e = s.apply(&the_batch()).unwrap_err();
-    check_after_failure(&fs, s, e);
+    s.apply(&the_batch()).unwrap();
+    s.put("d", "after").unwrap();
+    assert_eq!(fs.failures(), 1, "the settling store was made and failed");
+    let want = pairs(&[("a", "new"), ("c", "new"), ("d", "after"), ("z", "first")]);
+    assert_eq!(contents(&s), want, "memory");
+    s.check_invariants().unwrap();
+    assert_eq!(contents_of(fs.bytes()), want, "an open of the file");
+    fs.heal();
+    s.sync().unwrap();
+    s.check_invariants().unwrap();
+    drop(s);
+    let s = Options::new()
+        .active_expiry(None)
+        .open_on(
+            "again.sfs",
+            Arc::new(MemStorage::with_bytes(fs.bytes())) as Arc<dyn Storage>,
+        )
+        .unwrap();
+    assert_eq!(contents(&s), want, "after a reopen");
+    s.check_invariants().unwrap();
 }
 
 #[test]
@@ -651,10 +678,13 @@ fn a_deleted_key_whose_free_header_fails_mid_batch_leaves_the_batch_whole_and_re
     // publication of `a` and that of `c`: `c` is published all the same,
     // `b` leaves the index (the batch's tombstone deletes it on disk while
     // the record, kept for the next open, lives).
-    let nth = nth_write_after_the_sync(|image, offset, _| {
-        let at = offset as usize + 48;
-        image.get(at..at + 6) == Some(&b"bold-b"[..])
-    });
+    let nth = nth_write_after_the_sync(
+        |image, offset, _| {
+            let at = offset as usize + 48;
+            image.get(at..at + 6) == Some(&b"bold-b"[..])
+        },
+        |_| {},
+    );
     let (fs, s) = faulty_store();
     fs.fail(Call::Write, nth, FaultError::Io);
     let e = s.apply(&the_batch()).unwrap_err();
@@ -667,16 +697,17 @@ fn a_member_left_pending_by_a_failed_settling_is_never_freed_before_its_batch_is
     // on disk, valid only while both are there. Overwriting `c` frees its
     // pending copy: were that free written before the batch is settled,
     // a reopen would find the batch incomplete and drop `a`'s new value.
-    let nth = nth_write_after_the_sync(|_, _, word| word);
+    let nth = nth_settling_store();
     let (fs, s) = faulty_store();
     fs.fail(Call::Write, nth, FaultError::Io);
-    s.apply(&the_batch()).unwrap_err();
+    s.apply(&the_batch()).unwrap();
+    s.put("d", "after").unwrap();
     fs.heal();
     s.check_invariants().unwrap();
     s.put("c", "newer").unwrap();
     s.sync().unwrap();
     s.compact().unwrap();
-    let want = pairs(&[("a", "new"), ("c", "newer"), ("z", "first")]);
+    let want = pairs(&[("a", "new"), ("c", "newer"), ("d", "after"), ("z", "first")]);
     assert_eq!(contents(&s), want, "memory");
     s.check_invariants().unwrap();
     // Every event's image: a process crash after any of them keeps the

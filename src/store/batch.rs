@@ -17,22 +17,22 @@
 //!    up to 1 MiB (the record last), one write per run (`write_batch`): one
 //!    allocation and one `pwrite` per member cost more than the sync itself
 //!    for small members. Readers do not rely on where the blocks are.
-//! 4. Settling: each member's expiry word is rewritten settled (one atomic
-//!    8-byte store each), and the member keys are listed as unsettled with
-//!    the generation of those writes, so that no remover frees a member
-//!    before a sync makes them durable (a member freed while others are
-//!    still pending on disk would make the record incomplete). The keys are
-//!    then published one by one, in the order they first appear in the
-//!    batch; each deleted key's copies are freed (no sync needed: the
+//! 4. Publishing: the batch is listed as unsettled (`unsettled`), then the
+//!    keys are published one by one, in the order they first appear in
+//!    the batch; each deleted key's copies are freed (no sync needed: the
 //!    record's tombstone outranks them while the record lives).
-//! 5. The commit record is held until a sync covers all of step 4, then
-//!    freed by that sync (`Blocks::after_sync`).
+//! 5. Settling, by the next sync (whoever makes it: `settle_ready` in
+//!    `sync_to`): each member's expiry word is rewritten settled (one
+//!    atomic 8-byte store each), covered by that sync; then the commit
+//!    record is freed by the next (`Blocks::after_sync`). Until the batch
+//!    is settled, a write that would free, renew or copy a member settles
+//!    it first (a member freed while others are still pending on disk
+//!    would make the record incomplete). Settling in `apply` itself cost a
+//!    write fault on every page the batch's sync had just written back.
 //!
 //! Under `SyncPolicy::Never` and `Periodic`, a batch with no key to delete
-//! (and not [`Batch::durable`]) skips the sync of step 3 and the settling
-//! of step 4: it is published with its members pending and listed in
-//! `unsettled`, which settles it at the next sync, or before any write
-//! frees, renews or copies one of its members.
+//! (and not [`Batch::durable`]) also skips the sync of step 3: it is
+//! settled once a later sync has made it durable.
 //!
 //! The batch holds the write locks of all its keys (sorted, so two batches
 //! never deadlock) from its first look to its last publication: a batch is
@@ -54,8 +54,8 @@ use super::{Inner, KEY_LOCKS};
 use crate::error::{Error, Result};
 use crate::events::Notes;
 use crate::format::{
-    BlockHeader, CommitRecord, EXPIRY_WORD_OFFSET, FILE_HEADER_LEN, FORMAT_VERSION, Kind,
-    MAX_VALUE_LEN, crc, entry_block_len, expiry_word, is_expired, member_digest, stored_header_crc,
+    BlockHeader, CommitRecord, FILE_HEADER_LEN, FORMAT_VERSION, Kind, MAX_VALUE_LEN, crc,
+    entry_block_len, is_expired, member_digest, stored_header_crc,
 };
 use crate::options::SyncPolicy;
 use crate::store::values::{Expiry, PutOptions};
@@ -484,7 +484,7 @@ impl Inner {
             &tombstones,
             &steps,
             (first_seq, commit),
-            (generation, late),
+            generation,
             &rooms,
             notes,
         )?;
@@ -721,40 +721,20 @@ impl Inner {
         tombstones: &[&[u8]],
         steps: &[Step],
         (first_seq, commit): (u64, (u64, u64)),
-        (generation, lazy): (u64, bool),
+        generation: u64,
         rooms: &HashMap<Vec<u8>, super::write::Room<'_>>,
         notes: &mut Notes<'_>,
     ) -> Result<()> {
         let mut failed = None;
-        let word = |i: usize| expiry_word(members[i].expiry_ms, self.salt, first_seq + i as u64);
-        if lazy {
-            // Settled by the next sync (see `unsettled`); listed before any
-            // key is published, so that a remover finds it listed.
+        // Settled by a later sync (the next whose leader finds the batch's
+        // write durable; see `unsettled`), not here: the settling stores
+        // would fault every page the batch's sync just wrote back. Listed
+        // before any key is published, so that a remover finds it listed.
+        let listed = (!written.is_empty()).then(|| {
             let blocks = written.iter().copied().chain([commit]);
-            self.list_unsettled(runs(blocks), written.len(), (commit, generation), false);
-        } else {
-            for (i, &(offset, _)) in written.iter().enumerate() {
-                if let Err(e) = self
-                    .storage
-                    .write_word(offset + EXPIRY_WORD_OFFSET, word(i))
-                {
-                    failed = Some(Error::io(&self.path, "settling a batch member", e));
-                    // The members from this one on stay pending: none of
-                    // them may be freed before all are settled.
-                    let left = written[i..].iter().map(|&(o, l)| (o, o + l)).collect();
-                    self.list_unsettled(left, written.len() - i, (commit, generation), true);
-                    break;
-                }
-            }
-        }
-        let words = self.note_write();
-        if !lazy {
-            // No remover frees a member before a sync covers its settled word.
-            for m in members {
-                self.blocks.freed_unsynced(m.hash, words);
-            }
-        }
-        self.storage.point("batch: settled");
+            self.list_unsettled(runs(blocks), written.len(), (commit, generation), false)
+        });
+        let words = generation;
         // Every key is published even when one step fails: the batch is on
         // disk, whole, so memory must say so too. The first error is
         // returned, and the record is then kept for the next open.
@@ -775,18 +755,22 @@ impl Inner {
             }
         }
         let settled = self.note_write();
-        match failed {
-            // A member still pending, or a deleted key's copy not freed:
-            // the record must outlive this session (the next open settles
-            // the batch). It is left as it is, listed.
-            Some(e) => {
+        match (failed, listed) {
+            // A deleted key's copy not freed: the record must outlive this
+            // session (the next open settles the batch). It is left as it
+            // is, listed.
+            (Some(e), _) => {
                 self.keep_record(commit);
                 Err(e)
             }
             // Freed once a sync has settled the members.
-            None if lazy => Ok(()),
-            None => {
-                // Freed by the next sync that covers all of the above.
+            (None, Some(id)) => {
+                self.published(id, settled);
+                Ok(())
+            }
+            // No member: freed by the next sync that covers all of the
+            // above.
+            (None, None) => {
                 self.blocks.hold_commit(commit.0, commit.1, settled);
                 Ok(())
             }

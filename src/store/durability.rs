@@ -50,8 +50,12 @@ impl Inner {
             self.gather(&mut st);
             // Everyone asking now has written: the sync covers them.
             st.last_group = std::mem::take(&mut st.asking);
-            let target = self.writes.load(Ordering::Acquire);
+            let synced_before = st.synced;
             drop(st);
+            // Batches an earlier sync made durable are settled now, and this
+            // sync covers their settling (see `unsettled`).
+            let settling = self.settle_ready(synced_before);
+            let target = self.writes.load(Ordering::Acquire);
             let started = std::time::Instant::now();
             // A panic inside the storage (a bug, or a test's) must not leave
             // `running` set, or every later sync would wait forever: it is a
@@ -82,6 +86,11 @@ impl Inner {
                 }
             }
             self.sync_done.notify_all();
+            if r.is_ok() && !settling.is_empty() {
+                drop(st);
+                self.finish_settled(&settling);
+                st = self.sync_state.lock();
+            }
             r.map_err(self.io("syncing the file"))?;
         }
         let synced = st.synced;

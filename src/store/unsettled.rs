@@ -1,6 +1,8 @@
 //! Batches whose members are still pending on disk after `apply` returned:
-//! under `SyncPolicy::Never` and `Periodic`, every batch until the next
-//! sync; under every policy, a batch whose settling failed part-way.
+//! every batch, until the next sync after its own settles it (`settle_ready`,
+//! called by whichever thread leads that sync); under `SyncPolicy::Never`
+//! and `Periodic`, a batch of puts skips its own sync, and is settled once
+//! a later one has made it durable.
 //!
 //! A pending member is an entry only while its batch's commit record is
 //! complete, i.e. while every member is there (FORMAT.md, "Batches"). So
@@ -9,8 +11,8 @@
 //! batch is settled (each member's expiry word stored settled) and a sync
 //! has made that durable: every free header passes through
 //! [`Inner::settle_member`] (`FileIo::write_free_header`), and so do
-//! renewals. A sync (`Store::sync`, the flusher, `close`, compaction)
-//! settles every listed batch first (`settle_all`).
+//! renewals. `Store::sync` (and the flusher, `close`, compaction) settles
+//! every listed batch (`settle_all`).
 //!
 //! Why settling waits for a sync at all: a settled member is an entry on
 //! its own. Were its settled word durable before the batch's other members
@@ -58,6 +60,12 @@ struct Pending {
     written_at: u64,
     /// The write generation of the stores that settled the members.
     settled_at: Option<u64>,
+    /// Set when `apply` has published every key (write generation after
+    /// the last free header of a deleted key). The record is freed only
+    /// once the members are settled *and* the batch is published, after a
+    /// sync covers both: its tombstones outrank the deleted keys' copies
+    /// until their free headers are durable.
+    published_at: Option<u64>,
 }
 
 impl Unsettled {
@@ -75,14 +83,15 @@ impl Inner {
     /// Lists a batch whose `members` members are pending on disk in the
     /// runs of blocks `spans` ((offset, end) each), with its commit record,
     /// written at write generation `written_at`. Before its members are
-    /// published: a remover that finds one must find it listed.
+    /// published: a remover that finds one must find it listed. Returns its
+    /// id for [`published`](Inner::published).
     pub(super) fn list_unsettled(
         &self,
         spans: Vec<(u64, u64)>,
         members: usize,
         (record, written_at): ((u64, u64), u64),
         keep: bool,
-    ) {
+    ) -> u64 {
         let mut u = self.unsettled.lock();
         let id = u.next_id;
         u.next_id += 1;
@@ -99,10 +108,69 @@ impl Inner {
                 keep_record: keep,
                 written_at,
                 settled_at: None,
+                published_at: None,
             },
         );
         self.any_unsettled
             .store(!u.spans.is_empty(), Ordering::Release);
+        id
+    }
+
+    /// `apply` has published every key of batch `id` (`generation`: a write
+    /// generation after all its writes). Frees its record with the next
+    /// sync if its members are settled already.
+    pub(super) fn published(&self, id: u64, generation: u64) {
+        let mut u = self.unsettled.lock();
+        let Some(b) = u.batches.get_mut(&id) else {
+            return;
+        };
+        let done = b.settled_at.is_some() && b.spans.is_empty() && !b.keep_record;
+        if !done {
+            b.published_at = Some(generation);
+            return;
+        }
+        let record = b.record;
+        u.batches.remove(&id);
+        drop(u);
+        self.blocks.hold_commit(record.0, record.1, generation);
+    }
+
+    /// Called by the leader of a sync before it reads what the sync will
+    /// cover: stores the settled words of the listed batches that an
+    /// earlier sync made durable (their stores are then covered by this
+    /// one). Returns the batches this sync settles, for
+    /// [`finish_settled`](Inner::finish_settled) once it succeeds.
+    pub(super) fn settle_ready(&self, synced: u64) -> Vec<u64> {
+        if !self.any_unsettled.load(Ordering::Acquire) {
+            return Vec::new();
+        }
+        let mut u = self.unsettled.lock();
+        let mut ids = Vec::new();
+        let mut stored = false;
+        for (&id, b) in u.batches.iter() {
+            if b.spans.is_empty() || b.written_at > synced {
+                continue;
+            }
+            if b.settled_at.is_none() {
+                if self.settle_spans(&b.spans).is_err() {
+                    // Left for a later sync, or for the one that needs it.
+                    continue;
+                }
+                stored = true;
+            }
+            ids.push(id);
+        }
+        if stored {
+            let g = self.note_write();
+            for id in &ids {
+                if let Some(b) = u.batches.get_mut(id) {
+                    b.settled_at.get_or_insert(g);
+                }
+            }
+            drop(u);
+            self.storage.point("batch: settled late");
+        }
+        ids
     }
 
     /// The record of the listed batch with this record must outlive the
@@ -244,9 +312,9 @@ impl Inner {
     }
 
     /// After a sync covered their settling: the batches' members are plain
-    /// entries now; their records are freed by the next sync (kept, if
-    /// they must outlive the session).
-    fn finish_settled(&self, ids: &[u64]) {
+    /// entries now; their records are freed by the next sync once the
+    /// batches are published (kept, if they must outlive the session).
+    pub(super) fn finish_settled(&self, ids: &[u64]) {
         let synced = self.sync_state.lock().synced;
         let mut records = Vec::new();
         {
@@ -260,10 +328,10 @@ impl Inner {
                 }
                 let spans = std::mem::take(&mut b.spans);
                 let members = std::mem::take(&mut b.members);
-                let (record, keep) = (b.record, b.keep_record);
-                if !keep {
+                let (record, keep, published) = (b.record, b.keep_record, b.published_at);
+                if let (false, Some(p)) = (keep, published) {
                     u.batches.remove(id);
-                    records.push(record);
+                    records.push((record, p.max(synced)));
                 }
                 u.members -= members;
                 for (start, _) in spans {
@@ -275,8 +343,8 @@ impl Inner {
         }
         // Not under `unsettled`: holding takes the block owner's lock, which
         // a free header (and so `settle_member`) may be written under.
-        for (offset, len) in records {
-            self.blocks.hold_commit(offset, len, synced);
+        for ((offset, len), generation) in records {
+            self.blocks.hold_commit(offset, len, generation);
         }
     }
 
