@@ -606,16 +606,7 @@ fn check_after_failure(fs: &FaultStorage, s: Store, e: Error) {
     let want = pairs(&[("a", "new"), ("c", "new"), ("z", "first")]);
     assert_eq!(contents(&s), want, "memory");
     s.check_invariants().unwrap();
-    let ro = Options::new()
-        .read_only(true)
-        .active_expiry(None)
-        .open_on(
-            "ro.sfs",
-            Arc::new(MemStorage::with_bytes(fs.bytes())) as Arc<dyn Storage>,
-        )
-        .unwrap();
-    assert_eq!(contents(&ro), want, "an open of the file");
-    drop(ro);
+    assert_eq!(contents_of(fs.bytes()), want, "an open of the file");
     fs.heal();
     s.put("d", "after").unwrap();
     s.delete("z").unwrap();
@@ -624,13 +615,7 @@ fn check_after_failure(fs: &FaultStorage, s: Store, e: Error) {
     assert_eq!(contents(&s), want);
     s.check_invariants().unwrap();
     drop(s);
-    let s = Options::new()
-        .active_expiry(None)
-        .open_on(
-            "again.sfs",
-            Arc::new(MemStorage::with_bytes(fs.bytes())) as Arc<dyn Storage>,
-        )
-        .unwrap();
+    let s = reopen(&fs);
     assert_eq!(contents(&s), want, "after a reopen");
     s.check_invariants().unwrap();
 }
@@ -661,13 +646,7 @@ fn a_settling_store_that_fails_leaves_the_batch_whole_and_pending_until_a_later_
     s.sync().unwrap();
     s.check_invariants().unwrap();
     drop(s);
-    let s = Options::new()
-        .active_expiry(None)
-        .open_on(
-            "again.sfs",
-            Arc::new(MemStorage::with_bytes(fs.bytes())) as Arc<dyn Storage>,
-        )
-        .unwrap();
+    let s = reopen(&fs);
     assert_eq!(contents(&s), want, "after a reopen");
     s.check_invariants().unwrap();
 }
@@ -739,15 +718,20 @@ fn a_member_left_pending_by_a_failed_settling_is_never_freed_before_its_batch_is
         }
     }
     drop(s);
-    let s = Options::new()
+    let s = reopen(&fs);
+    assert_eq!(contents(&s), want, "after a reopen");
+    s.check_invariants().unwrap();
+}
+
+/// A read-write open of what `fs` holds now.
+fn reopen(fs: &FaultStorage) -> Store {
+    Options::new()
         .active_expiry(None)
         .open_on(
             "again.sfs",
             Arc::new(MemStorage::with_bytes(fs.bytes())) as Arc<dyn Storage>,
         )
-        .unwrap();
-    assert_eq!(contents(&s), want, "after a reopen");
-    s.check_invariants().unwrap();
+        .unwrap()
 }
 
 /// What a read-only open of `image` holds.
@@ -797,6 +781,27 @@ fn concurrent_batches_at_the_cap_are_never_refused_for_each_others_keys() {
     s.check_invariants().unwrap();
 }
 
+/// A store under `Never` on a fault-injecting storage, holding `puts` and
+/// `v` from a first batch (the file is version 2 already: the upgrade syncs
+/// once), all synced.
+fn never_store(puts: &[(&str, &str)]) -> (Arc<FaultStorage>, Store) {
+    let fs = Arc::new(FaultStorage::new());
+    let s = Options::new()
+        .sync(SyncPolicy::Never)
+        .active_expiry(None)
+        .auto_compact(None)
+        .open_on("n.sfs", fs.clone() as Arc<dyn Storage>)
+        .unwrap();
+    for (k, v) in puts {
+        s.put(k, v).unwrap();
+    }
+    let mut first = Batch::new();
+    first.put("v", "first");
+    s.apply(&first).unwrap();
+    s.sync().unwrap();
+    (fs, s)
+}
+
 #[test]
 fn under_never_a_batch_of_puts_skips_its_sync_and_stays_all_or_nothing_until_the_next() {
     // Under `Never` a batch of puts is written and published without a
@@ -807,18 +812,7 @@ fn under_never_a_batch_of_puts_skips_its_sync_and_stays_all_or_nothing_until_the
     // untouched members (`y`, `z`) both or neither. (A delete of `x`
     // before any sync: without settling first, its free header would make
     // the batch's record incomplete, and an open would drop `y` and `z`.)
-    let fs = Arc::new(FaultStorage::new());
-    let s = Options::new()
-        .sync(SyncPolicy::Never)
-        .active_expiry(None)
-        .auto_compact(None)
-        .open_on("n.sfs", fs.clone() as Arc<dyn Storage>)
-        .unwrap();
-    s.put("x", "old-x").unwrap();
-    let mut first = Batch::new();
-    first.put("v", "first");
-    s.apply(&first).unwrap(); // the upgrade to version 2 syncs once
-    s.sync().unwrap();
+    let (fs, s) = never_store(&[("x", "old-x")]);
     let syncs = s.stats().syncs;
     let mut b = Batch::new();
     b.put("x", "new-x")
@@ -882,13 +876,7 @@ fn under_never_a_batch_of_puts_skips_its_sync_and_stays_all_or_nothing_until_the
         }
     }
     drop(s);
-    let s = Options::new()
-        .active_expiry(None)
-        .open_on(
-            "again.sfs",
-            Arc::new(MemStorage::with_bytes(fs.bytes())) as Arc<dyn Storage>,
-        )
-        .unwrap();
+    let s = reopen(&fs);
     assert_eq!(s.get("x").unwrap().as_deref(), Some(&b"newer-x"[..]));
     assert_eq!(s.get("y").unwrap().as_deref(), Some(&b"new-y"[..]));
     assert_eq!(s.get("w").unwrap().as_deref(), Some(&b"new-w"[..]));
@@ -897,16 +885,7 @@ fn under_never_a_batch_of_puts_skips_its_sync_and_stays_all_or_nothing_until_the
 
 #[test]
 fn a_durable_batch_under_never_is_on_disk_when_apply_returns() {
-    let fs = Arc::new(FaultStorage::new());
-    let s = Options::new()
-        .sync(SyncPolicy::Never)
-        .active_expiry(None)
-        .open_on("d.sfs", fs.clone() as Arc<dyn Storage>)
-        .unwrap();
-    let mut first = Batch::new();
-    first.put("v", "first");
-    s.apply(&first).unwrap();
-    s.sync().unwrap();
+    let (fs, s) = never_store(&[]);
     let syncs = s.stats().syncs;
     let mut b = Batch::new();
     b.put("a", "1").put("b", "2").durable();

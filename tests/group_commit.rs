@@ -19,6 +19,22 @@ struct HeldSync {
     changed: Condvar,
     writers: usize,
     syncs: AtomicUsize,
+    /// How long every sync takes (a slow disk).
+    sync_time: std::time::Duration,
+}
+
+impl HeldSync {
+    fn new(writers: usize, sync_time: std::time::Duration) -> HeldSync {
+        HeldSync {
+            inner: MemStorage::new(),
+            armed: Mutex::new(false),
+            written: Mutex::new(0),
+            changed: Condvar::new(),
+            writers,
+            syncs: AtomicUsize::new(0),
+            sync_time,
+        }
+    }
 }
 
 impl Storage for HeldSync {
@@ -41,6 +57,7 @@ impl Storage for HeldSync {
                 self.changed.wait(&mut w);
             }
         }
+        std::thread::sleep(self.sync_time);
         self.syncs.fetch_add(1, Ordering::SeqCst);
         self.inner.sync()
     }
@@ -55,14 +72,7 @@ impl Storage for HeldSync {
 #[test]
 fn writers_that_wrote_during_a_sync_share_the_next_one() {
     for writers in [2usize, 4, 8] {
-        let storage = Arc::new(HeldSync {
-            inner: MemStorage::new(),
-            armed: Mutex::new(false),
-            written: Mutex::new(0),
-            changed: Condvar::new(),
-            writers,
-            syncs: AtomicUsize::new(0),
-        });
+        let storage = Arc::new(HeldSync::new(writers, std::time::Duration::ZERO));
         let store = Options::new()
             .sync(SyncPolicy::Always)
             .auto_compact(None)
@@ -104,34 +114,6 @@ fn writers_that_wrote_during_a_sync_share_the_next_one() {
     }
 }
 
-/// A storage whose every sync takes `sync_time` (a slow disk), counting
-/// syncs.
-struct SlowSync {
-    inner: MemStorage,
-    sync_time: std::time::Duration,
-    syncs: AtomicUsize,
-}
-
-impl Storage for SlowSync {
-    fn len(&self) -> u64 {
-        self.inner.len()
-    }
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
-        self.inner.read_at(offset, buf)
-    }
-    fn write_at(&self, offset: u64, parts: &[&[u8]]) -> std::io::Result<()> {
-        self.inner.write_at(offset, parts)
-    }
-    fn set_len(&self, len: u64) -> std::io::Result<()> {
-        self.inner.set_len(len)
-    }
-    fn sync(&self) -> std::io::Result<()> {
-        std::thread::sleep(self.sync_time);
-        self.syncs.fetch_add(1, Ordering::SeqCst);
-        self.inner.sync()
-    }
-}
-
 #[test]
 fn the_leader_of_a_sync_waits_for_the_writers_of_the_last_groups() {
     // 4 writers, 3 durable puts each. The first sync covers the first
@@ -140,13 +122,10 @@ fn the_leader_of_a_sync_waits_for_the_writers_of_the_last_groups() {
     // waits for the first writer to write again (its group is expected),
     // so from then on one sync covers all four: 4 syncs (the last leader
     // waits its window for the writer that has finished, then syncs).
-    let storage = Arc::new(SlowSync {
-        inner: MemStorage::new(),
-        // A window of half of it: far longer than a put takes, so that
-        // whether a writer arrives in time does not depend on the machine.
-        sync_time: std::time::Duration::from_millis(400),
-        syncs: AtomicUsize::new(0),
-    });
+    // Every sync takes 400 ms, so the leader's window is 200 ms: far
+    // longer than a put takes, so that whether a writer arrives in time
+    // does not depend on the machine. (Never armed: no sync is held.)
+    let storage = Arc::new(HeldSync::new(0, std::time::Duration::from_millis(400)));
     let store = Options::new()
         .sync(SyncPolicy::Always)
         .auto_compact(None)
