@@ -615,7 +615,7 @@ fn check_after_failure(fs: &FaultStorage, s: Store, e: Error) {
     assert_eq!(contents(&s), want);
     s.check_invariants().unwrap();
     drop(s);
-    let s = reopen(&fs);
+    let s = reopen(fs);
     assert_eq!(contents(&s), want, "after a reopen");
     s.check_invariants().unwrap();
 }
