@@ -416,12 +416,11 @@ impl Shared {
 }
 
 /// The value a key has in the batch being built, or in the store.
-fn visible(
-    store: &Store,
-    pending: &HashMap<String, Option<(String, Option<i64>)>>,
-    key: &str,
-    now: i64,
-) -> Result<Option<String>> {
+/// What the batch being built makes of each key so far (`None`: deleted),
+/// with the expiry.
+type Pending = HashMap<String, Option<(String, Option<i64>)>>;
+
+fn visible(store: &Store, pending: &Pending, key: &str, now: i64) -> Result<Option<String>> {
     if let Some(p) = pending.get(key) {
         return Ok(p
             .as_ref()
@@ -445,6 +444,58 @@ fn put(batch: &mut Batch, key: &str, value: &str, expires_at_ms: Option<i64>) {
     };
 }
 
+/// Adds the effect of `op` to `batch` (and `pending`, what the batch makes
+/// of each key so far) and returns its response.
+fn apply_op(
+    store: &Store,
+    batch: &mut Batch,
+    pending: &mut Pending,
+    op: Command,
+    now: i64,
+) -> Result<Response> {
+    Ok(match op {
+        Command::Put {
+            key,
+            value,
+            expires_at_ms,
+        } => {
+            put(batch, &key, &value, expires_at_ms);
+            pending.insert(key, Some((value, expires_at_ms)));
+            Response::Written
+        }
+        Command::Delete { key } => {
+            let existed = visible(store, pending, &key, now)?.is_some();
+            batch.delete(data_key(&key));
+            pending.insert(key, None);
+            Response::Deleted { existed }
+        }
+        Command::CompareAndSwap {
+            key,
+            expected,
+            new,
+            expires_at_ms,
+        } => {
+            let current = visible(store, pending, &key, now)?;
+            let swapped = current == expected;
+            if swapped {
+                match &new {
+                    Some(v) => put(batch, &key, v, expires_at_ms),
+                    None => {
+                        batch.delete(data_key(&key));
+                    }
+                }
+                pending.insert(key, new.map(|v| (v, expires_at_ms)));
+            }
+            Response::Swapped { swapped, current }
+        }
+        Command::Batch(ops) => Response::Batch(
+            ops.into_iter()
+                .map(|op| apply_op(store, batch, pending, op, now))
+                .collect::<Result<_>>()?,
+        ),
+    })
+}
+
 impl RaftStateMachine<TypeConfig> for StateMachine {
     type SnapshotBuilder = SnapshotBuilder;
 
@@ -462,7 +513,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let store = self.store();
         let clock = &self.shared.clock;
         let mut batch = Batch::new();
-        let mut pending: HashMap<String, Option<(String, Option<i64>)>> = HashMap::new();
+        let mut pending = Pending::new();
         let mut replies = Vec::new();
         let mut last = None;
         let mut membership = None;
@@ -477,42 +528,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 EntryPayload::Normal(req) => {
                     clock.advance_to(req.time_ms);
                     let now = clock.now_millis();
-                    match req.op {
-                        Command::Put {
-                            key,
-                            value,
-                            expires_at_ms,
-                        } => {
-                            put(&mut batch, &key, &value, expires_at_ms);
-                            pending.insert(key, Some((value, expires_at_ms)));
-                            Response::Written
-                        }
-                        Command::Delete { key } => {
-                            let existed = visible(&store, &pending, &key, now)?.is_some();
-                            batch.delete(data_key(&key));
-                            pending.insert(key, None);
-                            Response::Deleted { existed }
-                        }
-                        Command::CompareAndSwap {
-                            key,
-                            expected,
-                            new,
-                            expires_at_ms,
-                        } => {
-                            let current = visible(&store, &pending, &key, now)?;
-                            let swapped = current == expected;
-                            if swapped {
-                                match &new {
-                                    Some(v) => put(&mut batch, &key, v, expires_at_ms),
-                                    None => {
-                                        batch.delete(data_key(&key));
-                                    }
-                                }
-                                pending.insert(key, new.map(|v| (v, expires_at_ms)));
-                            }
-                            Response::Swapped { swapped, current }
-                        }
-                    }
+                    apply_op(&store, &mut batch, &mut pending, req.op, now)?
                 }
             };
             replies.push(reply);
