@@ -14,11 +14,18 @@
 //!   [`RaftStateMachine`]: the key-value data, plus the applied log id, the
 //!   membership and the log-defined time, written in the same
 //!   [`sfs::Batch`] as the entries' effects, so that after a crash the data
-//!   and the applied log id always agree. The state machine syncs once per
-//!   group of entries openraft hands it (a batch is durable when applied),
-//!   not once per entry; it could sync even less, because the log replays
-//!   what it lost. A snapshot is a live backup ([`sfs::Store::backup_to`])
-//!   of the state machine's store, streamed to a file while writes go on;
+//!   and the applied log id always agree. A group of entries openraft hands
+//!   it is applied in memory first (reads see it at once, through a map of
+//!   the keys it wrote) and openraft is answered; a writer thread then
+//!   writes the groups waiting, all of them as one batch (one `fdatasync`),
+//!   and only then forgets them in that map. A group not yet written when
+//!   the machine stops is lost from the store, never half: the log, where
+//!   the entries are durable, replays it from the applied log id the store
+//!   has (logs are purged only up to a snapshot, whose applied log id is
+//!   read from the store itself). A snapshot, an install, a shutdown and
+//!   `applied_state` wait for the writer first. A snapshot is a live
+//!   backup ([`sfs::Store::backup_to`]) of the state machine's store,
+//!   streamed to a file while writes go on;
 //!   installing one copies the received file to a temporary file, syncs it,
 //!   renames it over `sm.sfs`, syncs the directory and reopens the store.
 //!
