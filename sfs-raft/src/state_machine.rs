@@ -10,7 +10,7 @@ use std::io::{self, Seek};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, Weak};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
@@ -97,6 +97,8 @@ struct Queue {
     failed: Option<String>,
     /// The state machine is gone: the writer stops.
     closed: bool,
+    /// Someone waits for the groups to be written: no pause.
+    urgent: bool,
 }
 
 /// Between [`StateMachine::apply`](RaftStateMachine::apply) and the writer
@@ -376,17 +378,37 @@ fn open_store(path: &Path, clock: &Arc<LogClock>) -> Result<Store> {
     Ok(store)
 }
 
+/// The least time between two batches of the writer: under load, groups
+/// wait for up to this long to share a batch (one `fdatasync` for them
+/// all), sparing the disk for the log's syncs, which Raft waits for.
+const WRITE_PAUSE: Duration = Duration::from_millis(10);
+
 /// The writer thread: writes the groups queued, all those waiting as one
-/// batch (one `fdatasync`), until the state machine is gone.
+/// batch (one `fdatasync`), at most one batch per [`WRITE_PAUSE`] unless
+/// someone waits for them, until the state machine is gone.
 fn write_loop(writer: &Writer, shared: &Weak<Shared>) {
+    let mut last_write: Option<Instant> = None;
     loop {
         let mut queue = writer.queue();
         while queue.groups.is_empty() && !queue.closed {
             queue = writer.more.wait(queue).unwrap_or_else(|e| e.into_inner());
         }
+        if let Some(resume) = last_write.map(|t| t + WRITE_PAUSE) {
+            while !queue.closed && !queue.urgent {
+                let Some(left) = resume.checked_duration_since(Instant::now()) else {
+                    break;
+                };
+                queue = writer
+                    .more
+                    .wait_timeout(queue, left)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+            }
+        }
         if queue.closed {
             return;
         }
+        queue.urgent = false;
         // Taken only while the state machine lives: when it is dropped, its
         // `Drop` writes what is left.
         let Some(shared) = shared.upgrade() else {
@@ -400,6 +422,7 @@ fn write_loop(writer: &Writer, shared: &Weak<Shared>) {
         } else {
             shared.write_groups(&groups)
         };
+        last_write = Some(Instant::now());
         let mut queue = writer.queue();
         match result {
             Ok(()) if !failed => {
@@ -477,6 +500,10 @@ impl Shared {
     fn flush(&self) -> Result<()> {
         let target = self.applied_seq.load(Ordering::SeqCst);
         let mut queue = self.writer.queue();
+        if queue.written < target {
+            queue.urgent = true;
+            self.writer.more.notify_all();
+        }
         loop {
             if let Some(e) = &queue.failed {
                 return Err(sm_error(ErrorVerb::Write, "applying entries", e));
