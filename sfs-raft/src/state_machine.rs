@@ -9,7 +9,8 @@ use std::fs::{self, File};
 use std::io::{self, Seek};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, Weak};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use openraft::storage::{RaftStateMachine, Snapshot};
@@ -129,12 +130,20 @@ impl Writer {
 /// number, and the value and expiry (`None`: deleted).
 type Overlay = HashMap<String, (u64, Option<(String, Option<i64>)>)>;
 
-struct Shared {
-    dir: PathBuf,
+/// The store and the overlay, shared with the writer thread.
+struct Data {
     store: RwLock<Arc<Store>>,
-    writer: Arc<Writer>,
     /// Read before the store: what it does not have yet.
     overlay: Mutex<Overlay>,
+}
+
+struct Shared {
+    dir: PathBuf,
+    data: Arc<Data>,
+    writer: Arc<Writer>,
+    /// The writer thread, joined when the state machine is dropped (so that
+    /// the store is closed when the last handle goes).
+    thread: Mutex<Option<JoinHandle<()>>>,
     /// The number of the last group applied.
     applied_seq: AtomicU64,
     clock: Arc<LogClock>,
@@ -297,23 +306,30 @@ impl StateMachine {
             None
         };
         let writer = Arc::new(Writer::default());
-        let shared = Arc::new(Shared {
-            dir,
+        let data = Arc::new(Data {
             store: RwLock::new(Arc::new(store)),
-            writer: Arc::clone(&writer),
             overlay: Mutex::new(Overlay::new()),
-            applied_seq: AtomicU64::new(0),
-            clock,
-            wall,
-            snapshot: Mutex::new(snapshot),
-            temp_files: AtomicU64::new(0),
         });
-        let weak = Arc::downgrade(&shared);
-        std::thread::Builder::new()
-            .name("sfs-raft-sm-writer".to_string())
-            .spawn(move || write_loop(&writer, &weak))
-            .map_err(|e| sm_error(ErrorVerb::Write, "starting the writer thread", e))?;
-        Ok(StateMachine { shared })
+        let thread = {
+            let (writer, data) = (Arc::clone(&writer), Arc::clone(&data));
+            std::thread::Builder::new()
+                .name("sfs-raft-sm-writer".to_string())
+                .spawn(move || write_loop(&writer, &data))
+                .map_err(|e| sm_error(ErrorVerb::Write, "starting the writer thread", e))?
+        };
+        Ok(StateMachine {
+            shared: Arc::new(Shared {
+                dir,
+                data,
+                writer,
+                thread: Mutex::new(Some(thread)),
+                applied_seq: AtomicU64::new(0),
+                clock,
+                wall,
+                snapshot: Mutex::new(snapshot),
+                temp_files: AtomicU64::new(0),
+            }),
+        })
     }
 
     fn store(&self) -> Arc<Store> {
@@ -386,7 +402,7 @@ const WRITE_PAUSE: Duration = Duration::from_millis(10);
 /// The writer thread: writes the groups queued, all those waiting as one
 /// batch (one `fdatasync`), at most one batch per [`WRITE_PAUSE`] unless
 /// someone waits for them, until the state machine is gone.
-fn write_loop(writer: &Writer, shared: &Weak<Shared>) {
+fn write_loop(writer: &Writer, data: &Data) {
     let mut last_write: Option<Instant> = None;
     loop {
         let mut queue = writer.queue();
@@ -409,18 +425,13 @@ fn write_loop(writer: &Writer, shared: &Weak<Shared>) {
             return;
         }
         queue.urgent = false;
-        // Taken only while the state machine lives: when it is dropped, its
-        // `Drop` writes what is left.
-        let Some(shared) = shared.upgrade() else {
-            return;
-        };
         let groups: Vec<Group> = queue.groups.drain(..).collect();
         let failed = queue.failed.is_some();
         drop(queue);
         let result = if failed {
             Ok(())
         } else {
-            shared.write_groups(&groups)
+            data.write_groups(&groups)
         };
         last_write = Some(Instant::now());
         let mut queue = writer.queue();
@@ -432,25 +443,29 @@ fn write_loop(writer: &Writer, shared: &Weak<Shared>) {
             Err(e) => queue.failed = Some(e.to_string()),
         }
         writer.done.notify_all();
-        drop(queue);
-        // Perhaps the last reference: its `Drop` takes the queue's lock.
-        drop(shared);
     }
 }
 
 impl Drop for Shared {
-    /// Writes the groups left (the writer takes none once the state machine
-    /// is being dropped) and stops the writer.
+    /// Stops the writer (it finishes the batch it is writing) and writes the
+    /// groups left; the store closes when this returns.
     fn drop(&mut self) {
+        self.writer.queue().closed = true;
+        self.writer.more.notify_all();
+        let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(thread) = thread
+            && thread.join().is_err()
+        {
+            // Its panic was printed; the groups left are written below.
+            eprintln!("sfs-raft: the state machine's writer thread panicked");
+        }
         let mut queue = self.writer.queue();
         let groups: Vec<Group> = queue.groups.drain(..).collect();
         let failed = queue.failed.is_some();
-        queue.closed = true;
-        self.writer.more.notify_all();
         drop(queue);
         if !groups.is_empty()
             && !failed
-            && let Err(e) = self.write_groups(&groups)
+            && let Err(e) = self.data.write_groups(&groups)
         {
             // Nothing to return it to. Nothing is lost either: the groups'
             // entries are in the log, which replays them from the applied
@@ -460,7 +475,7 @@ impl Drop for Shared {
     }
 }
 
-impl Shared {
+impl Data {
     fn store(&self) -> Arc<Store> {
         Arc::clone(&self.store.read().unwrap_or_else(|e| e.into_inner()))
     }
@@ -494,6 +509,16 @@ impl Shared {
             self.overlay().retain(|_, (seq, _)| *seq > last.seq);
         }
         Ok(())
+    }
+}
+
+impl Shared {
+    fn store(&self) -> Arc<Store> {
+        self.data.store()
+    }
+
+    fn overlay(&self) -> MutexGuard<'_, Overlay> {
+        self.data.overlay()
     }
 
     /// Waits until every group applied so far is in the store.
@@ -619,7 +644,7 @@ impl Shared {
         File::open(&incoming)
             .and_then(|mut f| copy_synced(&mut f, &sm_incoming))
             .map_err(|e| sm_error(ErrorVerb::Write, "writing the new state machine", e))?;
-        let mut slot = self.store.write().unwrap_or_else(|e| e.into_inner());
+        let mut slot = self.data.store.write().unwrap_or_else(|e| e.into_inner());
         slot.shutdown()
             .map_err(|e| sm_error(ErrorVerb::Write, "closing the replaced state machine", e))?;
         rename_synced(&sm_incoming, &self.dir.join(SM_FILE)).map_err(|e| {
@@ -854,5 +879,67 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         tokio::task::spawn_blocking(move || shared.build())
             .await
             .map_err(|e| snap_error(ErrorVerb::Write, "building a snapshot", e))?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Request;
+    use openraft::CommittedLeaderId;
+
+    fn entry(index: u64, req: Request) -> Entry<TypeConfig> {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(req),
+        }
+    }
+
+    #[tokio::test]
+    async fn groups_are_read_before_written_and_written_when_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = SystemTime::now();
+        let mut sm = StateMachine::open(dir.path(), Arc::new(sfs::SystemClock)).unwrap();
+        for i in 1..=50u64 {
+            let replies = sm
+                .apply(vec![
+                    entry(2 * i - 1, Request::put(format!("k{i}"), "a", None, now)),
+                    entry(
+                        2 * i,
+                        Request::compare_and_swap(
+                            format!("k{i}"),
+                            Some("a".into()),
+                            Some("b".into()),
+                            None,
+                            now,
+                        ),
+                    ),
+                ])
+                .await
+                .unwrap();
+            assert!(matches!(
+                replies[1],
+                Response::Swapped { swapped: true, .. }
+            ));
+            // Seen at once, written or not.
+            assert_eq!(sm.get(&format!("k{i}")).unwrap().as_deref(), Some("b"));
+            // A later group sees an earlier one, written or not.
+            if i > 1 {
+                let replies = sm
+                    .apply(vec![entry(
+                        1000 + i,
+                        Request::delete(format!("k{}", i - 1), now),
+                    )])
+                    .await
+                    .unwrap();
+                assert_eq!(replies[0], Response::Deleted { existed: true });
+            }
+        }
+        drop(sm);
+        let mut sm = StateMachine::open(dir.path(), Arc::new(sfs::SystemClock)).unwrap();
+        let (applied, _) = sm.applied_state().await.unwrap();
+        assert_eq!(applied.map(|l| l.index), Some(1050));
+        assert_eq!(sm.get("k50").unwrap().as_deref(), Some("b"));
+        assert_eq!(sm.get("k49").unwrap(), None);
     }
 }
