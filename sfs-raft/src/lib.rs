@@ -14,11 +14,18 @@
 //!   [`RaftStateMachine`]: the key-value data, plus the applied log id, the
 //!   membership and the log-defined time, written in the same
 //!   [`sfs::Batch`] as the entries' effects, so that after a crash the data
-//!   and the applied log id always agree. The state machine syncs once per
-//!   group of entries openraft hands it (a batch is durable when applied),
-//!   not once per entry; it could sync even less, because the log replays
-//!   what it lost. A snapshot is a live backup ([`sfs::Store::backup_to`])
-//!   of the state machine's store, streamed to a file while writes go on;
+//!   and the applied log id always agree. A group of entries openraft hands
+//!   it is applied in memory first (reads see it at once, through a map of
+//!   the keys it wrote) and openraft is answered; a writer thread then
+//!   writes the groups waiting, all of them as one batch (one `fdatasync`),
+//!   and only then forgets them in that map. A group not yet written when
+//!   the machine stops is lost from the store, never half: the log, where
+//!   the entries are durable, replays it from the applied log id the store
+//!   has (logs are purged only up to a snapshot, whose applied log id is
+//!   read from the store itself). A snapshot, an install, a shutdown and
+//!   `applied_state` wait for the writer first. A snapshot is a live
+//!   backup ([`sfs::Store::backup_to`]) of the state machine's store,
+//!   streamed to a file while writes go on;
 //!   installing one copies the received file to a temporary file, syncs it,
 //!   renames it over `sm.sfs`, syncs the directory and reopens the store.
 //!
@@ -130,6 +137,12 @@ pub enum Command {
         /// When the new value expires (ms since the UNIX epoch), if ever.
         expires_at_ms: Option<i64>,
     },
+    /// Several operations in one log entry, applied in order, each as if
+    /// it were an entry of its own (a compare-and-swap sees the effect of
+    /// the operations before it). [`net::serve`] groups the writes of
+    /// concurrent clients so: the leader's log then syncs once for all of
+    /// them (see [`Request::batch`]).
+    Batch(Vec<Command>),
 }
 
 impl Request {
@@ -181,6 +194,24 @@ impl Request {
     }
 }
 
+impl Request {
+    /// Several requests as one entry: their operations in order, at the
+    /// newest of their times (each keeps the absolute expiry its proposer
+    /// decided). One request is returned as it is.
+    pub fn batch(mut requests: Vec<Request>) -> Request {
+        if requests.len() == 1
+            && let Some(one) = requests.pop()
+        {
+            return one;
+        }
+        let time_ms = requests.iter().map(|r| r.time_ms).max().unwrap_or(0);
+        Request {
+            time_ms,
+            op: Command::Batch(requests.into_iter().map(|r| r.op).collect()),
+        }
+    }
+}
+
 /// What applying an entry did.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Response {
@@ -201,6 +232,8 @@ pub enum Response {
         /// The key's value before the operation.
         current: Option<String>,
     },
+    /// What each operation of a [`Command::Batch`] did, in order.
+    Batch(Vec<Response>),
 }
 
 /// Milliseconds since the UNIX epoch (negative before it).
@@ -223,4 +256,38 @@ pub(crate) fn storage_error(
     source: impl std::fmt::Display,
 ) -> StorageError<NodeId> {
     StorageIOError::new(subject, verb, AnyError::error(format!("{what}: {source}"))).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_of_one_request_is_that_request() {
+        let now = SystemTime::now();
+        let put = Request::put("k", "v", None, now);
+        assert_eq!(Request::batch(vec![put.clone()]), put);
+    }
+
+    #[test]
+    fn a_batch_keeps_the_order_and_takes_the_newest_time() {
+        let t = UNIX_EPOCH + Duration::from_secs(100);
+        let later = t + Duration::from_secs(1);
+        let batch = Request::batch(vec![
+            Request::put("a", "1", Some(Duration::from_secs(5)), later),
+            Request::delete("b", t),
+        ]);
+        assert_eq!(batch.time_ms, 101_000);
+        assert_eq!(
+            batch.op,
+            Command::Batch(vec![
+                Command::Put {
+                    key: "a".into(),
+                    value: "1".into(),
+                    expires_at_ms: Some(106_000),
+                },
+                Command::Delete { key: "b".into() },
+            ])
+        );
+    }
 }

@@ -152,6 +152,41 @@ impl Data {
             None => self.kv.remove(&key),
         };
     }
+
+    /// Applies one operation at log time `now`.
+    fn apply(&mut self, op: Command, now: i64) -> Response {
+        match op {
+            Command::Put {
+                key,
+                value,
+                expires_at_ms,
+            } => {
+                self.set(key, Some(value), expires_at_ms);
+                Response::Written
+            }
+            Command::Delete { key } => {
+                let existed = self.visible(&key, now).is_some();
+                self.set(key, None, None);
+                Response::Deleted { existed }
+            }
+            Command::CompareAndSwap {
+                key,
+                expected,
+                new,
+                expires_at_ms,
+            } => {
+                let current = self.visible(&key, now).cloned();
+                let swapped = current == expected;
+                if swapped {
+                    self.set(key, new, expires_at_ms);
+                }
+                Response::Swapped { swapped, current }
+            }
+            Command::Batch(ops) => {
+                Response::Batch(ops.into_iter().map(|op| self.apply(op, now)).collect())
+            }
+        }
+    }
 }
 
 /// The last snapshot built or installed: its meta and its bytes.
@@ -277,34 +312,7 @@ impl RaftStateMachine<TypeConfig> for MemStateMachine {
                 EntryPayload::Normal(req) => {
                     data.time_ms = data.time_ms.max(req.time_ms);
                     let now = data.time_ms;
-                    match req.op {
-                        Command::Put {
-                            key,
-                            value,
-                            expires_at_ms,
-                        } => {
-                            data.set(key, Some(value), expires_at_ms);
-                            Response::Written
-                        }
-                        Command::Delete { key } => {
-                            let existed = data.visible(&key, now).is_some();
-                            data.set(key, None, None);
-                            Response::Deleted { existed }
-                        }
-                        Command::CompareAndSwap {
-                            key,
-                            expected,
-                            new,
-                            expires_at_ms,
-                        } => {
-                            let current = data.visible(&key, now).cloned();
-                            let swapped = current == expected;
-                            if swapped {
-                                data.set(key, new, expires_at_ms);
-                            }
-                            Response::Swapped { swapped, current }
-                        }
-                    }
+                    data.apply(req.op, now)
                 }
             };
             replies.push(reply);

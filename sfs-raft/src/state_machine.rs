@@ -4,13 +4,14 @@
 //! `m/membership`, `m/time` (JSON), written in the same batch as the
 //! effects of the entries they describe.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fs::{self, File};
 use std::io::{self, Seek};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
@@ -70,9 +71,81 @@ fn data_key(key: &str) -> String {
     format!("{DATA}{key}")
 }
 
+/// A write of an applied group, for the writer.
+enum WriteOp {
+    Put {
+        key: Vec<u8>,
+        value: Vec<u8>,
+        expires_at_ms: Option<i64>,
+    },
+    Delete(Vec<u8>),
+}
+
+/// An applied group of entries: its effects and its log id, numbered.
+struct Group {
+    seq: u64,
+    ops: Vec<WriteOp>,
+}
+
+/// The groups applied and not yet in the store, and how the writing goes.
+#[derive(Default)]
+struct Queue {
+    groups: VecDeque<Group>,
+    /// The groups through this number are in the store.
+    written: u64,
+    /// Why a batch failed: no group after it is written (the store would
+    /// miss its effects), every later call fails.
+    failed: Option<String>,
+    /// The state machine is gone: the writer stops.
+    closed: bool,
+    /// Someone waits for the groups to be written: no pause.
+    urgent: bool,
+}
+
+/// Between [`StateMachine::apply`](RaftStateMachine::apply) and the writer
+/// thread.
+#[derive(Default)]
+struct Writer {
+    queue: Mutex<Queue>,
+    /// Signalled when a group is queued, or the queue closed.
+    more: Condvar,
+    /// Signalled when groups are written (or failed).
+    done: Condvar,
+}
+
+impl Writer {
+    fn queue(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn failed(&self) -> Result<()> {
+        match &self.queue().failed {
+            Some(e) => Err(sm_error(ErrorVerb::Write, "applying entries", e)),
+            None => Ok(()),
+        }
+    }
+}
+
+/// What the applied groups not yet written make of user keys: the group's
+/// number, and the value and expiry (`None`: deleted).
+type Overlay = HashMap<String, (u64, Option<(String, Option<i64>)>)>;
+
+/// The store and the overlay, shared with the writer thread.
+struct Data {
+    store: RwLock<Arc<Store>>,
+    /// Read before the store: what it does not have yet.
+    overlay: Mutex<Overlay>,
+}
+
 struct Shared {
     dir: PathBuf,
-    store: RwLock<Arc<Store>>,
+    data: Arc<Data>,
+    writer: Arc<Writer>,
+    /// The writer thread, joined when the state machine is dropped (so that
+    /// the store is closed when the last handle goes).
+    thread: Mutex<Option<JoinHandle<()>>>,
+    /// The number of the last group applied.
+    applied_seq: AtomicU64,
     clock: Arc<LogClock>,
     /// The reading node's clock, for hiding what expired since the last
     /// entry was applied.
@@ -133,12 +206,16 @@ fn get_json<T: serde::de::DeserializeOwned>(store: &Store, key: &[u8]) -> Result
     }
 }
 
-fn put_json<T: serde::Serialize>(batch: &mut Batch, key: &[u8], value: &T) -> Result<()> {
+fn put_json<T: serde::Serialize>(ops: &mut Vec<WriteOp>, key: &[u8], value: &T) -> Result<()> {
     let bytes = serde_json::to_vec(value).map_err(|e| {
         let what = format!("encoding {}", String::from_utf8_lossy(key));
         sm_error(ErrorVerb::Write, &what, e)
     })?;
-    batch.put(key, bytes);
+    ops.push(WriteOp::Put {
+        key: key.to_vec(),
+        value: bytes,
+        expires_at_ms: None,
+    });
     Ok(())
 }
 
@@ -228,10 +305,25 @@ impl StateMachine {
         } else {
             None
         };
+        let writer = Arc::new(Writer::default());
+        let data = Arc::new(Data {
+            store: RwLock::new(Arc::new(store)),
+            overlay: Mutex::new(Overlay::new()),
+        });
+        let thread = {
+            let (writer, data) = (Arc::clone(&writer), Arc::clone(&data));
+            std::thread::Builder::new()
+                .name("sfs-raft-sm-writer".to_string())
+                .spawn(move || write_loop(&writer, &data))
+                .map_err(|e| sm_error(ErrorVerb::Write, "starting the writer thread", e))?
+        };
         Ok(StateMachine {
             shared: Arc::new(Shared {
                 dir,
-                store: RwLock::new(Arc::new(store)),
+                data,
+                writer,
+                thread: Mutex::new(Some(thread)),
+                applied_seq: AtomicU64::new(0),
                 clock,
                 wall,
                 snapshot: Mutex::new(snapshot),
@@ -249,11 +341,18 @@ impl StateMachine {
     /// linearizable read, call `Raft::ensure_linearizable` on the leader
     /// first.
     pub fn get(&self, key: &str) -> Result<Option<String>> {
+        let now = self.shared.wall.now_millis();
+        if let Some((_, v)) = self.shared.overlay().get(key) {
+            let log_now = self.shared.clock.now_millis();
+            return Ok(v
+                .as_ref()
+                .filter(|(_, exp)| exp.is_none_or(|at| at > now && at > log_now))
+                .map(|(v, _)| v.clone()));
+        }
         let entry = self
             .store()
             .get_entry(data_key(key))
             .map_err(|e| sm_error(ErrorVerb::Read, "reading a key", e))?;
-        let now = self.shared.wall.now_millis();
         Ok(entry.and_then(|e| {
             let expired = e.expires_at.is_some_and(|at| crate::millis(at) <= now);
             (!expired).then(|| String::from_utf8_lossy(&e.value).into_owned())
@@ -262,6 +361,7 @@ impl StateMachine {
 
     /// The log id of the last entry applied.
     pub fn last_applied(&self) -> Result<Option<LogId<NodeId>>> {
+        self.shared.flush()?;
         get_json(&self.store(), APPLIED)
     }
 
@@ -270,8 +370,10 @@ impl StateMachine {
         self.shared.clock.now_millis()
     }
 
-    /// Syncs and closes the store for writing (see [`Store::shutdown`]).
+    /// Writes the groups applied, then syncs and closes the store for
+    /// writing (see [`Store::shutdown`]).
     pub fn shutdown(&self) -> Result<()> {
+        self.shared.flush()?;
         self.store()
             .shutdown()
             .map_err(|e| sm_error(ErrorVerb::Write, "closing the state machine", e))
@@ -292,9 +394,158 @@ fn open_store(path: &Path, clock: &Arc<LogClock>) -> Result<Store> {
     Ok(store)
 }
 
-impl Shared {
+/// The least time between two batches of the writer: under load, groups
+/// wait for up to this long to share a batch (one `fdatasync` for them
+/// all), sparing the disk for the log's syncs, which Raft waits for.
+const WRITE_PAUSE: Duration = Duration::from_millis(10);
+
+/// The writer thread: writes the groups queued, all those waiting as one
+/// batch (one `fdatasync`), at most one batch per [`WRITE_PAUSE`] unless
+/// someone waits for them, until the state machine is gone.
+fn write_loop(writer: &Writer, data: &Data) {
+    let mut last_write: Option<Instant> = None;
+    loop {
+        let mut queue = writer.queue();
+        while queue.groups.is_empty() && !queue.closed {
+            queue = writer.more.wait(queue).unwrap_or_else(|e| e.into_inner());
+        }
+        if let Some(resume) = last_write.map(|t| t + WRITE_PAUSE) {
+            while !queue.closed && !queue.urgent {
+                let Some(left) = resume.checked_duration_since(Instant::now()) else {
+                    break;
+                };
+                queue = writer
+                    .more
+                    .wait_timeout(queue, left)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+            }
+        }
+        if queue.closed {
+            return;
+        }
+        queue.urgent = false;
+        let groups: Vec<Group> = queue.groups.drain(..).collect();
+        let failed = queue.failed.is_some();
+        drop(queue);
+        let result = if failed {
+            Ok(())
+        } else {
+            data.write_groups(&groups)
+        };
+        last_write = Some(Instant::now());
+        let mut queue = writer.queue();
+        match result {
+            Ok(()) if !failed => {
+                queue.written = groups.last().map_or(queue.written, |g| g.seq);
+            }
+            Ok(()) => {}
+            Err(e) => queue.failed = Some(e.to_string()),
+        }
+        writer.done.notify_all();
+    }
+}
+
+impl Drop for Shared {
+    /// Stops the writer (it finishes the batch it is writing) and writes the
+    /// groups left; the store closes when this returns.
+    fn drop(&mut self) {
+        self.writer.queue().closed = true;
+        self.writer.more.notify_all();
+        let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(thread) = thread
+            && thread.join().is_err()
+        {
+            // Its panic was printed; the groups left are written below.
+            eprintln!("sfs-raft: the state machine's writer thread panicked");
+        }
+        let mut queue = self.writer.queue();
+        let groups: Vec<Group> = queue.groups.drain(..).collect();
+        let failed = queue.failed.is_some();
+        drop(queue);
+        if !groups.is_empty()
+            && !failed
+            && let Err(e) = self.data.write_groups(&groups)
+        {
+            // Nothing to return it to. Nothing is lost either: the groups'
+            // entries are in the log, which replays them from the applied
+            // log id the store has.
+            eprintln!("sfs-raft: writing the last applied entries at close: {e}");
+        }
+    }
+}
+
+impl Data {
     fn store(&self) -> Arc<Store> {
         Arc::clone(&self.store.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    fn overlay(&self) -> MutexGuard<'_, Overlay> {
+        self.overlay.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Writes `groups` as one batch, then forgets them in the overlay. The
+    /// batch is durable when written: after a power loss the store must
+    /// hold a prefix of the applied groups (its applied log id with all
+    /// the effects before it), which batches settled by a later sync would
+    /// not promise.
+    fn write_groups(&self, groups: &[Group]) -> Result<()> {
+        let mut batch = durable_batch();
+        for op in groups.iter().flat_map(|g| &g.ops) {
+            match op {
+                WriteOp::Put {
+                    key,
+                    value,
+                    expires_at_ms: None,
+                } => batch.put(key, value),
+                WriteOp::Put {
+                    key,
+                    value,
+                    expires_at_ms: Some(ms),
+                } => batch.put_with(key, value, &PutOptions::new().expires_at(system_time(*ms))),
+                WriteOp::Delete(key) => batch.delete(key),
+            };
+        }
+        self.store()
+            .apply(&batch)
+            .map_err(|e| sm_error(ErrorVerb::Write, "applying entries", e))?;
+        if let Some(last) = groups.last() {
+            self.overlay().retain(|_, (seq, _)| *seq > last.seq);
+        }
+        Ok(())
+    }
+}
+
+impl Shared {
+    fn store(&self) -> Arc<Store> {
+        self.data.store()
+    }
+
+    fn overlay(&self) -> MutexGuard<'_, Overlay> {
+        self.data.overlay()
+    }
+
+    /// Waits until every group applied so far is in the store.
+    fn flush(&self) -> Result<()> {
+        let target = self.applied_seq.load(Ordering::SeqCst);
+        let mut queue = self.writer.queue();
+        if queue.written < target {
+            queue.urgent = true;
+            self.writer.more.notify_all();
+        }
+        loop {
+            if let Some(e) = &queue.failed {
+                return Err(sm_error(ErrorVerb::Write, "applying entries", e));
+            }
+            if queue.written >= target {
+                return Ok(());
+            }
+            queue = self
+                .writer
+                .done
+                .wait(queue)
+                .unwrap_or_else(|e| e.into_inner());
+        }
     }
 
     fn snapshot_meta(&self) -> MutexGuard<'_, Option<SnapshotMeta<NodeId, Node>>> {
@@ -323,6 +574,7 @@ impl Shared {
     /// `snapshot.sfs` (unless a newer snapshot is there already, which is
     /// returned instead).
     fn build(&self) -> Result<Snapshot<TypeConfig>> {
+        self.flush()?;
         let store = self.store();
         let building = self.temp_path(".snapshot.building");
         let written = File::create(&building).and_then(|mut f| {
@@ -376,6 +628,7 @@ impl Shared {
     /// temporary file, synced, renamed over `sm.sfs`, the directory synced,
     /// the store reopened.
     fn install(&self, meta: &SnapshotMeta<NodeId, Node>, received: &mut File) -> Result<()> {
+        self.flush()?;
         let mut current = self.snapshot_meta();
         let incoming = self.dir.join(SNAPSHOT_INCOMING);
         copy_synced(received, &incoming)
@@ -395,7 +648,7 @@ impl Shared {
         File::open(&incoming)
             .and_then(|mut f| copy_synced(&mut f, &sm_incoming))
             .map_err(|e| sm_error(ErrorVerb::Write, "writing the new state machine", e))?;
-        let mut slot = self.store.write().unwrap_or_else(|e| e.into_inner());
+        let mut slot = self.data.store.write().unwrap_or_else(|e| e.into_inner());
         slot.shutdown()
             .map_err(|e| sm_error(ErrorVerb::Write, "closing the replaced state machine", e))?;
         rename_synced(&sm_incoming, &self.dir.join(SM_FILE)).map_err(|e| {
@@ -415,14 +668,23 @@ impl Shared {
     }
 }
 
-/// The value a key has in the batch being built, or in the store.
+/// What the group being applied makes of each key so far (`None`:
+/// deleted), with the expiry.
+type Pending = HashMap<String, Option<(String, Option<i64>)>>;
+
+/// The value a key has in the group being applied, in the groups applied
+/// and not yet written, or in the store.
 fn visible(
     store: &Store,
-    pending: &HashMap<String, Option<(String, Option<i64>)>>,
+    overlay: &Overlay,
+    pending: &Pending,
     key: &str,
     now: i64,
 ) -> Result<Option<String>> {
-    if let Some(p) = pending.get(key) {
+    if let Some(p) = pending
+        .get(key)
+        .or_else(|| overlay.get(key).map(|(_, v)| v))
+    {
         return Ok(p
             .as_ref()
             .filter(|(_, exp)| exp.is_none_or(|e| e > now))
@@ -434,35 +696,94 @@ fn visible(
     Ok(v.map(|b| String::from_utf8_lossy(&b).into_owned()))
 }
 
-fn put(batch: &mut Batch, key: &str, value: &str, expires_at_ms: Option<i64>) {
-    match expires_at_ms {
-        None => batch.put(data_key(key), value),
-        Some(ms) => batch.put_with(
-            data_key(key),
+fn put(ops: &mut Vec<WriteOp>, key: &str, value: &str, expires_at_ms: Option<i64>) {
+    ops.push(WriteOp::Put {
+        key: data_key(key).into_bytes(),
+        value: value.as_bytes().to_vec(),
+        expires_at_ms,
+    });
+}
+
+/// What the group being applied reads and writes.
+struct Applying<'a> {
+    store: &'a Store,
+    overlay: &'a Overlay,
+    /// What the group makes of each key so far.
+    pending: Pending,
+    ops: Vec<WriteOp>,
+}
+
+/// Adds the effect of `op` to the group and returns its response.
+fn apply_op(g: &mut Applying<'_>, op: Command, now: i64) -> Result<Response> {
+    Ok(match op {
+        Command::Put {
+            key,
             value,
-            &PutOptions::new().expires_at(system_time(ms)),
+            expires_at_ms,
+        } => {
+            put(&mut g.ops, &key, &value, expires_at_ms);
+            g.pending.insert(key, Some((value, expires_at_ms)));
+            Response::Written
+        }
+        Command::Delete { key } => {
+            let existed = visible(g.store, g.overlay, &g.pending, &key, now)?.is_some();
+            g.ops.push(WriteOp::Delete(data_key(&key).into_bytes()));
+            g.pending.insert(key, None);
+            Response::Deleted { existed }
+        }
+        Command::CompareAndSwap {
+            key,
+            expected,
+            new,
+            expires_at_ms,
+        } => {
+            let current = visible(g.store, g.overlay, &g.pending, &key, now)?;
+            let swapped = current == expected;
+            if swapped {
+                match &new {
+                    Some(v) => put(&mut g.ops, &key, v, expires_at_ms),
+                    None => g.ops.push(WriteOp::Delete(data_key(&key).into_bytes())),
+                }
+                g.pending.insert(key, new.map(|v| (v, expires_at_ms)));
+            }
+            Response::Swapped { swapped, current }
+        }
+        Command::Batch(ops) => Response::Batch(
+            ops.into_iter()
+                .map(|op| apply_op(g, op, now))
+                .collect::<Result<_>>()?,
         ),
-    };
+    })
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
     type SnapshotBuilder = SnapshotBuilder;
 
     async fn applied_state(&mut self) -> Result<Applied> {
+        self.shared.flush()?;
         applied_state_of(&self.store())
     }
 
-    /// Applies the entries as one batch: their effects, the last applied
-    /// log id, the membership and the log time, all or none after a crash.
+    /// Applies the entries as one group: their effects, the last applied
+    /// log id, the membership and the log time, one batch in the store, all
+    /// or none after a crash. The responses are returned once the group is
+    /// in memory (reads see it); the writer thread writes it behind (see the
+    /// crate's documentation).
     async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>>
     where
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        self.shared.writer.failed()?;
         let store = self.store();
         let clock = &self.shared.clock;
-        let mut batch = durable_batch();
-        let mut pending: HashMap<String, Option<(String, Option<i64>)>> = HashMap::new();
+        let mut overlay = self.shared.overlay();
+        let mut g = Applying {
+            store: &store,
+            overlay: &overlay,
+            pending: Pending::new(),
+            ops: Vec::new(),
+        };
         let mut replies = Vec::new();
         let mut last = None;
         let mut membership = None;
@@ -477,42 +798,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 EntryPayload::Normal(req) => {
                     clock.advance_to(req.time_ms);
                     let now = clock.now_millis();
-                    match req.op {
-                        Command::Put {
-                            key,
-                            value,
-                            expires_at_ms,
-                        } => {
-                            put(&mut batch, &key, &value, expires_at_ms);
-                            pending.insert(key, Some((value, expires_at_ms)));
-                            Response::Written
-                        }
-                        Command::Delete { key } => {
-                            let existed = visible(&store, &pending, &key, now)?.is_some();
-                            batch.delete(data_key(&key));
-                            pending.insert(key, None);
-                            Response::Deleted { existed }
-                        }
-                        Command::CompareAndSwap {
-                            key,
-                            expected,
-                            new,
-                            expires_at_ms,
-                        } => {
-                            let current = visible(&store, &pending, &key, now)?;
-                            let swapped = current == expected;
-                            if swapped {
-                                match &new {
-                                    Some(v) => put(&mut batch, &key, v, expires_at_ms),
-                                    None => {
-                                        batch.delete(data_key(&key));
-                                    }
-                                }
-                                pending.insert(key, new.map(|v| (v, expires_at_ms)));
-                            }
-                            Response::Swapped { swapped, current }
-                        }
-                    }
+                    apply_op(&mut g, req.op, now)?
                 }
             };
             replies.push(reply);
@@ -520,19 +806,25 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let Some(last) = last else {
             return Ok(replies);
         };
-        put_json(&mut batch, APPLIED, &last)?;
+        let Applying {
+            pending, mut ops, ..
+        } = g;
+        put_json(&mut ops, APPLIED, &last)?;
         if let Some(m) = &membership {
-            put_json(&mut batch, MEMBERSHIP, m)?;
+            put_json(&mut ops, MEMBERSHIP, m)?;
         }
-        put_json(&mut batch, TIME, &clock.now_millis())?;
-        store.apply(&batch).map_err(|e| {
-            storage_error(
-                ErrorSubject::Apply(last),
-                ErrorVerb::Write,
-                "applying entries",
-                e,
-            )
-        })?;
+        put_json(&mut ops, TIME, &clock.now_millis())?;
+        // Numbered, shown to readers, then queued: the writer forgets a
+        // group's keys in the overlay only after writing it.
+        let seq = self.shared.applied_seq.load(Ordering::SeqCst) + 1;
+        for (key, value) in pending {
+            overlay.insert(key, (seq, value));
+        }
+        drop(overlay);
+        self.shared.applied_seq.store(seq, Ordering::SeqCst);
+        let writer = &self.shared.writer;
+        writer.queue().groups.push_back(Group { seq, ops });
+        writer.more.notify_one();
         Ok(replies)
     }
 
@@ -600,4 +892,66 @@ fn durable_batch() -> Batch {
     let mut batch = Batch::new();
     batch.durable();
     batch
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Request;
+    use openraft::CommittedLeaderId;
+
+    fn entry(index: u64, req: Request) -> Entry<TypeConfig> {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(req),
+        }
+    }
+
+    #[tokio::test]
+    async fn groups_are_read_before_written_and_written_when_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = SystemTime::now();
+        let mut sm = StateMachine::open(dir.path(), Arc::new(sfs::SystemClock)).unwrap();
+        for i in 1..=50u64 {
+            let replies = sm
+                .apply(vec![
+                    entry(2 * i - 1, Request::put(format!("k{i}"), "a", None, now)),
+                    entry(
+                        2 * i,
+                        Request::compare_and_swap(
+                            format!("k{i}"),
+                            Some("a".into()),
+                            Some("b".into()),
+                            None,
+                            now,
+                        ),
+                    ),
+                ])
+                .await
+                .unwrap();
+            assert!(matches!(
+                replies[1],
+                Response::Swapped { swapped: true, .. }
+            ));
+            // Seen at once, written or not.
+            assert_eq!(sm.get(&format!("k{i}")).unwrap().as_deref(), Some("b"));
+            // A later group sees an earlier one, written or not.
+            if i > 1 {
+                let replies = sm
+                    .apply(vec![entry(
+                        1000 + i,
+                        Request::delete(format!("k{}", i - 1), now),
+                    )])
+                    .await
+                    .unwrap();
+                assert_eq!(replies[0], Response::Deleted { existed: true });
+            }
+        }
+        drop(sm);
+        let mut sm = StateMachine::open(dir.path(), Arc::new(sfs::SystemClock)).unwrap();
+        let (applied, _) = sm.applied_state().await.unwrap();
+        assert_eq!(applied.map(|l| l.index), Some(1050));
+        assert_eq!(sm.get("k50").unwrap().as_deref(), Some("b"));
+        assert_eq!(sm.get("k49").unwrap(), None);
+    }
 }

@@ -411,6 +411,42 @@ async fn compare_and_swap_is_decided_once_for_every_replica() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_writes_is_one_entry_applied_in_order() {
+    let c = Cluster::new(1000).await;
+    c.put("gone", "x").await;
+    let t = c.time();
+    let batch = Request::batch(vec![
+        Request::put("k", "a", None, t),
+        Request::compare_and_swap("k", Some("a".into()), Some("b".into()), None, t),
+        Request::delete("gone", t),
+        Request::compare_and_swap("gone", Some("x".into()), Some("y".into()), None, t),
+    ]);
+    let (index, r) = c.write(batch).await;
+    assert_eq!(
+        r,
+        Response::Batch(vec![
+            Response::Written,
+            Response::Swapped {
+                swapped: true,
+                current: Some("a".into())
+            },
+            Response::Deleted { existed: true },
+            Response::Swapped {
+                swapped: false,
+                current: None
+            },
+        ])
+    );
+    for id in 1..=3 {
+        c.wait_applied(id, index).await;
+        let sm = &c.nodes[&id].sm;
+        assert_eq!(sm.get("k").unwrap().as_deref(), Some("b"));
+        assert_eq!(sm.get("gone").unwrap(), None);
+    }
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ttl_expires_on_every_node_at_the_time_the_log_says() {
     let c = Cluster::new(1000).await;
     let start = c.time();
