@@ -435,9 +435,11 @@ impl Store {
 
     /// Applies a [`Batch`] of puts, deletes and touches: after a crash
     /// (of the process or of the machine) all of it or none of it is there.
-    /// It costs one `fdatasync` whatever its size, under every
-    /// [`SyncPolicy`] (settling a batch must wait for it): a batch is
-    /// durable when `apply` returns. The first batch of a file also upgrades
+    /// Under [`SyncPolicy::Always`] it costs one `fdatasync` whatever its
+    /// size, and is durable when `apply` returns; so is a batch that deletes
+    /// keys, or one marked [`Batch::durable`], under every policy. Under
+    /// `Never` and `Periodic` any other batch is durable like a put: after
+    /// the next sync (all or nothing until then too). The first batch of a file also upgrades
     /// it to format version 2 (one more sync, once); under an entry cap and
     /// `SyncPolicy::Always`, the evictions that make room are synced first,
     /// as for a put.
