@@ -276,7 +276,10 @@ fn batched_load(dir: &std::path::Path, quick: bool) {
         println!("| {what} | {:.0} | {:.2} |", per(secs), secs / puts);
     };
     row("sfs `put` (`Never`)", puts);
-    row("sfs `Batch` + `apply` (`Never`: settled by the final sync)", batched);
+    row(
+        "sfs `Batch` + `apply` (`Never`: settled by the final sync)",
+        batched,
+    );
     for (what, secs) in peer_loads(d.path(), n, &value, &key) {
         row(what, secs);
     }
