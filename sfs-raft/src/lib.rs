@@ -258,6 +258,16 @@ pub(crate) fn storage_error(
     StorageIOError::new(subject, verb, AnyError::error(format!("{what}: {source}"))).into()
 }
 
+/// A normal log entry at `index` (term 1, node 1), for the state machines'
+/// tests.
+#[cfg(test)]
+pub(crate) fn test_entry(index: u64, req: Request) -> openraft::Entry<TypeConfig> {
+    openraft::Entry {
+        log_id: openraft::LogId::new(openraft::CommittedLeaderId::new(1, 1), index),
+        payload: openraft::EntryPayload::Normal(req),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

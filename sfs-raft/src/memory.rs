@@ -391,12 +391,7 @@ mod tests {
     use std::collections::BTreeSet;
     use std::time::{Duration, SystemTime};
 
-    fn entry(index: u64, req: Request) -> Entry<TypeConfig> {
-        Entry {
-            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
-            payload: EntryPayload::Normal(req),
-        }
-    }
+    use crate::test_entry as entry;
 
     #[tokio::test]
     async fn applies_like_the_sfs_state_machine_and_snapshots_round_trip() {

@@ -898,14 +898,8 @@ fn durable_batch() -> Batch {
 mod tests {
     use super::*;
     use crate::Request;
-    use openraft::CommittedLeaderId;
 
-    fn entry(index: u64, req: Request) -> Entry<TypeConfig> {
-        Entry {
-            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
-            payload: EntryPayload::Normal(req),
-        }
-    }
+    use crate::test_entry as entry;
 
     #[tokio::test]
     async fn groups_are_read_before_written_and_written_when_dropped() {
