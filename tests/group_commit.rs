@@ -125,41 +125,41 @@ fn the_leader_of_a_sync_waits_for_the_writers_of_the_last_groups() {
     // Every sync takes 400 ms, so the leader's window is 200 ms: far
     // longer than a put takes, so that whether a writer arrives in time
     // does not depend on the machine. (Never armed: no sync is held.)
-    let storage = Arc::new(HeldSync::new(0, std::time::Duration::from_millis(400)));
+    let storage = Arc::new(HeldSync::new(4, std::time::Duration::from_millis(400)));
     let store = Options::new()
         .sync(SyncPolicy::Always)
         .auto_compact(None)
         .active_expiry(None)
         .commit_wait(std::time::Duration::from_secs(10))
-        // Distinct key lock stripes for the keys below (a put holds its
-        // key's lock through its sync).
         .hasher_seed(7)
         .open_on("gc.sfs", storage.clone() as Arc<dyn Storage>)
         .unwrap();
     let before = storage.syncs.load(Ordering::SeqCst);
-    // Writer 0 first, alone; the others start while its sync runs.
-    let first_done = AtomicUsize::new(0);
+    // The first sync is held until all four have written their first put:
+    // it covers those that wrote before it began (at least one), the rest
+    // wait for the next. So every writer is running from the first round
+    // on, whatever the machine.
+    *storage.written.lock() = 0;
+    *storage.armed.lock() = true;
     std::thread::scope(|s| {
         for w in 0..4usize {
-            let (store, first_done) = (&store, &first_done);
+            let store = &store;
             s.spawn(move || {
-                if w > 0 {
-                    while first_done.load(Ordering::SeqCst) == 0 {
-                        std::thread::yield_now();
-                    }
-                }
                 for i in 0..3 {
-                    if w == 0 && i == 0 {
-                        first_done.store(1, Ordering::SeqCst);
-                    }
                     store.put(format!("key-{w}-{i}"), [w as u8; 100]).unwrap();
                 }
             });
         }
     });
     let syncs = storage.syncs.load(Ordering::SeqCst) - before;
+    // With the wait: the first sync, then one per round of all four (the
+    // last leader waits its window for the writers that have finished):
+    // 3 or 4. Without it, the first group and the rest alternate: 6 when
+    // the first sync covered one writer. One more is allowed for two
+    // writers whose keys share a key lock stripe (a put holds its key's
+    // lock through its sync), which the test cannot rule out.
     assert!(
-        syncs <= 4,
+        syncs <= 5,
         "12 durable puts by 4 writers took {syncs} syncs"
     );
     assert_eq!(store.len(), 12);
