@@ -61,6 +61,15 @@ pub trait Storage: Send + Sync {
         self.write_at(offset, &[&word.to_le_bytes()])
     }
 
+    /// A hint before many [`write_word`](Self::write_word)s into
+    /// `[offset, offset + len)` (settling a batch's members): a storage with
+    /// a memory map makes the range's pages writable in the map in one
+    /// call, instead of one page fault (or two: read, then write) per page.
+    /// It may dirty every page of the range, so callers give only ranges
+    /// whose pages they will all store into. Failure is not an error: the
+    /// stores then fault the pages in one by one.
+    fn prepare_words(&self, _offset: u64, _len: u64) {}
+
     /// Changes the length of the file. Growing reserves the disk space, so
     /// writes inside the new length cannot fail for lack of space.
     fn set_len(&self, len: u64) -> io::Result<()>;
@@ -335,6 +344,38 @@ impl Storage for FileStorage {
         let word_ref = unsafe { AtomicU64::from_ptr(w.ptr.add(offset as usize).cast::<u64>()) };
         word_ref.store(word.to_le(), Ordering::Release);
         Ok(())
+    }
+
+    #[cfg(target_os = "linux")]
+    fn prepare_words(&self, offset: u64, len: u64) {
+        if !self.writable || self.check_range(offset, len).is_err() {
+            return;
+        }
+        // The map starts at offset 0, on a page boundary. (Where pages are
+        // larger, the start may not be aligned: madvise refuses, and the
+        // hint is lost.)
+        let page = 4096u64;
+        let start = offset / page * page;
+        let end = (offset + len).min(self.len.load(Ordering::Acquire));
+        let w = self.window();
+        #[expect(
+            unsafe_code,
+            reason = "`madvise(MADV_POPULATE_WRITE)` prefaults pages of the map; std has no wrapper"
+        )]
+        // SAFETY: `[start, end)` lies inside the file (checked) and so
+        // inside the current window, which stays mapped until `self` is
+        // dropped; MADV_POPULATE_WRITE only maps the file's pages writable
+        // (as a write fault would) and changes no byte.
+        //
+        // A hint, its result unused: on a kernel without it (before 5.14)
+        // or when it fails, the stores that follow fault the pages in.
+        unsafe {
+            libc::madvise(
+                w.ptr.add(start as usize).cast(),
+                (end - start) as usize,
+                libc::MADV_POPULATE_WRITE,
+            )
+        };
     }
 
     fn set_len(&self, len: u64) -> io::Result<()> {

@@ -672,7 +672,10 @@ impl Inner {
             if last {
                 parts.extend([&commit_header[..], &payload]);
             }
-            if let Err(e) = self.storage.write_at(spans[r].0, &parts) {
+            // With `pwrite` whatever the policy: a run is fresh space, often
+            // many pages, which a write through the map would fault in one
+            // by one (reading the file system's unwritten extents first).
+            if let Err(e) = self.storage.write_at_before_sync(spans[r].0, &parts) {
                 if last {
                     self.release(commit.0, commit.1, 0);
                 }

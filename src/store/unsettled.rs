@@ -29,6 +29,10 @@ use crate::format::{EXPIRY_WORD_OFFSET, Kind, expiry_word};
 /// the spot (a sync) under `Never`.
 pub(super) const MAX_UNSETTLED_MEMBERS: usize = 1 << 20;
 
+/// Runs of members no longer than this on average are prefaulted whole
+/// before settling (`Storage::prepare_words`).
+const DENSE_BLOCK: u64 = 4 << 10;
+
 /// The listed batches.
 #[derive(Default)]
 pub(super) struct Unsettled {
@@ -152,7 +156,7 @@ impl Inner {
                 continue;
             }
             if b.settled_at.is_none() {
-                if self.settle_spans(&b.spans).is_err() {
+                if self.settle_spans(&b.spans, b.members).is_err() {
                     // Left for a later sync, or for the one that needs it.
                     continue;
                 }
@@ -196,8 +200,17 @@ impl Inner {
     /// Stores the settled expiry word of every pending entry in `spans`
     /// (each member's, from its own header: nothing renews a pending
     /// member, so its header still holds its expiry).
-    fn settle_spans(&self, spans: &[(u64, u64)]) -> std::io::Result<()> {
+    fn settle_spans(&self, spans: &[(u64, u64)], members: usize) -> std::io::Result<()> {
+        // Small members: nearly every page of the runs holds a header, so
+        // all of them are made writable at once (one page fault each
+        // otherwise, and two when the header is read first). Large ones:
+        // only their first pages are stored into.
+        let bytes: u64 = spans.iter().map(|&(s, e)| e - s).sum();
+        let dense = bytes <= (members as u64).saturating_mul(DENSE_BLOCK);
         for &(start, end) in spans {
+            if dense {
+                self.storage.prepare_words(start, end - start);
+            }
             let mut at = start;
             while at < end {
                 let h = self
@@ -243,7 +256,7 @@ impl Inner {
             match b.settled_at {
                 Some(g) => g,
                 None => {
-                    self.settle_spans(&b.spans)?;
+                    self.settle_spans(&b.spans, b.members)?;
                     let g = self.note_write();
                     b.settled_at = Some(g);
                     g
@@ -288,7 +301,7 @@ impl Inner {
             for (&id, b) in u.batches.iter() {
                 if !b.spans.is_empty() && b.written_at <= written_at {
                     if b.settled_at.is_none() {
-                        self.settle_spans(&b.spans)
+                        self.settle_spans(&b.spans, b.members)
                             .map_err(self.io("settling a batch member"))?;
                     }
                     ready.push(id);
