@@ -7,9 +7,9 @@
 //! it, with no system call. The map is made larger than the file (pages past
 //! the end are never touched) and is replaced by a larger one when the file
 //! outgrows it; old maps stay mapped until the storage is dropped, so a slice
-//! borrowed from one stays valid. Growth reserves disk space with `fallocate`
-//! first, so a full disk is an error from the call that grows the file, never a
-//! `SIGBUS` from a write into the map.
+//! borrowed from one stays valid. Growth reserves disk space first, with
+//! `fallocate` or by writing zeros, so a full disk is an error from the call
+//! that grows the file, never a `SIGBUS` from a write into the map.
 //!
 //! This module never decides what to write: the store's locks guarantee that
 //! no range is read while it is written and that no range in use is truncated.
@@ -149,6 +149,14 @@ impl FileStorage {
     /// cache). That is cheaper when every write is followed by `fdatasync`:
     /// the sync write-protects the mapped pages it cleans, so the next write
     /// through the map would take a page fault first.
+    ///
+    /// Such a file also grows by writing zeros (up to [`ZERO_GROWTH_MAX`]
+    /// at a time) rather than with `fallocate`: `fallocate` reserves
+    /// *unwritten* extents, and every `fdatasync` that follows a write into
+    /// one must also convert it and write the inode's extent tree; space
+    /// written once is overwritten in place. On ext4 a sync of a 16 KiB
+    /// append took ~100 µs more into unwritten space (BENCHMARKS.md,
+    /// "Third pass").
     pub fn with_pwrite(file: File, writable: bool, pwrite: bool) -> io::Result<FileStorage> {
         let len = file.metadata()?.len();
         let s = FileStorage {
@@ -252,6 +260,9 @@ impl FileStorage {
 
     /// Reserves disk blocks for `[from, to)` and extends the file to `to`.
     fn allocate_space(&self, from: u64, to: u64) -> io::Result<()> {
+        if self.pwrite && to - from <= ZERO_GROWTH_MAX {
+            return self.write_zeros(from, to);
+        }
         let fd = self.file.as_raw_fd();
         let (off, len) = (from as libc::off_t, (to - from) as libc::off_t);
         #[expect(
@@ -268,28 +279,41 @@ impl FileStorage {
         match err.raw_os_error() {
             // The file system cannot reserve space: extend, then write zeros so
             // the blocks exist before anyone writes into the map.
-            Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) => {
-                self.file.set_len(to)?;
-                let zeros = vec![0u8; 1 << 16];
-                let mut at = from;
-                while at < to {
-                    let n = (to - at).min(zeros.len() as u64) as usize;
-                    if let Err(e) = self.file.write_all_at(&zeros[..n], at) {
-                        let _ = self.file.set_len(from);
-                        return Err(e);
-                    }
-                    at += n as u64;
-                }
-                Ok(())
-            }
+            Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) => self.write_zeros(from, to),
             _ => {
-                // Give back anything reserved past the old end.
-                let _ = self.file.set_len(from);
+                // Give back anything reserved past the old end (the
+                // reservation's error is the one to report).
+                self.file.set_len(from).ok();
                 Err(err)
             }
         }
     }
 }
+
+impl FileStorage {
+    /// Extends the file from `from` (its end) to `to` by writing zeros, so
+    /// the blocks exist (and are written) before anyone writes into the
+    /// map. On failure the file is cut back to `from`.
+    fn write_zeros(&self, from: u64, to: u64) -> io::Result<()> {
+        let zeros = vec![0u8; (to - from).min(1 << 20) as usize];
+        let mut at = from;
+        while at < to {
+            let n = (to - at).min(zeros.len() as u64) as usize;
+            if let Err(e) = self.file.write_all_at(&zeros[..n], at) {
+                // The write's error is the one to report; should cutting
+                // back fail too, the zeros past `from` read as free space.
+                self.file.set_len(from).ok();
+                return Err(e);
+            }
+            at += n as u64;
+        }
+        Ok(())
+    }
+}
+
+/// The largest growth written as zeros (see [`FileStorage::with_pwrite`]);
+/// beyond it, `fallocate` (a very large value is not written twice).
+pub const ZERO_GROWTH_MAX: u64 = 4 << 20;
 
 impl Storage for FileStorage {
     fn len(&self) -> u64 {
@@ -559,6 +583,41 @@ mod tests {
         // SAFETY: nothing writes [8, 12) or truncates the file while `v` lives.
         let v = unsafe { s.view(8, 4) }.unwrap();
         assert_eq!(v, b"abcd");
+    }
+
+    /// Where the data starts at or after `from` (`SEEK_DATA`): space
+    /// reserved with `fallocate` and never written counts as a hole (on
+    /// ext4, XFS, btrfs), zeros written as data.
+    fn data_from(s: &FileStorage, from: u64) -> Option<u64> {
+        #[expect(unsafe_code, reason = "lseek has no std wrapper for SEEK_DATA")]
+        // SAFETY: lseek only reads its integer arguments; the fd is open.
+        let r = unsafe { libc::lseek(s.file.as_raw_fd(), from as libc::off_t, libc::SEEK_DATA) };
+        u64::try_from(r).ok()
+    }
+
+    #[test]
+    fn a_file_written_with_pwrite_grows_by_writing_zeros_up_to_the_limit() {
+        let (_d, s) = file_storage_with(true);
+        s.set_len(4096).unwrap();
+        s.set_len(4096 + (256 << 10)).unwrap();
+        let mut z = vec![1u8; 256 << 10];
+        s.read_at(4096, &mut z).unwrap();
+        assert!(z.iter().all(|&b| b == 0), "grown space reads as zeros");
+        assert_eq!(
+            data_from(&s, 4096),
+            Some(4096),
+            "the grown space was written (zeros), not only reserved"
+        );
+        // Past the limit, or when writes go through the map: reserved
+        // with `fallocate`, which is not data where the file system tells
+        // the two apart (ext4, XFS, btrfs; tmpfs does not).
+        let (_d2, big) = file_storage_with(true);
+        big.set_len(ZERO_GROWTH_MAX + 4096).unwrap();
+        let (_d3, mapped) = file_storage_with(false);
+        mapped.set_len(256 << 10).unwrap();
+        if data_from(&mapped, 0).is_none() {
+            assert_eq!(data_from(&big, 0), None, "past the limit: fallocate");
+        }
     }
 
     #[test]

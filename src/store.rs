@@ -1179,6 +1179,12 @@ impl Inner {
                 rec.free,
                 opts.fragmentation_factor,
                 crate::index::MAX_FILE_LEN,
+                // Where the file grows by writing zeros (see `FileStorage`).
+                if opts.sync == SyncPolicy::Always {
+                    blocks::ZEROED_RESERVE_CAP
+                } else {
+                    blocks::RESERVE_CAP
+                },
             ),
             gate: RwLock::new(()),
             writes: AtomicU64::new(0),
@@ -1326,10 +1332,13 @@ mod tests {
 
     #[test]
     fn growth_reserve_is_zero_for_small_files_and_bounded() {
-        use blocks::growth_reserve;
-        assert_eq!(growth_reserve(1000), 0);
-        assert_eq!(growth_reserve(16 << 20), 1 << 20);
-        assert_eq!(growth_reserve(1 << 40), 8 << 20);
+        use blocks::{RESERVE_CAP, ZEROED_RESERVE_CAP, growth_reserve};
+        assert_eq!(growth_reserve(1000, RESERVE_CAP), 0);
+        assert_eq!(growth_reserve(16 << 20, RESERVE_CAP), 1 << 20);
+        assert_eq!(growth_reserve(1 << 40, RESERVE_CAP), 8 << 20);
+        assert_eq!(growth_reserve(1000, ZEROED_RESERVE_CAP), 0);
+        assert_eq!(growth_reserve(8 << 20, ZEROED_RESERVE_CAP), 512 << 10);
+        assert_eq!(growth_reserve(1 << 40, ZEROED_RESERVE_CAP), 1 << 20);
     }
 
     #[test]

@@ -134,14 +134,23 @@ pub(super) type IoFailure = (&'static str, io::Error);
 
 /// Free space kept at the end of a growing file, so that appends do not
 /// extend it one entry at a time: none below 1 MiB, then 1/16 of the file up
-/// to 8 MiB.
-pub(super) fn growth_reserve(file_end: u64) -> u64 {
+/// to `cap` ([`RESERVE_CAP`], or [`ZEROED_RESERVE_CAP`] when the file grows
+/// by writing zeros).
+pub(super) fn growth_reserve(file_end: u64, cap: u64) -> u64 {
     if file_end < (1 << 20) {
         0
     } else {
-        crate::format::align_up((file_end / 16).min(8 << 20))
+        crate::format::align_up((file_end / 16).min(cap))
     }
 }
+
+/// The largest growth reserve.
+pub(super) const RESERVE_CAP: u64 = 8 << 20;
+
+/// The largest growth reserve of a file that grows by writing zeros
+/// (`SyncPolicy::Always`: see `FileStorage`): the sync after a growth
+/// writes them all.
+pub(super) const ZEROED_RESERVE_CAP: u64 = 1 << 20;
 
 /// The owner of every block outside the index.
 pub(super) struct Blocks {
@@ -153,10 +162,12 @@ pub(super) struct Blocks {
     frag: f64,
     /// The longest file the index can address.
     max_len: u64,
+    /// The largest growth reserve (see [`growth_reserve`]).
+    reserve_cap: u64,
 }
 
 impl Blocks {
-    pub(super) fn new(free: FreeList, frag: f64, max_len: u64) -> Blocks {
+    pub(super) fn new(free: FreeList, frag: f64, max_len: u64, reserve_cap: u64) -> Blocks {
         Blocks {
             space: Mutex::new(Space {
                 free,
@@ -169,6 +180,7 @@ impl Blocks {
             readers: ReaderLocks::new(),
             frag,
             max_len,
+            reserve_cap,
         }
     }
 
@@ -179,7 +191,7 @@ impl Blocks {
     pub(super) fn allocate(&self, need: u64, io: &dyn BlockIo) -> Result<(u64, u64), AllocError> {
         let mut sp = self.space.lock();
         let old_end = sp.free.end();
-        let reserve = growth_reserve(old_end);
+        let reserve = growth_reserve(old_end, self.reserve_cap);
         let mut a = sp.free.allocate(need, self.frag, reserve);
         if let Some(new_end) = a.grow_to {
             if new_end > self.max_len {
@@ -272,7 +284,9 @@ impl Blocks {
     fn return_unpinned(&self, offset: u64, len: u64, before_sync: bool, io: &dyn BlockIo) {
         let mut sp = self.space.lock();
         let end = sp.free.end();
-        let f = sp.free.free(offset, len, 2 * growth_reserve(end));
+        let f = sp
+            .free
+            .free(offset, len, 2 * growth_reserve(end, self.reserve_cap));
         if let Some(t) = f.truncate_to {
             if io.set_len(t).is_ok() {
                 return;
@@ -691,7 +705,7 @@ mod tests {
     }
 
     fn blocks(start: u64, end: u64) -> Blocks {
-        Blocks::new(FreeList::new(start, end), 0.75, u64::MAX)
+        Blocks::new(FreeList::new(start, end), 0.75, u64::MAX, RESERVE_CAP)
     }
 
     #[test]
