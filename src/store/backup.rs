@@ -73,9 +73,10 @@ const STRETCH_BYTES: u64 = 256 << 10;
 const WRITE_BACK: u64 = 4 << 20;
 /// Progress is reported, and the bandwidth limit applied, this often.
 const REPORT_EVERY: u64 = 1024;
-/// Round 1 hands at most this many full write buffers to its writer thread
-/// before it waits for one back.
-const IN_FLIGHT: usize = 4;
+/// Round 1's writer thread is handed buffers of this much...
+const JOB: usize = 1 << 20;
+/// ...at most this many at a time (round 1 then waits for one back).
+const IN_FLIGHT: usize = 3;
 
 /// What to do when the store changes faster than the backup can copy: after
 /// [`BackupOptions::max_rounds`] rounds, what is left to copy would still
@@ -464,6 +465,11 @@ impl Scratch {
         self.flushed + self.buf.len() as u64
     }
 
+    /// How much the buffer holds before it is written out.
+    fn full(&self) -> usize {
+        if self.writer.is_some() { JOB } else { BUFFER }
+    }
+
     /// Whether the entry copied at `offset` holds `key`. An entry is wholly
     /// in the buffer or wholly written out.
     fn holds_key(&self, offset: u64, key: &[u8]) -> bool {
@@ -748,7 +754,7 @@ impl Writer {
         Ok(self
             .spare
             .pop()
-            .unwrap_or_else(|| Vec::with_capacity(BUFFER + CHUNK)))
+            .unwrap_or_else(|| Vec::with_capacity(JOB + CHUNK)))
     }
 
     /// Hands `buf`, the copy's bytes at `at`, to the thread with the blocks
@@ -1956,7 +1962,7 @@ impl Copier<'_> {
     /// full buffer.
     fn step(&mut self) -> Result<()> {
         self.check_cancel()?;
-        if self.out.buf.len() >= BUFFER {
+        if self.out.buf.len() >= self.out.full() {
             self.out.flush()?;
         }
         Ok(())
