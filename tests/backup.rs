@@ -1027,23 +1027,21 @@ fn a_backup_writes_the_pending_members_of_batches_settled() {
     store.check_invariants().unwrap();
 }
 
-/// A store large enough that round 1 checks the payloads of the blocks it
-/// copies byte for byte on a second thread (on the copy, after the shard
-/// locks are released): damaged payloads anywhere in its runs (two adjacent
-/// ones, the first and the last entry, a damaged key, a value's last byte)
-/// are left out, and a block's padding, nonzero in the store, is zero in
-/// the copy.
+/// A store large enough that round 1 copies runs of blocks byte for byte
+/// and hands its write buffers to a writer thread: damaged payloads
+/// anywhere in its runs (two adjacent ones, the first and the last entry, a
+/// damaged key, a value's last byte) are left out, and a block's padding,
+/// nonzero in the store, is zero in the copy.
 #[test]
 fn a_backup_leaves_out_payloads_damaged_anywhere_in_round_1s_runs() {
     damaged_in_runs(false);
 }
 
-/// The same with writes in the middle of round 1: keys whose damaged copies
-/// round 1 made are written again (their holes in the copy, the only holes
-/// there are, are closed after the pause; their new entries copied), and
-/// new keys are put.
+/// The same with writes in the middle of round 1: keys whose damaged blocks
+/// round 1 met are written again (their new entries copied, and no hole or
+/// damaged copy left behind), and new keys are put.
 #[test]
-fn a_backup_closes_the_holes_of_damaged_copies_whose_keys_are_written_again() {
+fn a_backup_copies_damaged_keys_written_again_during_round_1() {
     damaged_in_runs(true);
 }
 
@@ -1107,7 +1105,7 @@ fn damaged_in_runs(with_writes: bool) {
         assert!(writes.lock().unwrap().is_none(), "the writes ran");
         assert!(report.rounds >= 2);
     }
-    // The damaged copies of 0 and 100 were not copies of theirs.
+    // The damaged blocks of 0 and 100 were never copies of theirs.
     assert_eq!(report.recopied_entries, 0);
     assert_eq!(report.damaged_entries, damaged.len() as u64);
     assert_eq!(report.entries as usize, expected.len());

@@ -46,7 +46,7 @@ use crate::format::{
     BLOCK_HEADER_LEN, BlockHeader, FILE_HEADER_LEN, FIRST_FORMAT_VERSION, FileHeader, Kind, crc,
     entry_block_len, is_expired,
 };
-use crate::index::{KeyHasher, SHARDS, shard_of};
+use crate::index::{SHARDS, shard_of};
 
 /// Keys, hashed with a per-process random seed.
 type KeySet = hashbrown::HashSet<Box<[u8]>, foldhash::fast::RandomState>;
@@ -412,9 +412,6 @@ struct Scratch {
     placed: bool,
     /// Round 1's writer thread, while it runs (see [`Writer`]).
     writer: Option<Writer>,
-    /// Blocks the writer thread found damaged, `(offset, len)` in the copy
-    /// and in copy order, until round 1 takes them.
-    damaged: Vec<(u64, u64)>,
 }
 
 impl Scratch {
@@ -453,7 +450,6 @@ impl Scratch {
             written_back: 0,
             placed: false,
             writer: None,
-            damaged: Vec::new(),
         })
     }
 
@@ -486,8 +482,8 @@ impl Scratch {
         }
     }
 
-    /// Writes the buffer out: hands it to the writer thread if one runs
-    /// (which checks its unchecked blocks first), else writes it itself.
+    /// Writes the buffer out: hands it to the writer thread if one runs,
+    /// else writes it itself.
     fn flush(&mut self) -> Result<()> {
         if self.buf.is_empty() {
             return Ok(());
@@ -510,32 +506,21 @@ impl Scratch {
     }
 
     /// Starts a writer thread (see [`Writer`]): from now on full buffers
-    /// are checked and written out beside the copy.
-    fn start_writer(&mut self, salt: u32, hasher: &KeyHasher) -> Result<()> {
+    /// are written out beside the copy.
+    fn start_writer(&mut self) -> Result<()> {
         debug_assert!(self.writer.is_none());
         let file = self
             .file
             .try_clone()
             .map_err(self.io("starting the backup's writer thread"))?;
-        let w = Writer::start(file, salt, hasher.clone(), self.written_back)
+        let w = Writer::start(file, self.written_back)
             .map_err(self.io("starting the backup's writer thread"))?;
         self.writer = Some(w);
         Ok(())
     }
 
-    /// Notes that the block the buffer holds at `at` (in the copy; copied
-    /// byte for byte) is still to be checked: its key must have the hash
-    /// `hash`. Only while a writer thread runs.
-    fn unchecked(&mut self, at: u64, hash: u64) {
-        if let Some(w) = &mut self.writer {
-            debug_assert!(at >= self.flushed);
-            w.check.push(Unchecked { at, hash });
-        }
-    }
-
     /// Writes the buffer out and stops the writer thread, once it has
-    /// written everything; the blocks it found damaged go to `damaged`.
-    /// Nothing to do if none runs.
+    /// written everything. Nothing to do if none runs.
     fn stop_writer(&mut self) -> Result<()> {
         if self.writer.is_none() {
             return Ok(());
@@ -544,11 +529,9 @@ impl Scratch {
         let Some(w) = self.writer.take() else {
             return Ok(());
         };
-        let (damaged, written_back) = w
+        self.written_back = w
             .finish()
             .map_err(|e| Error::io(&self.shown, "writing the backup", e))?;
-        self.damaged.extend(damaged);
-        self.written_back = written_back;
         Ok(())
     }
 
@@ -655,69 +638,46 @@ fn start_write_back(file: &File, from: u64, to: u64) -> bool {
     r == 0
 }
 
-/// A block of the copy, copied byte for byte from the store's map under
-/// the shard locks, whose payload the writer thread is still to check:
-/// where it is in the copy, and the hash its key must have.
-#[derive(Clone, Copy)]
-struct Unchecked {
-    at: u64,
-    hash: u64,
-}
-
-/// A full write buffer for the writer thread: its place in the copy, and
-/// the blocks in it still to be checked.
+/// A full write buffer for the writer thread, and its place in the copy.
 struct Job {
     buf: Vec<u8>,
     at: u64,
-    check: Vec<Unchecked>,
 }
 
-/// What the writer thread leaves: the blocks it found damaged, `(offset,
-/// len)` in the copy in copy order, and where its write-back got to.
-type Written = (Vec<(u64, u64)>, u64);
-
-/// A job done: its buffers back, emptied, and how the write went.
+/// A job done: its buffer back, emptied, and how the write went.
 struct Done {
     buf: Vec<u8>,
-    check: Vec<Unchecked>,
     written: io::Result<()>,
 }
 
-/// Round 1's writer thread. Round 1 copies runs of intact-looking blocks
-/// from the map into the write buffer under the shard locks, checking only
-/// their headers there; each full buffer goes to this thread, which checks
-/// the payloads of those blocks on the copy (key hash, payload checksum;
-/// their padding is zeroed), notes the damaged ones (cut out of the copy
-/// after the pause, as expired ones are), writes the buffer out and starts
-/// its write-back. The copy's bytes are the store's (copied under the
-/// locks): checking them later, on another core, is checking the store's.
+/// Round 1's writer thread: round 1 copies and checks entries into the
+/// write buffer as before, and hands each full buffer to this thread, which
+/// writes it out and starts its write-back, while round 1 goes on with the
+/// next (the kernel's copy into the page cache and the write-back were
+/// about 40 % of a backup's time: perf, 2026-12-01).
 struct Writer {
     jobs: Option<mpsc::Sender<Job>>,
     done: mpsc::Receiver<Done>,
-    thread: Option<JoinHandle<Written>>,
+    /// Returns where the write-back got to.
+    thread: Option<JoinHandle<u64>>,
     /// Emptied buffers back from the thread.
     spare: Vec<Vec<u8>>,
-    spare_checks: Vec<Vec<Unchecked>>,
     in_flight: usize,
-    /// The blocks of the current buffer still to be checked.
-    check: Vec<Unchecked>,
 }
 
 impl Writer {
-    fn start(file: File, salt: u32, hasher: KeyHasher, written_back: u64) -> io::Result<Writer> {
+    fn start(file: File, written_back: u64) -> io::Result<Writer> {
         let (jobs, to_do) = mpsc::channel::<Job>();
         let (done_tx, done) = mpsc::channel::<Done>();
         let thread = std::thread::Builder::new()
             .name("sfs-backup-writer".into())
-            .spawn(move || write_jobs(&file, salt, &hasher, &to_do, &done_tx, written_back))?;
+            .spawn(move || write_jobs(&file, &to_do, &done_tx, written_back))?;
         Ok(Writer {
             jobs: Some(jobs),
             done,
             thread: Some(thread),
             spare: Vec::new(),
-            spare_checks: Vec::new(),
             in_flight: 0,
-            check: Vec::new(),
         })
     }
 
@@ -740,7 +700,6 @@ impl Writer {
         self.in_flight -= 1;
         d.written?;
         self.spare.push(d.buf);
-        self.spare_checks.push(d.check);
         Ok(true)
     }
 
@@ -757,21 +716,17 @@ impl Writer {
             .unwrap_or_else(|| Vec::with_capacity(JOB + CHUNK)))
     }
 
-    /// Hands `buf`, the copy's bytes at `at`, to the thread with the blocks
-    /// in it still to be checked.
+    /// Hands `buf`, the copy's bytes at `at`, to the thread.
     fn send(&mut self, buf: Vec<u8>, at: u64) -> io::Result<()> {
-        let next = self.spare_checks.pop().unwrap_or_default();
-        let check = std::mem::replace(&mut self.check, next);
         let jobs = self.jobs.as_ref().ok_or_else(Writer::gone)?;
-        jobs.send(Job { buf, at, check })
-            .map_err(|_| Writer::gone())?;
+        jobs.send(Job { buf, at }).map_err(|_| Writer::gone())?;
         self.in_flight += 1;
         Ok(())
     }
 
-    /// Waits for every job and the thread: the blocks it found damaged, and
-    /// where its write-back got to.
-    fn finish(mut self) -> io::Result<Written> {
+    /// Waits for every job and the thread; returns where its write-back
+    /// got to.
+    fn finish(mut self) -> io::Result<u64> {
         self.jobs = None;
         while self.in_flight > 0 {
             self.take_done(true)?;
@@ -794,24 +749,17 @@ impl Drop for Writer {
     }
 }
 
-/// The writer thread (see [`Writer`]).
+/// The writer thread (see [`Writer`]): writes each job's buffer at its
+/// place, starts the write-back every [`WRITE_BACK`] bytes, and hands the
+/// buffer back; stops at the first failed write. Returns where the
+/// write-back got to.
 fn write_jobs(
     file: &File,
-    salt: u32,
-    hasher: &KeyHasher,
     jobs: &mpsc::Receiver<Job>,
     done: &mpsc::Sender<Done>,
     mut written_back: u64,
-) -> Written {
-    let crc = crc32fast::Hasher::new_with_initial(salt);
-    let mut damaged = Vec::new();
+) -> u64 {
     for mut job in jobs {
-        for u in &job.check {
-            let block = &mut job.buf[(u.at - job.at) as usize..];
-            if let Err(len) = check_copied(block, &crc, hasher, u.hash) {
-                damaged.push((u.at, len));
-            }
-        }
         let end = job.at + job.buf.len() as u64;
         let written = file.write_all_at(&job.buf, job.at);
         let failed = written.is_err();
@@ -820,49 +768,15 @@ fn write_jobs(
             written_back = end;
         }
         job.buf.clear();
-        job.check.clear();
         let back = Done {
             buf: job.buf,
-            check: job.check,
             written,
         };
         if done.send(back).is_err() || failed {
             break;
         }
     }
-    (damaged, written_back)
-}
-
-/// Checks a block copied byte for byte (at the start of `block`, its header
-/// already checked under the lock): its key has the hash `hash` and its
-/// payload the checksum in its header; zeroes its padding, as the store
-/// writes it. `Err` with the block's length if damaged.
-fn check_copied(
-    block: &mut [u8],
-    crc: &crc32fast::Hasher,
-    hasher: &KeyHasher,
-    hash: u64,
-) -> std::result::Result<(), u64> {
-    let u16_at = |i: usize| usize::from(u16::from_le_bytes([block[i], block[i + 1]]));
-    let u32_at =
-        |i: usize| u32::from_le_bytes([block[i], block[i + 1], block[i + 2], block[i + 3]]);
-    let (key_len, meta_len) = (u16_at(6), u16_at(20));
-    let value_len = u32_at(16) as usize;
-    let block_len = u64::from_le_bytes(block[8..16].try_into().unwrap_or_default());
-    let stored_crc = u32_at(40);
-    let head = BLOCK_HEADER_LEN as usize;
-    let used = head + key_len + meta_len + value_len;
-    let padding = &mut block[used..block_len as usize];
-    if padding.iter().any(|&b| b != 0) {
-        padding.fill(0);
-    }
-    let payload = &block[head..used];
-    let mut c = crc.clone();
-    c.update(payload);
-    if hasher.hash_one(&payload[..key_len]) != hash || c.finalize() != stored_crc {
-        return Err(block_len);
-    }
-    Ok(())
+    written_back
 }
 
 /// Where the copy of a key is in the scratch file.
@@ -953,10 +867,6 @@ struct FirstRound {
     /// The copies with an expiry, in copy order: those that expire before
     /// the pause are dropped from the copy after it.
     expiring: Vec<Placed>,
-    /// Copies the writer thread found damaged, `(offset, len)` in copy
-    /// order: holes, cut out of the copy after the pause (not counted in
-    /// `entries`).
-    damaged: Vec<(u64, u64)>,
 }
 
 /// An entry round 1 is to copy, as listed from the index: its key's hash
@@ -1411,15 +1321,14 @@ impl Copier<'_> {
             end: 0,
             entries: 0,
             expiring: Vec::new(),
-            damaged: Vec::new(),
         };
         let mut scratch = Vec::new();
         let per_stretch = (self.round_left / STRETCHES).clamp(1, STRETCH);
         if per_stretch > 1 {
             // Stretches of many entries (not the interleaving explorer's
-            // small stores, copied entry by entry): payloads are checked and
-            // buffers written out on a second thread.
-            self.out.start_writer(inner.salt, &inner.hasher)?;
+            // small stores, copied entry by entry): buffers are written out
+            // on a second thread.
+            self.out.start_writer()?;
         }
         for mut list in std::mem::take(&mut windows.lists) {
             sort_by_offset(&mut list, &mut scratch);
@@ -1438,13 +1347,6 @@ impl Copier<'_> {
             }
         }
         self.out.stop_writer()?;
-        for (_, len) in &self.out.damaged {
-            first.entries -= 1;
-            self.entries_copied -= 1;
-            self.bytes_copied -= len;
-            self.damaged += 1;
-        }
-        first.damaged = std::mem::take(&mut self.out.damaged);
         first.end = self.out.end();
         self.first = Some(first);
         Ok(())
@@ -1500,7 +1402,6 @@ impl Copier<'_> {
                             run_from = offset;
                         }
                         let at = self.out.end() + run_len;
-                        self.out.unchecked(at, l.hash);
                         run_len += h.block_len;
                         self.entries_copied += 1;
                         self.bytes_copied += h.block_len;
@@ -1553,8 +1454,6 @@ impl Copier<'_> {
     /// Checks the block at `offset` in place in the map: the entry round 1
     /// listed there, of a key with hash `hash`, in a shard unchanged since
     /// (its read lock held by the caller, so the block stays as it is).
-    /// While a writer thread runs, only the header is checked here: the
-    /// payload is checked on the copy (see [`Writer`]).
     fn check_in_place(&self, hash: u64, offset: u64, file_len: u64) -> InPlace {
         let inner = self.inner;
         #[expect(unsafe_code, reason = "round 1 checks blocks in place in the map")]
@@ -1597,9 +1496,6 @@ impl Copier<'_> {
         let Some(block) = (unsafe { inner.storage.view(offset, len) }) else {
             return InPlace::Other;
         };
-        if self.out.writer.is_some() {
-            return InPlace::Exact(h);
-        }
         let used = (BLOCK_HEADER_LEN + payload_len) as usize;
         if block[used..].iter().any(|&b| b != 0) {
             return InPlace::Other; // the copy's padding is zero
@@ -1758,14 +1654,7 @@ impl Copier<'_> {
         let (mut cache, mut cache_at) = (Vec::new(), 0u64);
         let mut key = Vec::new();
         let mut pos = FILE_HEADER_LEN;
-        let mut damaged = first.damaged.iter().peekable();
         while pos < first.end {
-            if let Some(&(at, len)) = damaged.next_if(|d| d.0 == pos) {
-                // A hole: found damaged after it was copied.
-                self.dead_bytes += len;
-                pos = at + len;
-                continue;
-            }
             let b = read_copy(&self.out, &mut cache, &mut cache_at, pos, BLOCK_HEADER_LEN)?;
             let h = BlockHeader::decode(b, self.inner.salt, pos, u64::MAX).map_err(|e| {
                 let e = io::Error::new(io::ErrorKind::InvalidData, e.to_string());
@@ -2080,34 +1969,22 @@ impl Copier<'_> {
     /// key was copied again): those expired by the pause are cut out.
     fn finish_first_round(&mut self, first: FirstRound, now_ms: i64) -> Result<u64> {
         debug_assert!(self.placed.all.is_empty() && first.end == self.out.end());
-        // What to cut out: the damaged copies, and those expired by the
-        // pause (`true`; a copy both damaged and expired is counted once,
-        // as damaged).
-        let mut cut: Vec<(u64, u64, bool)> = first
-            .damaged
-            .iter()
-            .map(|&(offset, len)| (offset, len, false))
-            .collect();
-        cut.extend(
-            first
-                .expiring
-                .iter()
-                .filter(|p| is_expired(p.expiry_ms, now_ms))
-                .map(|p| (p.offset, p.len, true)),
-        );
-        cut.sort_by_key(|c| c.0); // stable: the damaged one first
-        cut.dedup_by_key(|c| c.0);
-        let expired = cut.iter().filter(|c| c.2).count() as u64;
         let mut live = Vec::new();
         let mut from = FILE_HEADER_LEN;
-        for &(offset, len, _) in &cut {
-            if offset > from {
-                live.push((from, offset - from));
+        let mut expired = 0;
+        for p in first
+            .expiring
+            .iter()
+            .filter(|p| is_expired(p.expiry_ms, now_ms))
+        {
+            if p.offset > from {
+                live.push((from, p.offset - from));
             }
-            from = offset + len;
+            from = p.offset + p.len;
+            expired += 1;
         }
         self.placed.live = first.entries - expired;
-        let end = if cut.is_empty() {
+        let end = if expired == 0 {
             self.out.flush()?;
             self.out.end()
         } else {
