@@ -20,9 +20,12 @@
 //! order (the order of sequence numbers) as a reopen of the store would,
 //! and the copy keeps the store's salt, so that payload checksums are
 //! copied, not recomputed: damage is never laundered into valid data.
-//! Finally the file is synced, renamed to the destination's name and the
-//! directory synced. A cancelled or failed backup removes its temporary
-//! file; the store is never written by a backup.
+//! In round 1 of a store of 2048 entries or more, the full write buffers go
+//! to a second thread, which writes them out and starts their write-back
+//! while the copy goes on (see `Writer`). Finally the file is synced,
+//! renamed to the destination's name and the directory synced. A cancelled
+//! or failed backup removes its temporary file; the store is never written
+//! by a backup.
 //!
 //! This module never holds a store lock while user code (the progress
 //! callback) runs, and writes nothing to the store's file.
