@@ -1117,3 +1117,37 @@ fn damaged_in_runs(with_writes: bool) {
     assert_eq!(copy[v + 100..v + 103], [0, 0, 0], "padding written zero");
     assert_eq!(&copy[v + 103..v + 107], b"sfsB", "the next block");
 }
+
+/// Values over 1 MiB are streamed straight to the copy, which first stops
+/// round 1's writer thread (a store large enough to have one): the entries
+/// before, between and after them, a damaged long value (left out, its
+/// partial copy overwritten) and an intact one are all as in the store.
+#[test]
+fn a_backup_streams_long_values_between_runs_written_by_the_writer_thread() {
+    let t = common::TempStore::new();
+    let clock = common::clock();
+    let store = t.open(&clock);
+    let key = |i: u32| format!("key-{i:05}");
+    let long = |tag: &str| value_of(tag, (3 << 19) + 11); // 1.5 MiB and a bit
+    for i in 0..6000 {
+        store.put(key(i), value_of(&key(i), 120)).unwrap();
+        if i == 1500 {
+            store.put("long-intact", long("long-intact")).unwrap();
+        }
+        if i == 3000 {
+            store.put("long-damaged", long("long-damaged")).unwrap();
+        }
+    }
+    store.sync().unwrap();
+    let mut expected = contents(&store);
+    // A byte near the end of the damaged value, past its first 1 MiB.
+    let v = find_in_file(&t.path, b"long-damagedlong-damaged");
+    damage(&t.path, v + 12 + (3 << 19) - 5, b"#");
+    expected.remove(&b"long-damaged"[..]);
+    let dest = t.dir.path().join("copy.sfs");
+    let report = store.backup(&dest).unwrap();
+    assert_eq!(report.damaged_entries, 1);
+    assert_eq!(report.entries as usize, expected.len());
+    let got = check_copy(&dest, clock.now_millis_for_tests(), report.file_len);
+    assert_eq!(got, expected);
+}
