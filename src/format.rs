@@ -110,11 +110,30 @@ pub fn entry_block_len(key_len: usize, meta_len: usize, value_len: usize) -> u64
 /// instead of zero. Seeding with the file's salt means a copy of another
 /// store's blocks stored as a value never passes for one of ours.
 pub fn crc(seed: u32, parts: &[&[u8]]) -> u32 {
-    let mut h = crc32fast::Hasher::new_with_initial(seed);
+    let mut h = seeded(seed);
     for p in parts {
         h.update(p);
     }
     h.finalize()
+}
+
+/// A CRC hasher started from `seed`. `crc32fast::Hasher::new_with_initial`
+/// detects the CPU's features on every call (a good part of the cost of a
+/// block header's 36-byte checksum); this thread clones the hasher it made
+/// last, when for the same seed (a store's salt).
+fn seeded(seed: u32) -> crc32fast::Hasher {
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<(u32, crc32fast::Hasher)>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    LAST.with_borrow_mut(|last| match last {
+        Some((s, h)) if *s == seed => h.clone(),
+        _ => {
+            let h = crc32fast::Hasher::new_with_initial(seed);
+            *last = Some((seed, h.clone()));
+            h
+        }
+    })
 }
 
 /// The 64-byte header at the start of every store file.
@@ -660,6 +679,26 @@ pub(crate) fn test_entry_block(salt: u32, key: &[u8], value: &[u8], seq: u64) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The hasher this thread keeps for its last seed must never lend one
+    /// seed's start to another's checksum.
+    #[test]
+    fn checksums_with_seeds_in_turn_match_fresh_hashers() {
+        let data: Vec<u8> = (0..200u32).map(|i| (i * 37 + 11) as u8).collect();
+        let fresh = |seed: u32, parts: &[&[u8]]| {
+            let mut h = crc32fast::Hasher::new_with_initial(seed);
+            parts.iter().for_each(|p| h.update(p));
+            h.finalize()
+        };
+        assert_eq!(crc(0, &[b"123456789"]), 0xCBF4_3926);
+        for seed in [0x1122_3344, 0x1122_3344, 7, 0, 0x1122_3344, u32::MAX, 7] {
+            for (a, b) in [(0, 36), (10, 116), (0, 200)] {
+                let parts: [&[u8]; 2] = [&data[a..b], &data[40..44]];
+                assert_eq!(crc(seed, &parts), fresh(seed, &parts), "seed {seed:#x}");
+                assert_eq!(crc(seed, &parts[..1]), fresh(seed, &parts[..1]));
+            }
+        }
+    }
 
     #[test]
     fn a_file_header_cut_short_at_creation_is_recognised() {

@@ -1026,3 +1026,128 @@ fn a_backup_writes_the_pending_members_of_batches_settled() {
     assert_eq!(got, expected);
     store.check_invariants().unwrap();
 }
+
+/// A store large enough that round 1 copies runs of blocks byte for byte
+/// and hands its write buffers to a writer thread: damaged payloads
+/// anywhere in its runs (two adjacent ones, the first and the last entry, a
+/// damaged key, a value's last byte) are left out, and a block's padding,
+/// nonzero in the store, is zero in the copy.
+#[test]
+fn a_backup_leaves_out_payloads_damaged_anywhere_in_round_1s_runs() {
+    damaged_in_runs(false);
+}
+
+/// The same with writes in the middle of round 1: keys whose damaged blocks
+/// round 1 met are written again (their new entries copied, and no hole or
+/// damaged copy left behind), and new keys are put.
+#[test]
+fn a_backup_copies_damaged_keys_written_again_during_round_1() {
+    damaged_in_runs(true);
+}
+
+fn damaged_in_runs(with_writes: bool) {
+    type Writes = Box<dyn FnOnce() + Send>;
+    const N: u32 = 20_000;
+    let t = common::TempStore::new();
+    let clock = common::clock();
+    let writes: Arc<Mutex<Option<Writes>>> = Arc::new(Mutex::new(None));
+    let copies = Arc::new(AtomicUsize::new(0));
+    let (w, count) = (writes.clone(), copies.clone());
+    let store = Arc::new(open_hooked(&t.path, t.options(&clock), move |name| {
+        // About 30 stretches of 19 entries in: keys 0 and 100 are copied.
+        if name == "backup: copy" && count.fetch_add(1, Ordering::SeqCst) == 30 {
+            let writes = w.lock().unwrap().take();
+            if let Some(f) = writes {
+                f();
+            }
+        }
+    }));
+    let key = |i: u32| format!("key-{i:05}");
+    let value = |i: u32| value_of(&format!("value-{i:05}"), 100);
+    for i in 0..N {
+        store.put(key(i), value(i)).unwrap();
+    }
+    store.sync().unwrap();
+    let mut expected = contents(&store);
+    // Key, no metadata, value: the key's 9 bytes end where the value
+    // begins.
+    let damaged = [0, 100, 3000, 3001, 7000, 12000, N - 1];
+    for (j, &i) in damaged.iter().enumerate() {
+        let v = find_in_file(&t.path, format!("value-{i:05}").as_bytes());
+        let at = [v + 3, v + 99, v - 2][j % 3];
+        damage(&t.path, at, b"#");
+        expected.remove(key(i).as_bytes());
+    }
+    // 48 + 9 + 100 bytes used of a 160-byte block: 3 bytes of padding.
+    let v = find_in_file(&t.path, b"value-15000");
+    damage(&t.path, v + 100, &[0xAB, 0xCD, 0xEF]);
+    let model = Arc::new(Mutex::new(expected));
+    if with_writes {
+        let (s, m) = (store.clone(), model.clone());
+        *writes.lock().unwrap() = Some(Box::new(move || {
+            let mut m = m.lock().unwrap();
+            for i in [0, 100] {
+                let v = value_of(&format!("again-{i:05}"), 70);
+                s.put(key(i), &v).unwrap();
+                m.insert(key(i).into_bytes(), (v, Vec::new(), 0));
+            }
+            for i in 0..20 {
+                let (k, v) = (format!("new-{i:02}"), value_of("new", 90));
+                s.put(&k, &v).unwrap();
+                m.insert(k.into_bytes(), (v, Vec::new(), 0));
+            }
+        }));
+    }
+    let dest = t.dir.path().join("copy.sfs");
+    let report = store.backup(&dest).unwrap();
+    let expected = model.lock().unwrap().clone();
+    if with_writes {
+        assert!(writes.lock().unwrap().is_none(), "the writes ran");
+        assert!(report.rounds >= 2);
+    }
+    // The damaged blocks of 0 and 100 were never copies of theirs.
+    assert_eq!(report.recopied_entries, 0);
+    assert_eq!(report.damaged_entries, damaged.len() as u64);
+    assert_eq!(report.entries as usize, expected.len());
+    let got = check_copy(&dest, clock.now_millis_for_tests(), report.file_len);
+    assert_eq!(got, expected);
+    let v = find_in_file(&dest, b"value-15000");
+    let copy = std::fs::read(&dest).unwrap();
+    let v = v as usize;
+    assert_eq!(copy[v + 100..v + 103], [0, 0, 0], "padding written zero");
+    assert_eq!(&copy[v + 103..v + 107], b"sfsB", "the next block");
+}
+
+/// Values over 1 MiB are streamed straight to the copy, which first stops
+/// round 1's writer thread (a store large enough to have one): the entries
+/// before, between and after them, a damaged long value (left out, its
+/// partial copy overwritten) and an intact one are all as in the store.
+#[test]
+fn a_backup_streams_long_values_between_runs_written_by_the_writer_thread() {
+    let t = common::TempStore::new();
+    let clock = common::clock();
+    let store = t.open(&clock);
+    let key = |i: u32| format!("key-{i:05}");
+    let long = |tag: &str| value_of(tag, (3 << 19) + 11); // 1.5 MiB and a bit
+    for i in 0..6000 {
+        store.put(key(i), value_of(&key(i), 120)).unwrap();
+        if i == 1500 {
+            store.put("long-intact", long("long-intact")).unwrap();
+        }
+        if i == 3000 {
+            store.put("long-damaged", long("long-damaged")).unwrap();
+        }
+    }
+    store.sync().unwrap();
+    let mut expected = contents(&store);
+    // A byte near the end of the damaged value, past its first 1 MiB.
+    let v = find_in_file(&t.path, b"long-damagedlong-damaged");
+    damage(&t.path, v + 12 + (3 << 19) - 5, b"#");
+    expected.remove(&b"long-damaged"[..]);
+    let dest = t.dir.path().join("copy.sfs");
+    let report = store.backup(&dest).unwrap();
+    assert_eq!(report.damaged_entries, 1);
+    assert_eq!(report.entries as usize, expected.len());
+    let got = check_copy(&dest, clock.now_millis_for_tests(), report.file_len);
+    assert_eq!(got, expected);
+}
