@@ -52,7 +52,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
-use crate::{NodeId, Raft, Request, Response, StateMachine, TypeConfig};
+use crate::{NodeId, Raft, Request, RequestId, Response, StateMachine, TypeConfig};
 
 /// Where [`serve`] reads keys for clients: a node's state machine.
 pub trait ReadKeys: Clone + Send + Sync + 'static {
@@ -125,6 +125,26 @@ pub enum ClientRequest {
     },
     /// The node's view of the cluster.
     Status,
+    /// A write (`Put`, `Delete` or `CompareAndSwap`) applied at most once
+    /// for `id`, however often it is sent: a retry gets the first one's
+    /// response (see [`RequestId`]). [`Client`] sends its writes so.
+    Once {
+        /// The client's id and the write's sequence number.
+        id: RequestId,
+        /// The write.
+        request: Box<ClientRequest>,
+    },
+}
+
+impl ClientRequest {
+    fn is_write(&self) -> bool {
+        matches!(
+            self,
+            ClientRequest::Put { .. }
+                | ClientRequest::Delete { .. }
+                | ClientRequest::CompareAndSwap { .. }
+        )
+    }
 }
 
 /// A node's answer to a client.
@@ -213,7 +233,8 @@ async fn exchange(stream: &mut Stream, addr: &str, line: &[u8]) -> io::Result<Ve
 /// an idle pooled connection if there is one (and, should that one turn out
 /// closed or broken, once more on a new connection), else on a new one.
 /// A message resent that way may reach the node twice, as with any retry:
-/// Raft's messages are idempotent, and so are puts and deletes.
+/// Raft's messages are idempotent, and [`Client`]'s writes carry a request
+/// id, so that the state machine applies each once.
 pub async fn call<T: DeserializeOwned>(
     addr: &str,
     msg: &Message,
@@ -478,6 +499,15 @@ async fn client_request<S: ReadKeys>(
     proposer: &Proposer,
     req: ClientRequest,
 ) -> ClientReply {
+    let (id, req) = match req {
+        ClientRequest::Once { id, request } if request.is_write() => (Some(id), *request),
+        ClientRequest::Once { request, .. } => {
+            return ClientReply::Failed {
+                error: format!("only a write takes a request id, not {request:?}"),
+            };
+        }
+        req => (None, req),
+    };
     // The proposer's clock decides the time of the entry, and so when a
     // TTL ends: a follower never proposes (openraft refuses the write).
     let now = SystemTime::now();
@@ -507,6 +537,15 @@ async fn client_request<S: ReadKeys>(
                 last_applied: m.last_applied.map(|l| l.index),
             };
         }
+        ClientRequest::Once { .. } => {
+            return ClientReply::Failed {
+                error: "a request id on a request id".to_string(),
+            };
+        }
+    };
+    let write = match id {
+        Some(id) => write.with_id(id),
+        None => write,
     };
     proposer.write(write).await
 }
@@ -581,15 +620,50 @@ impl RaftNetwork<TypeConfig> for TcpConnection {
 /// follows `NotLeader` redirections, and tries the other nodes when one
 /// does not answer, for up to `patience` (10 s unless set).
 ///
-/// A write retried after a lost reply may be applied twice: puts and
-/// deletes are idempotent, a compare-and-swap reports then that it did not
-/// swap.
-#[derive(Clone, Debug)]
+/// Each write goes with a request id ([`ClientRequest::Once`]): the
+/// client's random id and the write's number, the same on every retry, so
+/// that a write retried after a lost reply or a leader change is applied
+/// once, and the retry answered with the first one's response. A clone
+/// of a client is a new client, with an id of its own.
+#[derive(Debug)]
 pub struct Client {
     addrs: Vec<String>,
     leader: Option<String>,
     /// How long [`request`](Self::request) keeps trying.
     pub patience: Duration,
+    /// This client's id.
+    id: u64,
+    /// The number of its next write.
+    next_seq: u64,
+}
+
+impl Clone for Client {
+    fn clone(&self) -> Client {
+        Client {
+            addrs: self.addrs.clone(),
+            leader: self.leader.clone(),
+            patience: self.patience,
+            id: random_client_id(),
+            next_seq: 0,
+        }
+    }
+}
+
+/// A client id: random (the standard library's per-process random hash
+/// keys, over the time and a counter), so that two clients, in one
+/// process or not, do not share one.
+fn random_client_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_usize(COUNTER.fetch_add(1, Ordering::Relaxed));
+    h.write_u128(
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.write_u32(std::process::id());
+    h.finish()
 }
 
 impl Client {
@@ -599,11 +673,20 @@ impl Client {
             addrs,
             leader: None,
             patience: Duration::from_secs(10),
+            id: random_client_id(),
+            next_seq: 0,
         }
+    }
+
+    /// This client's id, in the request ids of its writes.
+    pub fn id(&self) -> u64 {
+        self.id
     }
 
     /// Sends `req` to the leader (reads that are not linearizable and
     /// `Status` go to the first node that answers) and returns its reply.
+    /// A write goes with the next request id of this client, and every
+    /// retry of it with the same.
     pub async fn request(&mut self, req: &ClientRequest) -> io::Result<ClientReply> {
         if self.addrs.is_empty() {
             return Err(io::Error::new(
@@ -611,6 +694,19 @@ impl Client {
                 "a client needs the address of at least one node",
             ));
         }
+        let req = if req.is_write() {
+            let id = RequestId {
+                client: self.id,
+                seq: self.next_seq,
+            };
+            self.next_seq += 1;
+            ClientRequest::Once {
+                id,
+                request: Box::new(req.clone()),
+            }
+        } else {
+            req.clone()
+        };
         let deadline = tokio::time::Instant::now() + self.patience;
         let mut next = 0usize;
         let mut last_error = None;
@@ -686,6 +782,72 @@ mod tests {
             let reply = Client::request_node(&addr, &ClientRequest::Status).await;
             assert_eq!(reply.unwrap(), ClientReply::Value { value: None });
         }
+    }
+
+    #[tokio::test]
+    async fn a_client_retries_a_write_with_the_same_request_id() {
+        // A node that drops its first connection without a reply (a lost
+        // reply: the write may have been applied) and answers the others,
+        // recording every request.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let seen: Arc<Mutex<Vec<ClientRequest>>> = Arc::default();
+        let recorded = Arc::clone(&seen);
+        tokio::spawn(async move {
+            let mut first = true;
+            loop {
+                let (socket, _) = listener.accept().await.unwrap();
+                let mut socket = BufReader::new(socket);
+                let mut line = Vec::new();
+                while socket.read_until(b'\n', &mut line).await.unwrap() > 0 {
+                    let Message::Client(req) = serde_json::from_slice(&line).unwrap() else {
+                        panic!("not a client's request");
+                    };
+                    recorded.lock().unwrap().push(req);
+                    line.clear();
+                    if first {
+                        first = false;
+                        break;
+                    }
+                    let reply = ClientReply::Applied {
+                        index: 1,
+                        response: Response::Written,
+                    };
+                    let mut out = serde_json::to_vec(&reply).unwrap();
+                    out.push(b'\n');
+                    socket.get_mut().write_all(&out).await.unwrap();
+                }
+            }
+        });
+        let mut client = Client::new(vec![addr]);
+        let put = |value: &str| ClientRequest::Put {
+            key: "k".into(),
+            value: value.into(),
+            ttl_ms: None,
+        };
+        let read = ClientRequest::Get {
+            key: "k".into(),
+            linearizable: false,
+        };
+        for req in [put("a"), read.clone(), put("b")] {
+            let reply = client.request(&req).await.unwrap();
+            assert!(matches!(reply, ClientReply::Applied { .. }), "{reply:?}");
+        }
+        let once = |seq, value| ClientRequest::Once {
+            id: RequestId {
+                client: client.id(),
+                seq,
+            },
+            request: Box::new(put(value)),
+        };
+        // The first write twice (sent, then retried), with the same id; a
+        // read without one; the next write with the next number.
+        assert_eq!(
+            *seen.lock().unwrap(),
+            vec![once(0, "a"), once(0, "a"), read, once(1, "b")]
+        );
+        // Another client has another id.
+        assert_ne!(Client::new(Vec::new()).id(), client.id());
     }
 
     #[tokio::test]
