@@ -380,7 +380,11 @@ pub async fn call<T: DeserializeOwned>(
 /// write would make every write wait for a log `fdatasync` of its own.
 /// Measured with 16 clients, one group at a time did as well as two or
 /// better (and four worse); openraft still overlaps a group's apply with
-/// the next group's append.
+/// the next group's append. With 16 clients all in one group, more slots
+/// are not even used (the clients wait for the same round); splitting them
+/// into 2 or 3 groups of at most a half or a third, so that the leader's
+/// flush of one group overlaps the followers' flush of the other, did
+/// worse again (BENCHMARKS.md: the disk, not the latency, is the limit).
 const GROUPS_IN_FLIGHT: usize = 1;
 
 /// The most client writes in one entry.
