@@ -384,7 +384,8 @@ pub async fn call<T: DeserializeOwned>(
 /// are not even used (the clients wait for the same round); splitting them
 /// into 2 or 3 groups of at most a half or a third, so that the leader's
 /// flush of one group overlaps the followers' flush of the other, did
-/// worse again (BENCHMARKS.md: the disk, not the latency, is the limit).
+/// worse again (BENCHMARKS.md: openraft 0.9's core, blocked in the
+/// leader's flush, presumably cannot take the followers' replies then).
 const GROUPS_IN_FLIGHT: usize = 1;
 
 /// The most client writes in one entry.
