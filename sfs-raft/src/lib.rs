@@ -40,6 +40,18 @@
 //! by the reading node's own clock, so a key disappears when its time comes
 //! even if no write follows.
 //!
+//! # Retries
+//! A client that sends a write again (its reply was lost, the leader
+//! changed) must not have it applied twice: a write can carry a
+//! [`RequestId`] ([`Command::Once`], [`Request::with_id`]), the client's id
+//! and the write's number. The state machine keeps, per client, the number
+//! of its last write applied and that write's response, in the same batch
+//! as the write's effect and the applied log id, so in snapshots too; a
+//! write seen again gets the stored response and is not applied. A client
+//! idle for [`SESSION_TTL`] of log time is forgotten, which bounds the
+//! table. [`net::Client`] numbers its writes so and retries with the same
+//! id.
+//!
 //! # Example
 //! ```
 //! use sfs_raft::{LogStore, StateMachine};
@@ -143,7 +155,77 @@ pub enum Command {
     /// concurrent clients so: the leader's log then syncs once for all of
     /// them (see [`Request::batch`]).
     Batch(Vec<Command>),
+    /// `op` applied at most once for its request id: the state machine
+    /// keeps, per client, the sequence number of the last request it
+    /// applied and its response; the same request again (a retry whose
+    /// reply was lost) gets that response without applying anything, an
+    /// older one gets [`Response::Stale`] (see [`RequestId`]).
+    Once {
+        /// Who sent it, and its number among that client's requests.
+        id: RequestId,
+        /// What to do, once.
+        op: Box<Command>,
+    },
 }
+
+/// A client's write's identity, so that a retry of it is not applied
+/// twice ([`Command::Once`]). A client picks a random `client` id and
+/// numbers its writes `seq` 0, 1, 2, ... in the order it sends them,
+/// one at a time, and sends a retry with the same id.
+///
+/// The state machine keeps one entry per client: the last sequence number
+/// applied, its response, and the log time it was applied at, written in
+/// the same atomic batch as the write's effect and the applied log id,
+/// part of snapshots. An entry not used for [`SESSION_TTL`] of log time
+/// (the time the leader put in the entries, the same on every replica) is
+/// forgotten: the table holds at most the clients active in the last
+/// [`SESSION_TTL`]. A retry later than that is applied again, as a new
+/// request; clients retry for seconds, not minutes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct RequestId {
+    /// The client's id (random, 64 bits).
+    pub client: u64,
+    /// The request's number among the client's requests.
+    pub seq: u64,
+}
+
+/// How long, in log time, the state machine remembers a client's last
+/// request after applying it (see [`RequestId`]).
+pub const SESSION_TTL: Duration = Duration::from_secs(600);
+
+/// What the state machine remembers of a client: its last request applied.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Session {
+    /// The sequence number of the client's last request applied.
+    pub(crate) seq: u64,
+    /// What it did.
+    pub(crate) response: Response,
+    /// The log time it was applied at (ms since the UNIX epoch).
+    pub(crate) time_ms: i64,
+}
+
+impl Session {
+    /// Whether it is forgotten at log time `now`.
+    pub(crate) fn expired(&self, now: i64) -> bool {
+        let ttl = i64::try_from(SESSION_TTL.as_millis()).unwrap_or(i64::MAX);
+        self.time_ms.saturating_add(ttl) <= now
+    }
+
+    /// The answer to request `id` of this session's client, if it is not
+    /// to be applied: the stored response for a retry of the last request,
+    /// [`Response::Stale`] for an older one.
+    pub(crate) fn answer(&self, id: RequestId) -> Option<Response> {
+        use std::cmp::Ordering::{Equal, Greater, Less};
+        match id.seq.cmp(&self.seq) {
+            Equal => Some(self.response.clone()),
+            Less => Some(Response::Stale { last_seq: self.seq }),
+            Greater => None,
+        }
+    }
+}
+
+/// How often, in log time, the state machines drop the sessions expired.
+pub(crate) const SESSION_SWEEP_MS: i64 = 10_000;
 
 impl Request {
     /// A put proposed at `now`: a TTL becomes an absolute expiry here, once,
@@ -195,6 +277,17 @@ impl Request {
 }
 
 impl Request {
+    /// This request, applied at most once for `id` (see [`Command::Once`]).
+    pub fn with_id(self, id: RequestId) -> Request {
+        Request {
+            time_ms: self.time_ms,
+            op: Command::Once {
+                id,
+                op: Box::new(self.op),
+            },
+        }
+    }
+
     /// Several requests as one entry: their operations in order, at the
     /// newest of their times (each keeps the absolute expiry its proposer
     /// decided). One request is returned as it is.
@@ -234,6 +327,12 @@ pub enum Response {
     },
     /// What each operation of a [`Command::Batch`] did, in order.
     Batch(Vec<Response>),
+    /// A [`Command::Once`] older than its client's last request applied:
+    /// not applied, and its response is no longer kept.
+    Stale {
+        /// The sequence number of the client's last request applied.
+        last_seq: u64,
+    },
 }
 
 /// Milliseconds since the UNIX epoch (negative before it).
@@ -271,6 +370,22 @@ pub(crate) fn test_entry(index: u64, req: Request) -> openraft::Entry<TypeConfig
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_session_answers_its_last_request_and_expires_at_the_ttl() {
+        let session = Session {
+            seq: 5,
+            response: Response::Written,
+            time_ms: 1_000,
+        };
+        let id = |seq| RequestId { client: 1, seq };
+        assert_eq!(session.answer(id(5)), Some(Response::Written));
+        assert_eq!(session.answer(id(4)), Some(Response::Stale { last_seq: 5 }));
+        assert_eq!(session.answer(id(6)), None);
+        let ttl = SESSION_TTL.as_millis() as i64;
+        assert!(!session.expired(1_000 + ttl - 1));
+        assert!(session.expired(1_000 + ttl));
+    }
 
     #[test]
     fn a_batch_of_one_request_is_that_request() {

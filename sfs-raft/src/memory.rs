@@ -27,7 +27,10 @@ use openraft::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::{Command, Node, NodeId, Response, TypeConfig, storage_error};
+use crate::{
+    Command, Node, NodeId, RequestId, Response, SESSION_SWEEP_MS, Session, TypeConfig,
+    storage_error,
+};
 
 type Result<T> = std::result::Result<T, StorageError<NodeId>>;
 
@@ -136,6 +139,12 @@ struct Data {
     time_ms: i64,
     /// Key to value and expiry (ms since the UNIX epoch).
     kv: HashMap<String, (String, Option<i64>)>,
+    /// The clients' last requests applied (see [`RequestId`]).
+    #[serde(default)]
+    sessions: HashMap<u64, Session>,
+    /// When (log time) the expired sessions were last dropped.
+    #[serde(skip)]
+    swept_ms: i64,
 }
 
 impl Data {
@@ -185,6 +194,32 @@ impl Data {
             Command::Batch(ops) => {
                 Response::Batch(ops.into_iter().map(|op| self.apply(op, now)).collect())
             }
+            Command::Once { id, op } => self.once(id, *op, now),
+        }
+    }
+
+    /// Applies `op` unless request `id` was applied already.
+    fn once(&mut self, id: RequestId, op: Command, now: i64) -> Response {
+        let known = self.sessions.get(&id.client).filter(|s| !s.expired(now));
+        if let Some(answer) = known.and_then(|s| s.answer(id)) {
+            return answer;
+        }
+        let response = self.apply(op, now);
+        let session = Session {
+            seq: id.seq,
+            response: response.clone(),
+            time_ms: now,
+        };
+        self.sessions.insert(id.client, session);
+        response
+    }
+
+    /// Forgets the sessions expired at log time `now`, every
+    /// [`SESSION_SWEEP_MS`].
+    fn sweep_sessions(&mut self, now: i64) {
+        if now >= self.swept_ms.saturating_add(SESSION_SWEEP_MS) {
+            self.swept_ms = now;
+            self.sessions.retain(|_, s| !s.expired(now));
         }
     }
 }
@@ -301,7 +336,9 @@ impl RaftStateMachine<TypeConfig> for MemStateMachine {
     {
         let mut data = lock(&self.shared.data);
         let mut replies = Vec::new();
+        let mut applied_any = false;
         for entry in entries {
+            applied_any = true;
             data.applied = Some(entry.log_id);
             let reply = match entry.payload {
                 EntryPayload::Blank => Response::None,
@@ -316,6 +353,10 @@ impl RaftStateMachine<TypeConfig> for MemStateMachine {
                 }
             };
             replies.push(reply);
+        }
+        if applied_any {
+            let now = data.time_ms;
+            data.sweep_sessions(now);
         }
         Ok(replies)
     }
@@ -450,6 +491,43 @@ mod tests {
         assert_eq!(applied.map(|l| l.index), Some(5));
         assert_eq!(membership.log_id().map(|l| l.index), Some(1));
         assert!(other.get_current_snapshot().await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn a_request_is_applied_once_here_too_and_snapshots_keep_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = MemStateMachine::new(dir.path().join("a")).unwrap();
+        let now = SystemTime::now();
+        let id = crate::RequestId { client: 3, seq: 9 };
+        let put = Request::put("k", "first", None, now).with_id(id);
+        let replies = sm
+            .apply(vec![
+                entry(1, put.clone()),
+                entry(2, Request::put("k", "second", None, now)),
+                entry(3, put.clone()),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(replies, vec![Response::Written; 3]);
+        assert_eq!(sm.get("k"), Some("second".into()));
+
+        let snap = sm
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        let mut other = MemStateMachine::new(dir.path().join("b")).unwrap();
+        let mut incoming = other.begin_receiving_snapshot().await.unwrap();
+        let mut sent = snap.snapshot.into_std().await;
+        let mut bytes = Vec::new();
+        sent.read_to_end(&mut bytes).unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut *incoming, &bytes)
+            .await
+            .unwrap();
+        other.install_snapshot(&snap.meta, incoming).await.unwrap();
+        other.apply(vec![entry(4, put)]).await.unwrap();
+        assert_eq!(other.get("k"), Some("second".into()));
     }
 
     #[tokio::test]

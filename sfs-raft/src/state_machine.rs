@@ -1,8 +1,10 @@
 //! The state machine on an sfs store, its snapshots, and the log clock.
 //!
-//! Keys of `sm.sfs`: `d/` followed by a user key (the data), and `m/applied`,
-//! `m/membership`, `m/time` (JSON), written in the same batch as the
-//! effects of the entries they describe.
+//! Keys of `sm.sfs`: `d/` followed by a user key (the data), `c/` followed
+//! by a client id in 16 hex digits (the client's last request applied, its
+//! response and log time, JSON: see [`RequestId`](crate::RequestId)), and
+//! `m/applied`, `m/membership`, `m/time` (JSON), written in the same batch
+//! as the effects of the entries they describe.
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::{self, File};
@@ -21,12 +23,16 @@ use openraft::{
 use sfs::{BackupOptions, Batch, Clock, Options, PutOptions, Store, SyncPolicy};
 use tokio::io::AsyncWriteExt;
 
-use crate::{Command, Node, NodeId, Response, TypeConfig, storage_error};
+use crate::{
+    Command, Node, NodeId, RequestId, Response, SESSION_SWEEP_MS, Session, TypeConfig,
+    storage_error,
+};
 
 const APPLIED: &[u8] = b"m/applied";
 const MEMBERSHIP: &[u8] = b"m/membership";
 const TIME: &[u8] = b"m/time";
 const DATA: &str = "d/";
+const SESSIONS: &[u8] = b"c/";
 
 const SM_FILE: &str = "sm.sfs";
 const SNAPSHOT_FILE: &str = "snapshot.sfs";
@@ -69,6 +75,44 @@ fn system_time(ms: i64) -> SystemTime {
 
 fn data_key(key: &str) -> String {
     format!("{DATA}{key}")
+}
+
+fn session_key(client: u64) -> Vec<u8> {
+    format!("c/{client:016x}").into_bytes()
+}
+
+/// The clients' last requests applied, as the store has them.
+fn load_sessions(store: &Store) -> Result<HashMap<u64, Session>> {
+    let mut sessions = HashMap::new();
+    for key in store.keys() {
+        let Some(hex) = key.strip_prefix(SESSIONS) else {
+            continue;
+        };
+        let client = std::str::from_utf8(hex)
+            .ok()
+            .and_then(|h| u64::from_str_radix(h, 16).ok())
+            .ok_or_else(|| {
+                let what = String::from_utf8_lossy(&key);
+                sm_error(
+                    ErrorVerb::Read,
+                    "reading the clients",
+                    format!("bad key {what}"),
+                )
+            })?;
+        // Gone since listed (an expiry): nothing to remember.
+        if let Some(session) = get_json::<Session>(store, &key)? {
+            sessions.insert(client, session);
+        }
+    }
+    Ok(sessions)
+}
+
+/// The clients' last requests applied (see [`RequestId`]), and when
+/// (log time) the expired ones were last dropped.
+#[derive(Default)]
+struct Sessions {
+    map: HashMap<u64, Session>,
+    swept_ms: i64,
 }
 
 /// A write of an applied group, for the writer.
@@ -150,6 +194,9 @@ struct Shared {
     /// The reading node's clock, for hiding what expired since the last
     /// entry was applied.
     wall: Arc<dyn Clock>,
+    /// The clients' last requests: kept here whole, and written to the
+    /// store with the groups.
+    sessions: Mutex<Sessions>,
     /// The meta of `snapshot.sfs`; held while the snapshot file is replaced.
     snapshot: Mutex<Option<SnapshotMeta<NodeId, Node>>>,
     /// Numbers temporary files.
@@ -299,6 +346,10 @@ impl StateMachine {
         }
         let clock = Arc::new(LogClock::default());
         let store = open_store(&dir.join(SM_FILE), &clock)?;
+        let sessions = Sessions {
+            map: load_sessions(&store)?,
+            swept_ms: 0,
+        };
         let snapshot_path = dir.join(SNAPSHOT_FILE);
         let snapshot = if snapshot_path.exists() {
             Some(read_snapshot_file(&snapshot_path)?.0)
@@ -326,6 +377,7 @@ impl StateMachine {
                 applied_seq: AtomicU64::new(0),
                 clock,
                 wall,
+                sessions: Mutex::new(sessions),
                 snapshot: Mutex::new(snapshot),
                 temp_files: AtomicU64::new(0),
             }),
@@ -548,6 +600,10 @@ impl Shared {
         }
     }
 
+    fn sessions(&self) -> MutexGuard<'_, Sessions> {
+        self.sessions.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn snapshot_meta(&self) -> MutexGuard<'_, Option<SnapshotMeta<NodeId, Node>>> {
         self.snapshot.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -659,7 +715,12 @@ impl Shared {
             )
         })?;
         self.clock.set(time);
-        *slot = Arc::new(open_store(&self.dir.join(SM_FILE), &self.clock)?);
+        let store = open_store(&self.dir.join(SM_FILE), &self.clock)?;
+        *self.sessions() = Sessions {
+            map: load_sessions(&store)?,
+            swept_ms: 0,
+        };
+        *slot = Arc::new(store);
         drop(slot);
         rename_synced(&incoming, &self.dir.join(SNAPSHOT_FILE))
             .map_err(|e| snap_error(ErrorVerb::Write, "putting the snapshot in place", e))?;
@@ -710,6 +771,10 @@ struct Applying<'a> {
     overlay: &'a Overlay,
     /// What the group makes of each key so far.
     pending: Pending,
+    /// The clients' last requests before the group.
+    sessions: &'a HashMap<u64, Session>,
+    /// Those the group applied.
+    new_sessions: HashMap<u64, Session>,
     ops: Vec<WriteOp>,
 }
 
@@ -753,7 +818,30 @@ fn apply_op(g: &mut Applying<'_>, op: Command, now: i64) -> Result<Response> {
                 .map(|op| apply_op(g, op, now))
                 .collect::<Result<_>>()?,
         ),
+        Command::Once { id, op } => once(g, id, *op, now)?,
     })
+}
+
+/// Applies `op` unless request `id` was applied already (see
+/// [`RequestId`]), and remembers it as its client's last request.
+fn once(g: &mut Applying<'_>, id: RequestId, op: Command, now: i64) -> Result<Response> {
+    let known = g
+        .new_sessions
+        .get(&id.client)
+        .or_else(|| g.sessions.get(&id.client))
+        .filter(|s| !s.expired(now));
+    if let Some(answer) = known.and_then(|s| s.answer(id)) {
+        return Ok(answer);
+    }
+    let response = apply_op(g, op, now)?;
+    let session = Session {
+        seq: id.seq,
+        response: response.clone(),
+        time_ms: now,
+    };
+    put_json(&mut g.ops, &session_key(id.client), &session)?;
+    g.new_sessions.insert(id.client, session);
+    Ok(response)
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
@@ -778,10 +866,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let store = self.store();
         let clock = &self.shared.clock;
         let mut overlay = self.shared.overlay();
+        let mut sessions = self.shared.sessions();
         let mut g = Applying {
             store: &store,
             overlay: &overlay,
             pending: Pending::new(),
+            sessions: &sessions.map,
+            new_sessions: HashMap::new(),
             ops: Vec::new(),
         };
         let mut replies = Vec::new();
@@ -807,8 +898,27 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             return Ok(replies);
         };
         let Applying {
-            pending, mut ops, ..
+            pending,
+            new_sessions,
+            mut ops,
+            ..
         } = g;
+        sessions.map.extend(new_sessions);
+        // Forgets the clients idle for longer than `SESSION_TTL` (log
+        // time, so every replica forgets the same; a session found expired
+        // before it is dropped counts as absent anyway).
+        let now = clock.now_millis();
+        if now >= sessions.swept_ms.saturating_add(SESSION_SWEEP_MS) {
+            sessions.swept_ms = now;
+            sessions.map.retain(|&client, s| {
+                let keep = !s.expired(now);
+                if !keep {
+                    ops.push(WriteOp::Delete(session_key(client)));
+                }
+                keep
+            });
+        }
+        drop(sessions);
         put_json(&mut ops, APPLIED, &last)?;
         if let Some(m) = &membership {
             put_json(&mut ops, MEMBERSHIP, m)?;
@@ -947,5 +1057,155 @@ mod tests {
         assert_eq!(applied.map(|l| l.index), Some(1050));
         assert_eq!(sm.get("k50").unwrap().as_deref(), Some("b"));
         assert_eq!(sm.get("k49").unwrap(), None);
+    }
+}
+
+#[cfg(test)]
+mod once_tests {
+    use super::*;
+    use crate::{Request, RequestId, SESSION_TTL};
+
+    use crate::test_entry as entry;
+
+    fn at(ms: i64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_millis(ms as u64)
+    }
+
+    fn id(client: u64, seq: u64) -> RequestId {
+        RequestId { client, seq }
+    }
+
+    async fn apply_one(sm: &mut StateMachine, index: u64, req: Request) -> Response {
+        let mut replies = sm.apply(vec![entry(index, req)]).await.unwrap();
+        assert_eq!(replies.len(), 1);
+        replies.remove(0)
+    }
+
+    const T: i64 = 1_700_000_000_000;
+
+    /// Client 7's put of `k` (request 0), then another client's put of
+    /// `k`: a second apply of request 0 would bring "first" back.
+    fn first_put() -> Request {
+        Request::put("k", "first", None, at(T)).with_id(id(7, 0))
+    }
+
+    /// Client 7's compare-and-swap of `n` from absent to "1" (request 1):
+    /// applied twice, the second would answer `swapped: false`.
+    fn first_cas() -> Request {
+        Request::compare_and_swap("n", None, Some("1".into()), None, at(T)).with_id(id(7, 1))
+    }
+
+    fn swapped_from_none() -> Response {
+        Response::Swapped {
+            swapped: true,
+            current: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_request_applied_twice_takes_effect_once_even_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = StateMachine::open(dir.path(), Arc::new(sfs::SystemClock)).unwrap();
+        assert_eq!(apply_one(&mut sm, 1, first_put()).await, Response::Written);
+        let other = Request::put("k", "second", None, at(T)).with_id(id(8, 0));
+        assert_eq!(apply_one(&mut sm, 2, other).await, Response::Written);
+        // The same request again: its response, no effect.
+        assert_eq!(apply_one(&mut sm, 3, first_put()).await, Response::Written);
+        assert_eq!(sm.get("k").unwrap().as_deref(), Some("second"));
+        // Twice in one group, as well.
+        let replies = sm
+            .apply(vec![entry(4, first_cas()), entry(5, first_cas())])
+            .await
+            .unwrap();
+        assert_eq!(replies, vec![swapped_from_none(), swapped_from_none()]);
+        // An older request than the last: not applied, not answered.
+        assert_eq!(
+            apply_one(&mut sm, 6, first_put()).await,
+            Response::Stale { last_seq: 1 }
+        );
+        assert_eq!(sm.get("k").unwrap().as_deref(), Some("second"));
+
+        // Written and reopened: the table is in the store.
+        drop(sm);
+        let mut sm = StateMachine::open(dir.path(), Arc::new(sfs::SystemClock)).unwrap();
+        let reset = Request::put("n", "2", None, at(T));
+        assert_eq!(apply_one(&mut sm, 7, reset).await, Response::Written);
+        assert_eq!(
+            apply_one(&mut sm, 8, first_cas()).await,
+            swapped_from_none()
+        );
+        assert_eq!(sm.get("n").unwrap().as_deref(), Some("2"));
+        // A new request of the client is applied.
+        let next = Request::put("k", "third", None, at(T)).with_id(id(7, 2));
+        assert_eq!(apply_one(&mut sm, 9, next).await, Response::Written);
+        assert_eq!(sm.get("k").unwrap().as_deref(), Some("third"));
+    }
+
+    #[tokio::test]
+    async fn the_clients_last_requests_travel_in_snapshots() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = StateMachine::open(dir.path().join("a"), Arc::new(sfs::SystemClock)).unwrap();
+        assert_eq!(
+            apply_one(&mut sm, 1, first_cas()).await,
+            swapped_from_none()
+        );
+        let snap = sm
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        let mut other =
+            StateMachine::open(dir.path().join("b"), Arc::new(sfs::SystemClock)).unwrap();
+        // The receiver had applied nothing of it: it must learn the
+        // client's request from the snapshot, not from its own history.
+        let mut incoming = other.begin_receiving_snapshot().await.unwrap();
+        let mut sent = snap.snapshot.into_std().await;
+        sent.rewind().unwrap();
+        let mut bytes = Vec::new();
+        io::Read::read_to_end(&mut sent, &mut bytes).unwrap();
+        incoming.write_all(&bytes).await.unwrap();
+        other.install_snapshot(&snap.meta, incoming).await.unwrap();
+        let reset = Request::put("n", "2", None, at(T));
+        assert_eq!(apply_one(&mut other, 2, reset).await, Response::Written);
+        assert_eq!(
+            apply_one(&mut other, 3, first_cas()).await,
+            swapped_from_none()
+        );
+        assert_eq!(other.get("n").unwrap().as_deref(), Some("2"));
+    }
+
+    #[tokio::test]
+    async fn a_client_idle_for_the_session_ttl_is_forgotten_by_log_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = StateMachine::open(dir.path(), Arc::new(sfs::SystemClock)).unwrap();
+        assert_eq!(
+            apply_one(&mut sm, 1, first_cas()).await,
+            swapped_from_none()
+        );
+        let ttl = SESSION_TTL.as_millis() as i64;
+        // Just before the TTL (log time): still remembered.
+        let before = Request::put("n", "2", None, at(T + ttl - 1));
+        apply_one(&mut sm, 2, before).await;
+        assert_eq!(
+            apply_one(&mut sm, 3, first_cas()).await,
+            swapped_from_none()
+        );
+        assert_eq!(sm.get("n").unwrap().as_deref(), Some("2"));
+        // Past the TTL, at the next sweep (every `SESSION_SWEEP_MS` of log
+        // time): dropped from the table and from the store.
+        let after = Request::put("other", "x", None, at(T + ttl + SESSION_SWEEP_MS));
+        apply_one(&mut sm, 4, after).await;
+        assert!(sm.shared.sessions().map.is_empty());
+        sm.shared.flush().unwrap();
+        assert_eq!(sm.store().get(session_key(7)).unwrap(), None);
+        // A retry that late counts as a new request.
+        assert_eq!(
+            apply_one(&mut sm, 5, first_cas()).await,
+            Response::Swapped {
+                swapped: false,
+                current: Some("2".into())
+            }
+        );
     }
 }

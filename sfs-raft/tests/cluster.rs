@@ -1,6 +1,7 @@
 //! An in-process 3-node cluster on sfs storage, over an in-memory network:
 //! leader failover, restart from the data directory, catch-up by snapshot
-//! after a log purge, full-cluster restart, and expiry decided by the log.
+//! after a log purge, full-cluster restart, expiry decided by the log, and
+//! retried writes applied once.
 //!
 //! Election timeouts are short (150-300 ms) so that each test takes about a
 //! second.
@@ -20,7 +21,7 @@ use openraft::raft::{
 };
 use openraft::{BasicNode, Config, SnapshotPolicy};
 use sfs::{Clock, ManualClock};
-use sfs_raft::{LogStore, NodeId, Raft, Request, Response, StateMachine, TypeConfig};
+use sfs_raft::{LogStore, NodeId, Raft, Request, RequestId, Response, StateMachine, TypeConfig};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -496,6 +497,53 @@ async fn a_ttl_expires_on_every_node_at_the_time_the_log_says() {
             swapped: false,
             current: None
         }
+    );
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_write_is_applied_once_even_across_a_leader_change() {
+    let mut c = Cluster::new(1000).await;
+    let t = c.time();
+    let id = |seq| RequestId { client: 42, seq };
+    // Client 42's compare-and-swap of "n" from absent to "1", proposed
+    // twice in a row (a retry whose first reply was lost): applied twice,
+    // the second would find "1" and answer `swapped: false`.
+    let cas = Request::compare_and_swap("n", None, Some("1".into()), None, t).with_id(id(0));
+    let first = Response::Swapped {
+        swapped: true,
+        current: None,
+    };
+    assert_eq!(c.write(cas.clone()).await.1, first);
+    assert_eq!(c.write(cas.clone()).await.1, first);
+    // Its put of "k", then another client's: applied again, the put would
+    // bring "mine" back.
+    let put = Request::put("k", "mine", None, t).with_id(id(1));
+    assert_eq!(c.write(put.clone()).await.1, Response::Written);
+    c.put("k", "theirs").await;
+    c.write(Request::delete("n", c.time())).await;
+
+    // The leader goes; the retries reach the new one.
+    let old = c.leader().await;
+    c.kill(old).await;
+    let new = c.leader().await;
+    assert_ne!(new, old);
+    assert_eq!(c.write(put.clone()).await.1, Response::Written);
+    // Older than the client's last request: not applied either.
+    assert_eq!(c.write(cas).await.1, Response::Stale { last_seq: 1 });
+    let (last, _) = c.write(put).await;
+    for id in c.nodes.keys().copied().collect::<Vec<_>>() {
+        c.wait_applied(id, last).await;
+        let sm = &c.nodes[&id].sm;
+        assert_eq!(sm.get("k").unwrap().as_deref(), Some("theirs"), "node {id}");
+        assert_eq!(sm.get("n").unwrap(), None, "node {id}");
+    }
+    // The old leader, restarted from its directory, agrees.
+    c.start(old).await;
+    c.wait_applied(old, last).await;
+    assert_eq!(
+        c.nodes[&old].sm.get("k").unwrap().as_deref(),
+        Some("theirs")
     );
     c.shutdown().await;
 }
