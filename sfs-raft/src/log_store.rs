@@ -1,9 +1,12 @@
 //! The Raft log on an sfs store.
 //!
 //! Keys: `vote`, `committed`, `purged` (each a JSON value) and `l` followed
-//! by an entry's index as 8 big-endian bytes (the entry as JSON). The store
-//! has no order, so the range of indexes present is kept in memory, found
-//! by one scan of the keys when the store opens.
+//! by an entry's index as 8 big-endian bytes. An entry's value is a zero
+//! byte then the entry in bincode (2.x, standard configuration, through
+//! serde); logs written before that hold entries as JSON (the first byte
+//! `{`), which are still read. The store has no order, so the range of
+//! indexes present is kept in memory, found by one scan of the keys when
+//! the store opens.
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
@@ -29,6 +32,50 @@ fn entry_key(index: u64) -> [u8; 9] {
     k[0] = b'l';
     k[1..].copy_from_slice(&index.to_be_bytes());
     k
+}
+
+/// The first byte of an entry encoded with bincode (see the module docs).
+const BINCODE: u8 = 0;
+
+fn encode_entry(entry: &Entry<TypeConfig>) -> Result<Vec<u8>> {
+    let mut bytes = vec![BINCODE];
+    bincode::serde::encode_into_std_write(entry, &mut bytes, bincode::config::standard()).map_err(
+        |e| {
+            storage_error(
+                ErrorSubject::Log(entry.log_id),
+                ErrorVerb::Write,
+                "encoding a log entry",
+                e,
+            )
+        },
+    )?;
+    Ok(bytes)
+}
+
+fn decode_entry(index: u64, bytes: &[u8]) -> Result<Entry<TypeConfig>> {
+    let subject = ErrorSubject::LogIndex(index);
+    match bytes {
+        [BINCODE, rest @ ..] => {
+            match bincode::serde::decode_from_slice(rest, bincode::config::standard()) {
+                Ok((entry, used)) if used == rest.len() => Ok(entry),
+                Ok(_) => Err(storage_error(
+                    subject,
+                    ErrorVerb::Read,
+                    "decoding a log entry",
+                    "bytes left over after the entry",
+                )),
+                Err(e) => Err(storage_error(
+                    subject,
+                    ErrorVerb::Read,
+                    "decoding a log entry",
+                    e,
+                )),
+            }
+        }
+        // Written before entries went to bincode.
+        _ => serde_json::from_slice(bytes)
+            .map_err(|e| storage_error(subject, ErrorVerb::Read, "decoding a log entry", e)),
+    }
 }
 
 fn entry_index(key: &[u8]) -> Option<u64> {
@@ -206,15 +253,12 @@ impl LogStore {
 
     fn read_entry(&self, index: u64) -> Result<Option<Entry<TypeConfig>>> {
         let subject = ErrorSubject::LogIndex(index);
-        let bytes = self.inner.store.get(entry_key(index)).map_err(|e| {
-            storage_error(subject.clone(), ErrorVerb::Read, "reading a log entry", e)
-        })?;
-        match bytes {
-            None => Ok(None),
-            Some(b) => serde_json::from_slice(&b)
-                .map(Some)
-                .map_err(|e| storage_error(subject, ErrorVerb::Read, "decoding a log entry", e)),
-        }
+        let bytes = self
+            .inner
+            .store
+            .get(entry_key(index))
+            .map_err(|e| storage_error(subject, ErrorVerb::Read, "reading a log entry", e))?;
+        bytes.map(|b| decode_entry(index, &b)).transpose()
     }
 
     /// Deletes the entries `from..=to`, highest first, a chunk per batch:
@@ -331,15 +375,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut batch = durable_batch();
         let (mut first, mut last) = (None, None);
         for entry in entries {
-            let bytes = serde_json::to_vec(&entry).map_err(|e| {
-                storage_error(
-                    ErrorSubject::Log(entry.log_id),
-                    ErrorVerb::Write,
-                    "encoding a log entry",
-                    e,
-                )
-            })?;
-            batch.put(entry_key(entry.log_id.index), bytes);
+            batch.put(entry_key(entry.log_id.index), encode_entry(&entry)?);
             first.get_or_insert(entry.log_id.index);
             last = Some(entry.log_id);
         }
@@ -453,4 +489,46 @@ fn durable_batch() -> Batch {
     let mut batch = Batch::new();
     batch.durable();
     batch
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Request, test_entry};
+    use openraft::storage::RaftLogStorageExt;
+
+    #[tokio::test]
+    async fn entries_go_in_bincode_and_entries_written_as_json_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.sfs");
+        let now = std::time::SystemTime::now();
+        let old = test_entry(1, Request::put("a", "written as JSON", None, now));
+        // A log of the earlier format: the entry as JSON.
+        {
+            let store = Options::new().open(&path).unwrap();
+            store
+                .put(entry_key(1), serde_json::to_vec(&old).unwrap())
+                .unwrap();
+        }
+        let mut log = LogStore::open(&path).unwrap();
+        let new = test_entry(2, Request::put("b", "written now", None, now));
+        log.blocking_append([new.clone()]).await.unwrap();
+        let raw = log.inner.store.get(entry_key(2)).unwrap().unwrap();
+        assert_eq!(raw[0], BINCODE, "a new entry is tagged bincode");
+        assert!(raw.len() < serde_json::to_vec(&new).unwrap().len());
+        let got = log.try_get_log_entries(1..=2).await.unwrap();
+        let ids: Vec<_> = got.iter().map(|e| e.log_id).collect();
+        assert_eq!(ids, [old.log_id, new.log_id]);
+        assert_eq!(
+            serde_json::to_value(&got).unwrap(),
+            serde_json::to_value([&old, &new]).unwrap(),
+            "both read back whole"
+        );
+        // Damage is an error, not a panic or a wrong entry.
+        assert!(decode_entry(3, &[BINCODE, 0xff, 0xff]).is_err());
+        assert!(decode_entry(3, b"{not json").is_err());
+        let mut extra = raw.to_vec();
+        extra.push(0);
+        assert!(decode_entry(2, &extra).is_err(), "bytes left over");
+    }
 }
