@@ -929,22 +929,35 @@ fn a_backup_with_writes_between_long_stretches_holds_each_key_once() {
     writes_during_round_1(40_000, 10);
 }
 
-fn writes_during_round_1(n: u32, at_copy: usize) {
-    type Writes = Box<dyn FnOnce() + Send>;
-    let t = common::TempStore::new();
-    let clock = common::clock();
+/// Writes a test makes from inside a backup.
+type Writes = Box<dyn FnOnce() + Send>;
+
+/// A store whose `at_copy`-th pass through the "backup: copy" point runs
+/// the writes left in the returned slot by then (no store lock is held
+/// there, so they may write to the store).
+fn store_writing_at_copy(
+    t: &common::TempStore,
+    clock: &Arc<sfs::ManualClock>,
+    at_copy: usize,
+) -> (Arc<Store>, Arc<Mutex<Option<Writes>>>) {
     let writes: Arc<Mutex<Option<Writes>>> = Arc::new(Mutex::new(None));
-    let copies = Arc::new(AtomicUsize::new(0));
-    let (w, count) = (writes.clone(), copies.clone());
-    let store = Arc::new(open_hooked(&t.path, t.options(&clock), move |name| {
-        if name == "backup: copy" && count.fetch_add(1, Ordering::SeqCst) == at_copy {
-            // No store lock is held at this point: write from here.
+    let copies = AtomicUsize::new(0);
+    let w = writes.clone();
+    let store = Arc::new(open_hooked(&t.path, t.options(clock), move |name| {
+        if name == "backup: copy" && copies.fetch_add(1, Ordering::SeqCst) == at_copy {
             let writes = w.lock().unwrap().take();
             if let Some(f) = writes {
                 f();
             }
         }
     }));
+    (store, writes)
+}
+
+fn writes_during_round_1(n: u32, at_copy: usize) {
+    let t = common::TempStore::new();
+    let clock = common::clock();
+    let (store, writes) = store_writing_at_copy(&t, &clock, at_copy);
     let key = |i: u32| format!("key-{i:05}");
     for i in 0..n {
         store.put(key(i), value_of(&key(i), 150)).unwrap();
@@ -1046,22 +1059,11 @@ fn a_backup_copies_damaged_keys_written_again_during_round_1() {
 }
 
 fn damaged_in_runs(with_writes: bool) {
-    type Writes = Box<dyn FnOnce() + Send>;
     const N: u32 = 20_000;
     let t = common::TempStore::new();
     let clock = common::clock();
-    let writes: Arc<Mutex<Option<Writes>>> = Arc::new(Mutex::new(None));
-    let copies = Arc::new(AtomicUsize::new(0));
-    let (w, count) = (writes.clone(), copies.clone());
-    let store = Arc::new(open_hooked(&t.path, t.options(&clock), move |name| {
-        // About 30 stretches of 19 entries in: keys 0 and 100 are copied.
-        if name == "backup: copy" && count.fetch_add(1, Ordering::SeqCst) == 30 {
-            let writes = w.lock().unwrap().take();
-            if let Some(f) = writes {
-                f();
-            }
-        }
-    }));
+    // About 30 stretches of 19 entries in: keys 0 and 100 are copied.
+    let (store, writes) = store_writing_at_copy(&t, &clock, 30);
     let key = |i: u32| format!("key-{i:05}");
     let value = |i: u32| value_of(&format!("value-{i:05}"), 100);
     for i in 0..N {

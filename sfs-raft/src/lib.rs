@@ -357,6 +357,31 @@ pub(crate) fn storage_error(
     StorageIOError::new(subject, verb, AnyError::error(format!("{what}: {source}"))).into()
 }
 
+/// Builds a snapshot of `from` and installs it in `to`, the bytes passed
+/// as the network would pass them: for the state machines' tests.
+#[cfg(test)]
+pub(crate) async fn send_snapshot<S>(from: &mut S, to: &mut S)
+where
+    S: openraft::storage::RaftStateMachine<TypeConfig>,
+{
+    use openraft::RaftSnapshotBuilder;
+    let snap = from
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    let mut incoming = to.begin_receiving_snapshot().await.unwrap();
+    let mut sent = snap.snapshot.into_std().await;
+    std::io::Seek::rewind(&mut sent).unwrap();
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut sent, &mut bytes).unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut *incoming, &bytes)
+        .await
+        .unwrap();
+    to.install_snapshot(&snap.meta, incoming).await.unwrap();
+}
+
 /// A normal log entry at `index` (term 1, node 1), for the state machines'
 /// tests.
 #[cfg(test)]

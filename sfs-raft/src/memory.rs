@@ -471,21 +471,8 @@ mod tests {
         assert_eq!(sm.get("k"), None);
         assert_eq!(sm.get("t"), Some("x".into()));
 
-        let snap = sm
-            .get_snapshot_builder()
-            .await
-            .build_snapshot()
-            .await
-            .unwrap();
         let mut other = MemStateMachine::new(dir.path().join("b")).unwrap();
-        let mut incoming = other.begin_receiving_snapshot().await.unwrap();
-        let mut sent = snap.snapshot.into_std().await;
-        let mut bytes = Vec::new();
-        sent.read_to_end(&mut bytes).unwrap();
-        tokio::io::AsyncWriteExt::write_all(&mut *incoming, &bytes)
-            .await
-            .unwrap();
-        other.install_snapshot(&snap.meta, incoming).await.unwrap();
+        crate::send_snapshot(&mut sm, &mut other).await;
         assert_eq!(other.get("t"), Some("x".into()));
         let (applied, membership) = other.applied_state().await.unwrap();
         assert_eq!(applied.map(|l| l.index), Some(5));
@@ -511,21 +498,8 @@ mod tests {
         assert_eq!(replies, vec![Response::Written; 3]);
         assert_eq!(sm.get("k"), Some("second".into()));
 
-        let snap = sm
-            .get_snapshot_builder()
-            .await
-            .build_snapshot()
-            .await
-            .unwrap();
         let mut other = MemStateMachine::new(dir.path().join("b")).unwrap();
-        let mut incoming = other.begin_receiving_snapshot().await.unwrap();
-        let mut sent = snap.snapshot.into_std().await;
-        let mut bytes = Vec::new();
-        sent.read_to_end(&mut bytes).unwrap();
-        tokio::io::AsyncWriteExt::write_all(&mut *incoming, &bytes)
-            .await
-            .unwrap();
-        other.install_snapshot(&snap.meta, incoming).await.unwrap();
+        crate::send_snapshot(&mut sm, &mut other).await;
         other.apply(vec![entry(4, put)]).await.unwrap();
         assert_eq!(other.get("k"), Some("second".into()));
     }

@@ -1149,23 +1149,11 @@ mod once_tests {
             apply_one(&mut sm, 1, first_cas()).await,
             swapped_from_none()
         );
-        let snap = sm
-            .get_snapshot_builder()
-            .await
-            .build_snapshot()
-            .await
-            .unwrap();
         let mut other =
             StateMachine::open(dir.path().join("b"), Arc::new(sfs::SystemClock)).unwrap();
         // The receiver had applied nothing of it: it must learn the
         // client's request from the snapshot, not from its own history.
-        let mut incoming = other.begin_receiving_snapshot().await.unwrap();
-        let mut sent = snap.snapshot.into_std().await;
-        sent.rewind().unwrap();
-        let mut bytes = Vec::new();
-        io::Read::read_to_end(&mut sent, &mut bytes).unwrap();
-        incoming.write_all(&bytes).await.unwrap();
-        other.install_snapshot(&snap.meta, incoming).await.unwrap();
+        crate::send_snapshot(&mut sm, &mut other).await;
         let reset = Request::put("n", "2", None, at(T));
         assert_eq!(apply_one(&mut other, 2, reset).await, Response::Written);
         assert_eq!(

@@ -41,25 +41,32 @@ fn args() -> (std::path::PathBuf, bool, Option<String>) {
     (dir, quick, only)
 }
 
+/// A store under `SyncPolicy::Always` in a new directory under `dir`,
+/// holding `preload` entries of 100 bytes (one batch).
+fn durable_store(dir: &std::path::Path, preload: usize) -> (tempfile::TempDir, sfs::Store) {
+    let d = tempfile::tempdir_in(dir).expect("tempdir");
+    let store = Options::new()
+        .sync(SyncPolicy::Always)
+        .open(d.path().join("durable.sfs"))
+        .expect("open");
+    if preload > 0 {
+        let mut b = sfs::Batch::new();
+        for i in 0..preload {
+            b.put(format!("preload-{i:08}"), [7u8; 100]);
+        }
+        store.apply(&b).expect("preload");
+    }
+    (d, store)
+}
+
 /// Durable puts by 1 writer and by 4, in alternating blocks: in a fresh
 /// store (under 1 MiB: each put grows the file) and in one of 20,000
 /// entries (past 1 MiB: puts go into the growth reserve).
 fn group_commit(dir: &std::path::Path, quick: bool) {
     for preload in [0usize, 20_000] {
-        let d = tempfile::tempdir_in(dir).expect("tempdir");
-        let store = Options::new()
-            .sync(SyncPolicy::Always)
-            .open(d.path().join("gc.sfs"))
-            .expect("open");
+        let (_d, store) = durable_store(dir, preload);
         let (blocks, per) = if quick { (4, 40) } else { (20, 100) };
         let value = vec![7u8; 100];
-        if preload > 0 {
-            let mut b = sfs::Batch::new();
-            for i in 0..preload {
-                b.put(format!("preload-{i:08}"), &value);
-            }
-            store.apply(&b).expect("preload");
-        }
         let next = AtomicU64::new(0);
         let key = || format!("key-{:08}", next.fetch_add(1, Ordering::Relaxed));
         let (mut t1, mut t4, mut s1, mut s4) = (0f64, 0f64, 0u64, 0u64);
@@ -219,19 +226,8 @@ fn cas_contention(dir: &std::path::Path, quick: bool) {
 fn durable_batch(dir: &std::path::Path, quick: bool) {
     println!("## Batches\n");
     for preload in [0usize, 20_000] {
-        let d = tempfile::tempdir_in(dir).expect("tempdir");
-        let store = Options::new()
-            .sync(SyncPolicy::Always)
-            .open(d.path().join("batch.sfs"))
-            .expect("open");
+        let (_d, store) = durable_store(dir, preload);
         let value = vec![7u8; 100];
-        if preload > 0 {
-            let mut b = sfs::Batch::new();
-            for i in 0..preload {
-                b.put(format!("preload-{i:08}"), &value);
-            }
-            store.apply(&b).expect("preload");
-        }
         let rounds = if quick { 10 } else { 50 };
         let (mut one, mut hundred) = (0f64, 0f64);
         for k in 0..rounds {
