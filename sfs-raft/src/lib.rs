@@ -347,6 +347,15 @@ fn expiry_after(time_ms: i64, ttl: Duration) -> i64 {
     time_ms.saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX))
 }
 
+/// A batch that is on disk when `apply` returns (one `fdatasync`), though
+/// the log's and the state machine's stores run under `SyncPolicy::Never`:
+/// see `sfs::Batch::durable`.
+pub(crate) fn durable_batch() -> sfs::Batch {
+    let mut batch = sfs::Batch::new();
+    batch.durable();
+    batch
+}
+
 /// An openraft storage error: `what` failed, because of `source`.
 pub(crate) fn storage_error(
     subject: ErrorSubject<NodeId>,

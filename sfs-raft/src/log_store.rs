@@ -17,9 +17,9 @@ use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{
     Entry, ErrorSubject, ErrorVerb, LogId, OptionalSend, RaftLogReader, StorageError, Vote,
 };
-use sfs::{Batch, Options, Store, SyncPolicy};
+use sfs::{Options, Store, SyncPolicy};
 
-use crate::{NodeId, TypeConfig, storage_error};
+use crate::{NodeId, TypeConfig, durable_batch, storage_error};
 
 const VOTE: &[u8] = b"vote";
 const COMMITTED: &[u8] = b"committed";
@@ -481,14 +481,6 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         }
         Ok(())
     }
-}
-
-/// A batch that is on disk when `apply` returns (one `fdatasync`), though
-/// the store's own policy is `SyncPolicy::Never`: see `sfs::Batch::durable`.
-fn durable_batch() -> Batch {
-    let mut batch = Batch::new();
-    batch.durable();
-    batch
 }
 
 #[cfg(test)]

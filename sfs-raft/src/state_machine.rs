@@ -20,12 +20,12 @@ use openraft::{
     Entry, EntryPayload, ErrorSubject, ErrorVerb, LogId, OptionalSend, RaftSnapshotBuilder,
     SnapshotMeta, StorageError, StoredMembership,
 };
-use sfs::{BackupOptions, Batch, Clock, Options, PutOptions, Store, SyncPolicy};
+use sfs::{BackupOptions, Clock, Options, PutOptions, Store, SyncPolicy};
 use tokio::io::AsyncWriteExt;
 
 use crate::{
     Command, Node, NodeId, RequestId, Response, SESSION_SWEEP_MS, Session, TypeConfig,
-    storage_error,
+    durable_batch, storage_error,
 };
 
 const APPLIED: &[u8] = b"m/applied";
@@ -994,14 +994,6 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             .await
             .map_err(|e| snap_error(ErrorVerb::Write, "building a snapshot", e))?
     }
-}
-
-/// A batch that is on disk when `apply` returns (one `fdatasync`), though
-/// the store's own policy is `SyncPolicy::Never`: see `sfs::Batch::durable`.
-fn durable_batch() -> Batch {
-    let mut batch = Batch::new();
-    batch.durable();
-    batch
 }
 
 #[cfg(test)]
