@@ -160,6 +160,10 @@ struct ShardCell {
     index: usize,
 }
 
+/// How many syncs back group commit's leader looks to see how many writers
+/// run at once.
+const SEEN_SYNCS: usize = 8;
+
 #[derive(Default)]
 struct SyncState {
     /// Every write with a generation up to this one is durable.
@@ -172,6 +176,12 @@ struct SyncState {
     asking: Vec<std::thread::ThreadId>,
     /// The threads the last sync covered.
     last_group: Vec<std::thread::ThreadId>,
+    /// How many writers were seen at once around each of the last
+    /// [`SEEN_SYNCS`] syncs: the group plus those that asked while it ran
+    /// (see `gather`).
+    seen: [u32; SEEN_SYNCS],
+    /// Where the next sync's count goes in `seen`.
+    seen_at: usize,
     /// How long the last `fdatasync` took.
     last_sync: Duration,
     /// How many `fdatasync`s failed, and the newest generation one of them

@@ -70,6 +70,12 @@ impl Inner {
             st = self.sync_state.lock();
             st.running = false;
             st.last_sync = started.elapsed();
+            // The writers this sync covered and those that asked while it
+            // ran were at work at the same time.
+            let seen = st.last_group.len() + st.asking.len();
+            let at = st.seen_at;
+            st.seen[at] = u32::try_from(seen).unwrap_or(u32::MAX);
+            st.seen_at = (at + 1) % super::SEEN_SYNCS;
             match &r {
                 Ok(()) => {
                     st.synced = st.synced.max(target);
@@ -105,22 +111,38 @@ impl Inner {
     /// time. Without it, writers fall into two groups that alternate: those
     /// that wrote during a sync share the next, while the first group writes
     /// again; the leader of the next sync expects both.
+    ///
+    /// A lone writer is never waited for: when no sync of the last
+    /// `SEEN_SYNCS` had two writers at work at once
+    /// (its group and those that asked while it ran), nobody is expected.
+    /// Otherwise one writer that moves between threads (a task on an async
+    /// runtime's pool) would be expected on the thread it left, and its
+    /// syncs would wait their window for nobody: half of `sfs-raft`'s log
+    /// appends did. With several writers at work, the leader expects the
+    /// threads of the last group; bounding that by the most writers seen at
+    /// once instead cost 4 steady writers much of their sharing (3.7-3.9
+    /// puts per sync fell to 2.9-3.3 in three alternating runs of
+    /// `benches/compare`'s group commit): a group cut short by the window
+    /// lowered the bound for the next ones.
     fn gather(&self, st: &mut parking_lot::MutexGuard<'_, super::SyncState>) {
         let window = self.commit_wait.min(st.last_sync / 2);
         if window.is_zero() {
             return;
         }
-        let expected = st.last_group.len()
+        let by_thread = st.last_group.len()
             + st.asking
                 .iter()
                 .filter(|t| !st.last_group.contains(t))
                 .count();
+        let at_once = st.seen.iter().copied().max().unwrap_or(0) as usize;
+        let expected = if at_once <= 1 { at_once } else { by_thread };
         if st.asking.len() >= expected {
             return;
         }
         let Some(deadline) = std::time::Instant::now().checked_add(window) else {
             return;
         };
+        self.storage.point("sync: gathering");
         st.gathering = true;
         while st.asking.len() < expected {
             if self.sync_asked.wait_until(st, deadline).timed_out() {
