@@ -277,7 +277,10 @@ impl Options {
     /// one, while the first group writes again). So a leader waits while
     /// writers of the last two groups have not yet asked, and never longer
     /// than this, nor than half the last `fdatasync` took: a lone writer
-    /// never waits, and a writer that stopped costs one wait.
+    /// never waits (nor does one that moves between threads, as a task on
+    /// an async runtime's pool does: when none of the last 8 syncs saw two
+    /// writers at work at once, nobody is expected), and a writer that
+    /// stopped costs one wait.
     ///
     /// ```
     /// use std::time::Duration;
