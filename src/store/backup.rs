@@ -1218,6 +1218,10 @@ impl Copier<'_> {
         self.round = 1;
         self.inner.storage.point("backup: round");
         self.first_round()?;
+        // The round's last stretch (periodic work counts the others): a
+        // store of fewer than `REPORT_EVERY` entries would otherwise show
+        // no time spent, and predict pauses of nothing.
+        self.busy += self.stretch.elapsed();
         let mut allowed = self.opts.pause_budget;
         // Rounds in a row that left at least as many changed keys as they
         // copied: the writers outpace the copy, and more rounds would only
@@ -1231,6 +1235,7 @@ impl Copier<'_> {
                     self.round += 1;
                     self.inner.storage.point("backup: round");
                     let copied = self.recopy_round()?;
+                    self.busy += self.stretch.elapsed();
                     let left = self.inner.backups.pending();
                     losing = if left >= copied { losing + 1 } else { 0 };
                     continue;
