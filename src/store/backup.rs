@@ -46,7 +46,7 @@ use parking_lot::Mutex;
 use super::Inner;
 use crate::error::{Error, Result};
 use crate::format::{
-    BLOCK_HEADER_LEN, BlockHeader, FILE_HEADER_LEN, FIRST_FORMAT_VERSION, FileHeader, Kind, crc,
+    BLOCK_HEADER_LEN, BlockHeader, Crc, FILE_HEADER_LEN, FIRST_FORMAT_VERSION, FileHeader, Kind,
     entry_block_len, is_expired,
 };
 use crate::index::{SHARDS, shard_of};
@@ -1068,6 +1068,8 @@ struct Copier<'a> {
     /// The clock, read at most every [`REPORT_EVERY`] entries outside the
     /// pause: an entry expired by then is expired at the pause too.
     now_ms: i64,
+    /// Checksums with the store's salt.
+    crc: Crc,
 }
 
 impl Inner {
@@ -1114,6 +1116,7 @@ impl Inner {
             round_left: 0,
             ticks: 0,
             now_ms: self.clock.now_millis(),
+            crc: Crc::new(self.salt),
         };
         let (now_ms, pause) = c.copy_in_rounds()?;
         drop(tracking);
@@ -1468,7 +1471,7 @@ impl Copier<'_> {
             return InPlace::Other;
         };
         prefetch_ahead(head.as_ptr());
-        let Ok(h) = BlockHeader::decode(head, inner.salt, offset, file_len) else {
+        let Ok(h) = BlockHeader::decode_with(head, &self.crc, offset, file_len) else {
             return InPlace::Damaged;
         };
         if h.kind != Kind::Entry {
@@ -1505,7 +1508,7 @@ impl Copier<'_> {
         }
         let payload = &block[BLOCK_HEADER_LEN as usize..used];
         let key = &payload[..usize::from(h.key_len)];
-        if inner.hasher.hash_one(key) != hash || crc(inner.salt, &[payload]) != h.payload_crc {
+        if inner.hasher.hash_one(key) != hash || self.crc.of(payload) != h.payload_crc {
             return InPlace::Damaged;
         }
         InPlace::Exact(h)
@@ -1744,7 +1747,7 @@ impl Copier<'_> {
                 Holds::Key(k) => payload.starts_with(k),
                 Holds::Hash(hash) => inner.hasher.hash_one(key) == hash,
             };
-            key_ok && crc(inner.salt, &[payload]) == h.payload_crc
+            key_ok && self.crc.of(payload) == h.payload_crc
         } else {
             let header = BlockHeader {
                 block_len: len,
