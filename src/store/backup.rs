@@ -20,13 +20,13 @@
 //! order (the order of sequence numbers) as a reopen of the store would,
 //! and the copy keeps the store's salt, so that payload checksums are
 //! copied, not recomputed: damage is never laundered into valid data.
-//! In round 1 of a store of 2048 entries or more, the full write buffers go
-//! to a second thread, which writes them out and starts their write-back
-//! while the copy goes on (see `Writer`), and a helper thread lists half
-//! the index and sorts the list (see `Copier::first_round`). Finally the file is synced,
-//! renamed to the destination's name and the directory synced. A cancelled
-//! or failed backup removes its temporary file; the store is never written
-//! by a backup.
+//! In round 1 of a store of 2048 entries or more, a helper thread lists half
+//! the index and sorts the list (see `Copier::first_round`), and the full
+//! write buffers go to a second thread, which writes them out and starts
+//! their write-back while the copy goes on (see `Writer`). Finally the file
+//! is synced, renamed to the destination's name and the directory synced.
+//! A cancelled or failed backup removes its temporary file; the store is
+//! never written by a backup.
 //!
 //! This module never holds a store lock while user code (the progress
 //! callback) runs, and writes nothing to the store's file.
@@ -1032,9 +1032,9 @@ enum Holds<'k> {
 /// (round 1 reads the file in order, a few blocks at a time: each block's
 /// first touch was a cache miss). Only a hint: it never faults, whatever
 /// the address. 2 KiB ahead (a dozen 168-byte blocks) took less of the
-/// copying thread's time than 512 bytes ahead (harness, 2026-12-01: 0.048-0.052
-/// s of CPU per backup against 0.055-0.057; 3-4 KiB ahead the same as 2 KiB,
-/// one hint per call instead of three worse).
+/// copying thread's time than 512 bytes ahead (harness, 2026-12-01:
+/// 0.048-0.052 s of CPU per backup against 0.055-0.057; 3-4 KiB ahead the
+/// same as 2 KiB; one hint per call instead of three, worse).
 fn prefetch_ahead(at: *const u8) {
     for ahead in [2048, 2112, 2176] {
         prefetch(at.wrapping_add(ahead));
