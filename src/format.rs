@@ -117,6 +117,37 @@ pub fn crc(seed: u32, parts: &[&[u8]]) -> u32 {
     h.finalize()
 }
 
+/// [`crc`] for one seed (a store's salt), made once: a loop that checks
+/// many blocks (a backup's round 1) clones this hasher for each checksum
+/// instead of looking up the thread's cached one (see [`seeded`]).
+#[derive(Clone)]
+pub struct Crc {
+    seed: u32,
+    start: crc32fast::Hasher,
+}
+
+impl Crc {
+    /// A checksummer started from `seed`.
+    pub fn new(seed: u32) -> Crc {
+        Crc {
+            seed,
+            start: seeded(seed),
+        }
+    }
+
+    /// The seed.
+    pub fn seed(&self) -> u32 {
+        self.seed
+    }
+
+    /// `crc(seed, &[bytes])`.
+    pub fn of(&self, bytes: &[u8]) -> u32 {
+        let mut h = self.start.clone();
+        h.update(bytes);
+        h.finalize()
+    }
+}
+
 /// A CRC hasher started from `seed`. `crc32fast::Hasher::new_with_initial`
 /// detects the CPU's features on every call (a good part of the cost of a
 /// block header's 36-byte checksum); this thread clones the hasher it made
@@ -443,6 +474,20 @@ impl BlockHeader {
             pos: u64,
             file_len: u64,
         ) -> Result<BlockHeader, BlockHeaderError> {
+            BlockHeader::decode_with(bytes, &Crc::new(salt), pos, file_len)
+        }
+    }
+
+    codec_fn! {
+        /// [`decode`](Self::decode), with a checksummer made for the salt
+        /// (for a loop over many headers).
+        fn decode_with(
+            bytes: &[u8],
+            crc: &Crc,
+            pos: u64,
+            file_len: u64,
+        ) -> Result<BlockHeader, BlockHeaderError> {
+            let salt = crc.seed();
             if bytes.len() < BLOCK_HEADER_LEN as usize
                 || file_len.saturating_sub(pos) < BLOCK_HEADER_LEN
             {
@@ -452,7 +497,7 @@ impl BlockHeader {
             if b[0..4] != BLOCK_MAGIC {
                 return Err(BlockHeaderError::BadMagic);
             }
-            if u32_at(b, 44) != header_crc(b, salt) {
+            if u32_at(b, 44) != crc.of(&header_crc_input(b)) {
                 return Err(BlockHeaderError::BadChecksum);
             }
             let kind = Kind::from_byte(b[4]).ok_or(BlockHeaderError::BadKind)?;
@@ -616,7 +661,17 @@ pub fn settled_word(expiry_ms: u64, salt: u32, seq: u64) -> u64 {
 /// The header checksum: bytes 0..32 and 40..44, that is every field but the
 /// expiry word (which has its own check, so that it can be rewritten alone).
 fn header_crc(b: &[u8], salt: u32) -> u32 {
-    crc(salt, &[&b[0..32], &b[40..44]])
+    Crc::new(salt).of(&header_crc_input(b))
+}
+
+/// The bytes the header checksum covers, in one piece: one short checksum
+/// instead of a 32-byte one continued by a 4-byte one (the latter goes
+/// through crc32fast's table code).
+fn header_crc_input(b: &[u8]) -> [u8; 36] {
+    let mut x = [0u8; 36];
+    x[..32].copy_from_slice(&b[0..32]);
+    x[32..].copy_from_slice(&b[40..44]);
+    x
 }
 
 /// The 8-byte expiry word of an entry with sequence number `seq`: the
@@ -696,6 +751,7 @@ mod tests {
                 let parts: [&[u8]; 2] = [&data[a..b], &data[40..44]];
                 assert_eq!(crc(seed, &parts), fresh(seed, &parts), "seed {seed:#x}");
                 assert_eq!(crc(seed, &parts[..1]), fresh(seed, &parts[..1]));
+                assert_eq!(Crc::new(seed).of(parts[0]), fresh(seed, &parts[..1]));
             }
         }
     }

@@ -1153,3 +1153,83 @@ fn a_backup_streams_long_values_between_runs_written_by_the_writer_thread() {
     let got = check_copy(&dest, clock.now_millis_for_tests(), report.file_len);
     assert_eq!(got, expected);
 }
+
+/// Puts `/dev/full` in the place of every descriptor of this process open
+/// on `path`, under the same numbers: writes through them then fail with
+/// "no space left on device", as on a full disk. Returns how many.
+fn fill_up(path: &Path) -> usize {
+    use std::os::fd::AsRawFd;
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let mut replaced = 0;
+    for entry in std::fs::read_dir("/proc/self/fd").unwrap() {
+        let entry = entry.unwrap();
+        // (The listing's own descriptor is gone by the time it is read.)
+        let Ok(target) = std::fs::read_link(entry.path()) else {
+            continue;
+        };
+        if target != path {
+            continue;
+        }
+        let fd: i32 = entry.file_name().to_str().unwrap().parse().unwrap();
+        // SAFETY: `dup2` makes `fd` refer to `/dev/full` in one atomic
+        // step: it stays open under its number, and its owner (the
+        // backup's handle of its temporary file) still uses and closes it
+        // exactly once; only the file behind it changes. `full` stays open
+        // meanwhile.
+        #[allow(unsafe_code)]
+        let r = unsafe { libc::dup2(full.as_raw_fd(), fd) };
+        assert_eq!(r, fd, "dup2: {}", std::io::Error::last_os_error());
+        replaced += 1;
+    }
+    replaced
+}
+
+/// The copy's temporary file fails while round 1's writer thread writes
+/// it (a store large enough to have one; the disk "fills up" a few stretches
+/// into round 1): the backup fails with an I/O error naming the destination,
+/// the store is unchanged and serving, no file is left under the
+/// destination's name nor beside it, and the next backup there works.
+#[test]
+fn a_write_error_on_round_1s_writer_thread_fails_the_backup_and_leaves_nothing() {
+    const N: u32 = 20_000;
+    let t = common::TempStore::new();
+    let clock = common::clock();
+    // About 30 stretches of 19 entries in, before the first 1 MiB buffer is
+    // handed to the writer thread.
+    let (store, writes) = store_writing_at_copy(&t, &clock, 30);
+    for i in 0..N {
+        let k = format!("key-{i:05}");
+        store.put(&k, value_of(&k, 100)).unwrap();
+    }
+    let expected = contents(&store);
+    let dir = t.dir.path().canonicalize().unwrap();
+    let scratch = dir.join(".copy.sfs.sfs-backup.tmp");
+    let replaced = Arc::new(AtomicUsize::new(0));
+    let r = replaced.clone();
+    *writes.lock().unwrap() = Some(Box::new(move || {
+        r.store(fill_up(&scratch), Ordering::SeqCst);
+    }));
+    let dest = t.dir.path().join("copy.sfs");
+    let r = store.backup(&dest);
+    // Two descriptors: the backup's, and the writer thread's (which only
+    // exists while that thread runs).
+    assert_eq!(replaced.load(Ordering::SeqCst), 2, "{r:?}");
+    let Err(e @ Error::Io { action, source, .. }) = &r else {
+        panic!("{r:?}");
+    };
+    assert_eq!(e.path(), Some(dest.as_path()));
+    assert_eq!(*action, "writing the backup");
+    assert_eq!(source.kind(), std::io::ErrorKind::StorageFull, "{source}");
+    assert!(e.to_string().contains("copy.sfs"), "{e}");
+    nothing_left(t.dir.path(), "copy.sfs");
+    store.check_invariants().unwrap();
+    assert_eq!(contents(&store), expected);
+    store.put(b"still", b"serving").unwrap();
+    assert_eq!(store.get(b"still").unwrap().unwrap(), b"serving");
+    let report = store.backup(&dest).unwrap();
+    let got = check_copy(&dest, clock.now_millis_for_tests(), report.file_len);
+    assert_eq!(got.len(), expected.len() + 1);
+}
