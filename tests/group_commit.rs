@@ -120,6 +120,17 @@ fn writers_that_wrote_during_a_sync_share_the_next_one() {
     }
 }
 
+/// A durable store on `storage` whose sync leaders may wait as long as
+/// half a sync (no background work to add syncs of its own).
+fn waiting_store(storage: &Arc<HeldSync>, opts: Options) -> sfs::Store {
+    opts.sync(SyncPolicy::Always)
+        .auto_compact(None)
+        .active_expiry(None)
+        .commit_wait(std::time::Duration::from_secs(10))
+        .open_on("gc.sfs", storage.clone() as Arc<dyn Storage>)
+        .unwrap()
+}
+
 #[test]
 fn the_leader_of_a_sync_waits_for_the_writers_of_the_last_groups() {
     // 4 writers, 3 durable puts each. The first sync covers the first
@@ -132,14 +143,7 @@ fn the_leader_of_a_sync_waits_for_the_writers_of_the_last_groups() {
     // longer than a put takes, so that whether a writer arrives in time
     // does not depend on the machine. (Never armed: no sync is held.)
     let storage = Arc::new(HeldSync::new(4, std::time::Duration::from_millis(400)));
-    let store = Options::new()
-        .sync(SyncPolicy::Always)
-        .auto_compact(None)
-        .active_expiry(None)
-        .commit_wait(std::time::Duration::from_secs(10))
-        .hasher_seed(7)
-        .open_on("gc.sfs", storage.clone() as Arc<dyn Storage>)
-        .unwrap();
+    let store = waiting_store(&storage, Options::new().hasher_seed(7));
     let before = storage.syncs.load(Ordering::SeqCst);
     // The first sync is held until all four have written their first put:
     // it covers those that wrote before it began (at least one), the rest
@@ -179,13 +183,7 @@ fn one_writer_that_moves_between_threads_is_never_waited_for() {
     // last one (which is not writing), or every put would wait its window
     // (half a sync) for nobody, as half of sfs-raft's log appends did.
     let storage = Arc::new(HeldSync::new(1, std::time::Duration::from_millis(20)));
-    let store = Options::new()
-        .sync(SyncPolicy::Always)
-        .auto_compact(None)
-        .active_expiry(None)
-        .commit_wait(std::time::Duration::from_secs(10))
-        .open_on("gc.sfs", storage.clone() as Arc<dyn Storage>)
-        .unwrap();
+    let store = waiting_store(&storage, Options::new());
     let before = storage.syncs.load(Ordering::SeqCst);
     for i in 0..6 {
         let store = &store;
