@@ -652,40 +652,6 @@ fn a_backup_that_cannot_keep_up_gives_up_or_pauses_longer_as_asked() {
 }
 
 #[test]
-fn the_final_round_waits_until_a_later_round_has_timed_copying_keys() {
-    // Round 1 streams entries in file order, several times faster per
-    // entry than the later rounds copy keys found through the index; the
-    // final round copies keys. So a key changed during round 1 is copied
-    // in a round of its own (writers still running) before the pause is
-    // predicted, not in a final round planned at round 1's speed (which
-    // ran a whole budget and over with busy writers, stopping them twice).
-    let t = common::TempStore::new();
-    let clock = common::clock();
-    let (store, _) = filled(&t, &clock, 500);
-    let store = Arc::new(store);
-    let s = store.clone();
-    let wrote = Arc::new(AtomicU64::new(0));
-    let w = wrote.clone();
-    let once = move |p: &sfs::BackupProgress| {
-        if p.phase == BackupPhase::Copying && p.round == 1 && w.fetch_add(1, Ordering::SeqCst) == 0
-        {
-            s.put("key-00007", b"changed during round 1").unwrap();
-        }
-    };
-    let dest = t.dir.path().join("copy.sfs");
-    let report = store
-        .backup_with(&dest, &BackupOptions::new().on_progress(once))
-        .unwrap();
-    assert!(wrote.load(Ordering::SeqCst) > 0, "the callback ran");
-    assert_eq!(
-        report.rounds, 3,
-        "round 1, the key's round, the final round"
-    );
-    let got = check_copy(&dest, clock.now_millis_for_tests(), report.file_len);
-    assert_eq!(got, contents(&store));
-}
-
-#[test]
 fn a_bandwidth_limit_slows_the_copy_down() {
     let t = common::TempStore::new();
     let clock = common::clock();
