@@ -352,10 +352,32 @@ impl Explorer {
         let mut decisions: Vec<Decision> = Vec::new();
         let mut trace = Vec::new();
         loop {
-            let paused = match sched.settle() {
+            let mut paused = match sched.settle() {
                 Ok(p) => p,
                 Err(e) => return Err(format!("{e}; trace {trace:?}")),
             };
+            // A schedule replayed up to a decision has its threads at the
+            // same points as when it was first run, but one of them can be
+            // slower to get there this time (a thread asleep for a moment
+            // looks blocked): wait for the thread to replay, or its place is
+            // taken by another and the subtree explored twice.
+            let want = match &self.strategy {
+                Strategy::Exhaustive => self.prefix.get(decisions.len()).copied(),
+                Strategy::Replay(order) => order.get(decisions.len()).copied(),
+                Strategy::Random { .. } => None,
+            };
+            if let Some(want) = want {
+                let waiting = Instant::now();
+                while !paused.iter().any(|p| p.0 == want)
+                    && waiting.elapsed() < Duration::from_millis(500)
+                {
+                    std::thread::sleep(Duration::from_micros(200));
+                    paused = match sched.settle() {
+                        Ok(p) => p,
+                        Err(e) => return Err(format!("{e}; trace {trace:?}")),
+                    };
+                }
+            }
             if paused.is_empty() {
                 break;
             }
