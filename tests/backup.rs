@@ -651,6 +651,59 @@ fn a_backup_that_cannot_keep_up_gives_up_or_pauses_longer_as_asked() {
     assert_eq!(got, contents(&store));
 }
 
+/// Backs up a store of 1,000 entries while `changes` of its keys are
+/// rewritten once, from the progress callback during round 1; returns the
+/// rounds the backup took, after checking the copy.
+fn rounds_after_changing_in_round_1(changes: u32) -> u32 {
+    let t = common::TempStore::new();
+    let clock = common::clock();
+    let (store, _) = filled(&t, &clock, 1000);
+    let store = Arc::new(store);
+    let s = store.clone();
+    let wrote = Arc::new(AtomicU64::new(0));
+    let w = wrote.clone();
+    let once = move |p: &sfs::BackupProgress| {
+        if p.phase == BackupPhase::Copying && p.round == 1 && w.fetch_add(1, Ordering::SeqCst) == 0
+        {
+            for i in 0..changes {
+                s.put(format!("key-{i:05}"), b"changed during round 1")
+                    .unwrap();
+            }
+        }
+    };
+    let dest = t.dir.path().join("copy.sfs");
+    let report = store
+        .backup_with(&dest, &BackupOptions::new().on_progress(once))
+        .unwrap();
+    assert!(wrote.load(Ordering::SeqCst) > 0, "the callback ran");
+    let got = check_copy(&dest, clock.now_millis_for_tests(), report.file_len);
+    assert_eq!(got, contents(&store));
+    report.rounds
+}
+
+#[test]
+fn the_final_round_waits_until_a_later_round_has_timed_copying_keys() {
+    // Round 1 streams entries in file order, faster per entry than the
+    // later rounds copy keys found through the index; the
+    // final round copies keys. So when many keys changed during round 1
+    // they are copied in a round of their own (writers still running)
+    // before the pause is predicted, not in a final round planned at round
+    // 1's speed (which ran a whole budget and over with busy writers,
+    // stopping them twice).
+    assert_eq!(
+        rounds_after_changing_in_round_1(300),
+        3,
+        "round 1, the keys' round, the final round"
+    );
+    // A few keys take no time to copy at any speed: straight to the final
+    // round.
+    assert_eq!(
+        rounds_after_changing_in_round_1(5),
+        2,
+        "round 1, the final round"
+    );
+}
+
 #[test]
 fn a_bandwidth_limit_slows_the_copy_down() {
     let t = common::TempStore::new();

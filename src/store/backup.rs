@@ -6,11 +6,14 @@
 //! store notes every key written or removed (`Tracker`, active only while a
 //! backup runs: one atomic load per write otherwise). Each later round
 //! recopies the keys noted since the round before, until what is left would
-//! take no longer than the pause budget to copy (an estimate from the copy
-//! speed measured so far). Then the final round takes the `gate` for
-//! writing, which stops every writer (puts, deletes, `touch`, purge,
-//! compaction batches, `clear`, syncs), recopies what is left, and lets
-//! them go. Readers are never stopped.
+//! take no longer than the pause budget to copy (an estimate from the speed
+//! at which the later rounds copied keys: when many keys (256 or more)
+//! changed during round 1, one later round runs before the final one to
+//! time it, since round 1's stream in file order is faster per entry and
+//! would promise a pause that then overruns). Then the final round takes
+//! the `gate` for writing, which stops every writer (puts, deletes,
+//! `touch`, purge, compaction batches, `clear`, syncs), recopies what is
+//! left, and lets them go. Readers are never stopped.
 //!
 //! The copy goes to a temporary file next to the destination; a key copied
 //! twice leaves a hole there, and after the pause (with the store free
@@ -77,6 +80,13 @@ const STRETCH_BYTES: u64 = 256 << 10;
 const WRITE_BACK: u64 = 4 << 20;
 /// Progress is reported, and the bandwidth limit applied, this often.
 const REPORT_EVERY: u64 = 1024;
+/// Changed keys from which, after round 1, one later round runs to time the
+/// copying of keys before any final round is planned. Fewer are copied in
+/// well under a millisecond at any speed measured (about 0.4 µs a key on
+/// the machine of BENCHMARKS.md), so for them round 1's speed is good
+/// enough, and a small store's backup keeps its two rounds (and the
+/// interleaving explorer its schedules).
+const MEASURE_FROM: u64 = 256;
 /// Round 1's writer thread is handed buffers of this much...
 const JOB: usize = 1 << 20;
 /// ...at most this many at a time (round 1 then waits for one back).
@@ -1103,6 +1113,14 @@ struct Copier<'a> {
     /// Time spent copying (not sleeping for the bandwidth limit, not in the
     /// progress callback): the copy speed that predicts the pause.
     busy: Duration,
+    /// The part of `busy` spent copying changed keys one by one (the later
+    /// rounds, final ones included), and how many: a key found through
+    /// the index costs more than an entry of round 1's file-order stream
+    /// (350-390 ns against 250-290 with 4 busy writers, 50-80 without, on
+    /// the machine of BENCHMARKS.md), and the final round copies keys, so
+    /// once a round has copied some, their speed predicts the pause.
+    key_busy: Duration,
+    keys_copied: u64,
     started: Instant,
     /// When the current stretch of copying began (for `busy`).
     stretch: Instant,
@@ -1156,6 +1174,8 @@ impl Inner {
             recopied: 0,
             damaged: 0,
             busy: Duration::ZERO,
+            key_busy: Duration::ZERO,
+            keys_copied: 0,
             started,
             stretch: Instant::now(),
             round_left: 0,
@@ -1278,12 +1298,24 @@ impl Copier<'_> {
         loop {
             self.report(BackupPhase::Copying, 0);
             let pending = self.inner.backups.pending();
-            if self.expected_pause(pending) > allowed {
+            // Until a later round has copied keys one by one, round 1's
+            // speed (a stream in file order, faster per entry) would
+            // promise a final round that then runs the whole budget and
+            // over, stopping the writers twice: one such round first, when
+            // the keys left are enough for that to matter.
+            let unmeasured = pending >= MEASURE_FROM
+                && self.keys_copied == 0
+                && self.round < self.opts.max_rounds
+                && losing < 2;
+            if unmeasured || self.expected_pause(pending) > allowed {
                 if self.round < self.opts.max_rounds && losing < 2 {
                     self.round += 1;
                     self.inner.storage.point("backup: round");
+                    let busy_before = self.busy;
                     let copied = self.recopy_round()?;
                     self.busy += self.stretch.elapsed();
+                    self.key_busy += self.busy - busy_before;
+                    self.keys_copied += copied;
                     let left = self.inner.backups.pending();
                     losing = if left >= copied { losing + 1 } else { 0 };
                     continue;
@@ -1325,17 +1357,24 @@ impl Copier<'_> {
         }
     }
 
-    /// How long copying `entries` would take at the speed measured so far.
+    /// How long copying `entries` would take at the speed measured so far:
+    /// that of keys copied one by one once a later round has copied some
+    /// (what the final round does), else that of round 1. Never nothing
+    /// for something.
     fn expected_pause(&self, entries: u64) -> Duration {
         if entries == 0 {
             return Duration::ZERO;
         }
-        let per_entry = if self.entries_copied == 0 {
+        let per_entry = if self.keys_copied > 0 {
+            self.key_busy / (self.keys_copied.min(u64::from(u32::MAX)) as u32)
+        } else if self.entries_copied == 0 {
             Duration::from_micros(1)
         } else {
             self.busy / (self.entries_copied.min(u64::from(u32::MAX)) as u32).max(1)
         };
-        per_entry.saturating_mul(entries.min(u64::from(u32::MAX)) as u32)
+        per_entry
+            .max(Duration::from_nanos(1))
+            .saturating_mul(entries.min(u64::from(u32::MAX)) as u32)
     }
 
     /// Round 1: every live entry, in file order (the index as it is now;
@@ -1702,15 +1741,20 @@ impl Copier<'_> {
         self.stretch = Instant::now();
         self.apply_clear(changes.cleared);
         let mut keys = changes.keys.into_iter();
+        let mut copied = 0;
         while let Some(key) = keys.next() {
             if paused.elapsed() > allowed {
                 inner.backups.put_back(std::iter::once(key).chain(keys));
-                self.busy += self.stretch.elapsed();
+                let spent = self.stretch.elapsed();
+                self.busy += spent;
+                self.key_busy += spent;
+                self.keys_copied += copied;
                 drop(gate);
                 return Ok(Final::Overran);
             }
             self.copy_key(&key, now_ms)?;
             self.tick(false)?;
+            copied += 1;
         }
         self.check_cancel()?;
         // Still under the gate: nothing changes after `now_ms` is taken.
