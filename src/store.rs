@@ -172,8 +172,11 @@ struct SyncState {
     /// The leader is waiting for the writers it expects (see `sync_to`).
     gathering: bool,
     /// The threads waiting for a sync that has not started (the leader
-    /// among them while it gathers).
-    asking: Vec<std::thread::ThreadId>,
+    /// among them while it gathers), each with the generation of its
+    /// write. One whose write the last sync covered may still be listed
+    /// (it asked after that sync's leader took the list, and has not woken
+    /// yet): it is not waiting for the next sync (see `Asking`).
+    asking: Vec<Asking>,
     /// The threads the last sync covered.
     last_group: Vec<std::thread::ThreadId>,
     /// How many writers were seen at once around each of the last
@@ -188,6 +191,13 @@ struct SyncState {
     /// covered (see `sync_to`).
     failures: u64,
     failed_through: u64,
+}
+
+/// A thread waiting for a sync, and the generation of its write.
+#[derive(Clone, Copy)]
+struct Asking {
+    thread: std::thread::ThreadId,
+    generation: u64,
 }
 
 /// Failures of the background thread.

@@ -23,6 +23,11 @@ struct HeldSync {
     gathers: AtomicUsize,
     /// How long every sync takes (a slow disk).
     sync_time: std::time::Duration,
+    /// When set, the next sync's leader stops at "sync: taken" (its group
+    /// taken, the writes it covers not yet counted) until `writers` puts
+    /// have written; `at_taken` tells that it got there.
+    hold_taken: Mutex<bool>,
+    at_taken: Mutex<bool>,
 }
 
 impl HeldSync {
@@ -36,6 +41,8 @@ impl HeldSync {
             syncs: AtomicUsize::new(0),
             gathers: AtomicUsize::new(0),
             sync_time,
+            hold_taken: Mutex::new(false),
+            at_taken: Mutex::new(false),
         }
     }
 }
@@ -71,6 +78,14 @@ impl Storage for HeldSync {
         }
         if name == "sync: gathering" {
             self.gathers.fetch_add(1, Ordering::SeqCst);
+        }
+        if name == "sync: taken" && std::mem::take(&mut *self.hold_taken.lock()) {
+            *self.at_taken.lock() = true;
+            self.changed.notify_all();
+            let mut w = self.written.lock();
+            while *w < self.writers {
+                self.changed.wait(&mut w);
+            }
         }
     }
 }
@@ -199,4 +214,44 @@ fn one_writer_that_moves_between_threads_is_never_waited_for() {
          (writers that do run at once are still gathered: the test above)"
     );
     assert_eq!(store.len(), 6);
+}
+
+#[test]
+fn a_writer_whose_write_a_sync_covered_before_it_asked_is_not_taken_for_its_next() {
+    // Writer B writes while the leader of the first sync (writer A) has
+    // taken its group but not yet counted the writes it covers, then asks:
+    // the sync covers B's write, yet B is listed as asking until it wakes.
+    // A writes again at once and leads the second sync, expecting both
+    // writers (both were at work); B writes its second put 50 ms after the
+    // first sync. Counting B's stale ask as B having come, the leader
+    // synced A's second put alone and B's needed a third sync; the leader
+    // must wait for B (its window is half the last sync: 200 ms).
+    let storage = Arc::new(HeldSync::new(2, std::time::Duration::from_millis(400)));
+    let store = waiting_store(&storage, Options::new().hasher_seed(7));
+    let before = storage.syncs.load(Ordering::SeqCst);
+    *storage.written.lock() = 0;
+    *storage.hold_taken.lock() = true;
+    std::thread::scope(|s| {
+        let (store, storage) = (&store, &storage);
+        s.spawn(move || {
+            store.put("a-1", [1u8; 100]).unwrap();
+            store.put("a-2", [1u8; 100]).unwrap();
+        });
+        s.spawn(move || {
+            let mut at = storage.at_taken.lock();
+            while !*at {
+                storage.changed.wait(&mut at);
+            }
+            drop(at);
+            store.put("b-1", [2u8; 100]).unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            store.put("b-2", [2u8; 100]).unwrap();
+        });
+    });
+    assert_eq!(
+        storage.syncs.load(Ordering::SeqCst) - before,
+        2,
+        "the first sync covers a-1 and b-1, the second a-2 and b-2"
+    );
+    assert_eq!(store.len(), 4);
 }

@@ -23,7 +23,7 @@ impl Inner {
         let me = std::thread::current().id();
         loop {
             if st.failures != failures_seen && st.failed_through >= generation {
-                st.asking.retain(|&t| t != me);
+                st.asking.retain(|a| a.thread != me);
                 let e = std::io::Error::other(
                     "an fdatasync that covered this write failed (in another thread); \
                      the write may not be durable",
@@ -33,11 +33,14 @@ impl Inner {
             if st.synced >= generation {
                 // Covered by a sync that started after it wrote (and after
                 // it asked again, perhaps): no longer asking.
-                st.asking.retain(|&t| t != me);
+                st.asking.retain(|a| a.thread != me);
                 break;
             }
-            if !st.asking.contains(&me) {
-                st.asking.push(me);
+            if !st.asking.iter().any(|a| a.thread == me) {
+                st.asking.push(super::Asking {
+                    thread: me,
+                    generation,
+                });
                 if st.gathering {
                     self.sync_asked.notify_all();
                 }
@@ -48,10 +51,20 @@ impl Inner {
             }
             st.running = true;
             self.gather(&mut st);
-            // Everyone asking now has written: the sync covers them.
-            st.last_group = std::mem::take(&mut st.asking);
+            // Everyone asking now has written: the sync covers them. The
+            // group is those whose writes the last sync had not covered.
+            let synced = st.synced;
+            let asking = std::mem::take(&mut st.asking);
+            st.last_group = asking
+                .into_iter()
+                .filter(|a| a.generation > synced)
+                .map(|a| a.thread)
+                .collect();
             let synced_before = st.synced;
             drop(st);
+            // Writes from here to the `target` below are covered though
+            // their writers have not asked (they are not in the group).
+            self.storage.point("sync: taken");
             // Batches an earlier sync made durable are settled now, and this
             // sync covers their settling (see `unsettled`).
             let settling = self.settle_ready(synced_before);
@@ -132,11 +145,11 @@ impl Inner {
         let by_thread = st.last_group.len()
             + st.asking
                 .iter()
-                .filter(|t| !st.last_group.contains(t))
+                .filter(|a| !st.last_group.contains(&a.thread))
                 .count();
         let at_once = st.seen.iter().copied().max().unwrap_or(0) as usize;
         let expected = if at_once <= 1 { at_once } else { by_thread };
-        if st.asking.len() >= expected {
+        if waiting(st) >= expected {
             return;
         }
         let Some(deadline) = std::time::Instant::now().checked_add(window) else {
@@ -144,7 +157,7 @@ impl Inner {
         };
         self.storage.point("sync: gathering");
         st.gathering = true;
-        while st.asking.len() < expected {
+        while waiting(st) < expected {
             if self.sync_asked.wait_until(st, deadline).timed_out() {
                 break;
             }
@@ -298,4 +311,16 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
         .map(|s| s.to_string())
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "a panic without a message".into())
+}
+
+/// How many of the threads asking wait for the next sync: not those whose
+/// write the last one covered (they asked after its leader took the list,
+/// and have not woken yet). Counted among the writers a leader gathers,
+/// one would stand for a writer still on its way, which then misses the
+/// sync and waits for two.
+fn waiting(st: &super::SyncState) -> usize {
+    st.asking
+        .iter()
+        .filter(|a| a.generation > st.synced)
+        .count()
 }
