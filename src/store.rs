@@ -179,6 +179,9 @@ struct SyncState {
     asking: Vec<Asking>,
     /// The threads the last sync covered.
     last_group: Vec<std::thread::ThreadId>,
+    /// Followers asleep until the running sync ends (woken each by its own
+    /// `unpark`, at once, rather than one after another through the mutex).
+    sleepers: Vec<std::thread::Thread>,
     /// How many writers were seen at once around each of the last
     /// [`SEEN_SYNCS`] syncs: the group plus those that asked while it ran
     /// (see `gather`).
@@ -238,7 +241,6 @@ pub(crate) struct Inner {
     /// Generation counter of writes to the storage.
     writes: AtomicU64,
     sync_state: Mutex<SyncState>,
-    sync_done: Condvar,
     /// Signalled when a writer asks for a sync while its leader gathers.
     sync_asked: Condvar,
     /// See `Options::commit_wait`.
@@ -1209,7 +1211,6 @@ impl Inner {
             gate: RwLock::new(()),
             writes: AtomicU64::new(0),
             sync_state: Mutex::new(SyncState::default()),
-            sync_done: Condvar::new(),
             sync_asked: Condvar::new(),
             commit_wait: opts.commit_wait,
             corrupt_blocks: rec.corrupt_blocks,

@@ -46,7 +46,15 @@ impl Inner {
                 }
             }
             if st.running {
-                self.sync_done.wait(&mut st);
+                // Asleep until the leader unparks it (or spuriously: the
+                // loop looks again). Registered under the lock that the
+                // leader takes the list under, so no wake-up is lost; an
+                // unpark before the park leaves a token that ends it. Each
+                // follower has its own wake-up, so all run at once: with
+                // a condition variable, `notify_all` wakes one and moves
+                // the rest to the mutex, and they woke one after another.
+                st.sleepers.push(std::thread::current());
+                parking_lot::MutexGuard::unlocked(&mut st, std::thread::park);
                 continue;
             }
             st.running = true;
@@ -93,6 +101,18 @@ impl Inner {
                 Ok(()) => {
                     st.synced = st.synced.max(target);
                     self.syncs.fetch_add(1, Ordering::Relaxed);
+                    // Writers that asked while it ran but whose writes it
+                    // covered (written after the group was taken, before
+                    // `target`) were covered too: the next leader expects
+                    // them, though they stop asking as soon as they wake.
+                    let late: Vec<_> = st
+                        .asking
+                        .iter()
+                        .filter(|a| a.generation <= st.synced)
+                        .map(|a| a.thread)
+                        .filter(|t| !st.last_group.contains(t))
+                        .collect();
+                    st.last_group.extend(late);
                 }
                 Err(_) => {
                     // Every write done by now may have had its pages in the
@@ -104,7 +124,13 @@ impl Inner {
                     st.failed_through = st.failed_through.max(done);
                 }
             }
-            self.sync_done.notify_all();
+            // The followers, woken outside the lock they will all take.
+            let sleepers = std::mem::take(&mut st.sleepers);
+            parking_lot::MutexGuard::unlocked(&mut st, || {
+                for t in sleepers {
+                    t.unpark();
+                }
+            });
             if r.is_ok() && !settling.is_empty() {
                 drop(st);
                 self.finish_settled(&settling);
