@@ -1303,12 +1303,10 @@ impl Copier<'_> {
             // promise a final round that then runs the whole budget and
             // over, stopping the writers twice: one such round first, when
             // the keys left are enough for that to matter.
-            let unmeasured = pending >= MEASURE_FROM
-                && self.keys_copied == 0
-                && self.round < self.opts.max_rounds
-                && losing < 2;
+            let may_round = self.round < self.opts.max_rounds && losing < 2;
+            let unmeasured = may_round && pending >= MEASURE_FROM && self.keys_copied == 0;
             if unmeasured || self.expected_pause(pending) > allowed {
-                if self.round < self.opts.max_rounds && losing < 2 {
+                if may_round {
                     self.round += 1;
                     self.inner.storage.point("backup: round");
                     let busy_before = self.busy;

@@ -61,14 +61,13 @@ impl Inner {
             self.gather(&mut st);
             // Everyone asking now has written: the sync covers them. The
             // group is those whose writes the last sync had not covered.
-            let synced = st.synced;
+            let synced_before = st.synced;
             let asking = std::mem::take(&mut st.asking);
             st.last_group = asking
                 .into_iter()
-                .filter(|a| a.generation > synced)
+                .filter(|a| a.generation > synced_before)
                 .map(|a| a.thread)
                 .collect();
-            let synced_before = st.synced;
             drop(st);
             // Writes from here to the `target` below are covered though
             // their writers have not asked (they are not in the group).

@@ -352,10 +352,10 @@ impl Explorer {
         let mut decisions: Vec<Decision> = Vec::new();
         let mut trace = Vec::new();
         loop {
-            let mut paused = match sched.settle() {
-                Ok(p) => p,
-                Err(e) => return Err(format!("{e}; trace {trace:?}")),
+            let settle = |trace: &Vec<(usize, &'static str)>| {
+                sched.settle().map_err(|e| format!("{e}; trace {trace:?}"))
             };
+            let mut paused = settle(&trace)?;
             // A schedule replayed up to a decision has its threads at the
             // same points as when it was first run, but one of them can be
             // slower to get there this time (a thread asleep for a moment
@@ -372,10 +372,7 @@ impl Explorer {
                     && waiting.elapsed() < Duration::from_millis(500)
                 {
                     std::thread::sleep(Duration::from_micros(200));
-                    paused = match sched.settle() {
-                        Ok(p) => p,
-                        Err(e) => return Err(format!("{e}; trace {trace:?}")),
-                    };
+                    paused = settle(&trace)?;
                 }
             }
             if paused.is_empty() {
