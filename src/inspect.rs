@@ -229,6 +229,9 @@ impl Block {
 /// let block = walker.next_block()?.expect("one block");
 /// assert!(matches!(block.kind, BlockKind::Entry(_)));
 /// assert_eq!(walker.key(), b"k");
+/// // Then the space the file grew by ahead of later writes, never written.
+/// let reserve = walker.next_block()?.expect("the growth reserve");
+/// assert!(matches!(reserve.kind, BlockKind::Unwritten));
 /// assert!(walker.next_block()?.is_none());
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```

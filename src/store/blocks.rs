@@ -152,6 +152,15 @@ pub(super) const RESERVE_CAP: u64 = 8 << 20;
 /// writes them all.
 pub(super) const ZEROED_RESERVE_CAP: u64 = 1 << 20;
 
+/// The smallest growth reserve of a file that grows by writing zeros,
+/// below 1 MiB too. Every write that extends the file changes its size,
+/// and the `fdatasync` after it must then write the inode as well (on ext4:
+/// ~250 µs a durable put instead of ~195 on a 2-core VM, BENCHMARKS.md
+/// "Durable puts into a small file"): 16 KiB is ~100 puts of 100 bytes.
+/// Free space at the end of a small file is still cut off at once (the
+/// reserve only applies when the file grows).
+pub(super) const ZEROED_RESERVE_MIN: u64 = 16 << 10;
+
 /// The owner of every block outside the index.
 pub(super) struct Blocks {
     space: Mutex<Space>,
@@ -164,10 +173,17 @@ pub(super) struct Blocks {
     max_len: u64,
     /// The largest growth reserve (see [`growth_reserve`]).
     reserve_cap: u64,
+    /// The smallest (see [`ZEROED_RESERVE_MIN`]).
+    reserve_min: u64,
 }
 
 impl Blocks {
-    pub(super) fn new(free: FreeList, frag: f64, max_len: u64, reserve_cap: u64) -> Blocks {
+    pub(super) fn new(
+        free: FreeList,
+        frag: f64,
+        max_len: u64,
+        (reserve_min, reserve_cap): (u64, u64),
+    ) -> Blocks {
         Blocks {
             space: Mutex::new(Space {
                 free,
@@ -181,17 +197,24 @@ impl Blocks {
             frag,
             max_len,
             reserve_cap,
+            reserve_min,
         }
     }
 
     // ---- Free -> the caller's ---------------------------------------------
+
+    /// The growth reserve of a file that ends at `end` (see
+    /// [`growth_reserve`] and [`ZEROED_RESERVE_MIN`]).
+    fn reserve(&self, end: u64) -> u64 {
+        growth_reserve(end, self.reserve_cap).max(self.reserve_min)
+    }
 
     /// Takes a block of at least `need` bytes from the free list, growing the
     /// file when nothing fits. Returns (offset, length).
     pub(super) fn allocate(&self, need: u64, io: &dyn BlockIo) -> Result<(u64, u64), AllocError> {
         let mut sp = self.space.lock();
         let old_end = sp.free.end();
-        let reserve = growth_reserve(old_end, self.reserve_cap);
+        let reserve = self.reserve(old_end);
         let mut a = sp.free.allocate(need, self.frag, reserve);
         if let Some(new_end) = a.grow_to {
             if new_end > self.max_len {
@@ -705,7 +728,7 @@ mod tests {
     }
 
     fn blocks(start: u64, end: u64) -> Blocks {
-        Blocks::new(FreeList::new(start, end), 0.75, u64::MAX, RESERVE_CAP)
+        Blocks::new(FreeList::new(start, end), 0.75, u64::MAX, (0, RESERVE_CAP))
     }
 
     #[test]
