@@ -154,9 +154,9 @@ pub(super) const ZEROED_RESERVE_CAP: u64 = 1 << 20;
 
 /// The smallest growth reserve of a file that grows by writing zeros,
 /// below 1 MiB too. Every write that extends the file changes its size,
-/// and the `fdatasync` after it must then write the inode as well (on ext4:
-/// ~250 µs a durable put instead of ~195 on a 2-core VM, BENCHMARKS.md
-/// "Durable puts into a small file"): 16 KiB is ~100 puts of 100 bytes.
+/// and the `fdatasync` after it must then write the inode as well (on ext4
+/// on a 2-core VM, a third of a durable put's time: BENCHMARKS.md "Durable
+/// puts into a small file"). 16 KiB is ~100 puts of 100 bytes.
 /// Free space at the end of a small file is still cut off at once (the
 /// reserve only applies when the file grows).
 pub(super) const ZEROED_RESERVE_MIN: u64 = 16 << 10;
