@@ -633,3 +633,40 @@ fn each_io_call_failing_in_turn_under_never() {
         every_call_fails_in_turn(SyncPolicy::Never, seed);
     }
 }
+
+/// Under `Always` a small file grows by at least 16 KiB at a time; on a
+/// disk without room for that, a put that fits without the reserve still
+/// succeeds (the file grows by the entry alone), and the next put that does
+/// not fit at all is `ENOSPC` with the store as it was.
+#[test]
+fn a_growth_reserve_that_does_not_fit_is_dropped_not_the_put() {
+    let (fs, s) = faulty(SyncPolicy::Always);
+    s.put(b"a", [1u8; 100]).unwrap();
+    let len = fs.bytes().len() as u64;
+    let (_, grown, _) = fs.calls();
+    // Room for the reserve's free space the first put left, plus 2 KiB.
+    fs.set_space_budget(Some(len + 2048));
+    let mut i = 0u32;
+    while fs.bytes().len() as u64 <= len {
+        s.put(format!("b{i}"), [2u8; 100]).unwrap(); // into the reserve
+        i += 1;
+    }
+    assert!(i > 50, "only {i} puts went into the reserve");
+    let (_, grown_now, _) = fs.calls();
+    assert!(
+        fs.failures() > 0,
+        "the growth with a reserve was not refused"
+    );
+    assert!(grown_now >= grown + 2, "no retry without the reserve");
+    assert!(fs.bytes().len() as u64 <= len + 2048);
+    // Fill what is left, then one more: ENOSPC, nothing changed.
+    let e = loop {
+        match s.put(format!("c{i}"), [3u8; 100]) {
+            Ok(()) => i += 1,
+            Err(e) => break e,
+        }
+    };
+    assert!(is_enospc(&e), "{e}");
+    consistent(&fs, &s);
+    assert_eq!(s.get(b"a").unwrap().unwrap(), [1u8; 100]);
+}
