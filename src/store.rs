@@ -1203,9 +1203,9 @@ impl Inner {
                 crate::index::MAX_FILE_LEN,
                 // Where the file grows by writing zeros (see `FileStorage`).
                 if opts.sync == SyncPolicy::Always {
-                    (blocks::ZEROED_RESERVE_MIN, blocks::ZEROED_RESERVE_CAP)
+                    blocks::Growth::ZEROED
                 } else {
-                    (0, blocks::RESERVE_CAP)
+                    blocks::Growth::FALLOCATED
                 },
             ),
             gate: RwLock::new(()),

@@ -161,6 +161,39 @@ pub(super) const ZEROED_RESERVE_CAP: u64 = 1 << 20;
 /// reserve only applies when the file grows).
 pub(super) const ZEROED_RESERVE_MIN: u64 = 16 << 10;
 
+/// How a file grows: the reserve it takes ahead of later appends, by how it
+/// is grown (`fallocate`, or zeros written under `SyncPolicy::Always`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(super) struct Growth {
+    min: u64,
+    cap: u64,
+}
+
+impl Growth {
+    /// Space reserved with `fallocate`: no reserve below 1 MiB.
+    pub(super) const FALLOCATED: Growth = Growth {
+        min: 0,
+        cap: RESERVE_CAP,
+    };
+    /// Space written as zeros: see [`ZEROED_RESERVE_CAP`] and
+    /// [`ZEROED_RESERVE_MIN`].
+    pub(super) const ZEROED: Growth = Growth {
+        min: ZEROED_RESERVE_MIN,
+        cap: ZEROED_RESERVE_CAP,
+    };
+
+    /// What a growth of a file that ends at `end` adds beyond the request.
+    fn reserve(self, end: u64) -> u64 {
+        growth_reserve(end, self.cap).max(self.min)
+    }
+
+    /// The free space at the end of a file that ends at `end` that
+    /// truncation leaves (none below 1 MiB).
+    fn kept_tail(self, end: u64) -> u64 {
+        2 * growth_reserve(end, self.cap)
+    }
+}
+
 /// The owner of every block outside the index.
 pub(super) struct Blocks {
     space: Mutex<Space>,
@@ -171,19 +204,12 @@ pub(super) struct Blocks {
     frag: f64,
     /// The longest file the index can address.
     max_len: u64,
-    /// The largest growth reserve (see [`growth_reserve`]).
-    reserve_cap: u64,
-    /// The smallest (see [`ZEROED_RESERVE_MIN`]).
-    reserve_min: u64,
+    /// How the file grows.
+    growth: Growth,
 }
 
 impl Blocks {
-    pub(super) fn new(
-        free: FreeList,
-        frag: f64,
-        max_len: u64,
-        (reserve_min, reserve_cap): (u64, u64),
-    ) -> Blocks {
+    pub(super) fn new(free: FreeList, frag: f64, max_len: u64, growth: Growth) -> Blocks {
         Blocks {
             space: Mutex::new(Space {
                 free,
@@ -196,25 +222,18 @@ impl Blocks {
             readers: ReaderLocks::new(),
             frag,
             max_len,
-            reserve_cap,
-            reserve_min,
+            growth,
         }
     }
 
     // ---- Free -> the caller's ---------------------------------------------
-
-    /// The growth reserve of a file that ends at `end` (see
-    /// [`growth_reserve`] and [`ZEROED_RESERVE_MIN`]).
-    fn reserve(&self, end: u64) -> u64 {
-        growth_reserve(end, self.reserve_cap).max(self.reserve_min)
-    }
 
     /// Takes a block of at least `need` bytes from the free list, growing the
     /// file when nothing fits. Returns (offset, length).
     pub(super) fn allocate(&self, need: u64, io: &dyn BlockIo) -> Result<(u64, u64), AllocError> {
         let mut sp = self.space.lock();
         let old_end = sp.free.end();
-        let reserve = self.reserve(old_end);
+        let reserve = self.growth.reserve(old_end);
         let mut a = sp.free.allocate(need, self.frag, reserve);
         if let Some(new_end) = a.grow_to {
             if new_end > self.max_len {
@@ -307,9 +326,7 @@ impl Blocks {
     fn return_unpinned(&self, offset: u64, len: u64, before_sync: bool, io: &dyn BlockIo) {
         let mut sp = self.space.lock();
         let end = sp.free.end();
-        let f = sp
-            .free
-            .free(offset, len, 2 * growth_reserve(end, self.reserve_cap));
+        let f = sp.free.free(offset, len, self.growth.kept_tail(end));
         if let Some(t) = f.truncate_to {
             if io.set_len(t).is_ok() {
                 return;
@@ -728,7 +745,12 @@ mod tests {
     }
 
     fn blocks(start: u64, end: u64) -> Blocks {
-        Blocks::new(FreeList::new(start, end), 0.75, u64::MAX, (0, RESERVE_CAP))
+        Blocks::new(
+            FreeList::new(start, end),
+            0.75,
+            u64::MAX,
+            Growth::FALLOCATED,
+        )
     }
 
     #[test]
