@@ -235,6 +235,11 @@ impl Blocks {
         let old_end = sp.free.end();
         let reserve = self.growth.reserve(old_end);
         let mut a = sp.free.allocate(need, self.frag, reserve);
+        if reserve > 0 && a.grow_to.is_some_and(|e| e > self.max_len) {
+            // The longest file may still hold the block without the reserve.
+            sp.free.undo_growth(&a, old_end);
+            a = sp.free.allocate(need, self.frag, 0);
+        }
         if let Some(new_end) = a.grow_to {
             if new_end > self.max_len {
                 sp.free.undo_growth(&a, old_end);
@@ -751,6 +756,29 @@ mod tests {
             u64::MAX,
             Growth::FALLOCATED,
         )
+    }
+
+    #[test]
+    fn a_growth_past_the_longest_file_drops_the_reserve_before_it_fails() {
+        // A file that may grow to 4 KiB, growing with a 16 KiB reserve.
+        let b = Blocks::new(FreeList::new(64, 64), 0.75, 4096, Growth::ZEROED);
+        let io = FakeIo::default();
+        let (o, l) = b
+            .allocate(1000, &io)
+            .unwrap_or_else(|_| panic!("fits without the reserve"));
+        assert_eq!((o, l), (64, 1000));
+        assert_eq!(*io.len.borrow(), 1064, "grown by the block alone");
+        let (o2, _) = b
+            .allocate(3032, &io)
+            .unwrap_or_else(|_| panic!("ends exactly at the limit"));
+        assert_eq!(o2, 1064);
+        assert_eq!(*io.len.borrow(), 4096);
+        assert!(matches!(
+            b.allocate(104, &io),
+            Err(AllocError::TooLarge(4200))
+        ));
+        assert_eq!(*io.len.borrow(), 4096, "a failed growth leaves the length");
+        assert_eq!(b.held_and_end().1, 4096, "and the free list's end");
     }
 
     #[test]
