@@ -408,6 +408,9 @@ pub struct Scenario {
     pub frag: f64,
     /// `SyncPolicy::Always` instead of `Never`.
     pub always: bool,
+    /// `Options::frequent_syncs(true)` (under `Never`: growth by a reserve
+    /// written as zeros; on anyway under `Always`).
+    pub frequent: bool,
     /// The operations.
     pub ops: Vec<Op>,
 }
@@ -421,8 +424,9 @@ impl Scenario {
         let mut byte = move || it.next();
         let conf = byte().unwrap_or(0);
         let cap = (conf & 7 != 0).then_some(usize::from(conf & 7));
-        let frag = [0.5, 0.75, 1.0][usize::from((conf >> 3) % 3)];
+        let frag = [0.5, 0.75, 1.0][usize::from(((conf >> 3) & 3) % 3)];
         let always = conf & 0x40 != 0;
+        let frequent = conf & 0x80 != 0;
         let mut ops = Vec::new();
         while let Some(code) = byte() {
             let mut arg8 = || byte().unwrap_or(0);
@@ -475,6 +479,7 @@ impl Scenario {
             cap,
             frag,
             always,
+            frequent,
             ops,
         }
     }
@@ -487,7 +492,10 @@ impl Scenario {
             .position(|&f| f == self.frag)
             .unwrap_or(1) as u8;
         let mut out = vec![
-            self.cap.map_or(0, |c| c.clamp(1, 7) as u8) | frag << 3 | u8::from(self.always) << 6,
+            self.cap.map_or(0, |c| c.clamp(1, 7) as u8)
+                | frag << 3
+                | u8::from(self.always) << 6
+                | u8::from(self.frequent) << 7,
         ];
         for op in &self.ops {
             let le = |v: u16| v.to_le_bytes();
@@ -612,6 +620,7 @@ pub fn run(s: &Scenario, backing: Backing) {
     };
     let mut opts = Options::new()
         .sync(policy)
+        .frequent_syncs(s.frequent || s.always)
         .clock(clock.clone())
         .fragmentation_factor(s.frag)
         .auto_compact(None)

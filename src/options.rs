@@ -97,6 +97,7 @@ pub struct Options {
     pub(crate) active_expiry: Option<Duration>,
     pub(crate) event_capacity: usize,
     pub(crate) commit_wait: Duration,
+    pub(crate) frequent_syncs: Option<bool>,
     #[cfg(feature = "testing")]
     pub(crate) storage: Option<Arc<dyn crate::io::Storage>>,
     #[cfg(feature = "testing")]
@@ -124,6 +125,7 @@ impl fmt::Debug for Options {
             .field("active_expiry", &self.active_expiry)
             .field("event_capacity", &self.event_capacity)
             .field("commit_wait", &self.commit_wait)
+            .field("frequent_syncs", &self.frequent_syncs)
             .finish_non_exhaustive()
     }
 }
@@ -148,6 +150,7 @@ impl Options {
             active_expiry: Some(DEFAULT_EXPIRY_DELAY),
             event_capacity: DEFAULT_EVENT_CAPACITY,
             commit_wait: DEFAULT_COMMIT_WAIT,
+            frequent_syncs: None,
             #[cfg(feature = "testing")]
             storage: None,
             #[cfg(feature = "testing")]
@@ -301,6 +304,50 @@ impl Options {
     pub fn commit_wait(mut self, max: Duration) -> Options {
         self.commit_wait = max;
         self
+    }
+
+    /// Says that writes are synced soon after they are made, as they are
+    /// under [`SyncPolicy::Always`] (where this is the default): by a
+    /// program that calls [`Store::sync`](crate::Store::sync) after nearly
+    /// every write, or writes durable [`Batch`](crate::Batch)es under
+    /// another policy (a write-ahead log, say). Default: on under
+    /// `Always`, off otherwise.
+    ///
+    /// Such a store writes entries with `pwrite` rather than through its
+    /// memory map (a sync write-protects the mapped pages it cleans, so the
+    /// next write through the map would fault first), and grows its file
+    /// by writing zeros rather than with `fallocate`, with a reserve of at
+    /// least 16 KiB: `fallocate` reserves *unwritten* extents, and every
+    /// `fdatasync` after a write into one must also convert it and write
+    /// the inode, a second write the disk makes in series with the data
+    /// (FORMAT.md, rule 7; BENCHMARKS.md, "Syncs that also write the
+    /// inode"). Leave it off for bulk loads that sync once at the end: they
+    /// would write every block twice.
+    ///
+    /// ```
+    /// use sfs::{Batch, SyncPolicy};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let log = sfs::Options::new()
+    ///     .sync(SyncPolicy::Never)
+    ///     .frequent_syncs(true)
+    ///     .open(dir.path().join("log.sfs"))?;
+    /// let mut append = Batch::new();
+    /// append.put("entry-1", "first").put("entry-2", "second").durable();
+    /// log.apply(&append)?; // on disk now: one fdatasync
+    /// assert_eq!(log.get("entry-2")?.as_deref(), Some(&b"second"[..]));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn frequent_syncs(mut self, on: bool) -> Options {
+        self.frequent_syncs = Some(on);
+        self
+    }
+
+    /// Whether writes are expected to be synced soon after they are made
+    /// (see [`frequent_syncs`](Self::frequent_syncs)).
+    pub(crate) fn syncs_often(&self) -> bool {
+        self.frequent_syncs
+            .unwrap_or(self.sync == SyncPolicy::Always)
     }
 
     /// Opens (or creates) the store at `path` with these options.

@@ -1005,8 +1005,9 @@ fn open_storage(path: &Path, opts: &Options) -> Result<(Arc<dyn Storage>, Option
         return Err(Error::io(path, "opening the file", e));
     }
     let lock = FileLock::acquire(&file, &meta, path, opts.read_only)?;
-    // When every write is synced, writes go through pwrite (see FileStorage).
-    let pwrite = opts.sync == SyncPolicy::Always;
+    // When writes are synced soon after, they go through pwrite (see
+    // FileStorage).
+    let pwrite = opts.syncs_often();
     let storage = FileStorage::with_pwrite(file, !opts.read_only, pwrite)
         .map_err(|e| Error::io(path, "mapping the file", e))?;
     Ok((Arc::new(storage), Some(lock)))
@@ -1202,7 +1203,7 @@ impl Inner {
                 opts.fragmentation_factor,
                 crate::index::MAX_FILE_LEN,
                 // Where the file grows by writing zeros (see `FileStorage`).
-                if opts.sync == SyncPolicy::Always {
+                if opts.syncs_often() {
                     blocks::Growth::ZEROED
                 } else {
                     blocks::Growth::FALLOCATED

@@ -558,6 +558,29 @@ fn a_compaction_whose_free_header_write_fails_says_so_and_leaves_no_damage() {
 /// 16 KiB, not one entry at a time: each growth changes the file's size,
 /// which the `fdatasync` after it must write too (BENCHMARKS.md "Durable puts
 /// into a small file"). Deleting the tail entries still cuts the file back.
+/// Puts 300 entries of ~150 bytes (syncing after each when `sync_each`),
+/// checks them, deletes them all; returns how often the file grew and its
+/// length at the end.
+fn growths_for_300_puts(s: &Store, path: &std::path::Path, sync_each: bool) -> (usize, u64) {
+    let len = || std::fs::metadata(path).unwrap().len();
+    let (mut growths, mut last) = (0, len());
+    for i in 0..300u32 {
+        s.put(format!("k{i:05}"), [9u8; 100]).unwrap();
+        if sync_each {
+            s.sync().unwrap();
+        }
+        growths += usize::from(len() > last);
+        last = len();
+    }
+    for i in 0..300u32 {
+        assert_eq!(s.get(format!("k{i:05}")).unwrap().unwrap(), [9u8; 100]);
+    }
+    for i in 0..300u32 {
+        assert!(s.delete(format!("k{i:05}")).unwrap());
+    }
+    (growths, len())
+}
+
 #[test]
 fn a_small_durable_file_grows_by_a_reserve_not_at_every_put() {
     let t = TempStore::new();
@@ -567,24 +590,32 @@ fn a_small_durable_file_grows_by_a_reserve_not_at_every_put() {
         .sync(SyncPolicy::Always)
         .open(&t.path)
         .unwrap();
-    let len = || std::fs::metadata(&t.path).unwrap().len();
-    let (mut growths, mut last) = (0, len());
-    for i in 0..300u32 {
-        s.put(format!("k{i:05}"), [9u8; 100]).unwrap();
-        if len() != last {
-            assert!(len() >= last + (16 << 10), "grew by {} bytes", len() - last);
-            (growths, last) = (growths + 1, len());
-        }
-    }
     // 300 entries of ~150 bytes: ~44 KiB, so three growths or so; one per
     // put before the reserve.
+    let (growths, end) = growths_for_300_puts(&s, &t.path, false);
     assert!((1..=4).contains(&growths), "{growths} growths for 300 puts");
-    for i in 0..300u32 {
-        assert_eq!(s.get(format!("k{i:05}")).unwrap().unwrap(), [9u8; 100]);
-    }
     // Everything deleted, the file is cut back to its header.
-    for i in 0..300u32 {
-        assert!(s.delete(format!("k{i:05}")).unwrap());
-    }
-    assert!(len() < 4096, "{} bytes left", len());
+    assert!(end < 4096, "{end} bytes left");
+}
+
+#[test]
+fn frequent_syncs_under_never_grow_by_a_reserve_too() {
+    let c = clock();
+    // Without the option, a small file under `Never` grows at each put
+    // (`fallocate` of what the entry needs).
+    let t = TempStore::new();
+    let s = t.options(&c).sync(SyncPolicy::Never).open(&t.path).unwrap();
+    let (growths, _) = growths_for_300_puts(&s, &t.path, true);
+    assert!(growths > 250, "{growths} growths for 300 puts");
+    // With it, as under `Always`.
+    let t = TempStore::new();
+    let s = t
+        .options(&c)
+        .sync(SyncPolicy::Never)
+        .frequent_syncs(true)
+        .open(&t.path)
+        .unwrap();
+    let (growths, end) = growths_for_300_puts(&s, &t.path, true);
+    assert!((1..=4).contains(&growths), "{growths} growths for 300 puts");
+    assert!(end < 4096, "{end} bytes left");
 }

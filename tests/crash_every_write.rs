@@ -224,12 +224,20 @@ fn workload(seed: u64, policy: SyncPolicy, n: usize) -> Vec<Op> {
 
 /// Runs the workload on a recording storage; returns the steps and the
 /// recording.
-fn record(ops: &[Op], policy: SyncPolicy, cap: Option<usize>) -> (Vec<Step>, Recording) {
+/// `frequent`: `Options::frequent_syncs` (growth by a reserve of written
+/// space) and every batch `durable()`, as a write-ahead log under `Never`.
+fn record(
+    ops: &[Op],
+    policy: SyncPolicy,
+    cap: Option<usize>,
+    frequent: bool,
+) -> (Vec<Step>, Recording) {
     let fs = Arc::new(FaultStorage::new());
     let clock = Arc::new(ManualClock::new(START_MS));
     // No background sweep: its writes would land in the recording.
     let mut opts = Options::new()
         .sync(policy)
+        .frequent_syncs(frequent)
         .clock(clock.clone())
         .active_expiry(None);
     if let Some(c) = cap {
@@ -343,6 +351,9 @@ fn record(ops: &[Op], policy: SyncPolicy, cap: Option<usize>) -> (Vec<Step>, Rec
                     }
                     Op::Batch(ref items) => {
                         let mut b = Batch::new();
+                        if frequent {
+                            b.durable();
+                        }
                         let mut ops = Vec::new();
                         let ms = |t: u32| Duration::from_millis(u64::from(t));
                         for item in items {
@@ -719,14 +730,14 @@ fn check_image(
 
 fn crash_everywhere(policy: SyncPolicy, cap: Option<usize>, seeds: &[u64]) {
     for &seed in seeds {
-        crash_everywhere_once(policy, cap, seed);
+        crash_everywhere_once(policy, cap, false, seed);
     }
 }
 
-fn crash_everywhere_once(policy: SyncPolicy, cap: Option<usize>, seed: u64) {
+fn crash_everywhere_once(policy: SyncPolicy, cap: Option<usize>, frequent: bool, seed: u64) {
     let started = Instant::now();
     let ops = workload(seed, policy, 200);
-    let (steps, rec) = record(&ops, policy, cap);
+    let (steps, rec) = record(&ops, policy, cap, frequent);
     let n = rec.events.len();
     if std::env::var("SFS_CRASH_TRACE").is_ok() {
         for (i, s) in steps.iter().enumerate() {
@@ -793,6 +804,29 @@ fn crash_everywhere_once(policy: SyncPolicy, cap: Option<usize>, seed: u64) {
             steps.iter().any(|s| is(&s.op) && s.events.1 > s.events.0),
             "no {what} wrote anything"
         );
+    }
+    if frequent {
+        // Every batch that wrote synced itself, and the file grew by the
+        // reserve, not one entry at a time.
+        let batches: Vec<&Step> = steps
+            .iter()
+            .filter(|s| matches!(s.op, Op::Batch(..)) && s.events.1 > s.events.0)
+            .collect();
+        for s in &batches {
+            let synced = rec.events[s.events.0..s.events.1].contains(&Event::Sync);
+            assert!(synced, "a durable batch without its own sync: {:?}", s.op);
+        }
+        assert!(batches.len() > 1, "{} batches wrote", batches.len());
+        let mut len = 0;
+        for e in &rec.events {
+            if let Event::SetLen(l) = *e {
+                assert!(
+                    l <= len || l >= len + (16 << 10) || len == 0,
+                    "grew from {len} to {l}"
+                );
+                len = l;
+            }
+        }
     }
     let mut images = 0usize;
     for k in 0..=n {
@@ -868,6 +902,15 @@ fn always_with_lru_cap() {
 #[test]
 fn never_with_explicit_syncs() {
     crash_everywhere(SyncPolicy::Never, None, &[3, 13, 23]);
+}
+
+#[test]
+fn never_with_frequent_syncs_and_durable_batches() {
+    // A write-ahead log's settings: the file grows by a reserve of written
+    // space, and each batch syncs itself before `apply` returns.
+    for seed in [6, 16, 26] {
+        crash_everywhere_once(SyncPolicy::Never, None, true, seed);
+    }
 }
 
 #[test]

@@ -113,6 +113,7 @@ fn ops_seeds() -> BTreeMap<String, Vec<u8>> {
                 cap: None,
                 frag: 0.75,
                 always: false,
+                frequent: false,
                 ops: vec![
                     Put(0, 10),
                     Put(1, 300),
@@ -130,6 +131,7 @@ fn ops_seeds() -> BTreeMap<String, Vec<u8>> {
                 cap: Some(3),
                 frag: 0.5,
                 always: true,
+                frequent: false,
                 ops: (0..8)
                     .map(|k| Put(k, 100))
                     .chain([Get(5), Put(9, 1), Reopen, Put(10, 1)])
@@ -142,6 +144,7 @@ fn ops_seeds() -> BTreeMap<String, Vec<u8>> {
                 cap: None,
                 frag: 1.0,
                 always: false,
+                frequent: false,
                 ops: vec![
                     PutTtl(2, 50, 100),
                     PutTtl(3, 50, 5000),
@@ -160,6 +163,7 @@ fn ops_seeds() -> BTreeMap<String, Vec<u8>> {
                 cap: None,
                 frag: 0.75,
                 always: false,
+                frequent: false,
                 ops: (0..16)
                     .map(|k| Put(k, 1000))
                     .chain((0..15).map(Delete))
@@ -173,6 +177,7 @@ fn ops_seeds() -> BTreeMap<String, Vec<u8>> {
                 cap: Some(5),
                 frag: 0.75,
                 always: true,
+                frequent: false,
                 ops: vec![
                     Put(4, 2000),
                     GetRef(4),

@@ -52,11 +52,13 @@ fn scenario(always: bool) -> impl Strategy<Value = Scenario> {
         proptest::collection::vec(op(), 1..150),
         prop_oneof![Just(None), (1usize..8).prop_map(Some)],
         prop_oneof![Just(0.5), Just(0.75), Just(1.0)],
+        any::<bool>(),
     )
-        .prop_map(move |(ops, cap, frag)| Scenario {
+        .prop_map(move |(ops, cap, frag, frequent)| Scenario {
             cap,
             frag,
             always,
+            frequent: frequent || always,
             ops,
         })
 }

@@ -29,6 +29,11 @@
 //!   installing one copies the received file to a temporary file, syncs it,
 //!   renames it over `sm.sfs`, syncs the directory and reopens the store.
 //!
+//! Both stores run under [`sfs::SyncPolicy::Never`], since every write that
+//! must be durable is a batch that syncs itself, with
+//! [`sfs::Options::frequent_syncs`]: their files grow by writing zeros, so
+//! that an append's `fdatasync` has no unwritten extent to convert.
+//!
 //! # Time and expiry
 //! A write with a TTL is turned into an absolute expiry by the node that
 //! proposes it (the leader), and every entry carries the proposer's time.

@@ -132,9 +132,11 @@ impl LogStore {
         let path = path.as_ref();
         // No entry cap (an evicted entry would be a lost one), no sync per
         // put: the writes that must be durable sync themselves (a vote
-        // explicitly, appends and removals as batches).
+        // explicitly, appends and removals as batches). Synced that often,
+        // the file grows by writing zeros (see `Options::frequent_syncs`).
         let store = Options::new()
             .sync(SyncPolicy::Never)
+            .frequent_syncs(true)
             .open(path)
             .map_err(|e| {
                 storage_error(

@@ -434,9 +434,11 @@ impl StateMachine {
 
 fn open_store(path: &Path, clock: &Arc<LogClock>) -> Result<Store> {
     // No entry cap: an eviction would make replicas differ. No sync per
-    // put: every write is a batch, synced when applied.
+    // put: every write is a batch, synced when applied (so, as for the
+    // log, `frequent_syncs`).
     let store = Options::new()
         .sync(SyncPolicy::Never)
+        .frequent_syncs(true)
         .clock(Arc::clone(clock) as Arc<dyn Clock>)
         .open(path)
         .map_err(|e| sm_error(ErrorVerb::Read, "opening the state machine's store", e))?;

@@ -148,8 +148,8 @@ pub(super) fn growth_reserve(file_end: u64, cap: u64) -> u64 {
 pub(super) const RESERVE_CAP: u64 = 8 << 20;
 
 /// The largest growth reserve of a file that grows by writing zeros
-/// (`SyncPolicy::Always`: see `FileStorage`): the sync after a growth
-/// writes them all.
+/// (`SyncPolicy::Always`, `Options::frequent_syncs`: see `FileStorage`):
+/// the sync after a growth writes them all.
 pub(super) const ZEROED_RESERVE_CAP: u64 = 1 << 20;
 
 /// The smallest growth reserve of a file that grows by writing zeros,
@@ -162,7 +162,8 @@ pub(super) const ZEROED_RESERVE_CAP: u64 = 1 << 20;
 pub(super) const ZEROED_RESERVE_MIN: u64 = 16 << 10;
 
 /// How a file grows: the reserve it takes ahead of later appends, by how it
-/// is grown (`fallocate`, or zeros written under `SyncPolicy::Always`).
+/// is grown (`fallocate`, or zeros written when writes are synced often:
+/// `SyncPolicy::Always`, `Options::frequent_syncs`).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(super) struct Growth {
     min: u64,

@@ -13,8 +13,11 @@
 //!
 //! 3. Batches: a durable batch of 100 puts against one durable put, and a
 //!    load in batches against put by put.
+//! 4. A write-ahead log's appends: durable batches of 16 entries under
+//!    `SyncPolicy::Never` (the sfs-raft log's pattern), on a store with
+//!    `Options::frequent_syncs` against one without, in alternating blocks.
 //!
-//! `cargo run --release --bin conditional -- [--dir DIR] [--quick] [--only group|batches|batch|load|cas]`
+//! `cargo run --release --bin conditional -- [--dir DIR] [--quick] [--only group|batches|batch|load|cas|wal]`
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
@@ -24,7 +27,7 @@ use sfs::{Options, SyncPolicy};
 const THREADS: usize = 4;
 
 /// `--dir DIR`, `--quick`, and `--only SECTION` (`group`, `batches` (both
-/// `batch` and `load`) or `cas`; every section when absent).
+/// `batch` and `load`), `cas` or `wal`; every section when absent).
 fn args() -> (std::path::PathBuf, bool, Option<String>) {
     let mut dir = std::env::temp_dir();
     let mut quick = false;
@@ -266,6 +269,65 @@ fn durable_batch(dir: &std::path::Path, quick: bool) {
     }
 }
 
+/// A write-ahead log's appends: durable batches of 16 entries of 200 bytes
+/// under `SyncPolicy::Never`, the oldest 1,000 entries deleted every 64
+/// batches once 2,000 are there (a purge), on two stores in alternating
+/// blocks of 100: one with `Options::frequent_syncs` (growth by writing
+/// zeros, entries written with `pwrite`), one without (`fallocate`).
+fn wal_appends(dir: &std::path::Path, quick: bool) {
+    println!("## Write-ahead log: durable batches of 16 under `Never`\n");
+    let d = tempfile::tempdir_in(dir).expect("tempdir");
+    let open = |name: &str, frequent: bool| {
+        Options::new()
+            .sync(SyncPolicy::Never)
+            .frequent_syncs(frequent)
+            .open(d.path().join(name))
+            .expect("open")
+    };
+    let stores = [open("plain.sfs", false), open("frequent.sfs", true)];
+    let value = [7u8; 200];
+    let mut next = [0u64; 2];
+    let mut times: [Vec<u64>; 2] = [Vec::new(), Vec::new()];
+    let blocks = if quick { 4 } else { 30 };
+    for b in 0..2 * blocks {
+        let which = b % 2;
+        let (store, next) = (&stores[which], &mut next[which]);
+        for _ in 0..100 {
+            let mut batch = sfs::Batch::new();
+            for _ in 0..16 {
+                batch.put(format!("entry-{:020}", *next), value);
+                *next += 1;
+            }
+            batch.durable();
+            let t = Instant::now();
+            store.apply(&batch).expect("append");
+            times[which].push(t.elapsed().as_nanos() as u64);
+            if *next % 1024 == 0 && *next >= 2000 {
+                let mut purge = sfs::Batch::new();
+                for i in *next - 2000..*next - 1000 {
+                    purge.delete(format!("entry-{i:020}"));
+                }
+                store.apply(&purge).expect("purge");
+            }
+        }
+    }
+    let pct = |v: &mut Vec<u64>, p: usize| {
+        v.sort_unstable();
+        v[v.len() * p / 100] as f64 / 1e3
+    };
+    let [plain, frequent] = &mut times;
+    let (p50, p90) = (pct(plain, 50), pct(plain, 90));
+    let (f50, f90) = (pct(frequent, 50), pct(frequent, 90));
+    println!("| store | µs per append, median | p90 |\n|---|---:|---:|");
+    println!("| `fallocate` growth, writes through the map | {p50:.1} | {p90:.1} |");
+    println!("| `frequent_syncs(true)` | {f50:.1} | {f90:.1} |\n");
+    println!(
+        "ratio frequent_syncs ÷ without: median **{:.2}**, p90 **{:.2}**\n",
+        f50 / p50,
+        f90 / p90
+    );
+}
+
 /// A load of `n` entries as batches of 10,000 against put by put, under
 /// `SyncPolicy::Never` (each ending in one sync).
 fn batched_load(dir: &std::path::Path, quick: bool) {
@@ -464,5 +526,8 @@ fn main() {
     }
     if run("cas") {
         cas_contention(&dir, quick);
+    }
+    if run("wal") {
+        wal_appends(&dir, quick);
     }
 }
