@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use sfs::fuzzing::{Op, Scenario};
+use sfs::fuzzing::{BatchItem, Op, Scenario};
 use sfs::testing::{MemStorage, Storage};
 use sfs::{ManualClock, Options, PutOptions, SyncPolicy};
 
@@ -147,7 +147,7 @@ fn ops_seeds() -> BTreeMap<String, Vec<u8>> {
                 frequent: false,
                 ops: vec![
                     PutTtl(2, 50, 100),
-                    PutTtl(3, 50, 5000),
+                    PutTtl(3, 50, 2000),
                     Touch(2, 300),
                     Advance(200),
                     Get(2),
@@ -189,10 +189,36 @@ fn ops_seeds() -> BTreeMap<String, Vec<u8>> {
                 ],
             },
         ),
+        (
+            // A write-ahead log: `frequent_syncs` under `Never`, appends in
+            // batches, the oldest removed, crashes between syncs.
+            "wal",
+            Scenario {
+                cap: None,
+                frag: 0.75,
+                always: false,
+                frequent: true,
+                ops: vec![
+                    Batch((0..4).map(|k| BatchItem::Put(k, 200)).collect()),
+                    Sync,
+                    Batch((4..8).map(|k| BatchItem::Put(k, 200)).collect()),
+                    Batch(vec![BatchItem::Delete(0), BatchItem::Delete(1)]),
+                    Crash,
+                    Batch((8..12).map(|k| BatchItem::Put(k, 3000)).collect()),
+                    Sync,
+                    Put(12, 100),
+                    Reopen,
+                ],
+            },
+        ),
     ];
     scenarios
         .into_iter()
-        .map(|(n, s)| (n.to_string(), s.to_bytes()))
+        .map(|(n, s)| {
+            let bytes = s.to_bytes();
+            assert_eq!(Scenario::from_bytes(&bytes), s, "seed {n} decodes back");
+            (n.to_string(), bytes)
+        })
         .collect()
 }
 
