@@ -554,10 +554,6 @@ fn a_compaction_whose_free_header_write_fails_says_so_and_leaves_no_damage() {
     assert!(s.compact().unwrap().moved_entries >= 1);
 }
 
-/// Under `SyncPolicy::Always` a small file grows by a reserve of at least
-/// 16 KiB, not one entry at a time: each growth changes the file's size,
-/// which the `fdatasync` after it must write too (BENCHMARKS.md "Durable puts
-/// into a small file"). Deleting the tail entries still cuts the file back.
 /// Puts 300 entries of ~150 bytes (syncing after each when `sync_each`),
 /// checks them, deletes them all; returns how often the file grew and its
 /// length at the end.
@@ -581,6 +577,10 @@ fn growths_for_300_puts(s: &Store, path: &std::path::Path, sync_each: bool) -> (
     (growths, len())
 }
 
+/// Under `SyncPolicy::Always` a small file grows by a reserve of at least
+/// 16 KiB, not one entry at a time: each growth changes the file's size,
+/// which the `fdatasync` after it must write too (BENCHMARKS.md "Durable puts
+/// into a small file"). Deleting the tail entries still cuts the file back.
 #[test]
 fn a_small_durable_file_grows_by_a_reserve_not_at_every_put() {
     let t = TempStore::new();
@@ -598,6 +598,8 @@ fn a_small_durable_file_grows_by_a_reserve_not_at_every_put() {
     assert!(end < 4096, "{end} bytes left");
 }
 
+/// The same with `Options::frequent_syncs` under `SyncPolicy::Never`, and a
+/// `sync()` after each put (BENCHMARKS.md "Syncs that also write the inode").
 #[test]
 fn frequent_syncs_under_never_grow_by_a_reserve_too() {
     let c = clock();
