@@ -620,7 +620,6 @@ pub fn run(s: &Scenario, backing: Backing) {
     };
     let mut opts = Options::new()
         .sync(policy)
-        .frequent_syncs(s.frequent || s.always)
         .clock(clock.clone())
         .fragmentation_factor(s.frag)
         .auto_compact(None)
@@ -628,6 +627,9 @@ pub fn run(s: &Scenario, backing: Backing) {
         // alternates `purge_expired` and a pass of the sweep): a background
         // sweep would race the model.
         .active_expiry(None);
+    if s.frequent {
+        opts = opts.frequent_syncs(true);
+    }
     if let Some(n) = s.cap {
         opts = opts.max_entries(n);
     }

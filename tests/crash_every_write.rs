@@ -237,9 +237,12 @@ fn record(
     // No background sweep: its writes would land in the recording.
     let mut opts = Options::new()
         .sync(policy)
-        .frequent_syncs(frequent)
         .clock(clock.clone())
         .active_expiry(None);
+    if frequent {
+        // Only when asked: `false` would also turn it off under `Always`.
+        opts = opts.frequent_syncs(true);
+    }
     if let Some(c) = cap {
         opts = opts.max_entries(c);
     }

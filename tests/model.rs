@@ -58,7 +58,7 @@ fn scenario(always: bool) -> impl Strategy<Value = Scenario> {
             cap,
             frag,
             always,
-            frequent: frequent || always,
+            frequent,
             ops,
         })
 }
