@@ -519,7 +519,9 @@ fn batch_synced_at(step: &Step, rec: &Recording) -> Option<usize> {
     }
     let range = step.events.0..step.events.1;
     let commit = range.clone().find(|&i| {
-        matches!(&rec.events[i], Event::Write { bytes, .. } if bytes.len() >= 5 && &bytes[..5] == b"sfsBC")
+        // The record may open its own write or end a run of members
+        // written with it.
+        matches!(&rec.events[i], Event::Write { bytes, .. } if bytes.windows(5).any(|w| w == b"sfsBC"))
     })?;
     (commit..range.end).find(|&i| rec.events[i] == Event::Sync)
 }
@@ -820,6 +822,12 @@ fn crash_everywhere_once(policy: SyncPolicy, cap: Option<usize>, frequent: bool,
             assert!(synced, "a durable batch without its own sync: {:?}", s.op);
         }
         assert!(batches.len() > 1, "{} batches wrote", batches.len());
+        // And the check below knows them as synced (their commit records
+        // are found, also inside a run of members).
+        assert!(
+            batches.iter().any(|s| batch_synced_at(s, &rec).is_some()),
+            "no batch's own sync found"
+        );
         let mut len = 0;
         for e in &rec.events {
             if let Event::SetLen(l) = *e {
